@@ -1,0 +1,16 @@
+"""gpurnn: recurrent networks trained with backpropagation through time, on NVIDIA GPUs through
+custom Numba CUDA kernels and on any CPU through a Numba fallback."""
+
+from .backend import BACKENDS, cuda_status, get_backend
+from .layers import GRU, LSTM, RNN, Linear, Module
+from .losses import cross_entropy, mse_loss
+from .optim import SGD, Adam, clip_grad_norm, clip_grad_value
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RNN", "LSTM", "GRU", "Linear", "Module",
+    "mse_loss", "cross_entropy",
+    "SGD", "Adam", "clip_grad_norm", "clip_grad_value",
+    "get_backend", "cuda_status", "BACKENDS",
+]

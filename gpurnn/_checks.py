@@ -1,0 +1,84 @@
+"""Input validation: every error names the argument, what was given and what was expected."""
+
+import numpy as np
+
+
+def shape_str(shape):
+    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+
+
+def float_array(value, name, backend, dtype, shape=None, finite=True):
+    """``value`` as a backend array of ``dtype``, after checking its type, shape and values.
+
+    ``shape`` may contain None for "any size"; floating inputs of another precision are cast.
+    """
+    if value is None:
+        raise ValueError(f"{name} is None; expected an array of shape {shape_str(shape)}")
+    kind = _dtype_kind(value)
+    if kind is None:
+        raise TypeError(f"{name} must be an array of floats, got {type(value).__name__}")
+    if kind != "f":
+        raise TypeError(f"{name} must hold floating-point values, got dtype {value.dtype}; "
+                        f"convert it, e.g. x.astype('{np.dtype(dtype).name}')")
+    if shape is not None:
+        check_shape(value, name, shape)
+    a = backend.asarray(value, dtype, name)
+    if finite:
+        check_finite(a, name, backend.xp)
+    return a
+
+
+def _dtype_kind(value):
+    if hasattr(value, "dtype"):
+        return getattr(value.dtype, "kind", None)
+    try:
+        return np.asarray(value).dtype.kind
+    except Exception:
+        return None
+
+
+def check_shape(a, name, expected):
+    shape = tuple(np.shape(a)) if not hasattr(a, "shape") else tuple(a.shape)
+    ok = len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
+    if not ok:
+        raise ValueError(f"expected {name} of shape {shape_str(expected)}, got {shape_str(shape)}")
+
+
+def check_finite(a, name, xp):
+    if not bool(xp.isfinite(a).all()):
+        bad = int((~xp.isfinite(a)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); "
+                         f"check the data, or lower the learning rate / clip gradients if training diverged")
+
+
+def lengths_array(lengths, T, B):
+    """Host int64 array of B lengths, each in 1..T."""
+    arr = np.asarray(lengths.get() if hasattr(lengths, "get") else lengths)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"expected lengths of shape ({B},) (one per batch row), got {shape_str(arr.shape)}")
+    if B and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must lie in 1..{T} (the sequence length), got min {arr.min()}, max {arr.max()}")
+    return arr.astype(np.int64)
+
+
+def dtype_of(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype {dtype!r} is not a NumPy dtype; use 'float32' or 'float64'") from e
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

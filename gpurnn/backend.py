@@ -1,0 +1,93 @@
+"""The one place that picks a backend.
+
+    "reference"  plain NumPy, written to be read (kernels/reference.py)
+    "cpu"        BLAS for the big products + Numba @njit cell kernels (kernels/cpu.py)
+    "cuda"       CuPy arrays + Numba CUDA kernels (kernels/cuda.py); with NUMBA_ENABLE_CUDASIM=1
+                 the same kernels run in Numba's simulator on NumPy arrays
+    "auto"       "cuda" when a GPU is usable, else "cpu"
+
+A backend is the array module its arrays live in (``xp``: numpy or cupy) plus the kernel module
+that runs a layer (``forward_sequence`` / ``backward_sequence``, same names in each).
+"""
+
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+BACKENDS = ("auto", "reference", "cpu", "cuda")
+
+
+def cuda_simulated():
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def cuda_status():
+    """(usable, reason): whether the cuda backend can run here, and if not, what is missing."""
+    if cuda_simulated():
+        return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+    try:
+        from numba import cuda
+    except ImportError as e:  # numba-cuda not installed
+        return False, f"numba-cuda is not installed ({e}); pip install 'gpurnn[cuda12]' or 'gpurnn[cuda13]'"
+    try:
+        available = cuda.is_available()
+    except Exception as e:  # a broken driver install raises instead of answering
+        return False, f"the CUDA driver could not be initialised ({e})"
+    if not available:
+        return False, "no usable CUDA GPU or driver was found (numba.cuda.is_available() is False)"
+    try:
+        import cupy  # noqa: F401
+    except ImportError as e:
+        return False, f"CuPy is not installed ({e}); pip install 'gpurnn[cuda12]' or 'gpurnn[cuda13]'"
+    return True, "CUDA GPU"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str           # "reference", "cpu" or "cuda"
+    xp: ModuleType      # numpy or cupy: where this backend's arrays live
+    kernels: ModuleType  # forward_sequence / backward_sequence for one layer and direction
+
+    @property
+    def on_gpu(self):
+        return self.xp is not np
+
+    def asarray(self, a, dtype, name="array"):
+        """``a`` as a C-contiguous array of this backend; a no-copy view where it already is one."""
+        if self.on_gpu:
+            return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+        if hasattr(a, "__cuda_array_interface__") and not cuda_simulated():
+            raise ValueError(
+                f"{name} is a GPU array but this model runs on the {self.name!r} backend; "
+                f"copy it to the host first (e.g. cupy.asnumpy) or build the model with backend='cuda'")
+        return np.ascontiguousarray(np.asarray(a), dtype=dtype)
+
+    def to_host(self, a):
+        return self.xp.asnumpy(a) if self.on_gpu else np.array(a, copy=True)
+
+
+def get_backend(name="auto"):
+    """Return the Backend called ``name``; a clear error for an unknown or unusable one."""
+    if isinstance(name, Backend):
+        return name
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "cuda" if cuda_status()[0] else "cpu"
+    if name == "cuda":
+        usable, reason = cuda_status()
+        if not usable:
+            raise RuntimeError(f"backend 'cuda' is not usable here: {reason}. Use backend='cpu' instead.")
+        xp = np if cuda_simulated() else importlib.import_module("cupy")
+        return Backend("cuda", xp, importlib.import_module("gpurnn.kernels.cuda"))
+    return Backend(name, np, importlib.import_module(f"gpurnn.kernels.{name}"))
+
+
+def array_module(a):
+    """numpy or cupy, whichever ``a`` lives in."""
+    if hasattr(a, "__cuda_array_interface__") and not cuda_simulated():
+        return importlib.import_module("cupy")
+    return np
