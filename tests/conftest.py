@@ -1,0 +1,68 @@
+"""Shared helpers: build a model of any cell, run forward + backward, collect every result on the host."""
+
+import numpy as np
+import pytest
+
+import gpurnn
+from gpurnn.backend import cuda_simulated
+
+SIMULATED = cuda_simulated()
+
+# Backends compared against the reference. "cuda" joins when a GPU is usable, or in the simulator.
+FAST_BACKENDS = ["cpu"] + (["cuda"] if gpurnn.cuda_status()[0] else [])
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+
+
+def make_model(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
+               backend="reference", dtype="float64", seed=0):
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias, backend=backend, dtype=dtype,
+              seed=seed)
+    if cell.startswith("rnn_"):
+        return gpurnn.RNN(input_size, hidden_size, nonlinearity=cell[4:], **kw)
+    return {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](input_size, hidden_size, **kw)
+
+
+def host(a):
+    return None if a is None else (a.get() if hasattr(a, "get") else np.asarray(a))
+
+
+def run_model(m, x, h0=None, c0=None, lengths=None, dy=None, dh_n=None, dc_n=None):
+    """Forward, then backward from (dy, dh_n, dc_n); returns a dict of host arrays:
+    y, h_n, c_n, dx, dh0, dc0 and grad/<name> for every parameter."""
+    m.zero_grad()
+    if m.cell == "lstm":
+        state = None if h0 is None and c0 is None else (h0, c0)
+        y, (h_n, c_n) = m(x, state, lengths=lengths)
+        dstate = None if dh_n is None and dc_n is None else (dh_n, dc_n)
+        dx, (dh0, dc0) = m.backward(dy, dstate)
+    else:
+        y, h_n = m(x, h0, lengths=lengths)
+        c_n = None
+        dx, dh0 = m.backward(dy, dh_n)
+        dc0 = None
+    out = dict(y=y, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0)
+    out.update({f"grad/{k}": v for k, v in m.grads.items()})
+    return {k: host(v) for k, v in out.items() if v is not None}
+
+
+def random_problem(rng, cell, T, B, I, H, L, D, with_lengths, dtype=np.float64):
+    """Inputs, initial state, lengths and loss gradients for one run."""
+    S = (L * D, B, H)
+    p = dict(x=rng.standard_normal((T, B, I)).astype(dtype),
+             h0=(0.5 * rng.standard_normal(S)).astype(dtype),
+             dy=rng.standard_normal((T, B, D * H)).astype(dtype),
+             dh_n=rng.standard_normal(S).astype(dtype))
+    if cell == "lstm":
+        p["c0"] = (0.5 * rng.standard_normal(S)).astype(dtype)
+        p["dc_n"] = rng.standard_normal(S).astype(dtype)
+    if with_lengths:
+        lengths = rng.integers(1, T + 1, size=B)
+        lengths[0] = T                      # the longest row reaches T, as in a packed batch
+        p["lengths"] = lengths
+    return p
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
