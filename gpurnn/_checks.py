@@ -4,7 +4,8 @@ import numpy as np
 
 
 def shape_str(shape):
-    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+    dims = ["?" if s is None else str(s) for s in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def float_array(value, name, backend, dtype, shape=None, finite=True):
@@ -14,11 +15,11 @@ def float_array(value, name, backend, dtype, shape=None, finite=True):
     """
     if value is None:
         raise ValueError(f"{name} is None; expected an array of shape {shape_str(shape)}")
-    kind = _dtype_kind(value)
-    if kind is None:
+    dtype_given = _dtype(value)
+    if dtype_given is None or dtype_given.kind == "O":
         raise TypeError(f"{name} must be an array of floats, got {type(value).__name__}")
-    if kind != "f":
-        raise TypeError(f"{name} must hold floating-point values, got dtype {value.dtype}; "
+    if dtype_given.kind != "f":
+        raise TypeError(f"{name} must hold floating-point values, got dtype {dtype_given}; "
                         f"convert it, e.g. x.astype('{np.dtype(dtype).name}')")
     if shape is not None:
         check_shape(value, name, shape)
@@ -28,12 +29,17 @@ def float_array(value, name, backend, dtype, shape=None, finite=True):
     return a
 
 
-def _dtype_kind(value):
-    if hasattr(value, "dtype"):
-        return getattr(value.dtype, "kind", None)
+def _dtype(value):
+    """The NumPy dtype of an array (NumPy, CuPy, torch via its numpy view) or array-like; None if it has none."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        try:
+            return np.dtype(dtype)
+        except TypeError:
+            return None
     try:
-        return np.asarray(value).dtype.kind
-    except Exception:
+        return np.asarray(value).dtype
+    except (TypeError, ValueError):
         return None
 
 

@@ -1,0 +1,207 @@
+"""Losses against their formulas and finite differences; optimisers against their formulas and torch.optim."""
+
+import numpy as np
+import pytest
+
+import gpurnn
+from conftest import make_model
+
+
+def fd(f, a, eps=1e-6):
+    g = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        old = a[idx]
+        a[idx] = old + eps
+        up = f()
+        a[idx] = old - eps
+        down = f()
+        a[idx] = old
+        g[idx] = (up - down) / (2 * eps)
+    return g
+
+
+def test_mse_is_the_mean_of_squared_errors(rng):
+    pred, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    loss, grad = gpurnn.mse_loss(pred, target)
+    assert loss == pytest.approx(np.mean((target - pred) ** 2), rel=1e-12)
+    np.testing.assert_allclose(grad, fd(lambda: gpurnn.mse_loss(pred, target)[0], pred), rtol=1e-6, atol=1e-9)
+
+
+def test_mse_mask_counts_only_kept_elements(rng):
+    pred, target = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
+    mask = np.zeros((5, 2))
+    mask[:3] = 1
+    loss, grad = gpurnn.mse_loss(pred, target, mask=mask)
+    assert loss == pytest.approx(np.mean((target[:3] - pred[:3]) ** 2), rel=1e-12)
+    assert np.all(grad[3:] == 0)
+    np.testing.assert_allclose(grad, fd(lambda: gpurnn.mse_loss(pred, target, mask)[0], pred), rtol=1e-6, atol=1e-9)
+
+
+def test_cross_entropy_formula_and_gradient(rng):
+    logits = rng.standard_normal((3, 4, 5))
+    targets = rng.integers(0, 5, size=(3, 4))
+    mask = (rng.uniform(size=(3, 4)) > 0.3).astype(float)
+    mask[0, 0] = 1
+    loss, grad = gpurnn.cross_entropy(logits, targets, mask=mask)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    nll = -np.log(np.take_along_axis(p, targets[..., None], -1)[..., 0])
+    assert loss == pytest.approx((nll * mask).sum() / mask.sum(), rel=1e-12)
+    np.testing.assert_allclose(grad, fd(lambda: gpurnn.cross_entropy(logits, targets, mask)[0], logits),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0]])
+    loss, grad = gpurnn.cross_entropy(logits, np.array([0]))
+    assert loss == pytest.approx(0.0, abs=1e-12) and np.all(np.isfinite(grad))
+
+
+def test_cross_entropy_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal((6, 7))
+    targets = rng.integers(0, 7, size=6)
+    t = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(t, torch.tensor(targets))
+    want.backward()
+    loss, grad = gpurnn.cross_entropy(logits, targets)
+    assert loss == pytest.approx(want.item(), rel=1e-12)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def _pair_of_models(seed=0):
+    a = gpurnn.Linear(3, 2, backend="reference", dtype="float64", seed=seed)
+    b = make_model("gru", 2, 3, backend="reference", seed=seed + 1)
+    return [a, b]
+
+
+def _set_grads(models, rng):
+    for m in models:
+        for g in m.grads.values():
+            g[...] = rng.standard_normal(g.shape)
+
+
+@pytest.mark.parametrize("kind,kw", [
+    ("sgd", dict(lr=0.1)),
+    ("sgd", dict(lr=0.1, momentum=0.9)),
+    ("sgd", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01)),
+    ("adam", dict(lr=0.01)),
+    ("adam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+])
+def test_optimisers_match_torch(kind, kw, rng):
+    """Three steps with fresh random gradients: the same parameters as torch.optim, to 1e-12."""
+    torch = pytest.importorskip("torch")
+    models = _pair_of_models()
+    tparams = [torch.tensor(p.copy(), requires_grad=True) for m in models for p in m.params.values()]
+    opt = (gpurnn.SGD if kind == "sgd" else gpurnn.Adam)(models, **kw)
+    topt = (torch.optim.SGD if kind == "sgd" else torch.optim.Adam)(tparams, **kw)
+    for _ in range(3):
+        _set_grads(models, rng)
+        for tp, g in zip(tparams, [g for m in models for g in m.grads.values()]):
+            tp.grad = torch.tensor(g.copy())
+        opt.step()
+        topt.step()
+    for tp, p in zip(tparams, [p for m in models for p in m.params.values()]):
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_sgd_is_gradient_descent():
+    m = gpurnn.Linear(2, 1, backend="reference", dtype="float64", seed=0)
+    before = {k: v.copy() for k, v in m.params.items()}
+    m.grads["weight"][...] = [[1.0, -2.0]]
+    m.grads["bias"][...] = [0.5]
+    gpurnn.SGD(m, lr=0.1).step()
+    np.testing.assert_allclose(m.params["weight"], before["weight"] - 0.1 * np.array([[1.0, -2.0]]))
+    np.testing.assert_allclose(m.params["bias"], before["bias"] - 0.05)
+
+
+def test_optimiser_state_round_trips(rng):
+    models = _pair_of_models()
+    opt = gpurnn.Adam(models, lr=0.01)
+    _set_grads(models, rng)
+    opt.step()
+    sd = opt.state_dict()
+    models2 = _pair_of_models()
+    for m, m2 in zip(models, models2):
+        m2.load_state_dict(m.state_dict())
+    opt2 = gpurnn.Adam(models2, lr=0.01)
+    opt2.load_state_dict(sd)
+    _set_grads(models, np.random.default_rng(5))
+    _set_grads(models2, np.random.default_rng(5))
+    opt.step()
+    opt2.step()
+    for m, m2 in zip(models, models2):
+        for k in m.params:
+            assert np.array_equal(m.params[k], m2.params[k])
+
+
+def test_clip_grad_norm_scales_to_max_norm_and_returns_the_norm_before(rng):
+    models = _pair_of_models()
+    _set_grads(models, rng)
+    flat = np.concatenate([g.ravel() for m in models for g in m.grads.values()])
+    total = gpurnn.clip_grad_norm(models, max_norm=0.5)
+    assert total == pytest.approx(np.linalg.norm(flat), rel=1e-12)
+    after = np.concatenate([g.ravel() for m in models for g in m.grads.values()])
+    assert np.linalg.norm(after) == pytest.approx(0.5, rel=1e-5)
+    np.testing.assert_allclose(after / np.linalg.norm(after), flat / np.linalg.norm(flat), rtol=1e-10)
+    assert gpurnn.clip_grad_norm(models, max_norm=10.0) == pytest.approx(0.5, rel=1e-5)   # no change below
+
+
+def test_clip_grad_value_clamps(rng):
+    m = _pair_of_models()[0]
+    _set_grads([m], rng)
+    gpurnn.clip_grad_value(m.grads, 0.3)
+    assert all(np.abs(g).max() <= 0.3 for g in m.grads.values())
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_sgd_lowers_the_loss_on_a_small_problem(cell):
+    """Regress the running mean of the input: SGD must cut the loss by 10x within 150 steps."""
+    rng = np.random.default_rng(0)
+    rnn = make_model(cell, 1, 8, backend="cpu", seed=0)
+    head = gpurnn.Linear(8, 1, backend="cpu", dtype="float64", seed=1)
+    opt = gpurnn.SGD([rnn, head], lr=0.2, momentum=0.9)
+    x = rng.uniform(-1, 1, (6, 32, 1))
+    target = x.mean(axis=0)
+    losses = []
+    for _ in range(150):
+        opt.zero_grad()
+        out = rnn(x)
+        y = out[0]
+        loss, dpred = gpurnn.mse_loss(head(y[-1]), target)
+        dy = np.zeros_like(y)
+        dy[-1] = head.backward(dpred)
+        rnn.backward(dy)
+        opt.step()
+        losses.append(loss)
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    m = make_model("lstm", 2, 3, backend="cpu", seed=0)
+    x, dy = rng.standard_normal((4, 2, 2)), rng.standard_normal((4, 2, 3))
+    m(x)
+    m.backward(dy)
+    once = {k: v.copy() for k, v in m.grads.items()}
+    m(x)
+    m.backward(dy)
+    for k in once:
+        np.testing.assert_allclose(m.grads[k], 2 * once[k], rtol=1e-12)
+    grads_before = dict(m.grads)
+    m.zero_grad()
+    assert all(np.all(g == 0) for g in m.grads.values())
+    assert all(m.grads[k] is grads_before[k] for k in m.grads)   # zeroed in place
+
+
+def test_linear_matches_finite_differences(rng):
+    lin = gpurnn.Linear(4, 3, backend="reference", dtype="float64", seed=0)
+    x, dy = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 3))
+    y = lin(x)
+    np.testing.assert_allclose(y, x @ lin.params["weight"].T + lin.params["bias"], rtol=1e-12)
+    dx = lin.backward(dy)
+
+    def f():
+        return float((lin(x) * dy).sum())
+
+    np.testing.assert_allclose(dx, fd(f, x), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(lin.grads["weight"], fd(f, lin.params["weight"]), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(lin.grads["bias"], fd(f, lin.params["bias"]), rtol=1e-6, atol=1e-9)
