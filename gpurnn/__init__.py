@@ -1,6 +1,14 @@
 """gpurnn: recurrent networks trained with backpropagation through time, on NVIDIA GPUs through
 custom Numba CUDA kernels and on any CPU through a Numba fallback."""
 
+try:
+    from . import kernels as _kernels  # noqa: F401  (kernels/ is installed as gpurnn.kernels)
+except ModuleNotFoundError as e:
+    raise ImportError(
+        "gpurnn.kernels was not found: this looks like an uninstalled source checkout of gpurnn, whose "
+        "kernels/ folder only becomes gpurnn.kernels when installed. Run `python -m pip install -e .` "
+        "in the checkout (or run from outside it).") from e
+
 from .backend import BACKENDS, cuda_status, get_backend
 from .layers import GRU, LSTM, RNN, Linear, Module
 from .losses import cross_entropy, mse_loss
