@@ -1,0 +1,340 @@
+"""A model and a training loop around the layers: input stage, recurrent stack, linear head, loss,
+optimiser, gradient clipping, truncated BPTT, evaluation and metrics.
+
+Legend: T time steps, B batch rows, I input features, V vocabulary, E embedding, H hidden, O outputs.
+
+    model = gpurnn.SequenceModel("lstm", input_size=2, hidden_size=64, output_size=1, seed=0)
+    trainer = gpurnn.Trainer(model, gpurnn.make_task("adding", 50), lr=1e-2, clip=1.0)
+    for _ in range(1000):
+        loss, metric, grad_norm = trainer.train_step()
+    eval_loss, eval_metric = trainer.evaluate()
+
+One training step draws a batch from the task, runs it through the model segment by segment
+(``tbptt`` steps at a time, the state carried from one segment into the next), back-propagates
+each segment's share of the loss through that segment only (truncated BPTT: the gradient of the
+state handed over between segments is dropped), clips the summed gradient and updates the weights.
+Without ``tbptt`` the single segment is the whole sequence: full BPTT.
+"""
+
+import math
+
+import numpy as np
+
+from . import _checks
+from .layers import GRU, LSTM, RNN, Linear, Module
+from .losses import cross_entropy, mse_loss
+from .optim import SGD, Adam, clip_grad_norm
+
+CELLS = ("rnn", "rnn-relu", "lstm", "gru")
+OPTIMIZERS = ("sgd", "adam")
+
+
+class Embedding(Module):
+    """weight (V, E) ~ N(0, 1) as in torch.nn.Embedding; ids (...) -> vectors (..., E)."""
+
+    def __init__(self, num_embeddings, embedding_dim, backend="auto", dtype="float32", seed=None):
+        super().__init__(backend, dtype)
+        self.num_embeddings = _checks.positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = _checks.positive_int(embedding_dim, "embedding_dim")
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        self.params["weight"] = self.backend.asarray(weight, self.dtype)
+        self.zero_grad()
+        self._ids = None
+
+    def __repr__(self):
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim})"
+
+    def forward(self, ids):
+        xp = self.backend.xp
+        ids = xp.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"embedding input must be integer ids, got dtype {ids.dtype}")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(f"ids must lie in 0..{self.num_embeddings - 1}, "
+                             f"got min {int(ids.min())}, max {int(ids.max())}")
+        self._ids = ids
+        return self.params["weight"][ids]
+
+    def backward(self, dy):
+        """Adds into grads; a one-hot product rather than a scatter, so the sum is deterministic."""
+        xp = self.backend.xp
+        ids = self._ids.reshape(-1)
+        one_hot = xp.zeros((ids.size, self.num_embeddings), self.dtype)
+        one_hot[xp.arange(ids.size), ids] = 1
+        self.grads["weight"] += one_hot.T @ dy.reshape(-1, self.embedding_dim)
+
+
+class SequenceModel:
+    """Input stage -> stack of recurrent layers -> linear head, applied at every time step.
+
+    Input stage: with ``vocab_size``, an Embedding(vocab_size, embed_size) reads token ids (T, B);
+    otherwise features (T, B, input_size) go through Linear(input_size, embed_size) when
+    ``embed_size`` is given, or straight into the first layer's own input projection W_ih.
+
+    ``out, state = model(x, state=None)``: out (T, B, output_size); state is the recurrent layers'
+    final state (h_n, or (h_n, c_n) for the LSTM), ready to carry into the next segment.
+    ``model.backward(dout)`` back-propagates through the latest forward call and adds into grads.
+    """
+
+    def __init__(self, cell, hidden_size, output_size, input_size=None, vocab_size=None, embed_size=None,
+                 num_layers=1, backend="auto", dtype="float32", seed=0):
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
+        if (input_size is None) == (vocab_size is None):
+            raise ValueError("give exactly one of input_size (features) and vocab_size (token ids)")
+        self.cell = cell
+        seeds = np.random.SeedSequence(seed).generate_state(3)     # one independent seed per module
+        self.input = None
+        if vocab_size is not None:
+            embed_size = embed_size or hidden_size
+            self.input = Embedding(vocab_size, embed_size, backend=backend, dtype=dtype, seed=seeds[0])
+            rnn_in = embed_size
+        elif embed_size:
+            self.input = Linear(input_size, embed_size, backend=backend, dtype=dtype, seed=seeds[0])
+            rnn_in = embed_size
+        else:
+            rnn_in = input_size
+        kw = dict(num_layers=num_layers, backend=backend, dtype=dtype, seed=seeds[1])
+        if cell == "lstm":
+            self.rnn = LSTM(rnn_in, hidden_size, **kw)
+        elif cell == "gru":
+            self.rnn = GRU(rnn_in, hidden_size, **kw)
+        else:
+            self.rnn = RNN(rnn_in, hidden_size, nonlinearity="relu" if cell == "rnn-relu" else "tanh", **kw)
+        self.head = Linear(hidden_size, output_size, backend=self.rnn.backend, dtype=dtype, seed=seeds[2])
+        self.backend = self.rnn.backend
+        self.tokens = vocab_size is not None
+        self.input_size = vocab_size if self.tokens else input_size
+        self.hidden_size, self.output_size, self.num_layers = hidden_size, output_size, num_layers
+
+    @property
+    def modules(self):
+        """The modules an optimiser updates, in a fixed order."""
+        return ([self.input] if self.input is not None else []) + [self.rnn, self.head]
+
+    def named_modules(self):
+        names = (["input"] if self.input is not None else []) + ["rnn", "head"]
+        return list(zip(names, self.modules))
+
+    def __call__(self, x, state=None):
+        return self.forward(x, state)
+
+    def forward(self, x, state=None):
+        h = self.input(x) if self.input is not None else x
+        y, state = self.rnn(h, state)
+        return self.head(y), state
+
+    def backward(self, dout):
+        dy = self.head.backward(dout)
+        dh, _ = self.rnn.backward(dy)          # the gradient of the incoming state is not used (truncation)
+        if self.input is not None:
+            self.input.backward(dh)
+
+    def zero_grad(self):
+        for m in self.modules:
+            m.zero_grad()
+
+    def num_parameters(self):
+        return sum(m.num_parameters() for m in self.modules)
+
+    def state_dict(self):
+        """Host copies, keyed "rnn.weight_hh_l0", "head.weight", ..."""
+        return {f"{name}.{k}": v for name, m in self.named_modules() for k, v in m.state_dict().items()}
+
+    def load_state_dict(self, sd):
+        parts = {name: {} for name, _ in self.named_modules()}
+        for key, value in sd.items():
+            name, _, k = key.partition(".")
+            if name not in parts:
+                raise ValueError(f"unexpected entry {key!r} in the model state; "
+                                 f"expected entries under {sorted(parts)}")
+            parts[name][k] = value
+        for name, m in self.named_modules():
+            m.load_state_dict(parts[name])
+
+    def __repr__(self):
+        stage = repr(self.input) + " -> " if self.input is not None else ""
+        return f"SequenceModel({stage}{self.rnn!r} -> {self.head!r})"
+
+
+def make_model(task, cell="lstm", hidden_size=64, num_layers=1, embed_size=None, backend="auto",
+               dtype="float32", seed=0):
+    """A SequenceModel sized for ``task`` (its input and output sizes, tokens or features)."""
+    kw = dict(vocab_size=task.input_size) if task.tokens else dict(input_size=task.input_size)
+    return SequenceModel(cell, hidden_size, task.output_size, embed_size=embed_size, num_layers=num_layers,
+                         backend=backend, dtype=dtype, seed=seed, **kw)
+
+
+def make_optimizer(name, modules, lr):
+    if name == "adam":
+        return Adam(modules, lr=lr)
+    if name == "sgd":
+        return SGD(modules, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinite loss, gradient or weight; ``step`` is the failing step."""
+
+    def __init__(self, step, message):
+        super().__init__(message)
+        self.step = step
+
+
+class Trainer:
+    """Trains ``model`` on ``task``: one ``train_step()`` is one batch, one update.
+
+    ``optimizer`` "adam" | "sgd" (or an Optimizer over ``model.modules``); ``clip``: max joint
+    gradient norm (None: no clipping); ``tbptt``: segment length k of truncated BPTT (None: the whole
+    sequence); ``seed``: the data stream (the model has its own seed); ``eval_sequences``: size of
+    the fixed held-out set ``evaluate()`` scores.
+    """
+
+    def __init__(self, model, task, optimizer="adam", lr=1e-3, clip=None, tbptt=None, batch_size=32,
+                 seed=0, eval_sequences=512):
+        self.model, self.task = model, task
+        if model.tokens != task.tokens or model.input_size != task.input_size \
+                or model.output_size != task.output_size:
+            raise ValueError(f"the model ({model.input_size} {'tokens' if model.tokens else 'features'} in, "
+                             f"{model.output_size} out) does not fit task {task.name!r} "
+                             f"({task.input_size} in, {task.output_size} out); build it with make_model(task)")
+        self.opt = optimizer if not isinstance(optimizer, str) else make_optimizer(optimizer, model.modules, lr)
+        self.clip = None if clip is None or clip <= 0 else float(clip)
+        self.tbptt = None if tbptt is None or tbptt <= 0 or tbptt >= task.seq_len else int(tbptt)
+        self.batch_size = _checks.positive_int(batch_size, "batch_size")
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.step = 0                  # updates done so far
+        self.eval_sequences = int(eval_sequences)
+        self._eval = None
+
+    # ------------------------------------------------------------ one batch
+    def _segments(self, T):
+        k = self.tbptt or T
+        return [(a, min(a + k, T)) for a in range(0, T, k)]
+
+    def _loss(self, out, batch, a, b, total):
+        """This segment's share of the mean loss over all scored steps, its gradient, and the number
+        of correctly classified scored steps (classification tasks)."""
+        xp = self.model.backend.xp
+        mask = xp.asarray(batch.mask[a:b])
+        count = float(batch.mask[a:b].sum())
+        if count == 0:
+            return 0.0, None, 0.0
+        share = count / total
+        if self.task.loss == "mse":
+            target = xp.asarray(batch.target[a:b])
+            loss, grad = mse_loss(out, target, mask=xp.broadcast_to(mask[..., None], out.shape))
+            correct = 0.0
+        else:
+            target = xp.asarray(batch.target[a:b])
+            loss, grad = cross_entropy(out, target, mask=mask)
+            correct = float(((out.argmax(axis=-1) == target) * mask).sum())
+        return loss * share, grad * out.dtype.type(share), correct
+
+    def _run(self, batch, train):
+        """Forward every segment (and, when training, backward each); returns (loss, metric)."""
+        xp = self.model.backend.xp
+        T = batch.mask.shape[0]
+        total = float(batch.mask.sum())
+        state, loss, correct = None, 0.0, 0.0
+        for a, b in self._segments(T):
+            x = xp.asarray(batch.x[a:b])
+            out, state = self.model(x, state)
+            if not bool(xp.isfinite(out).all()):
+                return math.nan, math.nan
+            seg_loss, grad, seg_correct = self._loss(out, batch, a, b, total)
+            loss += seg_loss
+            correct += seg_correct
+            if train and grad is not None:
+                self.model.backward(grad)
+        return loss, self.task.score(loss, correct / total)
+
+    def train_step(self):
+        """One batch and one update. Returns (loss, metric, gradient norm before clipping).
+
+        Raises NonFiniteError, with the model, optimiser and data stream left as they were before
+        this step (so a checkpoint saved then is the last good state), when the loss, a gradient or
+        an updated weight is not finite.
+        """
+        step = self.step + 1
+        before = self._snapshot()
+        batch = self.task.batch(self.rng, self.batch_size)
+        self.model.zero_grad()
+        loss, metric = self._run(batch, train=True)
+        if not math.isfinite(loss):
+            self._restore(before)
+            raise NonFiniteError(step, self._advice(step, f"the loss is {loss}"))
+        grads = [m for m in self.model.modules]
+        if self.clip is not None:
+            norm = clip_grad_norm(grads, self.clip)
+        else:
+            norm = grad_norm(grads)
+        if not math.isfinite(norm):
+            self._restore(before)
+            raise NonFiniteError(step, self._advice(step, f"the gradient norm is {norm}"))
+        self.opt.step()
+        xp = self.model.backend.xp
+        if not all(bool(xp.isfinite(p).all()) for m in self.model.modules for p in m.params.values()):
+            self._restore(before)
+            raise NonFiniteError(step, self._advice(step, "the update made a weight non-finite"))
+        self.step = step
+        return loss, metric, norm
+
+    def _advice(self, step, what):
+        remedy = []
+        if self.clip is None:
+            remedy.append("clip gradients (e.g. --clip 1.0)")
+        else:
+            remedy.append(f"clip harder (now --clip {self.clip:g})")
+        remedy.append(f"lower the learning rate (now --lr {self.opt.lr:g}, try {self.opt.lr / 10:g})")
+        return (f"step {step}: {what}, so training stopped. The weights were left as they were after "
+                f"step {step - 1}. Remedy: {' or '.join(remedy)}.")
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self):
+        """(loss, metric) on the task's fixed held-out set (the same for every call and every run
+        with the same seed)."""
+        if self._eval is None:
+            self._eval = self.task.eval_batches(self.seed, self.eval_sequences, 500)
+        n = sum(b.mask.shape[1] for b in self._eval)
+        loss = metric = 0.0
+        for batch in self._eval:
+            w = batch.mask.shape[1] / n
+            l_, m_ = self._run(batch, train=False)
+            loss += w * l_
+            metric += w * m_
+        return loss, metric
+
+    # ------------------------------------------------------------ state (for checkpoints)
+    def _snapshot(self):
+        """Device-side copies of everything one step changes, to undo a step that went non-finite."""
+        params = [{k: v.copy() for k, v in m.params.items()} for m in self.model.modules]
+        opt = {key: {s: v.copy() for s, v in st.items()} for key, st in self.opt.state.items()}
+        return params, opt, self.opt.steps, self.rng.bit_generator.state
+
+    def _restore(self, snap):
+        params, opt, steps, rng_state = snap
+        for m, p in zip(self.model.modules, params):
+            m.params.update(p)
+        self.opt.state, self.opt.steps = opt, steps
+        self.rng.bit_generator.state = rng_state
+        self.model.zero_grad()
+
+    def state(self):
+        """Everything needed to continue exactly: host arrays and JSON-able values."""
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "step": self.step, "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state):
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+def grad_norm(grads):
+    """Joint L2 norm of every gradient (modules or grads dicts), as clip_grad_norm measures it."""
+    from .optim import _grad_arrays
+    return math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in _grad_arrays(grads)))
