@@ -121,8 +121,11 @@ class SequenceModel:
         return self.forward(x, state)
 
     def forward(self, x, state=None):
+        """Raises FloatingPointError when the recurrent layers' output is not finite (diverged)."""
         h = self.input(x) if self.input is not None else x
         y, state = self.rnn(h, state)
+        if not bool(self.backend.xp.isfinite(y).all()):
+            raise FloatingPointError("the recurrent layers' output is not finite")
         return self.head(y), state
 
     def backward(self, dout):
@@ -241,14 +244,19 @@ class Trainer:
         state, loss, correct = None, 0.0, 0.0
         for a, b in self._segments(T):
             x = xp.asarray(batch.x[a:b])
-            out, state = self.model(x, state)
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    out, state = self.model(x, state)
+            except FloatingPointError:
+                return math.nan, math.nan
             if not bool(xp.isfinite(out).all()):
                 return math.nan, math.nan
             seg_loss, grad, seg_correct = self._loss(out, batch, a, b, total)
             loss += seg_loss
             correct += seg_correct
             if train and grad is not None:
-                self.model.backward(grad)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    self.model.backward(grad)
         return loss, self.task.score(loss, correct / total)
 
     def train_step(self):

@@ -1,0 +1,156 @@
+"""The gpurnn command, run in-process through gpurnn.cli.main for a few steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpurnn import cli
+from gpurnn.checkpoint import load_checkpoint
+from gpurnn.model import Trainer
+
+TINY = ["--hidden", "8", "--seq-len", "6", "--batch", "4", "--eval-sequences", "16", "--backend", "cpu",
+        "--no-progress"]
+
+
+def _train(out, *extra):
+    return cli.main(["train", *TINY, "--out", str(out), *extra])
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_writes_config_metrics_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "12", "--log-every", "3", "--eval-every", "6", "--cell", "gru") == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["task"] == "adding" and cfg["cell"] == "gru" and cfg["hidden"] == 8 and cfg["steps"] == 12
+    assert cfg["lr"] == 0.01 and cfg["optimizer"] == "adam" and cfg["backend_used"] == "cpu"
+    recs = _metrics(out)
+    assert [r["step"] for r in recs] == [3, 6, 9, 12]
+    for r in recs:
+        assert {"step", "loss", "metric", "grad_norm", "elapsed", "sequences_per_s"} <= set(r)
+        assert np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["sequences_per_s"] > 0
+    assert ["eval_metric" in r for r in recs] == [False, True, False, True]
+    assert load_checkpoint(out / "checkpoint.npz")["step"] == 12
+    assert "held-out mse" in capsys.readouterr().err
+
+
+def test_resume_continues_to_the_new_total_and_matches_an_uninterrupted_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _train(straight, "--steps", "10", "--log-every", "1", "--eval-every", "100") == 0
+    assert _train(split, "--steps", "4", "--log-every", "1", "--eval-every", "100") == 0
+    assert cli.main(["train", "--resume", str(split), "--steps", "10", "--no-progress"]) == 0
+    a, b = _metrics(straight), _metrics(split)
+    assert [r["step"] for r in b] == list(range(1, 11))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_resume_refuses_a_flag_that_changes_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "2") == 0
+    assert cli.main(["train", "--resume", str(out), "--hidden", "16"]) == 2
+    assert "--hidden 16 differs" in capsys.readouterr().err
+
+
+def test_train_will_not_overwrite_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "2") == 0
+    assert _train(out, "--steps", "2") == 2
+    assert f"--resume {out}" in capsys.readouterr().err
+
+
+def test_resume_from_a_corrupted_checkpoint_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "2") == 0
+    (out / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    assert cli.main(["train", "--resume", str(out)]) == 1
+    assert "truncated or corrupted" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_the_finished_steps_and_exits_cleanly(tmp_path, monkeypatch, capsys):
+    real_step = Trainer.train_step
+
+    def step_then_interrupt(self):
+        result = real_step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)     # what Ctrl-C sends
+        return result
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "50") == 130
+    assert load_checkpoint(out / "checkpoint.npz")["step"] == 3
+    assert f"gpurnn train --resume {out}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_non_finite_training_saves_the_last_good_step_and_names_the_failing_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = cli.main(["train", "--hidden", "16", "--seq-len", "20", "--batch", "8", "--backend", "cpu",
+                       "--no-progress", "--cell", "rnn-relu", "--optimizer", "sgd", "--lr", "1e6",
+                       "--clip", "0", "--steps", "50", "--out", str(out)])
+    assert status == 1
+    err = capsys.readouterr().err
+    last = _metrics(out)[-1]
+    ck = load_checkpoint(out / "checkpoint.npz")
+    assert last["step"] == ck["step"] + 1 and f"step {last['step']}:" in last["stopped"]
+    assert f"step {last['step']}:" in err and "--clip" in err and "lower the learning rate" in err
+    assert all(np.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_grads_finds_vanishing_and_exploding_settings(tmp_path, capsys):
+    out = tmp_path / "grads"
+    assert cli.main(["grads", "--cell", "rnn,lstm", "--scales", "0.3,3", "--seq-len", "40", "--hidden", "16",
+                     "--batch", "4", "--backend", "cpu", "--out", str(out)]) == 0
+    data = json.loads((out / "grad_norms.json").read_text())
+    rnn = {r["scale"]: r for r in data["results"] if r["cell"] == "rnn"}
+    assert len(rnn[0.3]["dh_norms"]) == 40 and rnn[0.3]["dh_norms"][0] == 1.0
+    assert rnn[0.3]["sigma_max"] == pytest.approx(0.3) and rnn[3.0]["sigma_max"] == pytest.approx(3.0)
+    assert rnn[0.3]["dh_norms"][-1] < 1e-6 < 1e3 < rnn[3.0]["dh_norms"][-1]
+    text = capsys.readouterr().out
+    assert "rnn, W_hh scale 0.3 (sigma_max 0.30): vanishes" in text
+    assert "rnn, W_hh scale 3 (sigma_max 3.00): explodes" in text
+    assert "per step" in text
+    pytest.importorskip("matplotlib")
+    assert (out / "grad_norms.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sample_generates_text_from_a_charlm_run(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("abcabcabd " * 50, encoding="utf-8")
+    out = tmp_path / "lm"
+    assert cli.main(["train", "--task", "charlm", "--text", str(text), "--hidden", "8", "--seq-len", "8",
+                     "--batch", "4", "--steps", "5", "--eval-sequences", "8", "--backend", "cpu",
+                     "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", str(out), "--length", "40", "--prime", "ab", "--backend", "cpu"]) == 0
+    sampled = capsys.readouterr().out.rstrip("\n")
+    assert sampled.startswith("ab") and len(sampled) == 42 and set(sampled) <= set("abcd ")
+    assert cli.main(["sample", str(out), "--prime", "xyz"]) == 2
+
+
+def test_sample_refuses_a_run_that_is_not_a_language_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "1") == 0
+    assert cli.main(["sample", str(out)]) == 2
+    assert "needs a charlm run" in capsys.readouterr().err
+
+
+def test_report_tabulates_runs_by_seed(tmp_path, capsys):
+    for seed in (0, 1):
+        assert _train(tmp_path / f"s{seed}", "--steps", "3", "--seed", str(seed)) == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and "(seed 0)" in table[2] and "(seed 1)" in table[2]
+
+
+def test_python_dash_m_gpurnn_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "gpurnn", "train", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--tbptt" in done.stdout and "--resume" in done.stdout
