@@ -35,6 +35,25 @@ def _patch_current_device(device):
     dispatcher.get_current_device = lambda: device
 
 
+MISSING_TOOLCHAIN = 3   # exit status when NVVM or nvJitLink is not installed
+
+
+def missing_toolchain():
+    """None, or what is missing to compile without a GPU."""
+    hint = "pip install 'numba-cuda[cu13]' (NVVM and nvJitLink)"
+    try:
+        from numba.cuda.cudadrv import nvvm
+    except ImportError as e:
+        return f"numba-cuda is not installed ({e}); {hint}"
+    if not nvvm.is_available():
+        return f"libNVVM was not found; {hint}"
+    try:
+        from cuda.bindings import nvjitlink  # noqa: F401
+    except ImportError as e:
+        return f"nvJitLink is not installed ({e}); {hint}"
+    return None
+
+
 def link_log(ptx, cc):
     """nvJitLink's verbose info log for linking ``ptx`` to SASS for sm_<cc>."""
     from cuda.bindings import nvjitlink
@@ -122,6 +141,10 @@ def main(argv=None):
     from ..backend import cuda_simulated
     if cuda_simulated():
         sys.exit("the report compiles real kernels: unset NUMBA_ENABLE_CUDASIM")
+    missing = missing_toolchain()
+    if missing:
+        print(f"cannot compile: {missing}", file=sys.stderr)
+        return MISSING_TOOLCHAIN
     result = report()
     if args.json:
         print(json.dumps(result, indent=1))

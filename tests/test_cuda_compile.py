@@ -1,0 +1,39 @@
+"""Every CUDA kernel compiles to SASS for sm_80 and sm_90, without a GPU, and spills nothing.
+
+Runs ``python -m gpurnn.kernels.report --json`` in a subprocess (the compiler cannot share a
+process with the simulator) and checks each row of its output.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CELLS, SIMULATED
+from gpurnn.kernels.report import MISSING_TOOLCHAIN
+
+
+@pytest.mark.skipif(SIMULATED, reason="the compiler cannot run in the simulator's process")
+def test_every_kernel_compiles_without_spills():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    proc = subprocess.run([sys.executable, "-m", "gpurnn.kernels.report", "--json"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode == MISSING_TOOLCHAIN:
+        pytest.skip(proc.stderr.strip())
+    start = proc.stdout.find("{")
+    assert start >= 0, f"the report printed no JSON (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    rows = json.loads(proc.stdout[start:])["rows"]
+
+    want = {(k, c, d, t) for d in ("float32", "float64") for t in ("sm_80", "sm_90")
+            for k, c in [("accumulate", "*")] + [(n, c) for c in CELLS for n in ("step_forward", "step_backward")]}
+    got = {(r["kernel"], r["cell"], r["dtype"], r["target"]) for r in rows}
+    assert got == want, f"missing {sorted(want - got)}, unexpected {sorted(got - want)}"
+    for r in rows:
+        name = f"{r['kernel']} {r['cell']} {r['dtype']} {r['target']}"
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{name} spills: {r}"
+        assert r["stack"] == 0 and r["local"] == 0, f"{name} uses local memory: {r}"
+        assert 0 < r["registers"] <= 255, f"{name}: {r}"
+        assert r["shared"] <= 48 * 1024, f"{name} needs more than 48 KiB of static shared memory: {r}"
+    assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,0 +1,77 @@
+"""The CUDA kernels one by one, on shapes that cross every tile boundary (simulator or GPU).
+
+tests/test_backends.py checks whole layers against the reference; these check the pieces that a
+layer test could hide: the weight-gradient reduction on its own (it adds, it covers every row of
+N = T*B, every tile edge), and that a block geometry is a parameter that does not change results.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+import gpurnn
+from conftest import SIMULATED, make_model, random_problem, run_model
+
+if SIMULATED:
+    sys.setswitchinterval(1e-4)     # see tests/test_backends.py
+
+pytestmark = pytest.mark.skipif(not gpurnn.cuda_status()[0], reason=gpurnn.cuda_status()[1])
+
+
+def _kernels():
+    from gpurnn.kernels import cuda as kc
+    return kc
+
+
+def _device(a, xp):
+    return xp.asarray(a)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_accumulate_adds_weight_gradients(dtype, bias):
+    kc = _kernels()
+    geo = kc.default_geometry()
+    tm = geo.acc_threads * geo.acc_regs
+    xp = kc._xp(None)
+    rng = np.random.default_rng(5)
+    N, GH, I, H = 2 * geo.acc_k + 3, 3 * tm + 1, tm + 1, 2 * tm - 1   # every dimension off its tile
+    dg_x, dg_h = rng.standard_normal((N, GH)), rng.standard_normal((N, GH))
+    x, hp = rng.standard_normal((N, I)), rng.standard_normal((N, H))
+    start = {k: rng.standard_normal(s) for k, s in
+             dict(w_ih=(GH, I), w_hh=(GH, H), b_ih=(GH,), b_hh=(GH,)).items() if bias or k[0] == "w"}
+    grads = {k: _device(v.astype(dtype), xp) for k, v in start.items()}
+    args = [_device(a.astype(dtype), xp) for a in (dg_x, x, dg_h, hp)]
+    kc.accumulate_grads("gru", *args, grads, geo)
+    want = dict(w_ih=start["w_ih"] + dg_x.T @ x, w_hh=start["w_hh"] + dg_h.T @ hp)
+    if bias:
+        want.update(b_ih=start["b_ih"] + dg_x.sum(0), b_hh=start["b_hh"] + dg_h.sum(0))
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == "float64" else dict(rtol=1e-4, atol=1e-4)
+    assert set(grads) == set(want)
+    for k in want:
+        got = grads[k].get() if hasattr(grads[k], "get") else grads[k]
+        np.testing.assert_allclose(got, want[k], err_msg=k, **tol)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cuda_geometry_is_a_parameter(cell, monkeypatch):
+    """Odd block shapes (threads as a parameter) give the same layer results as the default."""
+    kc = _kernels()
+    rng = np.random.default_rng(11)
+    T, B, I, H = 4, 5, 3, 7
+    problem = random_problem(rng, cell, T, B, I, H, 1, 2, True)
+    ref = make_model(cell, I, H, 1, True, backend="reference", seed=2)
+    want = run_model(ref, **problem)
+    odd = kc.Geometry(step_h=3, step_b=2, acc_threads=2, acc_regs=3, acc_k=5)
+    monkeypatch.setattr(kc, "default_geometry", lambda: odd)
+    got = run_model(make_model(cell, I, H, 1, True, backend="cuda", seed=2), **problem)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-11, err_msg=key)
+
+
+def test_cuda_launch_config():
+    kc = _kernels()
+    assert kc.launch_config(1, 1, (32, 8)) == ((1, 1), (32, 8))
+    assert kc.launch_config(65, 17, (32, 8)) == ((3, 3), (32, 8))
+    assert kc.ceil_div(64, 32) == 2 and kc.ceil_div(65, 32) == 3

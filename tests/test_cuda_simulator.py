@@ -1,0 +1,37 @@
+"""The CUDA backend in Numba's simulator: every cuda case of the backend tests, in a subprocess.
+
+The simulator (NUMBA_ENABLE_CUDASIM=1) must be chosen before Numba is imported, and cannot share a
+process with the real compiler, so the cuda cases of tests/test_backends.py and
+tests/test_random_shapes.py run in a child pytest. The test fails when the child fails, and when
+it ran no cuda test at all (nothing selected would otherwise look like success).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SIMULATED
+
+TESTS = Path(__file__).resolve().parent
+FILES = ["test_backends.py", "test_random_shapes.py", "test_cuda_kernels.py"]
+
+
+@pytest.mark.skipif(SIMULATED, reason="already in the simulator: the cuda cases run directly")
+def test_cuda_backend_in_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    files = [str(TESTS / f) for f in FILES if (TESTS / f).exists()]
+    cmd = [sys.executable, "-m", "pytest", *files, "-k", "cuda", "-q", "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    tail = out[-6000:]
+    assert proc.returncode != 5, f"the simulator run selected no test:\n{tail}"
+    assert proc.returncode == 0, f"the simulator run failed (exit {proc.returncode}):\n{tail}"
+    passed = re.search(r"(\d+) passed", out)
+    assert passed and int(passed.group(1)) > 0, f"no cuda test passed in the simulator:\n{tail}"
+    assert not re.search(r"\d+ (failed|error)", out), tail
+    # Every selected test must have run: a skip would hide a cuda case that never ran.
+    assert not re.search(r"\d+ skipped", out), f"cuda tests were skipped in the simulator:\n{tail}"
