@@ -1,0 +1,361 @@
+"""gpurnn's cpu backend against torch.nn.RNN/LSTM/GRU on the CPU, in one process, same threads.
+
+    python benchmarks/bench_cpu.py                 # the full grid, about 10 minutes on 2 cores
+    python benchmarks/bench_cpu.py --quick         # one tiny shape, seconds (what the smoke test runs)
+
+On machines where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set (see the project's environment notes)
+unset both for the benchmark command alone: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...``.
+The JSON records them and the BLAS kernel NumPy runs.
+
+What is timed, per cell and shape (T, B, I, H), float32, one layer, one direction:
+    forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
+    train    one training step: zero the grads, forward, backward of a fixed dy (weight grads and dx)
+FLOPs are the dense products only (the pointwise cell math is a few per element, not counted):
+    forward  2·T·B·G·H·(I + H)        input projection + recurrent product
+    train    3 × forward              + dh through W_hh, dW_hh, dW_ih, dx
+The share of "sgemm" is gpurnn's GFLOP/s over a square float32 matrix product through NumPy (the
+same BLAS as gpurnn's), measured between the rows of the same run: the best this machine's BLAS
+does on the same threads, at the same moment.
+
+How peers are interleaved: for every row both sides are warmed up, then ``--rounds`` rounds each run
+a block of ``--reps`` timed calls of one side and then of the other (the order alternates); each block
+starts after a short pause and one untimed call. The pause matters on a small machine: NumPy's
+OpenBLAS and torch's OpenMP keep their worker threads spinning for a while after each call, and a
+block that started right after the other library's would share the cores with those spinners.
+Reported times are medians over all timed calls; the ratio is torch / gpurnn (> 1: gpurnn is faster).
+
+Cold start: seconds from starting a Python process to its first finished training step (import,
+build an LSTM/GRU/RNN, forward, backward), once with an empty Numba cache (NUMBA_CACHE_DIR set to a
+fresh temporary folder, so every kernel compiles) and then with that cache warm.
+"""
+
+import argparse
+import os
+import sys
+
+# Threads are fixed before NumPy, Numba or torch start their pools.
+_threads_arg = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")), None)
+if _threads_arg is None and "--threads" in sys.argv:
+    _threads_arg = sys.argv[sys.argv.index("--threads") + 1]
+THREADS = int(_threads_arg or 2)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)
+
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import gpurnn  # noqa: E402
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+# (label, T, B, I, H): launch/overhead bound -> compute bound.
+GRID = [
+    ("small", 100, 8, 32, 64),
+    ("medium", 100, 32, 128, 256),
+    ("large", 50, 64, 256, 512),
+]
+QUICK_GRID = [("tiny", 5, 2, 3, 4)]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def flops(mode, cell, T, B, I, H):
+    """Dense-product FLOPs of one call (see the module docstring)."""
+    forward = 2 * T * B * GATES[cell] * H * (I + H)
+    return forward if mode == "forward" else 3 * forward
+
+
+# ---------------------------------------------------------------- the two sides
+def gpurnn_model(cell, I, H, backend):
+    kw = dict(backend=backend, dtype="float32", seed=0)
+    if cell.startswith("rnn_"):
+        return gpurnn.RNN(I, H, nonlinearity=cell[4:], **kw)
+    return {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](I, H, **kw)
+
+
+def torch_model(torch, cell, I, H):
+    torch.manual_seed(0)
+    if cell.startswith("rnn_"):
+        return torch.nn.RNN(I, H, nonlinearity=cell[4:])
+    return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H)
+
+
+def make_calls(torch, cell, T, B, I, H, backend):
+    """{(side, mode): zero-argument function} for one cell and shape, on the same x and dy."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    m = gpurnn_model(cell, I, H, backend)
+    tm = torch_model(torch, cell, I, H)
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    xt = torch.from_numpy(x).requires_grad_(True)     # torch computes dx too, as gpurnn does
+    dyt = torch.from_numpy(dy)
+
+    def g_forward():
+        m(x)
+
+    def g_train():
+        m.zero_grad()
+        m(x)
+        m.backward(dy)
+
+    def t_forward():
+        tm(xt)
+
+    def t_train():
+        tm.zero_grad(set_to_none=False)
+        xt.grad = None
+        y, _ = tm(xt)
+        y.backward(dyt)
+
+    return {("gpurnn", "forward"): g_forward, ("gpurnn", "train"): g_train,
+            ("torch", "forward"): t_forward, ("torch", "train"): t_train}
+
+
+# ---------------------------------------------------------------- timing
+def timed_block(fn, reps, pause):
+    time.sleep(pause)
+    fn()                                  # untimed: wakes the thread pool, warms the caches
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def interleaved(fns, rounds, reps, pause):
+    """{name: [seconds, ...]}: every function runs ``reps`` timed calls per round, order alternating."""
+    names = list(fns)
+    samples = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            samples[n] += timed_block(fns[n], reps, pause)
+    return samples
+
+
+def sgemm_gflops(n, reps, pause):
+    """Median GFLOP/s of a square float32 product through NumPy (its BLAS, its threads)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    c = np.empty((n, n), np.float32)
+    times = timed_block(lambda: np.matmul(a, b, out=c), reps, pause)
+    return 2 * n ** 3 / float(np.median(times)) / 1e9
+
+
+# ---------------------------------------------------------------- cold start
+COLD_SCRIPT = """
+import sys, time
+import numpy as np
+import gpurnn
+cell, backend = sys.argv[1], sys.argv[2]
+T, B, I, H = 20, 8, 16, 32
+kw = dict(backend=backend, dtype="float32", seed=0)
+m = (gpurnn.RNN(I, H, nonlinearity=cell[4:], **kw) if cell.startswith("rnn_")
+     else {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](I, H, **kw))
+x = np.ones((T, B, I), np.float32)
+m.zero_grad()
+y = m(x)[0]
+m.backward(np.ones_like(y))
+print(repr(time.time()))
+"""
+
+COLD_SCRIPT_TORCH = """
+import sys, time
+import torch
+cell = sys.argv[1]
+T, B, I, H = 20, 8, 16, 32
+m = (torch.nn.RNN(I, H, nonlinearity=cell[4:]) if cell.startswith("rnn_")
+     else {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H))
+x = torch.ones(T, B, I, requires_grad=True)
+y = m(x)[0]
+y.backward(torch.ones_like(y))
+print(repr(time.time()))
+"""
+
+
+def seconds_to_first_step(script, args, env):
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1]) - start
+
+
+def cold_start(cells, backend, warm_runs):
+    rows = []
+    for cell in cells:
+        with tempfile.TemporaryDirectory(prefix="gpurnn-numba-cache-") as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            empty = seconds_to_first_step(COLD_SCRIPT, [cell, backend], env)
+            warm = [seconds_to_first_step(COLD_SCRIPT, [cell, backend], env) for _ in range(warm_runs)]
+        torch_s = [seconds_to_first_step(COLD_SCRIPT_TORCH, [cell], dict(os.environ)) for _ in range(warm_runs)]
+        rows.append(dict(cell=cell, empty_cache_s=empty, warm_cache_s=float(np.median(warm)),
+                         warm_cache_runs_s=warm, torch_s=float(np.median(torch_s))))
+        print(f"cold start {cell:8s}  empty cache {empty:6.2f} s   warm cache {np.median(warm):5.2f} s"
+              f"   (torch {np.median(torch_s):5.2f} s)", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------- machine and report
+def machine_info(torch):
+    info = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
+                python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
+                torch=torch.__version__, gpurnn=getattr(gpurnn, "__version__", "?"))
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in lscpu.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "L2 cache", "L3 cache"):
+                info["lscpu " + key.strip()] = value.strip()
+    except OSError:
+        pass
+    info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
+                                                  "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    try:
+        from threadpoolctl import threadpool_info
+        info["threadpools"] = threadpool_info()
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed"
+    info["torch_config"] = torch.__config__.show()
+    return info
+
+
+def markdown(result):
+    lines = ["| cell | shape T·B·I·H | mode | gpurnn ms | torch ms | speed-up | gpurnn GFLOP/s | % of sgemm |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['cell']} | {r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']} | {r['mode']} | "
+                     f"{r['gpurnn_ms']:.2f} | {r['torch_ms']:.2f} | {r['speedup']:.2f}x | "
+                     f"{r['gpurnn_gflops']:.1f} | {r['pct_sgemm']:.0f}% |")
+    s = result["sgemm"]
+    lines.append("")
+    lines.append(f"sgemm (NumPy, float32, n={s['n']}, {result['threads']} threads): median "
+                 f"{s['median_gflops']:.1f} GFLOP/s over {len(s['samples_gflops'])} measurements "
+                 f"(min {min(s['samples_gflops']):.1f}, max {max(s['samples_gflops']):.1f}).")
+    if result.get("cold_start"):
+        lines += ["", "| cell | first training step, empty Numba cache | warm cache | torch |", "|---|---:|---:|---:|"]
+        for c in result["cold_start"]:
+            lines.append(f"| {c['cell']} | {c['empty_cache_s']:.2f} s | {c['warm_cache_s']:.2f} s | {c['torch_s']:.2f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = result["rows"]
+    labels = list(dict.fromkeys((r["cell"], r["size"]) for r in rows))      # in grid order
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
+    width = 0.4
+    for k, mode in enumerate(("forward", "train")):
+        vals = [next((r["speedup"] for r in rows if (r["cell"], r["size"], r["mode"]) == (c, s, mode)), 0)
+                for c, s in labels]
+        ax.bar(np.arange(len(labels)) + (k - 0.5) * width, vals, width, label=mode)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(labels)), [f"{c}\n{s}" for c, s in labels], fontsize=8)
+    ax.set_ylabel("speed-up over torch (torch ms / gpurnn ms)")
+    ax.set_title(f"gpurnn cpu vs torch {result['machine']['torch']}, float32, {result['threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
+    p.add_argument("--cells", nargs="+", default=["rnn_tanh", "lstm", "gru"], choices=list(GATES))
+    p.add_argument("--sizes", nargs="+", default=None, help="subset of the grid: small medium large")
+    p.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    p.add_argument("--backend", default="cpu", help="gpurnn backend (default cpu)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="timed calls per block")
+    p.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each block")
+    p.add_argument("--sgemm-n", type=int, default=2048)
+    p.add_argument("--no-cold-start", action="store_true")
+    p.add_argument("--quick", action="store_true", help="one tiny shape, one round, no cold start")
+    p.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and plot")
+    p.add_argument("--name", default="bench_cpu", help="file name stem of the outputs")
+    args = p.parse_args(argv)
+    if args.threads != THREADS:
+        raise SystemExit("--threads must be given before the interpreter starts its pools; pass it on the command line")
+    grid = QUICK_GRID if args.quick else [g for g in GRID if args.sizes is None or g[0] in args.sizes]
+    if args.quick:
+        args.rounds, args.reps, args.pause, args.sgemm_n, args.no_cold_start = 1, 2, 0.0, 256, True
+        args.cells = args.cells[:1] if args.cells != ["rnn_tanh", "lstm", "gru"] else ["lstm"]
+
+    import torch
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass                              # the environment variables set above already fix BLAS
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    result = dict(started_utc=started.isoformat(timespec="seconds"), threads=args.threads,
+                  torch_threads=torch.get_num_threads(), numba_threads=numba.get_num_threads(),
+                  backend=args.backend, dtype="float32", load_average_before=os.getloadavg(),
+                  command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+                  machine=machine_info(torch), rows=[])
+    print(f"threads {args.threads} (torch {torch.get_num_threads()}, numba {numba.get_num_threads()}), "
+          f"load average {os.getloadavg()}", flush=True)
+
+    sgemm_samples = [sgemm_gflops(args.sgemm_n, 3, args.pause)]
+    for cell in args.cells:
+        for size, T, B, I, H in grid:
+            calls = make_calls(torch, cell, T, B, I, H, args.backend)
+            for fn in calls.values():      # warm-up: compile, allocate, grow the pools
+                fn()
+                fn()
+            for mode in args.modes:
+                fns = {side: calls[(side, mode)] for side in ("gpurnn", "torch")}
+                samples = interleaved(fns, args.rounds, args.reps, args.pause)
+                sgemm_samples.append(sgemm_gflops(args.sgemm_n, 3, args.pause))
+                g, t = float(np.median(samples["gpurnn"])), float(np.median(samples["torch"]))
+                f = flops(mode, cell, T, B, I, H)
+                row = dict(cell=cell, size=size, T=T, B=B, I=I, H=H, mode=mode, flops=f,
+                           gpurnn_ms=g * 1e3, torch_ms=t * 1e3, speedup=t / g,
+                           gpurnn_gflops=f / g / 1e9, torch_gflops=f / t / 1e9,
+                           sgemm_gflops_nearby=sgemm_samples[-1],
+                           gpurnn_samples_ms=[s * 1e3 for s in samples["gpurnn"]],
+                           torch_samples_ms=[s * 1e3 for s in samples["torch"]])
+                result["rows"].append(row)
+                print(f"{cell:8s} {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} {mode:7s} "
+                      f"gpurnn {g * 1e3:9.2f} ms  torch {t * 1e3:9.2f} ms  speed-up {t / g:5.2f}x  "
+                      f"{f / g / 1e9:6.1f} GFLOP/s", flush=True)
+    sgemm = float(np.median(sgemm_samples))
+    result["sgemm"] = dict(n=args.sgemm_n, median_gflops=sgemm, samples_gflops=sgemm_samples)
+    for row in result["rows"]:
+        row["pct_sgemm"] = 100 * row["gpurnn_gflops"] / sgemm
+    if not args.no_cold_start:
+        result["cold_start"] = cold_start(args.cells, args.backend, warm_runs=3)
+    result["load_average_after"] = os.getloadavg()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=str))
+    table = markdown(result)
+    (out / f"{args.name}.md").write_text(table)
+    png = plot(result, out / f"{args.name}.png")
+    print()
+    print(table)
+    print(f"wrote {out / (args.name + '.json')}, {out / (args.name + '.md')}" + (f", {png}" if png else ""))
+    return result
+
+
+if __name__ == "__main__":
+    main()
