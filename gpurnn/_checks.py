@@ -35,8 +35,11 @@ def _dtype(value):
     if dtype is not None:
         try:
             return np.dtype(dtype)
-        except TypeError:
-            return None
+        except TypeError:  # torch's dtypes are not NumPy's; a CUDA tensor still says what it holds
+            try:
+                return np.dtype(value.__cuda_array_interface__["typestr"])
+            except Exception:
+                return None
     try:
         return np.asarray(value).dtype
     except (TypeError, ValueError):

@@ -58,6 +58,8 @@ class Backend:
     def asarray(self, a, dtype, name="array"):
         """``a`` as a C-contiguous array of this backend; a no-copy view where it already is one."""
         if self.on_gpu:
+            if not hasattr(a, "__cuda_array_interface__") and _dlpack_on_gpu(a):
+                a = self.xp.from_dlpack(a)      # a GPU array known only through DLPack: no copy
             return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
         if hasattr(a, "__cuda_array_interface__") and not cuda_simulated():
             raise ValueError(
@@ -67,6 +69,14 @@ class Backend:
 
     def to_host(self, a):
         return self.xp.asnumpy(a) if self.on_gpu else np.array(a, copy=True)
+
+
+def _dlpack_on_gpu(a):
+    """Whether ``a`` offers DLPack from CUDA device memory (kDLCUDA = 2, kDLCUDAManaged = 13)."""
+    try:
+        return hasattr(a, "__dlpack__") and a.__dlpack_device__()[0] in (2, 13)
+    except Exception:   # a producer that cannot say where it lives is not a GPU array we can view
+        return False
 
 
 def get_backend(name="auto"):
