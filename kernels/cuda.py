@@ -100,6 +100,7 @@ def build_kernels(cell, dtype, geo):
     dt = numba.from_dtype(np.dtype(dtype))
     TH, TB = geo.step_h, geo.step_b          # step block: TH hidden units x TB batch rows
     TK = TH                                  # reduction tile of the step products
+    TKP = TK + 1                             # padded row of a staged W tile: no bank conflicts
     NT = TH * TB                             # threads per step block
     AT, R, AK = geo.acc_threads, geo.acc_regs, geo.acc_k
     TM = AT * R                              # accumulation tile: TM rows of dW x TM columns
@@ -139,7 +140,7 @@ def build_kernels(cell, dtype, geo):
             for c in range(TK):
                 hk = sh_h[ty, c]                  # one value per warp: a broadcast
                 for g in range(G):
-                    acc[g] += hk * sh_w[g, tx, c]  # row stride TK + 1: no bank conflicts
+                    acc[g] += hk * sh_w[g, tx, c]  # row stride TKP: no bank conflicts
             cuda.syncthreads()
 
     # ------------------------------------------------------------ backward step: dh through W_hh
@@ -191,7 +192,7 @@ def build_kernels(cell, dtype, geo):
             from L2).
             """
             sh_h = cuda.shared.array((TB, TK), dt)
-            sh_w = cuda.shared.array((1, TH, TK + 1), dt)
+            sh_w = cuda.shared.array((1, TH, TKP), dt)
             acc = cuda.local.array(1, dt)
             gate_products(hs, src, w_hh, sh_h, sh_w, acc)
             B, H = hs.shape[1], hs.shape[2]
@@ -248,7 +249,7 @@ def build_kernels(cell, dtype, geo):
             FLOPs 8·B·H² + O(B·H); bytes ≈ s·(4H² + 12·B·H).
             """
             sh_h = cuda.shared.array((TB, TK), dt)
-            sh_w = cuda.shared.array((4, TH, TK + 1), dt)
+            sh_w = cuda.shared.array((4, TH, TKP), dt)
             acc = cuda.local.array(4, dt)
             gate_products(hs, src, w_hh, sh_h, sh_w, acc)
             B, H = hs.shape[1], hs.shape[2]
@@ -325,7 +326,7 @@ def build_kernels(cell, dtype, geo):
             FLOPs 6·B·H² + O(B·H); bytes ≈ s·(3H² + 10·B·H).
             """
             sh_h = cuda.shared.array((TB, TK), dt)
-            sh_w = cuda.shared.array((3, TH, TK + 1), dt)
+            sh_w = cuda.shared.array((3, TH, TKP), dt)
             acc = cuda.local.array(3, dt)
             gate_products(hs, src, w_hh, sh_h, sh_w, acc)
             B, H = hs.shape[1], hs.shape[2]
