@@ -13,7 +13,6 @@ line per logged step) and checkpoint.npz (everything needed to continue exactly)
 import argparse
 import ctypes
 import json
-import math
 import os
 import signal
 import sys
@@ -28,7 +27,7 @@ from .tasks import TASKS, CharLM, make_task
 # Everything that defines a run; None means "the task's or the optimiser's default".
 DEFAULTS = dict(task="adding", cell="lstm", hidden=64, layers=1, seq_len=None, batch=32, steps=2000,
                 optimizer="adam", lr=None, clip=1.0, tbptt=0, backend="auto", seed=0, text=None,
-                embed=None, copy_len=10, log_every=10, eval_every=100, save_every=100,
+                embed=None, init_scale=None, copy_len=10, log_every=10, eval_every=100, save_every=100,
                 eval_sequences=1000, dtype="float32")
 TASK_SEQ_LEN = {"adding": 50, "copy": 30, "charlm": 100}
 OPTIMIZER_LR = {"adam": 1e-2, "sgd": 0.1}
@@ -69,6 +68,8 @@ def build_parser():
     t.add_argument("--text", help="charlm: a UTF-8 text file (default: Python standard library docstrings)")
     t.add_argument("--embed", type=int, help="size of the input embedding / projection (default: tokens "
                                              "use the hidden size, features go straight into the first layer)")
+    t.add_argument("--init-scale", type=float, help="start each W_hh gate block as a random orthogonal matrix "
+                                                    "times this (default: torch's uniform initialisation)")
     t.add_argument("--copy-len", type=int, help="copy: symbols to remember (default 10)")
     t.add_argument("--log-every", type=int, help="steps per metrics.jsonl line (default 10)")
     t.add_argument("--eval-every", type=int, help="steps between evaluations on held-out data (default 100)")
@@ -87,13 +88,16 @@ def build_parser():
                        description="For each cell and scale: W_hh's H x H blocks are random orthogonal "
                                    "matrices times the scale, the loss is a fixed readout of the last "
                                    "step's state, and ||dL/dh_t|| is measured for every t.")
-    g.add_argument("--cell", default="rnn,lstm,gru", help="comma-separated cells (default rnn,lstm,gru)")
+    g.add_argument("--cell", help="comma-separated cells (default rnn,lstm,gru, or none when --run is given)")
     g.add_argument("--seq-len", type=int, default=100, help="sequence length T (default 100)")
     g.add_argument("--scales", default="0.5,1,2", help="comma-separated W_hh scales (default 0.5,1,2)")
     g.add_argument("--hidden", type=int, default=64)
     g.add_argument("--batch", type=int, default=16)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "reference"))
+    g.add_argument("--run", action="append", default=[], metavar="DIR",
+                   help="also measure the trained recurrent layers of this run, on its own task's inputs "
+                        "(repeatable)")
     g.add_argument("--out", default="runs/grads", help="folder for grad_norms.json and grad_norms.png")
     g.add_argument("--blas-threads", type=int, default=1)
     g.set_defaults(func=cmd_grads)
@@ -134,7 +138,8 @@ def build_run(cfg):
     """(task, trainer) for a config."""
     task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
     model = make_model(task, cfg["cell"], cfg["hidden"], cfg["layers"], embed_size=cfg["embed"],
-                       backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"])
+                       recurrent_scale=cfg.get("init_scale"), backend=cfg["backend"], dtype=cfg["dtype"],
+                       seed=cfg["seed"])
     trainer = Trainer(model, task, optimizer=cfg["optimizer"], lr=cfg["lr"], clip=cfg["clip"],
                       tbptt=cfg["tbptt"], batch_size=cfg["batch"], seed=cfg["seed"],
                       eval_sequences=cfg["eval_sequences"])
@@ -247,7 +252,7 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
         f"{'truncated BPTT k=' + str(trainer.tbptt) if trainer.tbptt else 'full BPTT'}; run folder {out}")
     steps = int(cfg["steps"])
     t0 = time.perf_counter()
-    window = dict(loss=0.0, metric=0.0, n=0, t=t0)
+    window = dict(loss=0.0, metric=0.0, n=0, t=t0, gmax=0.0)
     status, last = 0, None
     bar = tqdm(total=steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True,
                file=sys.stderr)
@@ -268,11 +273,13 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
             window["loss"] += loss
             window["metric"] += m
             window["n"] += 1
+            window["gmax"] = max(window["gmax"], norm)
             bar.update(1)
             if step % cfg["log_every"] == 0 or step == steps:
                 now = time.perf_counter()
                 rec = {"step": step, "loss": window["loss"] / window["n"],
                        "metric": window["metric"] / window["n"], "grad_norm": norm,
+                       "grad_norm_max": window["gmax"],
                        "elapsed": round(elapsed0 + now - t0, 3),
                        "sequences_per_s": round(window["n"] * cfg["batch"] / max(now - window["t"], 1e-9), 1)}
                 if step % cfg["eval_every"] == 0 or step == steps:
@@ -285,7 +292,7 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
                 if last is not None:
                     postfix += f", eval {metric} {last['eval_metric']:.4f}"
                 bar.set_postfix_str(postfix, refresh=False)
-                window = dict(loss=0.0, metric=0.0, n=0, t=time.perf_counter())
+                window = dict(loss=0.0, metric=0.0, n=0, t=time.perf_counter(), gmax=0.0)
             if step % cfg["save_every"] == 0:
                 save()
         save()
@@ -341,9 +348,11 @@ def limit_blas_threads(n):
 
 # ---------------------------------------------------------------- grads
 def cmd_grads(args):
-    from .gradnorms import grad_norms_through_time, plot_grad_norms, verdict
+    from .gradnorms import grad_norms_of_run, grad_norms_through_time, plot_grad_norms, verdict
 
     limit_blas_threads(args.blas_threads)
+    if args.cell is None:
+        args.cell = "" if args.run else "rnn,lstm,gru"
     cells = [c.strip() for c in args.cell.split(",") if c.strip()]
     for c in cells:
         if c not in CELLS:
@@ -359,6 +368,16 @@ def cmd_grads(args):
         for scale in scales:
             results.append(grad_norms_through_time(cell, args.seq_len, scale, hidden_size=args.hidden,
                                                    batch_size=args.batch, seed=args.seed, backend=args.backend))
+    for run in args.run:
+        try:
+            results.append(grad_norms_of_run(run, args.seq_len, batch_size=args.batch, seed=args.seed,
+                                             backend=args.backend))
+        except CheckpointError as e:
+            print(f"gpurnn grads: {e}", file=sys.stderr)
+            return 1
+    if not results:
+        print("gpurnn grads: nothing to measure (give --cell and --scales, or --run)", file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "grad_norms.json")
     with open(json_path, "w") as f:
@@ -428,6 +447,8 @@ def sample_text(model, vocab, prime, length, temperature=1.0, seed=0):
 
 # ---------------------------------------------------------------- report
 def cmd_report(args):
+    """One Markdown row per configuration, its seeds side by side: the held-out metric at the last
+    evaluation (or where training stopped) and the largest gradient norm seen before clipping."""
     rows = {}
     for run in args.runs:
         try:
@@ -440,20 +461,29 @@ def cmd_report(args):
             continue
         evals = [r for r in recs if "eval_metric" in r]
         final = evals[-1] if evals else None
-        key = tuple((k, cfg[k]) for k in ("task", "cell", "seq_len", "hidden", "steps", "optimizer", "lr", "clip"))
+        gmax = max((r.get("grad_norm_max", r.get("grad_norm", 0.0)) for r in recs if "stopped" not in r),
+                   default=0.0)
+        key = tuple((k, cfg.get(k)) for k in ("task", "cell", "init_scale", "seq_len", "hidden", "steps",
+                                              "optimizer", "lr", "clip"))
         if recs and "stopped" in recs[-1]:
             value, final = f"diverged at step {recs[-1]['step']}", None
         else:
             value = "—" if final is None else f"{final['eval_metric']:.4f}"
-        rows.setdefault(key, []).append((cfg["seed"], value, final))
-    print("| task | cell | T | hidden | steps | optimizer, lr | clip | held-out metric, per seed | mean |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for key, runs in rows.items():
+        rows.setdefault(key, []).append((cfg["seed"], value, final, gmax))
+    print("| task | cell | T | hidden | steps | optimizer, lr | clip | held-out metric, per seed | mean "
+          "| largest gradient norm |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    def order(key):
+        k = dict(key)
+        return (k["task"], k["seq_len"], CELLS.index(k["cell"]), k["init_scale"] or 0, k["clip"] or 0)
+    for key, runs in sorted(rows.items(), key=lambda kv: order(kv[0])):
         k = dict(key)
         runs.sort(key=lambda r: r[0])
-        per_seed = ", ".join(f"{v} (seed {s})" for s, v, _ in runs)
+        per_seed = ", ".join(f"{v} (seed {s})" for s, v, _, _ in runs)
         finals = [r[2]["eval_metric"] for r in runs if r[2] is not None]
         mean = f"{sum(finals) / len(finals):.4f}" if len(finals) == len(runs) else "—"
-        print(f"| {k['task']} | {k['cell']} | {k['seq_len']} | {k['hidden']} | {k['steps']} | "
-              f"{k['optimizer']} {k['lr']:g} | {k['clip'] or 'off'} | {per_seed} | {mean} |")
+        cell = k["cell"] + ("" if k["init_scale"] is None else f", W_hh scale {k['init_scale']:g}")
+        print(f"| {k['task']} | {cell} | {k['seq_len']} | {k['hidden']} | {k['steps']} | "
+              f"{k['optimizer']} {k['lr']:g} | {k['clip'] or 'off'} | {per_seed} | {mean} | "
+              f"{max(r[3] for r in runs):.3g} |")
     return 0

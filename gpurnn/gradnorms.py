@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from .layers import GRU, LSTM, RNN
+from .model import orthogonal
 
 INPUT_SIZE = 8
 
@@ -30,12 +31,6 @@ def _layer(cell, hidden_size, seed, backend):
     if cell == "gru":
         return GRU(INPUT_SIZE, hidden_size, **kw)
     return RNN(INPUT_SIZE, hidden_size, nonlinearity="relu" if cell == "rnn-relu" else "tanh", **kw)
-
-
-def orthogonal(rng, n):
-    """A random n x n orthogonal matrix (QR of a Gaussian matrix, signs fixed so it is uniform)."""
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
 
 
 def grad_norms_through_time(cell, seq_len, scale, hidden_size=64, batch_size=16, seed=0, backend="auto"):
@@ -52,35 +47,81 @@ def grad_norms_through_time(cell, seq_len, scale, hidden_size=64, batch_size=16,
     sd = layer.state_dict()
     sd["weight_hh_l0"] = w_hh
     layer.load_state_dict(sd)
-    sigma = float(np.linalg.svd(w_hh, compute_uv=False)[0])
+    x = rng.standard_normal((T, B, INPUT_SIZE))
+    result = {"cell": cell, "scale": float(scale), "label": f"{cell}, W_hh scale {float(scale):g}"}
+    result.update(measure(layer, x, rng))
+    return result
 
+
+def grad_norms_of_run(run_dir, seq_len=None, batch_size=16, seed=0, backend="auto"):
+    """The same measurement for the recurrent layers of a trained run (its checkpoint), on inputs
+    drawn from its own task: does training teach a cell to carry the gradient further?"""
+    import os
+
+    from .checkpoint import load_checkpoint
+    from .model import SequenceModel
+    from .tasks import make_task
+
+    ckpt = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
+    cfg = ckpt["config"]
+    T = int(seq_len or cfg["seq_len"])
+    if cfg["task"] == "charlm":
+        vocab = ckpt["extra"]["vocab"]
+        kw = dict(vocab_size=len(vocab))
+        out_size = len(vocab)
+    else:
+        task = make_task(cfg["task"], T, copy_len=cfg.get("copy_len", 10))
+        kw = dict(vocab_size=task.input_size) if task.tokens else dict(input_size=task.input_size)
+        out_size = task.output_size
+    model = SequenceModel(cfg["cell"], cfg["hidden"], out_size, embed_size=cfg.get("embed"),
+                          num_layers=cfg["layers"], backend=backend, dtype="float64", **kw)
+    model.load_state_dict(ckpt["model"])
+    rng = np.random.default_rng(seed)
+    if cfg["task"] == "charlm":
+        ids = rng.integers(0, len(vocab), size=(T, batch_size))
+    else:
+        ids = task.batch(rng, batch_size, split="eval").x
+    xp = model.backend.xp
+    x = model.input(xp.asarray(ids)) if model.input is not None else ids
+    result = {"cell": cfg["cell"], "scale": None, "run": os.fspath(run_dir),
+              "label": f"{cfg['cell']}, trained ({cfg['task']}, T={cfg['seq_len']}, {ckpt['step']} steps)"}
+    result.update(measure(model.rnn, model.backend.to_host(x), rng))
+    return result
+
+
+def measure(layer, x, rng):
+    """||dL/dh|| at every distance from a loss L = u . h_{T-1} (u a random unit vector) for the
+    recurrent ``layer`` reading ``x`` (T, B, I). Returns sigma_max of the first W_hh, the sizes,
+    ``dh_norms`` and, for the LSTM, ``dc_norms`` (norms over all layers' states, mean over the batch)."""
+    T, B, _ = x.shape
+    H = layer.hidden_size
+    sigma = float(np.linalg.svd(layer.state_dict()["weight_hh_l0"], compute_uv=False)[0])
     xp = layer.backend.xp
-    x = xp.asarray(rng.standard_normal((T, B, INPUT_SIZE)))
+    x = xp.asarray(x, dtype=layer.dtype)
     u = rng.standard_normal(H)
     u /= np.linalg.norm(u)
-    lstm = cell == "lstm"
+    lstm = layer.cell == "lstm"
 
     states, state = [], None                     # states[t]: the state after reading x[t]
     for t in range(T):
         _, state = layer(x[t:t + 1], state)
         states.append(state)
 
-    def norms(a):
-        return float(xp.sqrt((a * a).sum(axis=-1)).mean())
+    def norms(a):                                # a: (layers, B, H) -> mean over B of the norm
+        return float(xp.sqrt((a * a).sum(axis=(0, 2))).mean())
 
     dh_norms, dc_norms = [1.0], [0.0]            # distance 0: dL/dh_{T-1} = u, a unit vector
     for t in range(T - 2, -1, -1):
         y, _ = layer(x[t + 1:], states[t])
         dy = xp.zeros_like(y)
-        dy[-1] = xp.asarray(u)
+        dy[-1, :, -H:] = xp.asarray(u)
         _, dstate = layer.backward(dy)
         layer.zero_grad()
         dh, dc = dstate if lstm else (dstate, None)
-        dh_norms.append(norms(dh[0]))
+        dh_norms.append(norms(dh))
         if lstm:
-            dc_norms.append(norms(dc[0]))
-    result = {"cell": cell, "scale": float(scale), "sigma_max": sigma, "seq_len": T, "hidden": H,
-              "batch": B, "dh_norms": dh_norms}
+            dc_norms.append(norms(dc))
+    result = {"sigma_max": sigma, "seq_len": int(T), "hidden": int(H), "batch": int(B), "dh_norms": dh_norms}
     if lstm:
         result["dc_norms"] = dc_norms
     return result
@@ -109,11 +150,11 @@ def classify(result):
 
 
 def verdict(result):
-    """One sentence in words, e.g. 'rnn, W_hh scale 0.5 (sigma_max 0.50): vanishes, ...'."""
+    """One sentence in words, e.g. 'rnn, W_hh scale 0.5 (sigma_max 0.50): vanishes: ...'."""
     ratio, factor = per_step_factor(result)
     steps = len(result["dh_norms"]) - 1
     kind = classify(result)
-    head = f"{result['cell']}, W_hh scale {result['scale']:g} (sigma_max {result['sigma_max']:.2f}): {kind}"
+    head = f"{result['label']} (sigma_max {result['sigma_max']:.2f}): {kind}"
     if kind == "survives":
         return (f"{head}: {steps} steps back it is {ratio:.3g} times its size at the loss "
                 f"(x{factor:.3f} per step)")
@@ -138,7 +179,7 @@ def plot_grad_norms(results, path):
         k = np.arange(len(norms))
         keep = norms > 0
         ax.semilogy(k[keep], norms[keep], styles.get(r["cell"], "-"), linewidth=1.6,
-                    label=f"{r['cell']}, scale {r['scale']:g} ($\\sigma_{{max}}$ {r['sigma_max']:.2f})")
+                    label=f"{r['label']} ($\\sigma_{{max}}$ {r['sigma_max']:.2f})")
     ax.set_xlabel("distance from the loss (steps back in time)")
     ax.set_ylabel("||dL/dh_t||  (log scale)")
     T = results[0]["seq_len"] if results else 0

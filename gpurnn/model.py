@@ -71,6 +71,9 @@ class SequenceModel:
     Input stage: with ``vocab_size``, an Embedding(vocab_size, embed_size) reads token ids (T, B);
     otherwise features (T, B, input_size) go through Linear(input_size, embed_size) when
     ``embed_size`` is given, or straight into the first layer's own input projection W_ih.
+    ``recurrent_scale``: when given, every H x H gate block of every W_hh starts as a random
+    orthogonal matrix times this scale (its largest singular value), instead of torch's uniform
+    initialisation: below 1 gradients through time vanish, above 1 they can explode.
 
     ``out, state = model(x, state=None)``: out (T, B, output_size); state is the recurrent layers'
     final state (h_n, or (h_n, c_n) for the LSTM), ready to carry into the next segment.
@@ -78,7 +81,7 @@ class SequenceModel:
     """
 
     def __init__(self, cell, hidden_size, output_size, input_size=None, vocab_size=None, embed_size=None,
-                 num_layers=1, backend="auto", dtype="float32", seed=0):
+                 num_layers=1, recurrent_scale=None, backend="auto", dtype="float32", seed=0):
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
         if (input_size is None) == (vocab_size is None):
@@ -102,6 +105,14 @@ class SequenceModel:
             self.rnn = GRU(rnn_in, hidden_size, **kw)
         else:
             self.rnn = RNN(rnn_in, hidden_size, nonlinearity="relu" if cell == "rnn-relu" else "tanh", **kw)
+        if recurrent_scale is not None:
+            rng = np.random.default_rng(seeds[1])
+            sd = self.rnn.state_dict()
+            for name, w in sd.items():
+                if name.startswith("weight_hh"):
+                    blocks = [recurrent_scale * orthogonal(rng, hidden_size) for _ in range(w.shape[0] // hidden_size)]
+                    sd[name] = np.concatenate(blocks, axis=0)
+            self.rnn.load_state_dict(sd)
         self.head = Linear(hidden_size, output_size, backend=self.rnn.backend, dtype=dtype, seed=seeds[2])
         self.backend = self.rnn.backend
         self.tokens = vocab_size is not None
@@ -129,9 +140,15 @@ class SequenceModel:
         return self.head(y), state
 
     def backward(self, dout):
+        """Raises FloatingPointError when a gradient between the stages is not finite (diverged)."""
+        xp = self.backend.xp
         dy = self.head.backward(dout)
+        if not bool(xp.isfinite(dy).all()):
+            raise FloatingPointError("the gradient reaching the recurrent layers is not finite")
         dh, _ = self.rnn.backward(dy)          # the gradient of the incoming state is not used (truncation)
         if self.input is not None:
+            if not bool(xp.isfinite(dh).all()):
+                raise FloatingPointError("the gradient reaching the input stage is not finite")
             self.input.backward(dh)
 
     def zero_grad(self):
@@ -161,12 +178,18 @@ class SequenceModel:
         return f"SequenceModel({stage}{self.rnn!r} -> {self.head!r})"
 
 
-def make_model(task, cell="lstm", hidden_size=64, num_layers=1, embed_size=None, backend="auto",
-               dtype="float32", seed=0):
+def orthogonal(rng, n):
+    """A random n x n orthogonal matrix (QR of a Gaussian matrix, signs fixed so it is uniform)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def make_model(task, cell="lstm", hidden_size=64, num_layers=1, embed_size=None, recurrent_scale=None,
+               backend="auto", dtype="float32", seed=0):
     """A SequenceModel sized for ``task`` (its input and output sizes, tokens or features)."""
     kw = dict(vocab_size=task.input_size) if task.tokens else dict(input_size=task.input_size)
     return SequenceModel(cell, hidden_size, task.output_size, embed_size=embed_size, num_layers=num_layers,
-                         backend=backend, dtype=dtype, seed=seed, **kw)
+                         recurrent_scale=recurrent_scale, backend=backend, dtype=dtype, seed=seed, **kw)
 
 
 def make_optimizer(name, modules, lr):
@@ -255,8 +278,11 @@ class Trainer:
             loss += seg_loss
             correct += seg_correct
             if train and grad is not None:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    self.model.backward(grad)
+                try:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        self.model.backward(grad)
+                except FloatingPointError:
+                    return math.nan, math.nan
         return loss, self.task.score(loss, correct / total)
 
     def train_step(self):
