@@ -35,8 +35,8 @@ def test_train_writes_config_metrics_and_checkpoint(tmp_path, capsys):
     recs = _metrics(out)
     assert [r["step"] for r in recs] == [3, 6, 9, 12]
     for r in recs:
-        assert {"step", "loss", "metric", "grad_norm", "elapsed", "sequences_per_s"} <= set(r)
-        assert np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["sequences_per_s"] > 0
+        assert {"step", "loss", "metric", "grad_norm", "grad_norm_max", "elapsed", "sequences_per_s"} <= set(r)
+        assert np.isfinite(r["loss"]) and 0 < r["grad_norm"] <= r["grad_norm_max"] and r["sequences_per_s"] > 0
     assert ["eval_metric" in r for r in recs] == [False, True, False, True]
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 12
     assert "held-out mse" in capsys.readouterr().err
@@ -121,6 +121,20 @@ def test_grads_finds_vanishing_and_exploding_settings(tmp_path, capsys):
     assert (out / "grad_norms.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_grads_measures_a_trained_run_on_its_own_task(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--steps", "2", "--cell", "lstm", "--layers", "2") == 0
+    out = tmp_path / "grads"
+    assert cli.main(["grads", "--run", str(run), "--seq-len", "6", "--batch", "3", "--backend", "cpu",
+                     "--out", str(out)]) == 0
+    (result,) = json.loads((out / "grad_norms.json").read_text())["results"]
+    assert result["cell"] == "lstm" and result["run"] == str(run) and "trained (adding, T=6, 2 steps)" in result["label"]
+    assert len(result["dh_norms"]) == len(result["dc_norms"]) == 6 and result["dh_norms"][0] == 1.0
+    assert all(n > 0 for n in result["dh_norms"])
+    assert "lstm, trained" in capsys.readouterr().out
+    assert cli.main(["grads", "--run", str(tmp_path / "missing"), "--out", str(out)]) == 1
+
+
 def test_sample_generates_text_from_a_charlm_run(tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text("abcabcabd " * 50, encoding="utf-8")
@@ -149,6 +163,19 @@ def test_report_tabulates_runs_by_seed(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 3 and "(seed 0)" in table[2] and "(seed 1)" in table[2]
+    assert "largest gradient norm" in table[0]
+
+
+def test_report_shows_where_a_run_diverged(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--hidden", "16", "--seq-len", "20", "--batch", "8", "--backend", "cpu",
+                     "--no-progress", "--cell", "rnn", "--init-scale", "3", "--optimizer", "sgd", "--lr", "1",
+                     "--clip", "0", "--steps", "100", "--out", str(out)]) == 1
+    step = _metrics(out)[-1]["step"]
+    capsys.readouterr()
+    assert cli.main(["report", str(out)]) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert f"diverged at step {step} (seed 0)" in row and "W_hh scale 3" in row and "| off |" in row
 
 
 def test_python_dash_m_gpurnn_runs_the_cli():

@@ -172,3 +172,17 @@ def test_copy_accuracy_is_the_fraction_of_recalled_symbols():
     tr = Trainer(model, task, batch_size=4, eval_sequences=40)
     loss, acc = tr.evaluate()
     assert 0 <= acc <= 1 and abs(loss - math.log(task.output_size)) < 0.5
+
+
+@pytest.mark.parametrize("cell, gates", [("rnn", 1), ("lstm", 4), ("gru", 3)])
+def test_recurrent_scale_starts_each_gate_block_orthogonal_times_the_scale(cell, gates):
+    H = 6
+    m = make_model(Adding(5), cell, H, num_layers=2, recurrent_scale=1.5, backend="cpu", dtype="float64", seed=0)
+    for layer in (0, 1):
+        w = m.rnn.state_dict()[f"weight_hh_l{layer}"]
+        assert w.shape == (gates * H, H)
+        for g in range(gates):
+            block = w[g * H:(g + 1) * H]
+            np.testing.assert_allclose(block @ block.T, 1.5 ** 2 * np.eye(H), atol=1e-12)
+    again = make_model(Adding(5), cell, H, num_layers=2, recurrent_scale=1.5, backend="cpu", dtype="float64", seed=0)
+    assert all(np.array_equal(v, again.state_dict()[k]) for k, v in m.state_dict().items())
