@@ -13,6 +13,9 @@ from .backend import BACKENDS, cuda_status, get_backend
 from .layers import GRU, LSTM, RNN, Linear, Module
 from .losses import cross_entropy, mse_loss
 from .optim import SGD, Adam, clip_grad_norm, clip_grad_value
+from .model import Embedding, NonFiniteError, SequenceModel, Trainer, make_model
+from .tasks import make_task
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -21,4 +24,6 @@ __all__ = [
     "mse_loss", "cross_entropy",
     "SGD", "Adam", "clip_grad_norm", "clip_grad_value",
     "get_backend", "cuda_status", "BACKENDS",
+    "SequenceModel", "Trainer", "Embedding", "NonFiniteError", "make_model", "make_task",
+    "save_checkpoint", "load_checkpoint", "CheckpointError",
 ]
