@@ -186,6 +186,9 @@ def cmd_train(args):
         ckpt = None
     try:
         return train(cfg, out, ckpt, progress=not args.no_progress)
+    except KeyboardInterrupt:       # a second Ctrl-C: stop now; the last checkpoint written is intact
+        print(f"\ngpurnn train: stopped at once; {out}/checkpoint.npz holds the last saved step", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError) as e:
         print(f"gpurnn train: {e}", file=sys.stderr)
         return 2

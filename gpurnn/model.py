@@ -249,12 +249,11 @@ class Trainer:
         if count == 0:
             return 0.0, None, 0.0
         share = count / total
+        target = xp.asarray(batch.target[a:b])
         if self.task.loss == "mse":
-            target = xp.asarray(batch.target[a:b])
             loss, grad = mse_loss(out, target, mask=xp.broadcast_to(mask[..., None], out.shape))
             correct = 0.0
         else:
-            target = xp.asarray(batch.target[a:b])
             loss, grad = cross_entropy(out, target, mask=mask)
             correct = float(((out.argmax(axis=-1) == target) * mask).sum())
         return loss * share, grad * out.dtype.type(share), correct
@@ -300,11 +299,8 @@ class Trainer:
         if not math.isfinite(loss):
             self._restore(before)
             raise NonFiniteError(step, self._advice(step, f"the loss is {loss}"))
-        grads = [m for m in self.model.modules]
-        if self.clip is not None:
-            norm = clip_grad_norm(grads, self.clip)
-        else:
-            norm = grad_norm(grads)
+        modules = self.model.modules
+        norm = clip_grad_norm(modules, self.clip) if self.clip is not None else grad_norm(modules)
         if not math.isfinite(norm):
             self._restore(before)
             raise NonFiniteError(step, self._advice(step, f"the gradient norm is {norm}"))
