@@ -63,6 +63,46 @@ class Geometry:
     acc_k: int = 16
 
 
+def _thread_safe_simulator_shared_arrays():
+    """Make the simulator's ``cuda.shared.array`` allocate each array exactly once per block.
+
+    The simulator runs a block's threads as Python threads and creates a shared array on the first
+    call from each source line: ``get``, then ``np.empty`` and store, without a lock. Two threads
+    that both see "not yet" get different arrays, and the block computes with a tile it never
+    wrote (seen here: about one launch in a few thousand, wrong gradients). Same logic, under a lock.
+    """
+    import sys
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    unlocked = kernelapi.FakeCUDAShared.array
+    if getattr(unlocked, "thread_safe", False):
+        return
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:   # dynamic shared memory: no allocation per line
+            return unlocked(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                if isinstance(dtype, numba.types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+
+    array.thread_safe = True
+    kernelapi.FakeCUDAShared.array = array
+
+
+if cuda_simulated():
+    _thread_safe_simulator_shared_arrays()
+
+
 GPU_GEOMETRY = Geometry()
 # The simulator runs every CUDA thread as a Python thread: small blocks keep it fast, and still
 # make tests cross tile boundaries in H, B and N.
