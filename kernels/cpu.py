@@ -5,160 +5,348 @@ The contract of ``forward_sequence`` / ``backward_sequence`` is written in kerne
 
 Forward, one layer and direction:
     XW = x (T*B, I) @ W_ihᵀ + b_ih                    one GEMM for all time steps
-    for each step t:  HW = h_{t-1} @ W_hhᵀ             (B, G*H), the only sequential product
+    for each step t:  HW = h_{t-1} (B, H) @ W_hhᵀ (H, G*H)    the only sequential product
                       step kernel: gates, h_t (c_t), the activations backward needs
 Backward (BPTT):
     for each step t, reversed:  step kernel: dG_t from dh_t (dc_t) and the saved activations
-                                dh_{t-1} = dG_t @ W_hh (+ the GRU's direct path)
+                                dh_{t-1} += dG_t (B, G*H) @ W_hh (G*H, H)
     dW_ih += dGᵀ (G*H, T*B) @ x (T*B, I)               one GEMM each, after the loop: the
     dW_hh += dGᵀ @ h_prev (T*B, H)                     BPTT sums over time and batch at once
     db    += column sums of dG;  dx = dG @ W_ih
+
+Why it is laid out this way (the per-step loop runs T times, so it does only what must be sequential):
+- States live in one array ``hs`` (T+1, B, H) in time order: the forward step at t reads the state
+  ``hs[t]`` and writes ``hs[t+1]`` (reversed: reads ``hs[t+1]``, writes ``hs[t]``). Nothing is copied
+  per step, and h_prev of every step is a contiguous (T*B, H) view for the dW_hh product. The LSTM
+  cell state ``cs`` is laid out the same way.
+- Step kernels take the whole (T, ...) arrays and the step's indices instead of per-step slices:
+  a Python slice costs about as much as a small kernel's work, and each step makes one kernel call
+  and one BLAS call, both writing into buffers allocated once per sequence.
+- The recurrent products use ``W_hhᵀ`` as a contiguous (H, G*H) copy (forward) and ``W_hh`` itself
+  (backward), so both are plain row-major GEMMs and go through ``np.dot``, which has the least
+  per-call overhead.
+- The backward step kernel adds the previous step's recurrent gradient ``dh_rec`` into ``dh`` itself,
+  which saves one pass over (B, H) and one Python call per step.
 """
 
-import numpy as np
-from numba import njit
+import math
+import types as pytypes
 
-from .cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_relu_backward,
-                    rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from . import cells
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
+# ---------------------------------------------------------------- the cell math, compiled for the CPU
+# The cell functions of kernels/cells.py call math.exp and math.tanh. Compiled for the CPU these are
+# calls into libm, one element at a time (glibc's tanhf costs about five expf), and a loop that calls
+# a function cannot be vectorised. The CPU kernels therefore compile the very same cell functions
+# against a ``math`` whose float32 exp is a branch-free polynomial that LLVM turns into AVX code, and
+# whose float32 tanh is 1 - 2/(exp(2a) + 1). Both stay within a few float32 ulps of libm (absolute
+# error below 2e-7 for tanh); float64 keeps libm's functions.
+# The kernels are compiled with error_model="numpy": Python's error model tests every division for
+# a zero divisor, and that branch alone stops vectorisation.
+
+@intrinsic
+def _pow2_of_rounded(typingctx, y):
+    """2**n as float32, for the float32 y = n + 1.5·2**23 (n, an integer, sits in y's low bits)."""
+    if y != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.bitcast(args[0], i32), ir.Constant(i32, 23))
+        return builder.bitcast(builder.add(bits, ir.Constant(i32, 127 << 23)), ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+_F = np.float32
+
+
+@njit(inline="always", error_model="numpy")
+def exp_float32(a):
+    """e**a: a = n·ln2 + r with |r| <= ln2/2 (Cody-Waite), e**r by Cephes' expf polynomial.
+
+    a is clamped to [-87.3, 88.3], so the result is always a normal, finite float32."""
+    a = min(max(a, _F(-87.3)), _F(88.3))
+    y = a * _F(1.44269504088896341) + _F(12582912.0)      # round(a / ln2) + 1.5·2**23
+    n = y - _F(12582912.0)
+    r = a - n * _F(0.693359375) + n * _F(2.12194440e-4)   # ln2 in two parts: r is exact
+    p = _F(1.9875691500e-4)
+    p = p * r + _F(1.3981999507e-3)
+    p = p * r + _F(8.3334519073e-3)
+    p = p * r + _F(4.1665795894e-2)
+    p = p * r + _F(1.6666665459e-1)
+    p = p * r + _F(5.0000001201e-1)
+    return (p * r * r + r + _F(1.0)) * _pow2_of_rounded(y)
+
+
+def _exp(a):
+    return math.exp(a)
+
+
+def _tanh(a):
+    return math.tanh(a)
+
+
+@overload(_exp, inline="always")
+def _exp_overload(a):
+    if a == types.float32:
+        return lambda a: exp_float32(a)
+    return lambda a: math.exp(a)
+
+
+@overload(_tanh, inline="always")
+def _tanh_overload(a):
+    if a == types.float32:
+        return lambda a: _F(1.0) - _F(2.0) / (exp_float32(a + a) + _F(1.0))
+    return lambda a: math.tanh(a)
+
+
+def _compile_cells_for_cpu():
+    """Every jitted function of kernels/cells.py, recompiled with ``math`` as above."""
+    cpu_math = pytypes.ModuleType("gpurnn_cpu_math")
+    cpu_math.__dict__.update(vars(math))
+    cpu_math.exp, cpu_math.tanh = _exp, _tanh
+    namespace = dict(vars(cells), math=cpu_math)       # the globals the recompiled functions see
+    for name, fn in vars(cells).items():
+        if hasattr(fn, "py_func"):
+            py = fn.py_func
+            namespace[name] = njit(inline="always")(
+                pytypes.FunctionType(py.__code__, namespace, py.__name__, py.__defaults__, py.__closure__))
+    return pytypes.SimpleNamespace(**namespace)
+
+
+_cells = _compile_cells_for_cpu()
+rnn_tanh_forward, rnn_tanh_backward = _cells.rnn_tanh_forward, _cells.rnn_tanh_backward
+rnn_relu_forward, rnn_relu_backward = _cells.rnn_relu_forward, _cells.rnn_relu_backward
+lstm_forward, lstm_backward = _cells.lstm_forward, _cells.lstm_backward
+gru_forward, gru_backward = _cells.gru_forward, _cells.gru_backward
+
+
+# ---------------------------------------------------------------- row kernels
+# The pointwise math of one batch row, j = 0..H-1, on 1-D arrays of H (one per gate block). Each
+# row kernel is a function of its own, not inlined, and takes every gate block as its own array:
+# that way LLVM sees distinct arrays and vectorises the loop. Rows of one array (hs[r, b], hs[w, b])
+# or gate blocks addressed as g[k*H + j] look to it as if they might overlap, and it gives up.
+
+@njit(cache=True, error_model="numpy")
+def rnn_tanh_row_forward(a, h_new):
+    for j in range(h_new.shape[0]):
+        h_new[j] = rnn_tanh_forward(a[j])
+
+
+@njit(cache=True, error_model="numpy")
+def rnn_relu_row_forward(a, h_new):
+    for j in range(h_new.shape[0]):
+        h_new[j] = rnn_relu_forward(a[j])
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_row_forward(ai, af, ag, ao, c_prev, i, f, g, o, c_new, h_new):
+    """a*: pre-activations with both biases and the recurrent part; i, f, g, o: activated gates."""
+    zero = c_prev.dtype.type(0)
+    for j in range(h_new.shape[0]):
+        i[j], f[j], g[j], o[j], c_new[j], h_new[j] = lstm_forward(
+            ai[j], af[j], ag[j], ao[j], zero, zero, zero, zero, c_prev[j])
+
+
+@njit(cache=True, error_model="numpy")
+def gru_row_forward(ar, az, xn, hn, h_prev, r, z, n, h_new):
+    """ar, az: whole pre-activations; xn = W_in x + b_in; hn = W_hn h + b_hn."""
+    zero = h_prev.dtype.type(0)
+    for j in range(h_new.shape[0]):
+        r[j], z[j], n[j], h_new[j] = gru_forward(ar[j], az[j], xn[j], zero, zero, hn[j], h_prev[j])
+
+
+# dh (H): dL/dh of the row's new state, all parts summed; on return the part of dL/dh_prev that
+# does not pass through W_hh. dc (H): LSTM, dL/dc in, dL/dc_prev out. d* (H): overwritten with
+# the pre-activation gradient of each gate block.
+
+@njit(cache=True, error_model="numpy")
+def rnn_tanh_row_backward(dh, h_new, da):
+    for j in range(dh.shape[0]):
+        da[j] = rnn_tanh_backward(dh[j], h_new[j])
+        dh[j] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def rnn_relu_row_backward(dh, h_new, da):
+    for j in range(dh.shape[0]):
+        da[j] = rnn_relu_backward(dh[j], h_new[j])
+        dh[j] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_row_backward(dh, dc, i, f, g, o, c_new, c_prev, dai, daf, dag, dao):
+    for j in range(dh.shape[0]):
+        dai[j], daf[j], dag[j], dao[j], dc[j] = lstm_backward(dh[j], dc[j], i[j], f[j], g[j], o[j],
+                                                              c_new[j], c_prev[j])
+        dh[j] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def gru_row_backward(dh, r, z, n, hn, h_prev, dar, daz, dan_x, dan_h):
+    """dar, daz serve both sides; the candidate's gradient differs: dan_x (input), dan_h (recurrent)."""
+    for j in range(dh.shape[0]):
+        dar[j], daz[j], dan_x[j], dan_h[j], dh[j] = gru_backward(dh[j], r[j], z[j], n[j], hn[j], h_prev[j])
+
+
 # ---------------------------------------------------------------- step kernels
-# Shapes of one step: xw, hw (B, G*H) pre-activations from the input / recurrent products, without
-# b_hh (added here); active (B,) uint8; h, c (B, H) the running state, updated in place for active
-# rows; y (B, H) overwritten (zero for inactive rows); saved arrays overwritten for active rows only.
+# One step at time t, reading state index r and writing state index w (see the top):
+#   xw (T, B, G*H)   input pre-activations, b_ih included
+#   hw (B, G*H)      in: h_r @ W_hhᵀ; overwritten with the pre-activations (scratch)
+#   b_hh (G*H,);  active (T, B) uint8
+#   hs, cs (T+1, B, H)   states; index w overwritten (a copy of index r for inactive rows)
+#   y (T, B, H)          y[t] overwritten, zero for inactive rows
+#   gates (T, B, G*H)    activated gates (LSTM, GRU); hn (T, B, H) W_hn h + b_hn (GRU)
+# Rows inactive at t keep their state and leave gates/hn[t] unset: backward never reads them.
 
-@njit(cache=True)
-def rnn_tanh_step_forward(xw, hw, b_hh, active, h, y, h_saved):
-    B, H = h.shape
-    for b in range(B):
-        if not active[b]:
-            y[b, :] = 0
-            continue
-        for j in range(H):
-            hj = rnn_tanh_forward(xw[b, j] + hw[b, j] + b_hh[j])
-            h[b, j] = hj
-            y[b, j] = hj
-            h_saved[b, j] = hj
-
-
-@njit(cache=True)
-def rnn_relu_step_forward(xw, hw, b_hh, active, h, y, h_saved):
-    B, H = h.shape
-    for b in range(B):
-        if not active[b]:
-            y[b, :] = 0
-            continue
-        for j in range(H):
-            hj = rnn_relu_forward(xw[b, j] + hw[b, j] + b_hh[j])
-            h[b, j] = hj
-            y[b, j] = hj
-            h_saved[b, j] = hj
+@njit(cache=True, error_model="numpy")
+def pre_activation(t, b, n, xw, hw, b_hh):
+    """hw[b, :n] += xw[t, b, :n] + b_hh[:n], and return the row hw[b]."""
+    a, x_b = hw[b], xw[t, b]
+    for k in range(n):
+        a[k] += x_b[k] + b_hh[k]
+    return a
 
 
-@njit(cache=True)
-def lstm_step_forward(xw, hw, b_hh, active, h, c, y, gates, c_prev_saved, c_saved):
-    B, H = h.shape
-    for b in range(B):
-        if not active[b]:
-            y[b, :] = 0
-            continue
-        for j in range(H):
-            i, f, g, o, cj, hj = lstm_forward(
-                xw[b, j], xw[b, H + j], xw[b, 2 * H + j], xw[b, 3 * H + j],
-                hw[b, j] + b_hh[j], hw[b, H + j] + b_hh[H + j],
-                hw[b, 2 * H + j] + b_hh[2 * H + j], hw[b, 3 * H + j] + b_hh[3 * H + j], c[b, j])
-            gates[b, j], gates[b, H + j], gates[b, 2 * H + j], gates[b, 3 * H + j] = i, f, g, o
-            c_prev_saved[b, j] = c[b, j]
-            c_saved[b, j] = cj
-            c[b, j] = cj
-            h[b, j] = hj
-            y[b, j] = hj
+@njit(cache=True, error_model="numpy")
+def rnn_tanh_step_forward(t, r, w, xw, hw, b_hh, active, hs, y):
+    for b in range(hw.shape[0]):
+        if active[t, b]:
+            rnn_tanh_row_forward(pre_activation(t, b, hw.shape[1], xw, hw, b_hh), hs[w, b])
+            y[t, b, :] = hs[w, b]
+        else:
+            hs[w, b, :] = hs[r, b]
+            y[t, b, :] = 0
 
 
-@njit(cache=True)
-def gru_step_forward(xw, hw, b_hh, active, h, y, gates, hn_saved):
-    B, H = h.shape
-    for b in range(B):
-        if not active[b]:
-            y[b, :] = 0
-            continue
-        for j in range(H):
-            hn = hw[b, 2 * H + j] + b_hh[2 * H + j]
-            r, z, n, hj = gru_forward(xw[b, j], xw[b, H + j], xw[b, 2 * H + j],
-                                      hw[b, j] + b_hh[j], hw[b, H + j] + b_hh[H + j], hn, h[b, j])
-            gates[b, j], gates[b, H + j], gates[b, 2 * H + j] = r, z, n
-            hn_saved[b, j] = hn
-            h[b, j] = hj
-            y[b, j] = hj
+@njit(cache=True, error_model="numpy")
+def rnn_relu_step_forward(t, r, w, xw, hw, b_hh, active, hs, y):
+    for b in range(hw.shape[0]):
+        if active[t, b]:
+            rnn_relu_row_forward(pre_activation(t, b, hw.shape[1], xw, hw, b_hh), hs[w, b])
+            y[t, b, :] = hs[w, b]
+        else:
+            hs[w, b, :] = hs[r, b]
+            y[t, b, :] = 0
 
 
-# Backward step kernels. dy (B, H): gradient from this step's output; dh (B, H): on entry dL/dh_t
-# from step t+1, on exit the part of dL/dh_{t-1} that does not pass through W_hh (the caller adds
-# dG_h @ W_hh); dc (B, H) likewise for the LSTM cell. dg_x, dg_h (B, G*H): overwritten with the
-# pre-activation gradients (zero for inactive rows); for all cells but the GRU they are one array.
-
-@njit(cache=True)
-def rnn_tanh_step_backward(dy, dh, active, h_saved, dg):
-    B, H = dh.shape
-    for b in range(B):
-        if not active[b]:
-            dg[b, :] = 0
-            continue
-        for j in range(H):
-            dg[b, j] = rnn_tanh_backward(dh[b, j] + dy[b, j], h_saved[b, j])
-            dh[b, j] = 0
+@njit(cache=True, error_model="numpy")
+def lstm_step_forward(t, r, w, xw, hw, b_hh, active, hs, cs, y, gates):
+    H = hs.shape[2]
+    for b in range(hw.shape[0]):
+        if active[t, b]:
+            a, gt = pre_activation(t, b, hw.shape[1], xw, hw, b_hh), gates[t, b]
+            lstm_row_forward(a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:], cs[r, b],
+                             gt[:H], gt[H:2 * H], gt[2 * H:3 * H], gt[3 * H:], cs[w, b], hs[w, b])
+            y[t, b, :] = hs[w, b]
+        else:
+            hs[w, b, :] = hs[r, b]
+            cs[w, b, :] = cs[r, b]
+            y[t, b, :] = 0
 
 
-@njit(cache=True)
-def rnn_relu_step_backward(dy, dh, active, h_saved, dg):
-    B, H = dh.shape
-    for b in range(B):
-        if not active[b]:
-            dg[b, :] = 0
-            continue
-        for j in range(H):
-            dg[b, j] = rnn_relu_backward(dh[b, j] + dy[b, j], h_saved[b, j])
-            dh[b, j] = 0
+@njit(cache=True, error_model="numpy")
+def gru_step_forward(t, r, w, xw, hw, b_hh, active, hs, y, gates, hn):
+    H = hs.shape[2]
+    for b in range(hw.shape[0]):
+        if active[t, b]:
+            a, gt, hn_b = pre_activation(t, b, 2 * H, xw, hw, b_hh), gates[t, b], hn[t, b]
+            for j in range(H):                                    # n: the recurrent part alone
+                hn_b[j] = a[2 * H + j] + b_hh[2 * H + j]
+            gru_row_forward(a[:H], a[H:2 * H], xw[t, b, 2 * H:], hn_b, hs[r, b],
+                            gt[:H], gt[H:2 * H], gt[2 * H:], hs[w, b])
+            y[t, b, :] = hs[w, b]
+        else:
+            hs[w, b, :] = hs[r, b]
+            y[t, b, :] = 0
 
 
-@njit(cache=True)
-def lstm_step_backward(dy, dh, dc, active, gates, c_prev_saved, c_saved, dg):
-    B, H = dh.shape
-    for b in range(B):
-        if not active[b]:
-            dg[b, :] = 0
-            continue
-        for j in range(H):
-            dai, daf, dag, dao, dcp = lstm_backward(
-                dh[b, j] + dy[b, j], dc[b, j], gates[b, j], gates[b, H + j], gates[b, 2 * H + j],
-                gates[b, 3 * H + j], c_saved[b, j], c_prev_saved[b, j])
-            dg[b, j], dg[b, H + j], dg[b, 2 * H + j], dg[b, 3 * H + j] = dai, daf, dag, dao
-            dc[b, j] = dcp
-            dh[b, j] = 0
+# One backward step at time t (state indices r, w as in forward):
+#   dy (T, B, H)       gradient from the outputs
+#   dh (B, H)          in: dL/dh_w from later steps, less the part still in dh_rec; out: the part of
+#                      dL/dh_r that does not pass through W_hh (zero except the GRU's z·dh)
+#   dh_rec (B, H)      dG of the previous step @ W_hh, added into dh here
+#   dc (B, H)          LSTM: in dL/dc_w, out dL/dc_r
+#   dg, dg_h (T, B, G*H)  dg[t] (dg_h[t]) overwritten with the pre-activation gradients on the input
+#                      (recurrent) side, zero for inactive rows; one array except for the GRU
+# Inactive rows pass dh (and dc) through unchanged, as in forward they pass the state.
+
+@njit(cache=True, error_model="numpy")
+def sum_dh(t, b, active, dy, dh, dh_rec):
+    """dh[b] += dh_rec[b] (+ dy[t, b] when the row is active); returns the row dh[b]."""
+    dh_b, rec_b, dy_b = dh[b], dh_rec[b], dy[t, b]
+    if active[t, b]:
+        for j in range(dh_b.shape[0]):
+            dh_b[j] += rec_b[j] + dy_b[j]
+    else:
+        for j in range(dh_b.shape[0]):
+            dh_b[j] += rec_b[j]
+    return dh_b
 
 
-@njit(cache=True)
-def gru_step_backward(dy, dh, active, gates, hn_saved, h_prev, dg_x, dg_h):
-    B, H = dh.shape
-    for b in range(B):
-        if not active[b]:
-            dg_x[b, :] = 0
-            dg_h[b, :] = 0
-            continue
-        for j in range(H):
-            dar, daz, dan_x, dan_h, dh_direct = gru_backward(
-                dh[b, j] + dy[b, j], gates[b, j], gates[b, H + j], gates[b, 2 * H + j],
-                hn_saved[b, j], h_prev[b, j])
-            dg_x[b, j], dg_x[b, H + j], dg_x[b, 2 * H + j] = dar, daz, dan_x
-            dg_h[b, j], dg_h[b, H + j], dg_h[b, 2 * H + j] = dar, daz, dan_h
-            dh[b, j] = dh_direct
+@njit(cache=True, error_model="numpy")
+def rnn_tanh_step_backward(t, w, dy, dh, dh_rec, active, hs, dg):
+    for b in range(dh.shape[0]):
+        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
+        if active[t, b]:
+            rnn_tanh_row_backward(dh_b, hs[w, b], dg[t, b])
+        else:
+            dg[t, b, :] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def rnn_relu_step_backward(t, w, dy, dh, dh_rec, active, hs, dg):
+    for b in range(dh.shape[0]):
+        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
+        if active[t, b]:
+            rnn_relu_row_backward(dh_b, hs[w, b], dg[t, b])
+        else:
+            dg[t, b, :] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, gates, cs, dg):
+    H = dh.shape[1]
+    for b in range(dh.shape[0]):
+        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
+        if active[t, b]:
+            gt, d = gates[t, b], dg[t, b]
+            lstm_row_backward(dh_b, dc[b], gt[:H], gt[H:2 * H], gt[2 * H:3 * H], gt[3 * H:], cs[w, b], cs[r, b],
+                              d[:H], d[H:2 * H], d[2 * H:3 * H], d[3 * H:])
+        else:
+            dg[t, b, :] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def gru_step_backward(t, r, dy, dh, dh_rec, active, gates, hn, hs, dg_x, dg_h):
+    H = dh.shape[1]
+    for b in range(dh.shape[0]):
+        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
+        if active[t, b]:
+            gt, dx_, dh_ = gates[t, b], dg_x[t, b], dg_h[t, b]
+            gru_row_backward(dh_b, gt[:H], gt[H:2 * H], gt[2 * H:], hn[t, b], hs[r, b],
+                             dx_[:H], dx_[H:2 * H], dx_[2 * H:], dh_[2 * H:])
+            dh_[:2 * H] = dx_[:2 * H]                             # r, z: the same on both sides
+        else:
+            dg_x[t, b, :] = 0
+            dg_h[t, b, :] = 0
 
 
 # ---------------------------------------------------------------- sequences
-def time_steps(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
+def steps(T, reverse):
+    """(t, r, w) of every step in the order it runs: time, state index read, state index written."""
+    if reverse:
+        return [(t, t + 1, t) for t in range(T - 1, -1, -1)]
+    return [(t, t, t + 1) for t in range(T)]
 
 
 def active_mask(lengths, T, B):
@@ -172,36 +360,38 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
-    xw = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, GH)    # input projection of every step at once
+    xw = np.dot(x.reshape(T * B, I), w_ih.T).reshape(T, B, GH)   # input projection of every step
     xw += b_ih
+    w_hh_t = np.ascontiguousarray(w_hh.T)                       # (H, G*H)
     hw = np.empty((B, GH), dt)
     y = np.empty((T, B, H), dt)
-    hprev = np.empty((T, B, H), dt)
-    acts = np.empty((T, B, GH), dt)                          # h (RNN) or the activated gates
+    hs = np.empty((T + 1, B, H), dt)                            # states in time order, see the top
+    first = T if reverse else 0                                 # where the initial state goes
+    hs[first] = h0
     active = active_mask(lengths, T, B)
-    h = h0.copy()
-    c = c0.copy() if cell == "lstm" else None
-    c_prev_saved = np.empty((T, B, H), dt) if cell == "lstm" else None
-    c_saved = np.empty((T, B, H), dt) if cell == "lstm" else None
-    hn_saved = np.empty((T, B, H), dt) if cell == "gru" else None
-    for t in time_steps(T, reverse):
-        hprev[t] = h
-        np.matmul(h, w_hh.T, out=hw)
+    gates = np.empty((T, B, GH), dt) if cell in ("lstm", "gru") else None
+    cs = None
+    if cell == "lstm":
+        cs = np.empty((T + 1, B, H), dt)
+        cs[first] = c0
+    hn = np.empty((T, B, H), dt) if cell == "gru" else None
+    for t, r, w in steps(T, reverse):
+        np.dot(hs[r], w_hh_t, out=hw)
         if cell == "rnn_tanh":
-            rnn_tanh_step_forward(xw[t], hw, b_hh, active[t], h, y[t], acts[t])
+            rnn_tanh_step_forward(t, r, w, xw, hw, b_hh, active, hs, y)
         elif cell == "rnn_relu":
-            rnn_relu_step_forward(xw[t], hw, b_hh, active[t], h, y[t], acts[t])
+            rnn_relu_step_forward(t, r, w, xw, hw, b_hh, active, hs, y)
         elif cell == "lstm":
-            lstm_step_forward(xw[t], hw, b_hh, active[t], h, c, y[t], acts[t], c_prev_saved[t], c_saved[t])
+            lstm_step_forward(t, r, w, xw, hw, b_hh, active, hs, cs, y, gates)
         else:
-            gru_step_forward(xw[t], hw, b_hh, active[t], h, y[t], acts[t], hn_saved[t])
-    saved = dict(x=x, hprev=hprev, acts=acts, c_prev=c_prev_saved, c=c_saved, hn=hn_saved,
-                 active=active, reverse=reverse)
-    return y, h, c, saved
+            gru_step_forward(t, r, w, xw, hw, b_hh, active, hs, y, gates, hn)
+    last = 0 if reverse else T
+    saved = dict(x=x, hs=hs, cs=cs, gates=gates, hn=hn, active=active, reverse=reverse)
+    return y, hs[last].copy(), (cs[last].copy() if cell == "lstm" else None), saved
 
 
 def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
-    x, hprev, acts, active = saved["x"], saved["hprev"], saved["acts"], saved["active"]
+    x, hs, active, reverse = saved["x"], saved["hs"], saved["active"], saved["reverse"]
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
@@ -209,27 +399,27 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     dg_h = np.empty((T, B, GH), dt) if cell == "gru" else dg_x
     dh = np.zeros((B, H), dt) if dh_n is None else dh_n.copy()
     dc = (np.zeros((B, H), dt) if dc_n is None else dc_n.copy()) if cell == "lstm" else None
-    zero_dy = np.zeros((B, H), dt)
-    dh_rec = np.empty((B, H), dt)
-    for t in time_steps(T, not saved["reverse"]):
-        dy_t = zero_dy if dy is None else dy[t]
+    dh_rec = np.zeros((B, H), dt)
+    if dy is None:
+        dy = np.zeros((T, B, H), dt)
+    for t, r, w in reversed(steps(T, reverse)):
         if cell == "rnn_tanh":
-            rnn_tanh_step_backward(dy_t, dh, active[t], acts[t], dg_x[t])
+            rnn_tanh_step_backward(t, w, dy, dh, dh_rec, active, hs, dg_x)
         elif cell == "rnn_relu":
-            rnn_relu_step_backward(dy_t, dh, active[t], acts[t], dg_x[t])
+            rnn_relu_step_backward(t, w, dy, dh, dh_rec, active, hs, dg_x)
         elif cell == "lstm":
-            lstm_step_backward(dy_t, dh, dc, active[t], acts[t], saved["c_prev"][t], saved["c"][t], dg_x[t])
+            lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, saved["gates"], saved["cs"], dg_x)
         else:
-            gru_step_backward(dy_t, dh, active[t], acts[t], saved["hn"][t], hprev[t], dg_x[t], dg_h[t])
-        np.matmul(dg_h[t], w_hh, out=dh_rec)                 # dh_{t-1} through W_hh
-        dh += dh_rec
+            gru_step_backward(t, r, dy, dh, dh_rec, active, saved["gates"], saved["hn"], hs, dg_x, dg_h)
+        np.dot(dg_h[t], w_hh, out=dh_rec)                       # dh_{t-1} through W_hh
+    dh += dh_rec
     # BPTT accumulation over all T*B rows at once: deterministic, no per-step products.
+    h_prev = hs[1:] if reverse else hs[:T]                      # the state each step read, time order
     dgx2, dgh2 = dg_x.reshape(T * B, GH), dg_h.reshape(T * B, GH)
-    grads["w_ih"] += dgx2.T @ x.reshape(T * B, I)
-    grads["w_hh"] += dgh2.T @ hprev.reshape(T * B, H)
+    grads["w_ih"] += np.dot(dgx2.T, x.reshape(T * B, I))
+    grads["w_hh"] += np.dot(dgh2.T, h_prev.reshape(T * B, H))
     if "b_ih" in grads:
         grads["b_ih"] += dgx2.sum(axis=0)
         grads["b_hh"] += dgh2.sum(axis=0)
-    dx = (dgx2 @ w_ih).reshape(T, B, I)
+    dx = np.dot(dgx2, w_ih).reshape(T, B, I)
     return dx, dh, dc
-
