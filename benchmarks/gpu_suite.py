@@ -9,7 +9,7 @@ torch.nn.RNN/LSTM/GRU (cuDNN) on the same GPU.
 Check first, benchmark second: the suite runs ``pytest`` first (on a GPU every cuda case of the test
 suite runs for real) and stops if a test fails.
 
-What is timed, per cell and shape (T, B, I = H, H), float32, one layer, one direction:
+What is timed, per cell and shape (T, B, I = H, H), float32 (TF32 off for torch), one layer, one direction:
     forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
     train    zero the grads, forward, backward of a fixed dy (weight gradients and dx)
 FLOPs are the dense products only: forward 2·T·B·G·H·(I + H); train 3 x forward.
@@ -129,6 +129,9 @@ def build_pair(cell, T, B, H, sim):
     import gpurnn
     I = H
     device = "cpu" if sim else "cuda"
+    # Full float32 on both sides: gpurnn's kernels use no TF32, so cuDNN may not either.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     if cell.startswith("rnn_"):
         peer = torch.nn.RNN(I, H, nonlinearity=cell[4:])
@@ -219,7 +222,7 @@ def machine(sim):
     info.update(gpu=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
                 compute_capability=f"{props['major']}.{props['minor']}", cupy=cupy.__version__,
                 cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), cudnn=torch.backends.cudnn.version(),
-                torch_cuda=torch.version.cuda)
+                torch_cuda=torch.version.cuda, tf32=False)
     return info
 
 

@@ -14,6 +14,12 @@ Backward (BPTT), T + 1 launches of one fused kernel, then one reduction:
     accumulate kernel:  dW_ih += dG_xᵀ x,  dW_hh += dG_hᵀ h_prev,  db += Σ_rows dG   (one launch)
     dx = dG_x (N, G*H) @ W_ih                          cuBLAS
 
+Napkin math of a step (float32 LSTM, H = 1024, W_hh = 4H x H = 16 MiB): at B = 1 a step does
+8 MFLOP and reads all of W_hh, 0.5 FLOP/byte, so it is bound by memory bandwidth (about 5 µs per
+step at 3 TB/s, plus the launch); at B = 64 it does 0.5 GFLOP for about 20 MB, 27 FLOP/byte, and
+the FMA pipes of the block tiles become the limit. The weight-gradient reduction is one GEMM-like
+launch of 2·N·G·H·(I + H) FLOPs, compute bound for any N worth timing.
+
 State storage. ``hs`` (T+1, B, H) holds every state in time order: the state before time t is
 ``hs[t + rev]`` and the state after it ``hs[t + 1 - rev]`` (rev = 1 for the reverse direction), so
 the kernels never copy a state, h_n is ``hs[T]`` (forward) or ``hs[0]`` (reverse), and the rows
@@ -228,8 +234,8 @@ def build_kernels(cell, dtype, geo):
             hs[dst] (every row: inactive rows copy the state through); w_hh (H, H); b_hh (H,);
             lengths (B,) int32; y (T, B, H): writes y[t]. The saved activation is hs[dst] itself.
             Grid (ceil(H/TH), ceil(B/TB)), block (TH, TB).
-            FLOPs 2·B·H² + O(B·H); bytes from DRAM ≈ s·(H² + 3·B·H) (W_hh re-read per block row
-            from L2).
+            FLOPs 2·B·H² + O(B·H); bytes ≈ s·(H² + 4·B·H) (W_hh is re-read by every block row of
+            the grid, from L2 after the first).
             """
             sh_h = cuda.shared.array((TB, TK), dt)
             sh_w = cuda.shared.array((1, TH, TKP), dt)
@@ -256,7 +262,7 @@ def build_kernels(cell, dtype, geo):
             dy (T, B, H); dh (B, H) in/out: on entry dL/dh_t from later steps, on exit the part of
             dL/dh_{t-1} that does not go through W_hh (zero here; unchanged for inactive rows);
             hs (T+1, B, H) the forward states. Grid (ceil(H/TH), ceil(B/TB)), block (TH, TB).
-            FLOPs 2·B·H² + O(B·H); bytes ≈ s·(H² + 5·B·H).
+            FLOPs 2·B·H² + O(B·H); bytes ≈ s·(H² + 6·B·H).
             """
             sh_g = cuda.shared.array((TB, TK), dt)
             sh_w = cuda.shared.array((TK, TH), dt)
@@ -286,7 +292,7 @@ def build_kernels(cell, dtype, geo):
             gates (T, B, 4H): writes the activated gates of step t (active rows only).
             Grid (ceil(H/TH), ceil(B/TB)), block (TH, TB); each thread owns the 4 gates of its
             (b, j), so pre-activations never leave registers.
-            FLOPs 8·B·H² + O(B·H); bytes ≈ s·(4H² + 12·B·H).
+            FLOPs 8·B·H² + O(B·H); bytes ≈ s·(4H² + 13·B·H).
             """
             sh_h = cuda.shared.array((TB, TK), dt)
             sh_w = cuda.shared.array((4, TH, TKP), dt)
@@ -323,7 +329,7 @@ def build_kernels(cell, dtype, geo):
             and the part of dL/dh_{t-1} not through W_hh (zero; both unchanged for inactive rows);
             gates (T, B, 4H), cs (T+1, B, H) saved by forward.
             Grid (ceil(H/TH), ceil(B/TB)), block (TH, TB).
-            FLOPs 8·B·H² + O(B·H); bytes ≈ s·(4H² + 16·B·H).
+            FLOPs 8·B·H² + O(B·H); bytes ≈ s·(4H² + 19·B·H).
             """
             sh_g = cuda.shared.array((TB, TK), dt)
             sh_w = cuda.shared.array((TK, TH), dt)
@@ -398,7 +404,7 @@ def build_kernels(cell, dtype, geo):
             part dh_t·z of dL/dh_{t-1} (unchanged for inactive rows); gates (T, B, 3H),
             hn (T, B, H), hs (T+1, B, H) saved by forward.
             Grid (ceil(H/TH), ceil(B/TB)), block (TH, TB).
-            FLOPs 6·B·H² + O(B·H); bytes ≈ s·(3H² + 14·B·H).
+            FLOPs 6·B·H² + O(B·H); bytes ≈ s·(3H² + 17·B·H).
             """
             sh_g = cuda.shared.array((TB, TK), dt)
             sh_w = cuda.shared.array((TK, TH), dt)

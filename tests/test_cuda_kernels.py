@@ -16,7 +16,9 @@ from conftest import SIMULATED, make_model, random_problem, run_model
 if SIMULATED:
     sys.setswitchinterval(1e-4)     # see tests/test_backends.py
 
-pytestmark = pytest.mark.skipif(not gpurnn.cuda_status()[0], reason=gpurnn.cuda_status()[1])
+pytestmark = pytest.mark.skipif(
+    not gpurnn.cuda_status()[0],
+    reason=f"{gpurnn.cuda_status()[1]}; tests/test_cuda_simulator.py runs these in the simulator")
 
 
 def _kernels():
