@@ -31,8 +31,9 @@ DEFAULTS = dict(task="adding", cell="lstm", hidden=64, layers=1, seq_len=None, b
                 eval_sequences=1000, dtype="float32")
 TASK_SEQ_LEN = {"adding": 50, "copy": 30, "charlm": 100}
 OPTIMIZER_LR = {"adam": 1e-2, "sgd": 0.1}
-# What may change when a run is resumed; everything else must match the checkpoint.
-RESUME_OVERRIDES = ("steps", "backend", "log_every", "eval_every", "save_every")
+# What may change when a run is resumed (lr and clip: the remedies for a run that diverged);
+# everything else must match the checkpoint.
+RESUME_OVERRIDES = ("steps", "lr", "clip", "backend", "log_every", "eval_every", "save_every")
 
 
 def main(argv=None):
@@ -232,6 +233,7 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
     ckpt_path = os.path.join(out, "checkpoint.npz")
     if ckpt is not None:
         trainer.load_state(ckpt)
+        trainer.opt.lr = float(cfg["lr"])          # the checkpoint's, unless --lr changed it
         elapsed0 = float(ckpt["extra"].get("elapsed", 0.0))
         _truncate_metrics(metrics_path, trainer.step)
     elif os.path.exists(metrics_path):
@@ -270,7 +272,9 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
                 save()
                 bar.close()
                 metrics.write(json.dumps({"step": e.step, "stopped": str(e)}) + "\n")
-                log(f"gpurnn train: {e} The last good state (step {trainer.step}) is saved in {ckpt_path}.")
+                log(f"gpurnn train: {e} The last good state (step {trainer.step}) is saved in {ckpt_path}. "
+                    f"Start again with --clip 1 or a lower --lr, or, if its weights have not grown too "
+                    f"large yet, continue it with: gpurnn train --resume {out} --clip 1")
                 return 1
             step = trainer.step
             window["loss"] += loss

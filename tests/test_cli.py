@@ -92,9 +92,9 @@ def test_ctrl_c_saves_the_finished_steps_and_exits_cleanly(tmp_path, monkeypatch
 
 def test_non_finite_training_saves_the_last_good_step_and_names_the_failing_one(tmp_path, capsys):
     out = tmp_path / "run"
-    status = cli.main(["train", "--hidden", "16", "--seq-len", "20", "--batch", "8", "--backend", "cpu",
-                       "--no-progress", "--cell", "rnn-relu", "--optimizer", "sgd", "--lr", "1e6",
-                       "--clip", "0", "--steps", "50", "--out", str(out)])
+    status = cli.main(["train", "--hidden", "64", "--seq-len", "20", "--batch", "32", "--backend", "cpu",
+                       "--no-progress", "--cell", "rnn", "--init-scale", "2", "--optimizer", "sgd", "--lr", "0.1",
+                       "--clip", "0", "--steps", "200", "--out", str(out)])
     assert status == 1
     err = capsys.readouterr().err
     last = _metrics(out)[-1]
@@ -102,6 +102,17 @@ def test_non_finite_training_saves_the_last_good_step_and_names_the_failing_one(
     assert last["step"] == ck["step"] + 1 and f"step {last['step']}:" in last["stopped"]
     assert f"step {last['step']}:" in err and "--clip" in err and "lower the learning rate" in err
     assert all(np.isfinite(v).all() for v in ck["model"].values())
+    assert "--clip 1" in err
+
+
+def test_resume_may_change_the_learning_rate_and_clipping(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "3", "--lr", "0.1", "--clip", "0") == 0
+    assert cli.main(["train", "--resume", str(out), "--clip", "1", "--lr", "0.01", "--steps", "6", "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    ck = load_checkpoint(out / "checkpoint.npz")
+    assert cfg["clip"] == 1 and cfg["lr"] == 0.01 and ck["config"]["lr"] == 0.01
+    assert ck["optimizer"]["lr"] == 0.01 and ck["step"] == 6
 
 
 def test_grads_finds_vanishing_and_exploding_settings(tmp_path, capsys):
