@@ -49,6 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--skip-tests", action="store_true", help="benchmark without running pytest first")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per row (default 5; sim 1)")
     p.add_argument("--reps", type=int, default=None, help="timed calls per side per round (default 5; sim 1)")
+    p.add_argument("--geometry", default=None, metavar="H,B,AT,R,K",
+                   help="block geometry of the cuda kernels (kernels.cuda.Geometry: step_h, step_b, "
+                        "acc_threads, acc_regs, acc_k), to sweep it; step_h*step_b <= 1024 threads and "
+                        "the LSTM's float32 W tile (4*step_h*(step_h+1)*4 bytes) within 48 KiB")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the JSON and markdown (default benchmarks/results; sim: a temp folder)")
     return p.parse_args(argv)
@@ -258,6 +262,10 @@ def main(argv=None):
         return 2
     if args.sim:
         sys.setswitchinterval(1e-4)   # the simulator's block manager polls with the GIL held
+    if args.geometry:
+        from gpurnn.kernels import cuda as cuda_kernels
+        geo = cuda_kernels.Geometry(*(int(v) for v in args.geometry.split(",")))
+        cuda_kernels.default_geometry = lambda: geo
 
     tests = "skipped (--skip-tests)"
     if not args.skip_tests:
@@ -267,16 +275,16 @@ def main(argv=None):
             print("tests failed: no benchmark", file=sys.stderr)
             return 1
 
-    from gpurnn.kernels.cuda import default_geometry
+    from gpurnn.kernels import cuda as cuda_kernels
     grid = SIM_GRID if args.sim else (QUICK_GRID if args.quick else GRID)
     rows = bench_rows(grid, args.sim, rounds, reps)
     info = machine(args.sim)
     now = datetime.datetime.now(datetime.timezone.utc)
     result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=tests,
-                  geometry=default_geometry().__dict__, rounds=rounds, reps=reps, rows=rows)
+                  geometry=cuda_kernels.default_geometry().__dict__, rounds=rounds, reps=reps, rows=rows)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", info["gpu"]).strip("-").lower()
-    stem = out / f"{now:%Y-%m-%d}-{slug}"
+    stem = out / (f"{now:%Y-%m-%d}-{slug}" + (f"-g{args.geometry.replace(',', '-')}" if args.geometry else ""))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     stem.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {stem}.json and {stem}.md")
