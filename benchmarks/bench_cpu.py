@@ -227,6 +227,18 @@ def machine_info(torch):
     return info
 
 
+def blas_kernel(machine):
+    """'OpenBLAS 0.3.x (Haswell kernels)' or what else NumPy's BLAS says it is."""
+    pools = machine.get("threadpools")
+    if not isinstance(pools, list):
+        return "NumPy's BLAS (install threadpoolctl to name it)"
+    for pool in pools:
+        if pool.get("user_api") == "blas":
+            arch = f" ({pool['architecture']} kernels)" if pool.get("architecture") else ""
+            return f"NumPy's BLAS {pool.get('internal_api')} {pool.get('version')}{arch}"
+    return "NumPy's BLAS (not found by threadpoolctl)"
+
+
 def markdown(result):
     lines = ["| cell | shape T·B·I·H | mode | gpurnn ms | torch ms | speed-up | gpurnn GFLOP/s | % of sgemm |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -235,6 +247,13 @@ def markdown(result):
                      f"{r['gpurnn_ms']:.2f} | {r['torch_ms']:.2f} | {r['speedup']:.2f}x | "
                      f"{r['gpurnn_gflops']:.1f} | {r['pct_sgemm']:.0f}% |")
     s = result["sgemm"]
+    lines.append("")
+    lines.append(f"{result['machine'].get('lscpu Model name', result['machine']['processor'])}, "
+                 f"{result['machine']['cpu_count']} CPUs; {result['threads']} threads on each side; "
+                 f"{blas_kernel(result['machine'])}; torch {result['machine']['torch']}, "
+                 f"NumPy {result['machine']['numpy']}, Numba {result['machine']['numba']}; "
+                 f"load average {result['load_average_before'][0]:.1f} before, "
+                 f"{result['load_average_after'][0]:.1f} after.")
     lines.append("")
     lines.append(f"sgemm (NumPy, float32, n={s['n']}, {result['threads']} threads): median "
                  f"{s['median_gflops']:.1f} GFLOP/s over {len(s['samples_gflops'])} measurements "
@@ -260,7 +279,11 @@ def plot(result, path):
     for k, mode in enumerate(("forward", "train")):
         vals = [next((r["speedup"] for r in rows if (r["cell"], r["size"], r["mode"]) == (c, s, mode)), 0)
                 for c, s in labels]
-        ax.bar(np.arange(len(labels)) + (k - 0.5) * width, vals, width, label=mode)
+        xs = np.arange(len(labels)) + (k - 0.5) * width
+        ax.bar(xs, vals, width, label=mode)
+        for xpos, v in zip(xs, vals):
+            ax.annotate(f"{v:.2g}", (xpos, v), ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log", base=2)                 # speed-ups span orders of magnitude
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(labels)), [f"{c}\n{s}" for c, s in labels], fontsize=8)
     ax.set_ylabel("speed-up over torch (torch ms / gpurnn ms)")
@@ -322,6 +345,7 @@ def main(argv=None):
                 fn()
                 fn()
             for mode in args.modes:
+                load = os.getloadavg()[0]          # other jobs on the machine make every time drift
                 fns = {side: calls[(side, mode)] for side in ("gpurnn", "torch")}
                 samples = interleaved(fns, args.rounds, args.reps, args.pause)
                 sgemm_samples.append(sgemm_gflops(args.sgemm_n, 3, args.pause))
@@ -330,7 +354,7 @@ def main(argv=None):
                 row = dict(cell=cell, size=size, T=T, B=B, I=I, H=H, mode=mode, flops=f,
                            gpurnn_ms=g * 1e3, torch_ms=t * 1e3, speedup=t / g,
                            gpurnn_gflops=f / g / 1e9, torch_gflops=f / t / 1e9,
-                           sgemm_gflops_nearby=sgemm_samples[-1],
+                           sgemm_gflops_nearby=sgemm_samples[-1], load_1min_before=load,
                            gpurnn_samples_ms=[s * 1e3 for s in samples["gpurnn"]],
                            torch_samples_ms=[s * 1e3 for s in samples["torch"]])
                 result["rows"].append(row)
