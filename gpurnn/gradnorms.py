@@ -3,8 +3,9 @@
 Legend: T time steps, B batch rows, I input features, H hidden units, G gates (RNN 1, LSTM 4, GRU 3).
 
 For a one-layer network whose recurrent weights W_hh (G*H, H) are made of G random orthogonal
-H x H blocks times ``scale``, and a loss that reads only the last state, L = u . h_{T-1} with a
-fixed random unit vector u, the gradient reaching the state t steps before the loss is
+H x H blocks times ``scale``, reading inputs x_t ~ N(0, 1) of 8 features, and a loss that reads
+only the last state, L = u . h_{T-1} with a fixed random unit vector u, the gradient reaching the
+state k steps before the loss is
 
     dL/dh_{T-1-k} = u^T  J_{T-1} J_{T-2} ... J_{T-k},     J_t = dh_t / dh_{t-1}
 
@@ -12,6 +13,8 @@ a product of k Jacobians. When their norms sit below 1 the product shrinks geome
 above 1 it grows (explodes). Each dL/dh_t is measured with the library's own BPTT: the layer reads
 x[t+1:] starting from the state it had at t, and ``backward`` returns dL/d(that starting state).
 Everything runs in float64 so that a vanished gradient reads as a small number, not as zero.
+``grad_norms_of_run`` measures the same for the recurrent layers of a trained run, on inputs from
+its own task.
 """
 
 import math
