@@ -37,6 +37,7 @@ import types as pytypes
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic, overload
 
 from . import cells
@@ -118,7 +119,7 @@ def _compile_cells_for_cpu():
     cpu_math.exp, cpu_math.tanh = _exp, _tanh
     namespace = dict(vars(cells), math=cpu_math)       # the globals the recompiled functions see
     for name, fn in vars(cells).items():
-        if hasattr(fn, "py_func"):
+        if isinstance(fn, CPUDispatcher):                # the @njit functions, nothing else
             py = fn.py_func
             namespace[name] = njit(inline="always")(
                 pytypes.FunctionType(py.__code__, namespace, py.__name__, py.__defaults__, py.__closure__))
