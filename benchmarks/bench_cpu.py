@@ -15,7 +15,10 @@ FLOPs are the dense products only (the pointwise cell math is a few per element,
     train    3 × forward              + dh through W_hh, dW_hh, dW_ih, dx
 The share of "sgemm" is gpurnn's GFLOP/s over a square float32 matrix product through NumPy (the
 same BLAS as gpurnn's), measured between the rows of the same run: the best this machine's BLAS
-does on the same threads, at the same moment.
+does on the same threads, at the same moment. The "BLAS floor" is the time of the same dense
+products alone, of the same shapes and in the same order (see ``blas_floor``), timed interleaved
+with both sides: no implementation on this BLAS goes below it, and gpurnn's distance to it is what
+its own cell kernels and Python cost.
 
 How peers are interleaved: for every row both sides are warmed up, then ``--rounds`` rounds each run
 a block of ``--reps`` timed calls of one side and then of the other (the order alternates); each block
@@ -114,8 +117,44 @@ def make_calls(torch, cell, T, B, I, H, backend):
         y, _ = tm(xt)
         y.backward(dyt)
 
+    floor_forward, floor_train = blas_floor(cell, T, B, I, H)
     return {("gpurnn", "forward"): g_forward, ("gpurnn", "train"): g_train,
-            ("torch", "forward"): t_forward, ("torch", "train"): t_train}
+            ("torch", "forward"): t_forward, ("torch", "train"): t_train,
+            ("blas", "forward"): floor_forward, ("blas", "train"): floor_train}
+
+
+def blas_floor(cell, T, B, I, H):
+    """The dense products of one forward / training step and nothing else, through NumPy.
+
+    The same products, of the same shapes, in the same order as the cpu backend: no cell math, no
+    Python besides the loop. Its time is the floor any implementation on this BLAS stands on; the
+    gap between it and gpurnn's time is what the backend itself costs.
+    """
+    GH = GATES[cell] * H
+    rng = np.random.default_rng(2)
+    f32 = np.float32
+    x2 = rng.standard_normal((T * B, I)).astype(f32)
+    w_ih, w_hh_t = rng.standard_normal((GH, I)).astype(f32), rng.standard_normal((H, GH)).astype(f32)
+    w_hh = np.ascontiguousarray(w_hh_t.T)
+    hs = rng.standard_normal((T + 1, B, H)).astype(f32)
+    dg = rng.standard_normal((T, B, GH)).astype(f32)
+    hw, dh = np.empty((B, GH), f32), np.empty((B, H), f32)
+
+    def forward():
+        np.dot(x2, w_ih.T)                                  # XW
+        for t in range(T):
+            np.dot(hs[t], w_hh_t, out=hw)                   # h_{t-1} @ W_hhᵀ
+
+    def train():
+        forward()
+        for t in range(T - 1, -1, -1):
+            np.dot(dg[t], w_hh, out=dh)                     # dG_t @ W_hh
+        dg2 = dg.reshape(T * B, GH)
+        np.dot(dg2.T, x2)                                   # dW_ih
+        np.dot(dg2.T, hs[:T].reshape(T * B, H))             # dW_hh
+        np.dot(dg2, w_ih)                                   # dx
+
+    return forward, train
 
 
 # ---------------------------------------------------------------- timing
@@ -240,12 +279,13 @@ def blas_kernel(machine):
 
 
 def markdown(result):
-    lines = ["| cell | shape T·B·I·H | mode | gpurnn ms | torch ms | speed-up | gpurnn GFLOP/s | % of sgemm |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| cell | shape T·B·I·H | mode | gpurnn ms | torch ms | speed-up | gpurnn GFLOP/s | % of sgemm "
+             "| BLAS floor ms |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['cell']} | {r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']} | {r['mode']} | "
                      f"{r['gpurnn_ms']:.2f} | {r['torch_ms']:.2f} | {r['speedup']:.2f}x | "
-                     f"{r['gpurnn_gflops']:.1f} | {r['pct_sgemm']:.0f}% |")
+                     f"{r['gpurnn_gflops']:.1f} | {r['pct_sgemm']:.0f}% | {r['blas_floor_ms']:.2f} |")
     s = result["sgemm"]
     lines.append("")
     lines.append(f"{result['machine'].get('lscpu Model name', result['machine']['processor'])}, "
@@ -346,21 +386,23 @@ def main(argv=None):
                 fn()
             for mode in args.modes:
                 load = os.getloadavg()[0]          # other jobs on the machine make every time drift
-                fns = {side: calls[(side, mode)] for side in ("gpurnn", "torch")}
+                fns = {side: calls[(side, mode)] for side in ("gpurnn", "torch", "blas")}
                 samples = interleaved(fns, args.rounds, args.reps, args.pause)
                 sgemm_samples.append(sgemm_gflops(args.sgemm_n, 3, args.pause))
                 g, t = float(np.median(samples["gpurnn"])), float(np.median(samples["torch"]))
+                floor = float(np.median(samples["blas"]))
                 f = flops(mode, cell, T, B, I, H)
                 row = dict(cell=cell, size=size, T=T, B=B, I=I, H=H, mode=mode, flops=f,
                            gpurnn_ms=g * 1e3, torch_ms=t * 1e3, speedup=t / g,
                            gpurnn_gflops=f / g / 1e9, torch_gflops=f / t / 1e9,
+                           blas_floor_ms=floor * 1e3, blas_floor_gflops=f / floor / 1e9,
                            sgemm_gflops_nearby=sgemm_samples[-1], load_1min_before=load,
                            gpurnn_samples_ms=[s * 1e3 for s in samples["gpurnn"]],
                            torch_samples_ms=[s * 1e3 for s in samples["torch"]])
                 result["rows"].append(row)
                 print(f"{cell:8s} {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} {mode:7s} "
                       f"gpurnn {g * 1e3:9.2f} ms  torch {t * 1e3:9.2f} ms  speed-up {t / g:5.2f}x  "
-                      f"{f / g / 1e9:6.1f} GFLOP/s", flush=True)
+                      f"{f / g / 1e9:6.1f} GFLOP/s  (BLAS floor {floor * 1e3:.2f} ms)", flush=True)
     sgemm = float(np.median(sgemm_samples))
     result["sgemm"] = dict(n=args.sgemm_n, median_gflops=sgemm, samples_gflops=sgemm_samples)
     for row in result["rows"]:
