@@ -135,6 +135,25 @@ def resolve_config(args):
     return cfg
 
 
+POSITIVE = ("hidden", "layers", "seq_len", "batch", "steps", "log_every", "eval_every", "save_every",
+            "eval_sequences", "copy_len")
+
+
+def check_config(cfg):
+    """A clear message for a flag out of range (None when all are fine)."""
+    for key in POSITIVE:
+        if cfg[key] < 1:
+            return f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}"
+    for key in ("clip", "tbptt"):
+        if cfg[key] < 0:
+            return f"--{key} must be >= 0 (0 turns it off), got {cfg[key]}"
+    if not cfg["lr"] > 0:
+        return f"--lr must be > 0, got {cfg['lr']}"
+    if cfg["embed"] is not None and cfg["embed"] < 1:
+        return f"--embed must be at least 1, got {cfg['embed']}"
+    return None
+
+
 def build_run(cfg):
     """(task, trainer) for a config."""
     task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
@@ -185,6 +204,10 @@ def cmd_train(args):
                   f"--resume {out}, or choose another --out", file=sys.stderr)
             return 2
         ckpt = None
+    problem = check_config(cfg)
+    if problem:
+        print(f"gpurnn train: {problem}", file=sys.stderr)
+        return 2
     try:
         return train(cfg, out, ckpt, progress=not args.no_progress)
     except KeyboardInterrupt:       # a second Ctrl-C: stop now; the last checkpoint written is intact

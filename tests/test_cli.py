@@ -66,6 +66,23 @@ def test_train_will_not_overwrite_a_run(tmp_path, capsys):
     assert f"--resume {out}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, message", [("--log-every", "0", "--log-every must be at least 1, got 0"),
+                                                  ("--clip", "-1", "--clip must be >= 0"),
+                                                  ("--lr", "0", "--lr must be > 0")])
+def test_flags_out_of_range_are_clear_errors(tmp_path, capsys, flag, value, message):
+    assert _train(tmp_path / "run", flag, value) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_out_runs_go_to_numbered_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--hidden", "4", "--seq-len", "4", "--batch", "2", "--steps", "1", "--eval-sequences", "4",
+            "--backend", "cpu", "--no-progress"]
+    assert cli.main(args) == 0 and cli.main(args) == 0
+    assert sorted(os.listdir(tmp_path / "runs")) == ["adding-lstm", "adding-lstm-2"]
+
+
 def test_resume_from_a_corrupted_checkpoint_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(out, "--steps", "2") == 0
