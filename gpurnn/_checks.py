@@ -60,6 +60,14 @@ def check_finite(a, name, xp):
                          f"check the data, or lower the learning rate / clip gradients if training diverged")
 
 
+def check_all_finite(arrays, what, xp):
+    """check_finite over a dict of arrays with one device-to-host transfer (one GPU sync), not one each."""
+    flags = [xp.isfinite(a).all() for a in arrays.values()]
+    if flags and not bool(xp.stack(flags).all()):
+        for name, a in arrays.items():
+            check_finite(a, f"{what} {name}", xp)
+
+
 def lengths_array(lengths, T, B):
     """Host int64 array of B lengths, each in 1..T."""
     arr = np.asarray(lengths.get() if hasattr(lengths, "get") else lengths)

@@ -126,8 +126,7 @@ class RNNBase(Module):
         if self.cell == "lstm":
             c0 = zeros if c0 is None else _checks.float_array(c0, "c0", be, self.dtype, shape=shape)
         lens = None if lengths is None else be.asarray(_checks.lengths_array(lengths, T, B), np.int32)
-        for name, p in self.params.items():
-            _checks.check_finite(p, f"parameter {name}", xp)
+        _checks.check_all_finite(self.params, "parameter", xp)
 
         G, H, D = GATES[self.cell], self.hidden_size, self.num_directions
         zero_bias = xp.zeros(G * H, self.dtype)
