@@ -1,11 +1,12 @@
 """gpurnn's cpu backend against torch.nn.RNN/LSTM/GRU on the CPU, in one process, same threads.
 
-    python benchmarks/bench_cpu.py                 # the full grid, about 10 minutes on 2 cores
+    python benchmarks/bench_cpu.py                 # the full grid and cold start, about 5 minutes on 2 cores
     python benchmarks/bench_cpu.py --quick         # one tiny shape, seconds (what the smoke test runs)
 
-On machines where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set (see the project's environment notes)
-unset both for the benchmark command alone: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...``.
-The JSON records them and the BLAS kernel NumPy runs.
+On machines where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set (some set them for old OpenBLAS builds;
+they slow a current NumPy), unset both for the benchmark command alone:
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...``. The JSON records both and the BLAS kernel
+NumPy runs (named when threadpoolctl is installed).
 
 What is timed, per cell and shape (T, B, I, H), float32, one layer, one direction:
     forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
