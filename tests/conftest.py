@@ -63,6 +63,20 @@ def random_problem(rng, cell, T, B, I, H, L, D, with_lengths, dtype=np.float64):
     return p
 
 
+def numeric_grad(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of a (perturbed in place)."""
+    g = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        old = a[idx]
+        a[idx] = old + eps
+        up = f()
+        a[idx] = old - eps
+        down = f()
+        a[idx] = old
+        g[idx] = (up - down) / (2 * eps)
+    return g
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

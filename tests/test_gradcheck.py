@@ -5,9 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import CELLS, make_model, random_problem, run_model
-
-EPS = 1e-6
+from conftest import CELLS, make_model, numeric_grad, random_problem, run_model
 
 
 def loss_of(m, p):
@@ -17,20 +15,6 @@ def loss_of(m, p):
         return float((y * p["dy"]).sum() + (h_n * p["dh_n"]).sum() + (c_n * p["dc_n"]).sum())
     y, h_n = m(p["x"], p["h0"], lengths=p.get("lengths"))
     return float((y * p["dy"]).sum() + (h_n * p["dh_n"]).sum())
-
-
-def numeric_grad(f, a):
-    """Central differences of f() with respect to every element of a (perturbed in place)."""
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + EPS
-        up = f()
-        a[idx] = old - EPS
-        down = f()
-        a[idx] = old
-        g[idx] = (up - down) / (2 * EPS)
-    return g
 
 
 @pytest.mark.parametrize("cell,layers,bidirectional,with_lengths",

@@ -5,19 +5,7 @@ import pytest
 
 import gpurnn
 from conftest import make_model
-
-
-def fd(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + eps
-        up = f()
-        a[idx] = old - eps
-        down = f()
-        a[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
+from conftest import numeric_grad as fd
 
 
 def test_mse_is_the_mean_of_squared_errors(rng):
