@@ -11,7 +11,6 @@ line per logged step) and checkpoint.npz (everything needed to continue exactly)
 """
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -351,29 +350,13 @@ def _truncate_metrics(path, step):
 
 
 def limit_blas_threads(n):
-    """Best effort: set the number of threads of the OpenBLAS that NumPy loaded (Linux). Returns
-    whether it was set."""
+    """Limit the BLAS that NumPy loaded (OpenBLAS, MKL, BLIS...) to ``n`` threads for the rest of the
+    process; 0 or None leaves it alone. Returns whether a limit was set."""
     if not n or n < 1:
         return False
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return False
-    done = False
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(int(n))
-                done = True
-                break
-    return done
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=int(n), user_api="blas")
+    return True
 
 
 # ---------------------------------------------------------------- grads

@@ -209,3 +209,16 @@ def test_report_shows_where_a_run_diverged(tmp_path, capsys):
 def test_python_dash_m_gpurnn_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "gpurnn", "train", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--tbptt" in done.stdout and "--resume" in done.stdout
+
+
+def test_blas_threads_are_limited():
+    """--blas-threads reaches NumPy's BLAS (checked through threadpoolctl, restored afterwards)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from gpurnn.cli import limit_blas_threads
+
+    with threadpool_limits(limits=None):          # restores the original limits on exit
+        assert limit_blas_threads(1) is True
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+    assert limit_blas_threads(0) is False
