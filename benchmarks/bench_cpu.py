@@ -1,6 +1,6 @@
 """gpurnn's cpu backend against torch.nn.RNN/LSTM/GRU on the CPU, in one process, same threads.
 
-    python benchmarks/bench_cpu.py                 # the full grid and cold start, about 5 minutes on 2 cores
+    python benchmarks/bench_cpu.py                 # the full grid and cold start, about 3 minutes on 2 cores
     python benchmarks/bench_cpu.py --quick         # one tiny shape, seconds (what the smoke test runs)
 
 On machines where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set (some set them for old OpenBLAS builds;
