@@ -226,21 +226,15 @@ def pre_activation(t, b, n, xw, hw, b_ih, b_hh):
 
 
 @njit(cache=True, error_model="numpy")
-def rnn_tanh_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y):
+def rnn_step_forward(relu, t, r, w, xw, hw, b_ih, b_hh, active, hs, y):
+    """relu: the nonlinearity is relu, else tanh (chosen per row, outside the vectorised loop)."""
     for b in range(hw.shape[0]):
         if active[t, b]:
-            rnn_tanh_row_forward(pre_activation(t, b, hw.shape[1], xw, hw, b_ih, b_hh), hs[w, b])
-            y[t, b, :] = hs[w, b]
-        else:
-            hs[w, b, :] = hs[r, b]
-            y[t, b, :] = 0
-
-
-@njit(cache=True, error_model="numpy")
-def rnn_relu_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y):
-    for b in range(hw.shape[0]):
-        if active[t, b]:
-            rnn_relu_row_forward(pre_activation(t, b, hw.shape[1], xw, hw, b_ih, b_hh), hs[w, b])
+            a = pre_activation(t, b, hw.shape[1], xw, hw, b_ih, b_hh)
+            if relu:
+                rnn_relu_row_forward(a, hs[w, b])
+            else:
+                rnn_tanh_row_forward(a, hs[w, b])
             y[t, b, :] = hs[w, b]
         else:
             hs[w, b, :] = hs[r, b]
@@ -303,23 +297,15 @@ def sum_dh(t, b, active, dy, dh, dh_rec):
 
 
 @njit(cache=True, error_model="numpy")
-def rnn_tanh_step_backward(t, w, dy, dh, dh_rec, active, hs, dg):
+def rnn_step_backward(relu, t, w, dy, dh, dh_rec, active, hs, dg):
     for b in range(dh.shape[0]):
         dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
-        if active[t, b]:
-            rnn_tanh_row_backward(dh_b, hs[w, b], dg[t, b])
-        else:
+        if not active[t, b]:
             dg[t, b, :] = 0
-
-
-@njit(cache=True, error_model="numpy")
-def rnn_relu_step_backward(t, w, dy, dh, dh_rec, active, hs, dg):
-    for b in range(dh.shape[0]):
-        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
-        if active[t, b]:
+        elif relu:
             rnn_relu_row_backward(dh_b, hs[w, b], dg[t, b])
         else:
-            dg[t, b, :] = 0
+            rnn_tanh_row_backward(dh_b, hs[w, b], dg[t, b])
 
 
 @njit(cache=True, error_model="numpy")
@@ -385,10 +371,8 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
     hn = np.empty((T, B, H), dt) if cell == "gru" else None
     for t, r, w in steps(T, reverse):
         np.dot(hs[r], w_hh_t, out=hw)
-        if cell == "rnn_tanh":
-            rnn_tanh_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y)
-        elif cell == "rnn_relu":
-            rnn_relu_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y)
+        if cell in ("rnn_tanh", "rnn_relu"):
+            rnn_step_forward(cell == "rnn_relu", t, r, w, xw, hw, b_ih, b_hh, active, hs, y)
         elif cell == "lstm":
             lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates)
         else:
@@ -411,10 +395,8 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     if dy is None:
         dy = np.zeros((T, B, H), dt)
     for t, r, w in reversed(steps(T, reverse)):
-        if cell == "rnn_tanh":
-            rnn_tanh_step_backward(t, w, dy, dh, dh_rec, active, hs, dg_x)
-        elif cell == "rnn_relu":
-            rnn_relu_step_backward(t, w, dy, dh, dh_rec, active, hs, dg_x)
+        if cell in ("rnn_tanh", "rnn_relu"):
+            rnn_step_backward(cell == "rnn_relu", t, w, dy, dh, dh_rec, active, hs, dg_x)
         elif cell == "lstm":
             lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, saved["gates"], saved["cs"], dg_x)
         else:
