@@ -167,7 +167,6 @@ class RNNBase(Module):
 
         dh0 = xp.zeros(shape, self.dtype)
         dc0 = xp.zeros(shape, self.dtype) if self.cell == "lstm" else None
-        dx = None
         for layer in reversed(range(self.num_layers)):
             dx = None
             for d in range(D):
