@@ -60,10 +60,15 @@ def check_finite(a, name, xp):
                          f"check the data, or lower the learning rate / clip gradients if training diverged")
 
 
+def all_finite(arrays, xp):
+    """Whether every array holds only finite values, with one device-to-host transfer (one GPU sync)."""
+    flags = [xp.isfinite(a).all() for a in arrays]
+    return not flags or bool(xp.stack(flags).all())
+
+
 def check_all_finite(arrays, what, xp):
-    """check_finite over a dict of arrays with one device-to-host transfer (one GPU sync), not one each."""
-    flags = [xp.isfinite(a).all() for a in arrays.values()]
-    if flags and not bool(xp.stack(flags).all()):
+    """check_finite over a dict of arrays; one GPU sync when all is well."""
+    if not all_finite(arrays.values(), xp):
         for name, a in arrays.items():
             check_finite(a, f"{what} {name}", xp)
 

@@ -23,7 +23,7 @@ import numpy as np
 from . import _checks
 from .layers import GRU, LSTM, RNN, Linear, Module
 from .losses import cross_entropy, mse_loss
-from .optim import SGD, Adam, clip_grad_norm
+from .optim import SGD, Adam, clip_grad_norm, grad_norm
 
 CELLS = ("rnn", "rnn-relu", "lstm", "gru")
 OPTIMIZERS = ("sgd", "adam")
@@ -305,8 +305,8 @@ class Trainer:
             self._restore(before)
             raise NonFiniteError(step, self._advice(step, f"the gradient norm is {norm}"))
         self.opt.step()
-        xp = self.model.backend.xp
-        if not all(bool(xp.isfinite(p).all()) for m in self.model.modules for p in m.params.values()):
+        params = [p for m in self.model.modules for p in m.params.values()]
+        if not _checks.all_finite(params, self.model.backend.xp):
             self._restore(before)
             raise NonFiniteError(step, self._advice(step, "the update made a weight non-finite"))
         self.step = step
@@ -362,9 +362,3 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.rng.bit_generator.state = state["rng"]
-
-
-def grad_norm(grads):
-    """Joint L2 norm of every gradient (modules or grads dicts), as clip_grad_norm measures it."""
-    from .optim import _grad_arrays
-    return math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in _grad_arrays(grads)))
