@@ -147,9 +147,13 @@ def _grad_arrays(grads):
     return out
 
 
+def _norm(arrays):
+    return math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in arrays))
+
+
 def grad_norm(grads):
     """Joint L2 norm of every gradient (a grads dict, a module, or a list of either), in float64."""
-    return math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in _grad_arrays(grads)))
+    return _norm(_grad_arrays(grads))
 
 
 def clip_grad_norm(grads, max_norm):
@@ -160,7 +164,7 @@ def clip_grad_norm(grads, max_norm):
     """
     max_norm = _number(max_norm, "max_norm", 0.0, low_open=True)
     arrays = _grad_arrays(grads)
-    total = grad_norm(arrays)
+    total = _norm(arrays)
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in arrays:
