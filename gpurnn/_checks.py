@@ -15,6 +15,11 @@ def float_array(value, name, backend, dtype, shape=None, finite=True):
     """
     if value is None:
         raise ValueError(f"{name} is None; expected an array of shape {shape_str(shape)}")
+    if getattr(value, "requires_grad", False) is True:
+        # torch refuses to export such a tensor; say why instead of "not an array of floats"
+        raise TypeError(f"{name} is a torch tensor with requires_grad=True, but gpurnn's layers compute "
+                        f"gradients with their own backward(), outside torch's autograd; pass "
+                        f"{name}.detach() (a CUDA tensor) or {name}.detach().numpy() (a CPU tensor)")
     dtype_given = _dtype(value)
     if dtype_given is None or dtype_given.kind == "O":
         raise TypeError(f"{name} must be an array of floats, got {type(value).__name__}")

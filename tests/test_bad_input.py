@@ -54,6 +54,20 @@ def test_x_of_wrong_type(lstm):
         lstm(object())
 
 
+def test_x_a_torch_tensor_that_requires_grad(lstm, x):
+    """torch will not export a tensor that requires grad (neither a CPU nor a CUDA one): the error
+    says why and what to pass instead, and the model is left as it was."""
+    torch = pytest.importorskip("torch")
+    snap = snapshot(lstm)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    with pytest.raises(TypeError, match=r"x is a torch tensor with requires_grad=True.*x\.detach\(\)"):
+        lstm(tx)
+    head = gpurnn.Linear(3, 2, backend=lstm.backend, seed=0)
+    with pytest.raises(TypeError, match=r"x is a torch tensor with requires_grad=True"):
+        head(tx)
+    assert_unchanged(lstm, snap)
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_x(lstm, x, value):
     x[2, 1, 0] = value
