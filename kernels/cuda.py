@@ -33,9 +33,11 @@ of shared and local arrays must be compile-time constants; ``Geometry`` is the o
 block shapes are chosen (threads as a parameter, so benchmarks can sweep them and the simulator can
 use small blocks). ``kernels/report.py`` compiles the very same Python functions to SASS.
 
-Launches go on CuPy's current stream, so CuPy's stream-ordered memory pool cannot hand a
-temporary's memory to anyone before the kernels that read it have run; every temporary is held in
-a Python variable until the last launch that reads it has been enqueued. A failed launch raises
+Launches go on CuPy's current stream (its null stream is the legacy default stream), so CuPy's
+stream-ordered memory pool cannot hand a temporary's memory to anyone before the kernels that read
+it have run; every temporary is held in a Python variable until the last launch that reads it has
+been enqueued. Forward remembers its stream; a backward called on another stream first waits for
+it, and makes it wait in turn for the backward's reads of the saved arrays. A failed launch raises
 (Numba checks the driver's return code); a fault inside a kernel surfaces at the next
 synchronising call (e.g. copying a result to the host).
 """
@@ -119,12 +121,36 @@ def default_geometry():
     return SIM_GEOMETRY if cuda_simulated() else GPU_GEOMETRY
 
 
+def _has_forceinline():
+    """Whether this numba-cuda's ``cuda.jit`` takes ``forceinline`` (numba-cuda >= 0.11; the
+    simulator and Numba's own older ``numba.cuda`` do not)."""
+    import inspect
+    try:
+        return "forceinline" in inspect.signature(cuda.jit).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def device_function(fn):
-    """A CUDA device function inlined into its kernel (NVVM ``alwaysinline``); the simulator
-    takes no such option."""
+    """A CUDA device function inlined into its kernel (NVVM ``alwaysinline``) where numba-cuda
+    can ask for it; elsewhere a plain device function, which NVVM still inlines when it pays."""
+    if not cuda_simulated() and _has_forceinline():
+        return cuda.jit(device=True, forceinline=True)(fn)
+    return cuda.jit(device=True)(fn)
+
+
+def toolchain():
+    """One line on what compiles the kernels here: numba-cuda's version (or Numba's own
+    ``numba.cuda``), whether device functions are force-inlined, the simulator."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        line = f"numba-cuda {version('numba-cuda')}"
+    except PackageNotFoundError:
+        line = f"numba {numba.__version__} (its own numba.cuda; numba-cuda is not installed)"
     if cuda_simulated():
-        return cuda.jit(device=True)(fn)
-    return cuda.jit(device=True, forceinline=True)(fn)
+        return line + ", Numba CUDA simulator"
+    return line + (", device functions force-inlined" if _has_forceinline() else
+                   ", no forceinline (needs numba-cuda >= 0.11): device functions left to NVVM")
 
 
 def ceil_div(n, d):
@@ -537,13 +563,38 @@ def _xp(a):
     return cupy
 
 
-def _stream():
-    """CuPy's current stream, as a Numba stream (0 in the simulator)."""
+def _current_stream():
+    """CuPy's current stream, where every launch of a call goes; None in the simulator."""
     if cuda_simulated():
-        return 0
+        return None
     import cupy
-    ptr = cupy.cuda.get_current_stream().ptr
-    return cuda.external_stream(ptr) if ptr else cuda.default_stream()
+    return cupy.cuda.get_current_stream()
+
+
+def _numba_stream(stream):
+    """The Numba stream for a CuPy stream (0 in the simulator). CuPy's null stream, pointer 0,
+    is the legacy default stream; Numba's ``default_stream()`` is the per-thread one when Numba
+    is set to per-thread default streams, so ask for the legacy one by name."""
+    if stream is None:
+        return 0
+    return cuda.external_stream(stream.ptr) if stream.ptr else cuda.legacy_default_stream()
+
+
+def _wait(waiter, producer):
+    """Make stream ``waiter`` wait for the work enqueued so far on ``producer`` (no host sync);
+    nothing when they are the same stream or in the simulator."""
+    if waiter is None or producer is None or waiter.ptr == producer.ptr:
+        return
+    waiter.wait_event(producer.record())
+
+
+def _configure(kernel, blocks, threads, stream):
+    """``kernel[blocks, threads, stream]`` without numba-cuda's low-occupancy warning: small
+    grids are what small layers need, and the warning would name no remedy a user has."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+        return kernel[blocks, threads, _numba_stream(stream)]
 
 
 def _dev(a):
@@ -581,8 +632,8 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     elif cell == "gru":
         gates = xp.empty((T, B, GH), dt)
         hn = xp.empty((T, B, H), dt)
-    blocks, threads = launch_config(H, B, (geo.step_h, geo.step_b))
-    kern = k["step_forward"][blocks, threads, _stream()]
+    stream = _current_stream()
+    kern = _configure(k["step_forward"], *launch_config(H, B, (geo.step_h, geo.step_b)), stream)
     d_xw, d_hs, d_w, d_b, d_l, d_y = map(_dev, (xw, hs, w_hh, b_hh, lens, y))
     d_cs, d_gates, d_hn = map(_dev, (cs, gates, hn))
     for t in time_steps(T, reverse):
@@ -596,7 +647,8 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     last = 0 if rev else T
     h_n = hs[last]
     c_n = cs[last] if cell == "lstm" else None
-    saved = dict(x=x, hs=hs, cs=cs, gates=gates, hn=hn, lengths=lens, reverse=rev, geometry=geo)
+    saved = dict(x=x, hs=hs, cs=cs, gates=gates, hn=hn, lengths=lens, reverse=rev, geometry=geo,
+                 stream=stream)
     return y, h_n, c_n, saved
 
 
@@ -607,6 +659,8 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     GH, H = w_hh.shape
     dt = x.dtype
     k = compiled_kernels(cell, dt.name, geo)
+    stream = _current_stream()
+    _wait(stream, saved["stream"])      # the caller may have switched streams since forward
     dg_x = xp.empty((T, B, GH), dt)
     dg_h = xp.empty((T, B, GH), dt) if cell == "gru" else dg_x
     dy = xp.zeros((T, B, H), dt) if dy is None else xp.ascontiguousarray(dy)
@@ -615,8 +669,7 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     if cell == "lstm":
         dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
 
-    blocks, threads = launch_config(H, B, (geo.step_h, geo.step_b))
-    kern = k["step_backward"][blocks, threads, _stream()]
+    kern = _configure(k["step_backward"], *launch_config(H, B, (geo.step_h, geo.step_b)), stream)
     d_dgx, d_dgh, d_w, d_dy, d_dh, d_dc, d_l, d_hs = map(_dev, (dg_x, dg_h, w_hh, dy, dh, dc, lens, hs))
     d_gates, d_cs, d_hn = map(_dev, (saved["gates"], saved["cs"], saved["hn"]))
     # Launch p does the product of step p-1 and the pointwise part of step p: T + 1 launches.
@@ -634,6 +687,9 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     accumulate_grads(cell, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
                      hs[rev:T + rev].reshape(T * B, H), grads, geo)
     dx = (dg_x.reshape(T * B, GH) @ w_ih).reshape(T, B, I)
+    # The saved arrays came from forward's stream's memory pool, which may hand their memory out
+    # again once they are freed: only after this backward has read them.
+    _wait(saved["stream"], stream)
     return dx, dh, dc
 
 
@@ -650,5 +706,5 @@ def accumulate_grads(cell, dg_x, x, dg_h, hp, grads, geo):
     db_hh = grads["b_hh"] if has_bias else placeholder
     blocks = (ceil_div(I, tm) + ceil_div(H, tm), ceil_div(GH, tm))
     threads = (geo.acc_threads, geo.acc_threads)
-    k["accumulate"][blocks, threads, _stream()](
+    _configure(k["accumulate"], blocks, threads, _current_stream())(
         *map(_dev, (dg_x, x, dg_h, hp, grads["w_ih"], grads["w_hh"], db_ih, db_hh)), int(has_bias))

@@ -111,7 +111,7 @@ def kernel_list():
 
 def report(targets=TARGETS):
     from numba import cuda
-    from .cuda import GPU_GEOMETRY
+    from .cuda import GPU_GEOMETRY, toolchain
     device = _TargetDevice()
     _patch_current_device(device)
     rows = []
@@ -122,7 +122,7 @@ def report(targets=TARGETS):
             row = dict(kernel=name, cell=cell, dtype=dtype, target=f"sm_{cc[0]}{cc[1]}")
             row.update(parse_log(link_log(ptx, cc)))
             rows.append(row)
-    return dict(geometry=GPU_GEOMETRY.__dict__, rows=rows)
+    return dict(toolchain=toolchain(), geometry=GPU_GEOMETRY.__dict__, rows=rows)
 
 
 def table(rows):
@@ -149,6 +149,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(result, indent=1))
     else:
+        print(f"compiled by {result['toolchain']}")
         print(f"geometry: {result['geometry']}  (bytes; shared is static shared memory per block)")
         print(table(result["rows"]))
     bad = [r for r in result["rows"] if r["spill_stores"] or r["spill_loads"]]

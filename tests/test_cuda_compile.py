@@ -24,7 +24,9 @@ def test_every_kernel_compiles_without_spills():
         pytest.skip(proc.stderr.strip())
     start = proc.stdout.find("{")
     assert start >= 0, f"the report printed no JSON (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-    rows = json.loads(proc.stdout[start:])["rows"]
+    result = json.loads(proc.stdout[start:])
+    rows = result["rows"]
+    assert result["toolchain"].startswith("numba-cuda "), result["toolchain"]   # the version that compiled
 
     want = {(k, c, d, t) for d in ("float32", "float64") for t in ("sm_80", "sm_90")
             for k, c in [("accumulate", "*")] + [(n, c) for c in CELLS for n in ("step_forward", "step_backward")]}

@@ -77,3 +77,71 @@ def test_cuda_launch_config():
     assert kc.launch_config(1, 1, (32, 8)) == ((1, 1), (32, 8))
     assert kc.launch_config(65, 17, (32, 8)) == ((3, 3), (32, 8))
     assert kc.ceil_div(64, 32) == 2 and kc.ceil_div(65, 32) == 3
+
+
+class _FakeStream:
+    """A stand-in for a CuPy stream in the simulator, which has none: records the waits asked of it."""
+
+    def __init__(self, ptr):
+        self.ptr, self.waited_for = ptr, []
+
+    def record(self):
+        return ("event on", self.ptr)
+
+    def wait_event(self, event):
+        self.waited_for.append(event)
+
+
+def test_cuda_backward_on_another_stream(monkeypatch):
+    """Forward on one stream, backward on another: backward first waits for forward's stream, and
+    forward's stream then waits for backward (whose reads of the saved arrays its memory pool must
+    not overtake). On a GPU both are real non-blocking CuPy streams, so nothing but these waits
+    orders them, and a long forward makes a missing wait show as wrong gradients; the simulator
+    has no streams, so there fake streams record the waits and the gradients are checked as well."""
+    import contextlib
+
+    kc = _kernels()
+    rng = np.random.default_rng(3)
+    T, B, I, H = (3, 2, 2, 5) if SIMULATED else (256, 64, 64, 256)
+    problem = random_problem(rng, "lstm", T, B, I, H, 1, 1, True)
+    want = run_model(make_model("lstm", I, H, backend="reference", seed=4), **problem)
+    m = make_model("lstm", I, H, backend="cuda", seed=4)
+    waits = []
+    real_wait = kc._wait
+
+    def spy(waiter, producer):
+        if waiter is not None and producer is not None and waiter.ptr != producer.ptr:
+            waits.append((waiter.ptr, producer.ptr))
+        real_wait(waiter, producer)
+
+    monkeypatch.setattr(kc, "_wait", spy)
+    if SIMULATED:
+        streams = [_FakeStream(11), _FakeStream(22)]
+        current = {"stream": None}
+        monkeypatch.setattr(kc, "_current_stream", lambda: current["stream"])
+        monkeypatch.setattr(kc, "_numba_stream", lambda s: 0)
+
+        @contextlib.contextmanager
+        def on(s):
+            current["stream"] = s
+            yield
+            current["stream"] = None
+    else:
+        import cupy
+        streams = [cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)]
+        on = lambda s: s  # noqa: E731  (a CuPy stream is its own context manager)
+
+    m.zero_grad()
+    with on(streams[0]):
+        y, (h_n, c_n) = m(problem["x"], (problem["h0"], problem["c0"]), lengths=problem["lengths"])
+    with on(streams[1]):
+        dx, (dh0, dc0) = m.backward(problem["dy"], (problem["dh_n"], problem["dc_n"]))
+        got = dict(dx=dx, dh0=dh0, dc0=dc0, **{f"grad/{k}": v for k, v in m.grads.items()})
+        got = {k: (v.get() if hasattr(v, "get") else np.asarray(v)) for k, v in got.items()}
+    p0, p1 = streams[0].ptr, streams[1].ptr
+    assert (p1, p0) in waits, "backward did not wait for forward's stream"
+    assert (p0, p1) in waits, "forward's stream does not wait for backward's reads"
+    if SIMULATED:
+        assert streams[1].waited_for == [("event on", p0)] and streams[0].waited_for == [("event on", p1)]
+    for key in got:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-11, err_msg=key)

@@ -1,0 +1,99 @@
+"""The host side of the cuda backend that no simulator run reaches: which Numba stream a CuPy
+stream maps to, the waits between streams, the launch-warning filter, and how device functions
+are compiled where numba-cuda lacks ``forceinline``. Runs anywhere: nothing here launches a kernel.
+"""
+
+import types
+import warnings
+
+import pytest
+
+pytest.importorskip("numba.cuda")
+from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
+
+from gpurnn.kernels import cuda as kc  # noqa: E402
+
+
+class Stream:
+    def __init__(self, ptr):
+        self.ptr, self.waited_for = ptr, []
+
+    def record(self):
+        return ("event", self.ptr)
+
+    def wait_event(self, event):
+        self.waited_for.append(event)
+
+
+@pytest.fixture
+def fake_numba_cuda(monkeypatch):
+    """kernels.cuda's ``cuda`` with stream constructors that say which one was asked for."""
+    fake = types.SimpleNamespace(legacy_default_stream=lambda: "legacy default",
+                                 default_stream=lambda: "default (per-thread when Numba is set so)",
+                                 external_stream=lambda ptr: ("external", ptr))
+    monkeypatch.setattr(kc, "cuda", fake)
+    monkeypatch.setattr(kc, "cuda_simulated", lambda: False)
+    return fake
+
+
+def test_cupy_null_stream_is_the_legacy_default_stream(fake_numba_cuda):
+    assert kc._numba_stream(Stream(0)) == "legacy default"
+    assert kc._numba_stream(Stream(0x7f00)) == ("external", 0x7f00)
+    assert kc._numba_stream(Stream(2)) == ("external", 2)        # CuPy's per-thread default stream
+    assert kc._numba_stream(None) == 0                          # the simulator
+
+
+def test_wait_orders_two_streams_and_skips_one():
+    a, b = Stream(5), Stream(6)
+    kc._wait(a, b)
+    assert a.waited_for == [("event", 6)] and b.waited_for == []
+    same = Stream(5)
+    kc._wait(a, same)
+    kc._wait(None, b)
+    kc._wait(a, None)
+    assert a.waited_for == [("event", 6)] and b.waited_for == []
+
+
+class _Kernel:
+    """A kernel whose configuration warns as numba-cuda's does for a small grid, and once more
+    with another warning that must get through."""
+
+    def __getitem__(self, config):
+        warnings.warn(NumbaPerformanceWarning("Grid size 4 will likely result in GPU under-utilization "
+                                              "due to low occupancy."))
+        warnings.warn(UserWarning("something else"))
+        return config
+
+
+def test_configure_silences_only_the_low_occupancy_warning(fake_numba_cuda):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = kc._configure(_Kernel(), (2, 2), (32, 8), Stream(0))
+    assert config == ((2, 2), (32, 8), "legacy default")
+    assert [str(w.message) for w in caught] == ["something else"]
+
+
+def test_device_functions_without_forceinline(monkeypatch):
+    """numba-cuda < 0.11 (and Numba's own numba.cuda) has no ``forceinline``: plain device functions."""
+    calls = []
+
+    def old_jit(func_or_sig=None, device=False, inline=False, link=None, debug=None, opt=True,
+                lineinfo=False, cache=False, **kws):
+        calls.append(dict(device=device, **kws))
+        return lambda fn: fn
+
+    def new_jit(func_or_sig=None, device=False, inline="never", forceinline=False, **kws):
+        calls.append(dict(device=device, forceinline=forceinline))
+        return lambda fn: fn
+
+    monkeypatch.setattr(kc, "cuda_simulated", lambda: False)
+    monkeypatch.setattr(kc.cuda, "jit", old_jit)
+    assert not kc._has_forceinline()
+    kc.device_function(lambda: 0)
+    assert calls[-1] == dict(device=True)
+    assert "no forceinline" in kc.toolchain()
+    monkeypatch.setattr(kc.cuda, "jit", new_jit)
+    assert kc._has_forceinline()
+    kc.device_function(lambda: 0)
+    assert calls[-1] == dict(device=True, forceinline=True)
+    assert "force-inlined" in kc.toolchain() and "numba" in kc.toolchain()
