@@ -14,6 +14,12 @@ FAST_BACKENDS = ["cpu"] + (["cuda"] if gpurnn.cuda_status()[0] else [])
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
 
+def pytest_report_header(config):
+    """Which gpurnn is under test and whether its cuda backend runs here: a log says what it tested."""
+    import os
+    return [f"gpurnn from {os.path.dirname(gpurnn.__file__)}; cuda backend: {gpurnn.cuda_status()}"]
+
+
 def make_model(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
                backend="reference", dtype="float64", seed=0):
     kw = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias, backend=backend, dtype=dtype,
