@@ -1,7 +1,11 @@
-"""benchmarks/gpu_suite.py --sim: the GPU suite's plumbing (tests step, timing, agreement check,
-JSON and markdown) runs in the CUDA simulator on one tiny shape. No figure it writes means anything."""
+"""benchmarks/device_run.sh --sim: the one-call GPU run, every step, on tiny shapes in the CUDA
+simulator; and the benchmark's budget and plan. No figure written here means anything: the
+simulator's times are meaningless, and benchmarks are never assertions."""
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,20 +13,99 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_gpu  # noqa: E402
+
+needs_bash = pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
 
 
-def test_gpu_suite_sim_plumbing(tmp_path):
+def _only(folder, suffix):
+    (path,) = folder.glob(f"*-simulator-{suffix}")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d-simulator-" + re.escape(suffix), path.name), path.name
+    return path
+
+
+@needs_bash
+def test_device_run_sim(tmp_path):
+    """Every step runs and leaves its file, named with the date and the GPU, in $OUT."""
     pytest.importorskip("torch")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--sim", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    (js,) = tmp_path.glob("*-simulator.json")
-    (md,) = tmp_path.glob("*-simulator.md")
-    result = json.loads(js.read_text())
-    assert "passed" in result["tests"]
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh"), "--sim"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "every step succeeded" in out
+    names = sorted(p.name.split("-simulator-")[1] for p in tmp_path.iterdir())
+    assert names == ["bench.json", "bench.md", "env.txt", "ncu.txt", "run.log", "tests.log"]
+
+    env_report = _only(tmp_path, "env.txt").read_text()
+    for key in ("numba", "numba-cuda", "torch", "numpy", "cuda-core", "cuda-bindings", "NVVM found",
+                "CUDA_HOME", "gpu (name, driver, compute capability, memory)"):
+        assert re.search(rf"^{re.escape(key)}: \S", env_report, re.M), key
+    assert "gpurnn.cuda_status(): (True, 'Numba CUDA simulator" in env_report
+    # The install fallback ran: gpurnn imported through the links, not from the environment.
+    link = re.search(r"^install: fallback, (\S+) on PYTHONPATH", env_report, re.M)
+    assert link, env_report
+    assert f"gpurnn: 0.1.0 from {link.group(1)}/gpurnn" in env_report
+
+    tests = _only(tmp_path, "tests.log").read_text()
+    assert f"gpurnn from {link.group(1)}/gpurnn" in tests       # the tests ran on what was installed
+    assert re.search(r"\b9 passed\b", tests) and not re.search(r"\b(failed|error)\b", tests), tests[-3000:]
+
+    result = json.loads(_only(tmp_path, "bench.json").read_text())
+    assert result["tests"].startswith("9 passed")
+    assert result["machine"]["gpu"] == "simulator" and result["machine"]["toolchain"].startswith("numba-cuda")
+    lo = result["launch_overhead"]
+    for key in ("empty_kernel_host_us", "step_forward_host_us", "cupy_elementwise_host_us"):
+        assert lo[key] > 0, key
     assert {(r["cell"], r["mode"]) for r in result["rows"]} == {
         (c, m) for c in ("rnn_tanh", "lstm", "gru") for m in ("forward", "train")}
     for r in result["rows"]:
         assert r["forward_max_abs_diff"] < 1e-5, r       # the cuda backend agrees with torch
-        assert r["gpurnn_ms"] > 0 and r["torch_ms"] > 0, r
-    assert "plumbing only" in md.read_text()
+        assert r["gpurnn_ms"] > 0 and r["torch_ms"] > 0 and r["algo"] == "step", r
+        # counted, not computed: T forward steps; T + 1 backward launches and one reduction
+        assert r["numba_launches"] == (r["T"] if r["mode"] == "forward" else 2 * r["T"] + 2), r
+    assert result["skipped"] == [] and result["not_reached"] == []
+    md = _only(tmp_path, "bench.md").read_text()
+    assert "plumbing only" in md and "## Launch overhead" in md and "| lstm | train | 3 | 2 | 5 | step | 8 |" in md
+    assert "ran one step_forward" in _only(tmp_path, "ncu.txt").read_text()
+    assert "== 5. ncu" in _only(tmp_path, "run.log").read_text()
+
+
+@needs_bash
+def test_device_run_refuses_unknown_options():
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh"), "--fast"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown option '--fast'" in proc.stderr
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_run.sh"), "--budget", "soon"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--budget takes whole seconds, got 'soon'" in proc.stderr
+
+
+def test_bench_budget_skips_and_lists_what_it_cannot_fit(tmp_path):
+    """With no time, no row runs: each is listed as skipped, with its estimate, in JSON and markdown."""
+    pytest.importorskip("torch")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--sim", "--budget", "0",
+                           "--out", str(tmp_path), "--name", "b"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["rows"] == [] and result["not_reached"] == []
+    assert [(s["cell"], s["T"], s["B"], s["H"]) for s in result["skipped"]] == [
+        (c, 3, 2, 5) for c in ("rnn_tanh", "gru", "lstm")]
+    assert all(s["estimate_s"] > 0 for s in result["skipped"])
+    assert "Skipped, as they would have overrun the budget: rnn_tanh T=3 B=2 H=5" in (tmp_path / "b.md").read_text()
+
+
+def test_bench_plan_runs_cheapest_rows_first():
+    cases = bench_gpu.plan(bench_gpu.GRID, bench_gpu.CELLS, 5, 5)
+    assert len(cases) == len(bench_gpu.GRID) * len(bench_gpu.CELLS) == len(set(cases))
+    cost = [bench_gpu.case_seconds(*c, 5, 5) for c in cases]
+    assert cost == sorted(cost)
+    # The napkin model itself: more steps, wider layers and bigger batches never cost less.
+    e = bench_gpu.estimate
+    for side in (0, 1):
+        assert (e("lstm", "train", 512, 64, 1024)[side] > e("lstm", "train", 128, 64, 1024)[side]
+                > e("lstm", "forward", 128, 64, 1024)[side] > e("rnn_tanh", "forward", 128, 64, 1024)[side])
+        assert e("lstm", "train", 128, 256, 1024)[side] > e("lstm", "train", 128, 1, 1024)[side]
+    assert bench_gpu.reps_for(1.0, 5) == 1 and bench_gpu.reps_for(1e-4, 5) == 5
