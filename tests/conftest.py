@@ -83,6 +83,20 @@ def numeric_grad(f, a, eps=1e-6):
     return g
 
 
+class FakeStream:
+    """A stand-in for a CuPy stream (the simulator and a machine without a GPU have none): it
+    records the waits asked of it."""
+
+    def __init__(self, ptr):
+        self.ptr, self.waited_for = ptr, []
+
+    def record(self):
+        return ("event on", self.ptr)
+
+    def wait_event(self, event):
+        self.waited_for.append(event)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -11,18 +11,8 @@ import pytest
 pytest.importorskip("numba.cuda")
 from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
 
+from conftest import FakeStream  # noqa: E402
 from gpurnn.kernels import cuda as kc  # noqa: E402
-
-
-class Stream:
-    def __init__(self, ptr):
-        self.ptr, self.waited_for = ptr, []
-
-    def record(self):
-        return ("event", self.ptr)
-
-    def wait_event(self, event):
-        self.waited_for.append(event)
 
 
 @pytest.fixture
@@ -37,21 +27,21 @@ def fake_numba_cuda(monkeypatch):
 
 
 def test_cupy_null_stream_is_the_legacy_default_stream(fake_numba_cuda):
-    assert kc._numba_stream(Stream(0)) == "legacy default"
-    assert kc._numba_stream(Stream(0x7f00)) == ("external", 0x7f00)
-    assert kc._numba_stream(Stream(2)) == ("external", 2)        # CuPy's per-thread default stream
+    assert kc._numba_stream(FakeStream(0)) == "legacy default"
+    assert kc._numba_stream(FakeStream(0x7f00)) == ("external", 0x7f00)
+    assert kc._numba_stream(FakeStream(2)) == ("external", 2)        # CuPy's per-thread default stream
     assert kc._numba_stream(None) == 0                          # the simulator
 
 
 def test_wait_orders_two_streams_and_skips_one():
-    a, b = Stream(5), Stream(6)
+    a, b = FakeStream(5), FakeStream(6)
     kc._wait(a, b)
-    assert a.waited_for == [("event", 6)] and b.waited_for == []
-    same = Stream(5)
+    assert a.waited_for == [("event on", 6)] and b.waited_for == []
+    same = FakeStream(5)
     kc._wait(a, same)
     kc._wait(None, b)
     kc._wait(a, None)
-    assert a.waited_for == [("event", 6)] and b.waited_for == []
+    assert a.waited_for == [("event on", 6)] and b.waited_for == []
 
 
 class _Kernel:
@@ -68,7 +58,7 @@ class _Kernel:
 def test_configure_silences_only_the_low_occupancy_warning(fake_numba_cuda):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        config = kc._configure(_Kernel(), (2, 2), (32, 8), Stream(0))
+        config = kc._configure(_Kernel(), (2, 2), (32, 8), FakeStream(0))
     assert config == ((2, 2), (32, 8), "legacy default")
     assert [str(w.message) for w in caught] == ["something else"]
 

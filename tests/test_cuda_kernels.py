@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from conftest import SIMULATED, make_model, random_problem, run_model
+from conftest import SIMULATED, FakeStream, make_model, random_problem, run_model
 
 if SIMULATED:
     sys.setswitchinterval(1e-4)     # see tests/test_backends.py
@@ -79,19 +79,6 @@ def test_cuda_launch_config():
     assert kc.ceil_div(64, 32) == 2 and kc.ceil_div(65, 32) == 3
 
 
-class _FakeStream:
-    """A stand-in for a CuPy stream in the simulator, which has none: records the waits asked of it."""
-
-    def __init__(self, ptr):
-        self.ptr, self.waited_for = ptr, []
-
-    def record(self):
-        return ("event on", self.ptr)
-
-    def wait_event(self, event):
-        self.waited_for.append(event)
-
-
 def test_cuda_backward_on_another_stream(monkeypatch):
     """Forward on one stream, backward on another: backward first waits for forward's stream, and
     forward's stream then waits for backward (whose reads of the saved arrays its memory pool must
@@ -116,7 +103,7 @@ def test_cuda_backward_on_another_stream(monkeypatch):
 
     monkeypatch.setattr(kc, "_wait", spy)
     if SIMULATED:
-        streams = [_FakeStream(11), _FakeStream(22)]
+        streams = [FakeStream(11), FakeStream(22)]
         current = {"stream": None}
         monkeypatch.setattr(kc, "_current_stream", lambda: current["stream"])
         monkeypatch.setattr(kc, "_numba_stream", lambda s: 0)
