@@ -59,6 +59,11 @@ def machine():
         line("numba.cuda.is_available()", cuda.is_available())
         found = nvvm.is_available()
         line("NVVM found", found)
+        try:    # numba-cuda links with nvJitLink where it can (no PTX JIT in the driver)
+            from numba.cuda.cudadrv.driver import _have_nvjitlink
+            line("nvJitLink usable by numba-cuda", _have_nvjitlink())
+        except ImportError:
+            line("nvJitLink usable by numba-cuda", "unknown to this numba-cuda")
         if found:
             from numba.cuda.cuda_paths import get_cuda_paths
             paths = get_cuda_paths()

@@ -118,9 +118,14 @@ step_tests() {
     timeout -k 10 "$limit" "${SIMENV[@]}" "$PY" -m pytest -p no:cacheprovider -v -rfEs "${workers[@]}" \
         -k "$select" "${files[@]}" 2>&1 | tee "$STEM-tests.log"
     local rc=${PIPESTATUS[0]}
-    TESTS=$(grep -E '[0-9]+ (passed|failed|error)' "$STEM-tests.log" | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//')
+    TESTS=$(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected)|no tests ran' "$STEM-tests.log" | tail -n 1 |
+            tr -d '=' | sed 's/^ *//; s/ *$//')
     TESTS=${TESTS:-no summary}
     [ "$rc" = 124 ] && TESTS="stopped after $limit s: $TESTS"
+    if [ "$rc" = 0 ] && ! [[ $TESTS =~ [0-9]+\ passed ]] || [[ $TESTS =~ [0-9]+\ skipped ]]; then
+        echo "cuda test cases were skipped or none ran: a kernel that did not run has not passed"
+        return 1
+    fi
     return "$rc"
 }
 
@@ -199,7 +204,9 @@ main() {
     echo "== done in $SECONDS s; tests: $TESTS"
     ls -l "$STEM"-* 2>/dev/null
     if [ ${#failed[@]} -gt 0 ]; then
-        echo "failed: ${failed[*]}"
+        local list
+        printf -v list '%s, ' "${failed[@]}"
+        echo "failed: ${list%, }"
         return 1
     fi
     echo "every step succeeded"
