@@ -83,13 +83,14 @@ def test_cuda_backward_on_another_stream(monkeypatch):
     """Forward on one stream, backward on another: backward first waits for forward's stream, and
     forward's stream then waits for backward (whose reads of the saved arrays its memory pool must
     not overtake). On a GPU both are real non-blocking CuPy streams, so nothing but these waits
-    orders them, and a long forward makes a missing wait show as wrong gradients; the simulator
+    orders them, and a forward whose steps take the GPU longer than the host takes to launch them
+    is still running when backward starts: a missing wait shows as wrong gradients. The simulator
     has no streams, so there fake streams record the waits and the gradients are checked as well."""
     import contextlib
 
     kc = _kernels()
     rng = np.random.default_rng(3)
-    T, B, I, H = (3, 2, 2, 5) if SIMULATED else (256, 64, 64, 256)
+    T, B, I, H = (3, 2, 2, 5) if SIMULATED else (64, 128, 64, 512)   # float64: 0.27 GFLOP a step
     problem = random_problem(rng, "lstm", T, B, I, H, 1, 1, True)
     want = run_model(make_model("lstm", I, H, backend="reference", seed=4), **problem)
     m = make_model("lstm", I, H, backend="cuda", seed=4)
@@ -117,9 +118,10 @@ def test_cuda_backward_on_another_stream(monkeypatch):
         import cupy
         streams = [cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)]
         on = lambda s: s  # noqa: E731  (a CuPy stream is its own context manager)
+        cupy.cuda.Device().synchronize()    # the weights, copied in on the default stream, are there
 
-    m.zero_grad()
     with on(streams[0]):
+        m.zero_grad()
         y, (h_n, c_n) = m(problem["x"], (problem["h0"], problem["c0"]), lengths=problem["lengths"])
     with on(streams[1]):
         dx, (dh0, dc0) = m.backward(problem["dy"], (problem["dh_n"], problem["dc_n"]))
