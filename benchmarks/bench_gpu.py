@@ -126,7 +126,7 @@ def case_seconds(cell, T, B, H, rounds, max_reps, scale=(1.0, 1.0), new_cell=Fal
     for mode in ("forward", "train"):
         ours, peer = estimate(cell, mode, T, B, H, launch_s)
         ours, peer = ours * scale[0], peer * scale[1]
-        calls = 2 + rounds * reps_for(max(ours, peer), max_reps)
+        calls = 3 + rounds * reps_for(max(ours, peer), max_reps)     # 2 warm-up, 1 counting launches
         total += calls * (ours + peer)
     return total
 

@@ -79,9 +79,9 @@ link_checkout() {
     # gpurnn/ as installed, without installing: kernels/ becomes gpurnn/kernels by a link.
     local src
     src=$(mktemp -d)/src || return 1
-    mkdir -p "$src/gpurnn" && ln -s "$ROOT"/gpurnn/*.py "$src/gpurnn/" && ln -s "$ROOT/kernels" "$src/gpurnn/kernels" || return 1
+    mkdir -p "$src/gpurnn" && ln -s "$ROOT"/gpurnn/* "$src/gpurnn/" && ln -s "$ROOT/kernels" "$src/gpurnn/kernels" || return 1
     export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"
-    echo "install: fallback, $src on PYTHONPATH (links to the checkout's gpurnn/*.py and kernels/)" | tee -a "$STEM-env.txt"
+    echo "install: fallback, $src on PYTHONPATH (links to the checkout's gpurnn/* and kernels/)" | tee -a "$STEM-env.txt"
 }
 
 step_install() {
