@@ -21,9 +21,10 @@
 #                                                                                -> <stem>-bench.json, .md
 #   5. when time remains, ncu on one step_forward and one accumulate launch of a mid-size LSTM
 #                                                                                -> <stem>-ncu.txt
-# Everything printed also goes to <stem>-run.log. Files land in $OUT, or in benchmarks/results/
-# without it; <stem> is <date>-<gpu>: the UTC date and the GPU as nvidia-smi names it ("simulator"
-# with --sim). Exit status 0 when every step succeeded, else 1 with the failed steps named last.
+# Everything printed also goes to <stem>-run.log. Files land in $OUT, or without it in
+# benchmarks/results/ (a temporary folder with --sim); <stem> is <date>-<gpu>: the UTC date and the
+# GPU as nvidia-smi names it ("simulator" with --sim). Exit status 0 when every step succeeded,
+# else 1 with the failed steps named last.
 
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -64,6 +65,7 @@ else
 fi
 SLUG=$(printf '%s' "$GPU" | tr -cs 'A-Za-z0-9' '-' | sed 's/^-*//; s/-*$//' | tr 'A-Z' 'a-z')
 DIR=${OUT:-$ROOT/benchmarks/results}
+[ "$SIM" = 1 ] && [ -z "${OUT:-}" ] && DIR=$(mktemp -d)     # no simulator figures in benchmarks/results
 mkdir -p "$DIR" || exit 2
 NAME=$(date -u +%Y-%m-%d)-$SLUG
 STEM=$DIR/$NAME
