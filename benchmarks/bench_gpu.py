@@ -190,29 +190,30 @@ def synchronize(sim):
         cupy.cuda.get_current_stream().synchronize()
 
 
-def count_numba_launches(fn):
-    """Run fn() once and return how many Numba kernels the cuda backend launched meanwhile."""
+def record_launches(fn):
+    """Run fn() once; return the Numba launches the cuda backend made meanwhile, in order, as
+    (kernel name, configured kernel, arguments)."""
     from gpurnn.kernels import cuda as kc
-    original, count = kc.compiled_kernels, [0]
+    original, launches = kc.compiled_kernels, []
 
-    class Counted:
-        def __init__(self, kernel):
-            self.kernel = kernel
+    class Recorded:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
 
         def __getitem__(self, config):
             launch = self.kernel[config]
 
-            def counted(*args):
-                count[0] += 1
+            def recorded(*args):
+                launches.append((self.name, launch, args))
                 return launch(*args)
-            return counted
+            return recorded
 
-    kc.compiled_kernels = lambda *a: {name: Counted(k) for name, k in original(*a).items()}
+    kc.compiled_kernels = lambda *a: {name: Recorded(name, k) for name, k in original(*a).items()}
     try:
         fn()
     finally:
         kc.compiled_kernels = original
-    return count[0]
+    return launches
 
 
 # ---------------------------------------------------------------- launch overhead
@@ -221,12 +222,11 @@ def launch_overhead(sim):
     import numpy as np
     from numba import cuda
 
+    import gpurnn
     from gpurnn.kernels import cuda as kc
     n = 3 if sim else 300
     B, H = (2, 5) if sim else (64, 256)
-    xp = kc._xp(None)
-    stream = kc._current_stream()
-    nstream = kc._numba_stream(stream)
+    nstream = kc._numba_stream(kc._current_stream())
 
     @cuda.jit
     def empty():
@@ -237,20 +237,15 @@ def launch_overhead(sim):
         for _ in range(microseconds):
             cuda.nanosleep(1000)
 
-    geo = kc.default_geometry()
-    rng = np.random.default_rng(0)
-    f32 = np.float32
-    args = [xp.asarray(rng.standard_normal(s).astype(f32)) for s in
-            [(1, B, 4 * H), (2, B, H), (2, B, H), (4 * H, H), (4 * H,)]]
-    args.append(xp.ones(B, np.int32))
-    out = [xp.empty((1, B, H), f32), xp.empty((1, B, 4 * H), f32)]
-    d = [kc._dev(a) for a in args + out]
-    step = kc._configure(kc.compiled_kernels("lstm", "float32", geo)["step_forward"],
-                         *kc.launch_config(H, B, (geo.step_h, geo.step_b)), stream)
-    step_args = (*d[:6], 0, 0, 1, *d[6:])
+    # The step is the one a layer launches: recorded from a one-step forward, then launched again
+    # with the same arguments (it reads hs[0] and writes hs[1], so every launch does the same work).
+    m = gpurnn.LSTM(H, H, backend="cuda", seed=0)
+    xp = m.backend.xp
+    x = xp.asarray(np.random.default_rng(0).standard_normal((1, B, H)).astype(np.float32))
+    ((name, step, step_args),) = record_launches(lambda: m(x))
+    assert name == "step_forward", name
     one = empty[1, 1, nstream]
-    one()                       # compile both before timing
-    step(*step_args)
+    one()                       # compile before timing
     synchronize(sim)
 
     def host_us(launch, count):
@@ -262,7 +257,7 @@ def launch_overhead(sim):
     result = dict(step_shape=dict(cell="lstm", dtype="float32", B=B, H=H), launches_timed=n)
     result["empty_kernel_host_us"] = host_us(one, n)
     synchronize(sim)
-    a = xp.zeros(1, f32)
+    a = xp.zeros(1, np.float32)
 
     def cupy_op():
         a.__iadd__(1)
@@ -355,7 +350,7 @@ def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s):
         for fn in (ours_fn, peer_fn):   # warm-up: compilation, cuDNN plans, memory pools
             fn()
             fn()
-        n_launch = count_numba_launches(ours_fn)
+        n_launch = len(record_launches(ours_fn))
         est = estimate(cell, mode, T, B, H, launch_s)
         reps = reps_for(max(est[0] * scale[0], est[1] * scale[1]), max_reps)
         times = interleaved({"gpurnn": (timers[0], ours_fn), "torch": (timers[1], peer_fn)}, rounds, reps)

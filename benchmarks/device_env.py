@@ -83,9 +83,10 @@ def gpurnn_part():
         return 1
     line("gpurnn", f"{gpurnn.__version__} from {os.path.dirname(gpurnn.__file__)}, kernels from "
                    f"{os.path.dirname(gpurnn.kernels.__file__)}")
-    line("gpurnn.cuda_status()", gpurnn.cuda_status())
+    status = gpurnn.cuda_status()
+    line("gpurnn.cuda_status()", status)
     line("kernels compiled by", kc.toolchain())
-    return 0 if gpurnn.cuda_status()[0] else 1
+    return 0 if status[0] else 1
 
 
 def main(argv=None):
