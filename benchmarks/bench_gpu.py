@@ -4,7 +4,8 @@
     python benchmarks/bench_gpu.py --quick          # three shapes
     python benchmarks/bench_gpu.py --sim            # the plumbing in the CUDA simulator on one tiny shape
                                                     # (no GPU; its times mean nothing; output to a temp folder)
-    python benchmarks/bench_gpu.py --ncu-target     # one step_forward and one accumulate launch, for ncu
+    python benchmarks/bench_gpu.py --algo step      # gpurnn's per-step path on every row (default: auto)
+    python benchmarks/bench_gpu.py --ncu-target     # a step_forward, then a persistent training step, for ncu
 
 ``benchmarks/device_run.sh`` runs it after the cuda tests, with what is left of its budget. Results go
 to ``<out>/<name>.json`` and ``.md`` (default ``benchmarks/results/<date>-<gpu>-bench``), rewritten
@@ -19,8 +20,9 @@ Then, per cell and shape (T, B, I = H, H), float32 (TF32 off for torch), one lay
     forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
     train    zero the grads, forward, backward of a fixed dy (weight gradients and dx)
 FLOPs are the dense products only: forward 2·T·B·G·H·(I + H); train 3 x forward. Each row also
-counts gpurnn's Numba kernel launches per call (2T + 2 per training step on the per-step path) and
-names the algorithm that ran.
+counts gpurnn's Numba kernel launches per call (1 forward and 3 per training step on the persistent
+path; T and 2T + 2 on the per-step path) and names the algorithm that ran and its plan (``--algo``
+forces one; auto lets kernels/cuda/plan.py choose per shape, as a user's model does).
 Timing: CUDA events around each call (CuPy's for gpurnn, torch's for torch, both on the legacy
 default stream), synchronised after each call; every row is warmed up first (kernels compiled,
 cuDNN plans chosen), then ``--rounds`` rounds alternate a block of calls of each side, the order
@@ -48,7 +50,6 @@ START = time.monotonic()
 ROOT = Path(__file__).resolve().parents[1]
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 CELLS = ("rnn_tanh", "lstm", "gru")
-ALGO = "step"        # the one CUDA algorithm so far: one launch per time step (kernels/cuda.py)
 
 # (T, B, H): batch sweep at T = 128 for three widths, then a sequence-length sweep.
 GRID = ([(128, B, H) for H in (64, 256, 1024) for B in (1, 16, 64, 256)]
@@ -61,6 +62,7 @@ LAUNCH_S = 50e-6        # host seconds per Numba launch (numba-cuda's launch pat
 CALL_S = 0.5e-3         # CuPy work per gpurnn call outside the step kernels (products, fills, checks)
 OURS_FLOPS = 4e12       # FLOP/s of gpurnn's float32 kernels: well under an H100's 60 TFLOP/s FMA peak
 PEER_STEP_S = 10e-6     # cuDNN per time step and direction of the recursion
+PERSIST_STEP_S = 3e-6   # gpurnn's persistent kernels per time step: a grid barrier and the step's latency
 PEER_FLOPS = 15e12
 COMPILE_S = 20.0        # the first row of a cell compiles its three kernels
 BUILD_S = 1.0           # models, inputs, the agreement check
@@ -72,7 +74,10 @@ def parse_args(argv=None):
     p.add_argument("--sim", action="store_true", help="plumbing check in the CUDA simulator (no GPU)")
     p.add_argument("--quick", action="store_true", help="three shapes instead of the grid")
     p.add_argument("--ncu-target", action="store_true",
-                   help="launch one step_forward and one accumulate of a mid-size LSTM, then exit (for ncu)")
+                   help="launch one step_forward, then one persistent training step (persistent_forward, "
+                        "persistent_backward, accumulate) of a mid-size LSTM, and exit (for ncu)")
+    p.add_argument("--algo", choices=("auto", "persistent", "step"), default="auto",
+                   help="gpurnn's algorithm on every row (default auto: chosen per shape)")
     p.add_argument("--budget", type=float, default=300.0,
                    help="seconds for the whole run, start-up included (default 300); rows that would "
                         "overrun it are skipped and listed")
@@ -100,17 +105,28 @@ def flops(cell, mode, T, B, H):
     return forward * (3 if mode == "train" else 1)
 
 
-def launches(mode, T):
-    """gpurnn's Numba launches per call on the per-step path: T forward steps; T + 1 fused
-    backward steps and one weight-gradient reduction."""
+def launches(mode, T, algo="step"):
+    """gpurnn's Numba launches per call. Per-step path: T forward steps; T + 1 fused backward steps
+    and one weight-gradient reduction. Persistent path: one forward; one backward and the reduction."""
+    if algo == "persistent":
+        return 1 if mode == "forward" else 3
     return T if mode == "forward" else 2 * T + 2
 
 
-def estimate(cell, mode, T, B, H, launch_s=LAUNCH_S):
+def likely_algo(H, algo):
+    """The algorithm a row will run, for its estimate: auto takes the persistent path up to about
+    H = 1024 in float32 on an H100 (kernels/cuda/plan.py decides for real)."""
+    return algo if algo != "auto" else ("persistent" if H <= 1024 else "step")
+
+
+def estimate(cell, mode, T, B, H, launch_s=LAUNCH_S, algo="auto"):
     """Napkin seconds of one call of each side: (gpurnn, torch). gpurnn pays a host launch per
-    kernel and runs its FLOPs at OURS_FLOPS; cuDNN pays a few microseconds per step."""
+    kernel (and on the persistent path a few microseconds per step) and runs its FLOPs at
+    OURS_FLOPS; cuDNN pays a few microseconds per step."""
     steps = T if mode == "forward" else 2 * T
-    ours = launches(mode, T) * launch_s + CALL_S + flops(cell, mode, T, B, H) / OURS_FLOPS
+    used = likely_algo(H, algo)
+    ours = (launches(mode, T, used) * launch_s + CALL_S + flops(cell, mode, T, B, H) / OURS_FLOPS
+            + (steps * PERSIST_STEP_S if used == "persistent" else 0.0))
     peer = steps * PEER_STEP_S + flops(cell, mode, T, B, H) / PEER_FLOPS
     return ours, peer
 
@@ -120,21 +136,22 @@ def reps_for(call_s, max_reps):
     return max(1, min(max_reps, round(BLOCK_S / max(call_s, 1e-9))))
 
 
-def case_seconds(cell, T, B, H, rounds, max_reps, scale=(1.0, 1.0), new_cell=False, launch_s=LAUNCH_S):
+def case_seconds(cell, T, B, H, rounds, max_reps, scale=(1.0, 1.0), new_cell=False, launch_s=LAUNCH_S,
+                 algo="auto"):
     """Estimated wall seconds of one row (both modes, warm-up and timed calls, both sides)."""
     total = BUILD_S + (COMPILE_S if new_cell else 0.0)
     for mode in ("forward", "train"):
-        ours, peer = estimate(cell, mode, T, B, H, launch_s)
+        ours, peer = estimate(cell, mode, T, B, H, launch_s, algo)
         ours, peer = ours * scale[0], peer * scale[1]
         calls = 3 + rounds * reps_for(max(ours, peer), max_reps)     # 2 warm-up, 1 counting launches
         total += calls * (ours + peer)
     return total
 
 
-def plan(grid, cells, rounds, max_reps):
+def plan(grid, cells, rounds, max_reps, algo="auto"):
     """Every (cell, T, B, H) of the grid, cheapest first."""
     cases = [(cell, T, B, H) for cell in cells for T, B, H in grid]
-    return sorted(cases, key=lambda c: (case_seconds(*c, rounds, max_reps), c))
+    return sorted(cases, key=lambda c: (case_seconds(*c, rounds, max_reps, algo=algo), c))
 
 
 # ---------------------------------------------------------------- timing
@@ -193,26 +210,9 @@ def synchronize(sim):
 def record_launches(fn):
     """Run fn() once; return the Numba launches the cuda backend made meanwhile, in order, as
     (kernel name, configured kernel, arguments)."""
-    from gpurnn.kernels import cuda as kc
-    original, launches = kc.compiled_kernels, []
-
-    class Recorded:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, config):
-            launch = self.kernel[config]
-
-            def recorded(*args):
-                launches.append((self.name, launch, args))
-                return launch(*args)
-            return recorded
-
-    kc.compiled_kernels = lambda *a: {name: Recorded(name, k) for name, k in original(*a).items()}
-    try:
+    from gpurnn.kernels.cuda import recording
+    with recording() as launches:
         fn()
-    finally:
-        kc.compiled_kernels = original
     return launches
 
 
@@ -226,7 +226,7 @@ def launch_overhead(sim):
     from gpurnn.kernels import cuda as kc
     n = 3 if sim else 300
     B, H = (2, 5) if sim else (64, 256)
-    nstream = kc._numba_stream(kc._current_stream())
+    nstream = kc.runtime.numba_stream(kc.runtime.current_stream())
 
     @cuda.jit
     def empty():
@@ -239,7 +239,7 @@ def launch_overhead(sim):
 
     # The step is the one a layer launches: recorded from a one-step forward, then launched again
     # with the same arguments (it reads hs[0] and writes hs[1], so every launch does the same work).
-    m = gpurnn.LSTM(H, H, backend="cuda", seed=0)
+    m = gpurnn.LSTM(H, H, backend="cuda", seed=0, algo="step")
     xp = m.backend.xp
     x = xp.asarray(np.random.default_rng(0).standard_normal((1, B, H)).astype(np.float32))
     ((name, step, step_args),) = record_launches(lambda: m(x))
@@ -287,7 +287,7 @@ def launch_overhead(sim):
 
 
 # ---------------------------------------------------------------- one row
-def build_pair(cell, T, B, H, sim):
+def build_pair(cell, T, B, H, sim, algo="auto"):
     """gpurnn (cuda backend) and torch models with the same weights, inputs on their devices."""
     import numpy as np
     import torch
@@ -301,10 +301,10 @@ def build_pair(cell, T, B, H, sim):
     torch.manual_seed(0)
     if cell.startswith("rnn_"):
         peer = torch.nn.RNN(I, H, nonlinearity=cell[4:])
-        ours = gpurnn.RNN(I, H, nonlinearity=cell[4:], backend="cuda")
+        ours = gpurnn.RNN(I, H, nonlinearity=cell[4:], backend="cuda", algo=algo)
     else:
         peer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H)
-        ours = {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](I, H, backend="cuda")
+        ours = {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](I, H, backend="cuda", algo=algo)
     ours.load_state_dict({k: v.detach().numpy() for k, v in peer.state_dict().items()})
     peer = peer.to(device)
     rng = np.random.default_rng(0)
@@ -338,33 +338,34 @@ def build_pair(cell, T, B, H, sim):
     with torch.no_grad():
         y_peer = peer(tx)[0].cpu().numpy()
     max_err = float(np.abs(y_ours - y_peer).max())
-    return dict(forward=(ours_forward, peer_forward), train=(ours_train, peer_train)), max_err
+    (used,) = ours.plans
+    return dict(forward=(ours_forward, peer_forward), train=(ours_train, peer_train)), max_err, used
 
 
-def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s):
+def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto"):
     """Both modes of one (cell, shape): two rows, and the measured/estimated ratio of each side."""
     timers = (Timer("host"), Timer("host")) if sim else (Timer("cupy"), Timer("torch"))
-    fns, max_err = build_pair(cell, T, B, H, sim)
+    fns, max_err, used = build_pair(cell, T, B, H, sim, algo)
     rows, ratios = [], []
     for mode, (ours_fn, peer_fn) in fns.items():
         for fn in (ours_fn, peer_fn):   # warm-up: compilation, cuDNN plans, memory pools
             fn()
             fn()
         n_launch = len(record_launches(ours_fn))
-        est = estimate(cell, mode, T, B, H, launch_s)
+        est = estimate(cell, mode, T, B, H, launch_s, used.algo)
         reps = reps_for(max(est[0] * scale[0], est[1] * scale[1]), max_reps)
         times = interleaved({"gpurnn": (timers[0], ours_fn), "torch": (timers[1], peer_fn)}, rounds, reps)
         t_ours, t_peer = median(times["gpurnn"]), median(times["torch"])
         n_flops = flops(cell, mode, T, B, H)
-        rows.append(dict(cell=cell, mode=mode, T=T, B=B, I=H, H=H, dtype="float32", algo=ALGO,
-                         numba_launches=n_launch, gpurnn_ms=1e3 * t_ours, torch_ms=1e3 * t_peer,
+        rows.append(dict(cell=cell, mode=mode, T=T, B=B, I=H, H=H, dtype="float32", algo=used.algo,
+                         plan=used.describe(), numba_launches=n_launch, gpurnn_ms=1e3 * t_ours, torch_ms=1e3 * t_peer,
                          ratio=t_peer / t_ours, gpurnn_tflops=n_flops / t_ours / 1e12,
                          torch_tflops=n_flops / t_peer / 1e12, forward_max_abs_diff=max_err,
                          samples=len(times["gpurnn"])))
         ratios.append((t_ours / est[0], t_peer / est[1]))
         r = rows[-1]
         print(f"{cell:8s} {mode:7s} T={T:<4d} B={B:<4d} H={H:<5d} gpurnn {r['gpurnn_ms']:9.3f} ms  "
-              f"torch {r['torch_ms']:9.3f} ms  torch/gpurnn {r['ratio']:6.2f}  launches {n_launch:5d}  "
+              f"torch {r['torch_ms']:9.3f} ms  torch/gpurnn {r['ratio']:6.2f}  {used.algo:10s} launches {n_launch:5d}  "
               f"max|y - y_torch| {max_err:.1e}", flush=True)
     # The next rows are larger: rescale their estimates by the larger mode's ratio, with a margin.
     scale = tuple(1.25 * max(r[i] for r in ratios) for i in range(2))
@@ -410,7 +411,7 @@ def markdown(result):
     m, lo = result["machine"], result["launch_overhead"]
     lines = [f"# gpurnn cuda backend vs torch (cuDNN) on {m['gpu']}", "",
              f"{result['date']}; {m['toolchain']}; torch {m['torch']}; tests: {result['tests']}; "
-             f"geometry {result['geometry']}; medians of {result['rounds']} interleaved rounds of up to "
+             f"geometry {result['geometry']}; gpurnn algo {result['algo']}; medians of {result['rounds']} interleaved rounds of up to "
              f"{result['reps']} calls per side; budget {result['budget_s']:.0f} s, "
              f"{result['elapsed_s']:.0f} s used.", "",
              *([f"**{m['note']}**", ""] if "note" in m else [])]
@@ -450,23 +451,23 @@ def write(result, stem):
 
 # ---------------------------------------------------------------- ncu target
 def ncu_target(sim):
-    """One step_forward launch, then one accumulate launch, of a mid-size float32 LSTM
-    (T = 64, B = 64, I = H = 256): what device_run.sh profiles with ncu."""
+    """Of a mid-size float32 LSTM (B = 64, I = H = 256): one step_forward launch of the per-step
+    path, then one training step of the persistent path at T = 16 (persistent_forward,
+    persistent_backward, accumulate): what device_run.sh profiles with ncu."""
     import numpy as np
 
     import gpurnn
-    from gpurnn.kernels import cuda as kc
-    T, B, H = (2, 2, 5) if sim else (64, 64, 256)
-    m = gpurnn.LSTM(H, H, backend="cuda", seed=0)
-    xp = m.backend.xp
+    T, B, H = (2, 2, 5) if sim else (16, 64, 256)
     rng = np.random.default_rng(0)
-    m(xp.asarray(rng.standard_normal((1, B, H)).astype(np.float32)))          # one step_forward
-    rows = [xp.asarray(rng.standard_normal((T * B, n)).astype(np.float32)) for n in (4 * H, H, 4 * H, H)]
-    g = m.grads
-    grads = dict(w_ih=g["weight_ih_l0"], w_hh=g["weight_hh_l0"], b_ih=g["bias_ih_l0"], b_hh=g["bias_hh_l0"])
-    kc.accumulate_grads("lstm", *rows, grads, kc.default_geometry())                 # one accumulate
+    step = gpurnn.LSTM(H, H, backend="cuda", seed=0, algo="step")
+    xp = step.backend.xp
+    step(xp.asarray(rng.standard_normal((1, B, H)).astype(np.float32)))          # one step_forward
+    persistent = gpurnn.LSTM(H, H, backend="cuda", seed=0, algo="persistent")
+    persistent(xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32)))
+    persistent.backward(xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32)))
     synchronize(sim)
-    print(f"ran one step_forward (LSTM B={B} H={H}) and one accumulate (N={T * B} rows, G*H={4 * H}, I=H={H})")
+    print(f"ran one step_forward (LSTM B={B} H={H}), then a persistent training step (T={T}): "
+          f"{persistent.plans[0].describe()}")
     return 0
 
 
@@ -494,7 +495,7 @@ def main(argv=None):
     rounds = args.rounds or (1 if args.sim else 5)
     max_reps = args.reps or (1 if args.sim else 5)
     grid = SIM_GRID if args.sim else (QUICK_GRID if args.quick else GRID)
-    cases = plan(grid, CELLS, rounds, max_reps)
+    cases = plan(grid, CELLS, rounds, max_reps, args.algo)
     now = datetime.datetime.now(datetime.timezone.utc)
     info = machine(args.sim)
     out = args.out or (Path(tempfile.mkdtemp(prefix="gpurnn-bench-gpu-")) if args.sim else ROOT / "benchmarks" / "results")
@@ -503,7 +504,8 @@ def main(argv=None):
                          + (f"-g{args.geometry.replace(',', '-')}" if args.geometry else ""))
     stem = out / name
     result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=args.tests,
-                  geometry=cuda_kernels.default_geometry().__dict__, budget_s=args.budget, rounds=rounds,
+                  geometry=cuda_kernels.default_geometry().__dict__, algo=args.algo, budget_s=args.budget,
+                  rounds=rounds,
                   reps=max_reps, launch_overhead=None, rows=[], skipped=[],
                   not_reached=[case_dict(c) for c in cases])
     write(result, stem)
@@ -517,7 +519,7 @@ def main(argv=None):
     scale, seen = (1.0, 1.0), set()
     for i, case in enumerate(cases):
         cell = case[0]
-        need = case_seconds(*case, rounds, max_reps, scale, cell not in seen, launch_s)
+        need = case_seconds(*case, rounds, max_reps, scale, cell not in seen, launch_s, args.algo)
         left = args.budget - (time.monotonic() - START)
         result["not_reached"] = [case_dict(c) for c in cases[i + 1:]]
         if need > left:
@@ -525,7 +527,7 @@ def main(argv=None):
             print(f"skipped {cell} T={case[1]} B={case[2]} H={case[3]}: about {need:.0f} s, {left:.0f} s left",
                   flush=True)
         else:
-            rows, scale = run_case(*case, args.sim, rounds, max_reps, scale, launch_s)
+            rows, scale = run_case(*case, args.sim, rounds, max_reps, scale, launch_s, args.algo)
             seen.add(cell)
             result["rows"] += rows
         write(result, stem)

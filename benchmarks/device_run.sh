@@ -13,13 +13,14 @@
 #      (and always in the simulator, whose environment must stay as it is), a folder of links to the
 #      checkout's gpurnn/ and kernels/ goes on PYTHONPATH; then gpurnn.cuda_status() and the
 #      toolchain that compiles the kernels                                       -> <stem>-env.txt
-#   3. the cuda test cases on the device: -k cuda over the backend, random-shape and kernel tests,
+#   3. the cuda test cases on the device: -k cuda over the backend, random-shape, kernel and persistent tests,
 #      with pytest-xdist when present (never the simulator or compile tests: CI runs those)
 #                                                                                -> <stem>-tests.log
 #   4. the benchmark against torch.nn (cuDNN): launch overhead first, then rows cheapest first,
 #      JSON and markdown rewritten after every row, rows that would overrun skipped and listed
 #                                                                                -> <stem>-bench.json, .md
-#   5. when time remains, ncu on one step_forward and one accumulate launch of a mid-size LSTM
+#   5. when time remains, ncu on one step_forward of a mid-size LSTM, then on the three launches of
+#      its persistent training step (persistent_forward, persistent_backward, accumulate)
 #                                                                                -> <stem>-ncu.txt
 # Everything printed also goes to <stem>-run.log. Files land in $OUT, or without it in
 # benchmarks/results/ (a temporary folder with --sim); <stem> is <date>-<gpu>: the UTC date and the
@@ -107,10 +108,11 @@ step_install() {
 
 step_tests() {
     echo "== 3. cuda tests ($(left) s left)"
-    local files=(tests/test_backends.py tests/test_random_shapes.py tests/test_cuda_kernels.py)
+    local files=(tests/test_backends.py tests/test_random_shapes.py tests/test_cuda_kernels.py
+                 tests/test_cuda_persistent.py)
     local select=cuda workers=()
     if [ "$SIM" = 1 ]; then
-        select="cuda and (launch_config or T1B1I1H1L1)"   # the plumbing: one case a cell and dtype
+        select="cuda and (launch_config or T1B1I1H1L1)"   # the plumbing: one case a cell, dtype and algo
     elif "$PY" -c "import xdist" 2>/dev/null; then
         workers=(-n 8)
     fi
@@ -181,11 +183,11 @@ step_ncu() {
     for m in $NCU_METRICS; do
         grep -qw -- "${m%%.*}" <<<"$known" && metrics="$metrics${metrics:+,}$m"
     done
-    local args=(--clock-control none --kernel-name "regex:step_forward|accumulate" --launch-count 2
+    local args=(--clock-control none --kernel-name "regex:step_forward|persistent_|accumulate" --launch-count 4
                 --section SpeedOfLight --section Occupancy --section LaunchStats
                 --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis)
     {
-        echo "ncu: one step_forward and one accumulate launch of a float32 LSTM, T=64 B=64 I=H=256"
+        echo "ncu: one step_forward of a float32 LSTM, B=64 I=H=256, then its persistent training step at T=16"
         echo "extra metrics: ${metrics:-none known}"
         timeout -k 5 "$limit" ncu "${args[@]}" ${metrics:+--metrics "$metrics"} "$PY" "${target[@]}"
     } >"$report" 2>&1

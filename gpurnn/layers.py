@@ -72,10 +72,25 @@ class Module:
         return self.forward(*args, **kwargs)
 
 
+ALGOS = ("auto", "persistent", "step")
+
+
 class RNNBase(Module):
+    """``algo`` picks how the cuda backend runs the recursion: "persistent" (one launch for all
+    time steps), "step" (one launch per step) or "auto" (persistent where W_hh fits the GPU,
+    decided per layer from the shapes and the device; kernels/cuda/plan.py). Other backends
+    have one algorithm and accept only "auto"."""
+
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-                 backend="auto", dtype="float32", seed=None):
+                 backend="auto", dtype="float32", seed=None, algo="auto"):
         super().__init__(backend, dtype)
+        if algo not in ALGOS:
+            raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
+        if algo != "auto" and self.backend.name != "cuda":
+            raise ValueError(f"algo={algo!r} is an algorithm of the cuda backend; the {self.backend.name!r} "
+                             "backend has one algorithm: leave algo='auto'")
+        self.algo = algo
+        self.plans = []   # the cuda backend's plan of each layer and direction in the last forward
         self.cell = cell
         self.input_size = _checks.positive_int(input_size, "input_size")
         self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
@@ -109,9 +124,12 @@ class RNNBase(Module):
 
     def __repr__(self):
         extra = f", nonlinearity={self.cell[4:]!r}" if self.cell.startswith("rnn") else ""
+        used = ""
+        if self.plans:
+            used = " [last forward: " + "; ".join(sorted({p.describe() for p in self.plans})) + "]"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, bias={self.bias}{extra}, "
-                f"backend={self.backend.name!r}, dtype={self.dtype.name!r})")
+                f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, algo={self.algo!r}){used}")
 
     # ------------------------------------------------------------ forward
     def _forward(self, x, h0, c0, lengths):
@@ -132,6 +150,7 @@ class RNNBase(Module):
         zero_bias = xp.zeros(G * H, self.dtype)
         h_n, c_n = xp.empty_like(h0), (xp.empty_like(c0) if self.cell == "lstm" else None)
         saved, layer_input = [], x
+        algo = {"algo": self.algo} if be.name == "cuda" else {}
         for layer in range(self.num_layers):
             outputs = []
             for d in range(D):
@@ -140,7 +159,7 @@ class RNNBase(Module):
                 y, h, c, s = be.kernels.forward_sequence(
                     self.cell, layer_input, h0[k], None if c0 is None else c0[k],
                     p["w_ih"], p["w_hh"], p.get("b_ih", zero_bias), p.get("b_hh", zero_bias),
-                    lens, bool(d))
+                    lens, bool(d), **algo)
                 h_n[k] = h
                 if c_n is not None:
                     c_n[k] = c
@@ -148,6 +167,7 @@ class RNNBase(Module):
                 saved.append(s)
             layer_input = outputs[0] if D == 1 else xp.concatenate(outputs, axis=2)
         self._saved = dict(saved=saved, T=T, B=B)
+        self.plans = [s["plan"] for s in saved if "plan" in s]
         return layer_input, h_n, c_n
 
     # ------------------------------------------------------------ backward (BPTT)
@@ -204,20 +224,21 @@ class RNN(_HiddenStateLayer):
     """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bidirectional=False,
-                 bias=True, backend="auto", dtype="float32", seed=None):
+                 bias=True, backend="auto", dtype="float32", seed=None, algo="auto"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bidirectional, bias,
-                         backend, dtype, seed)
+                         backend, dtype, seed, algo)
 
 
 class GRU(_HiddenStateLayer):
     """GRU, gate rows [r, z, n]: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-                 backend="auto", dtype="float32", seed=None):
-        super().__init__("gru", input_size, hidden_size, num_layers, bidirectional, bias, backend, dtype, seed)
+                 backend="auto", dtype="float32", seed=None, algo="auto"):
+        super().__init__("gru", input_size, hidden_size, num_layers, bidirectional, bias, backend, dtype, seed,
+                         algo)
 
 
 class LSTM(RNNBase):
@@ -228,8 +249,9 @@ class LSTM(RNNBase):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-                 backend="auto", dtype="float32", seed=None):
-        super().__init__("lstm", input_size, hidden_size, num_layers, bidirectional, bias, backend, dtype, seed)
+                 backend="auto", dtype="float32", seed=None, algo="auto"):
+        super().__init__("lstm", input_size, hidden_size, num_layers, bidirectional, bias, backend, dtype, seed,
+                         algo)
 
     def forward(self, x, state=None, lengths=None):
         h0, c0 = _pair(state, "state")

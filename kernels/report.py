@@ -3,11 +3,16 @@
     python -m gpurnn.kernels.report            a table: one row per kernel x cell x dtype x target
     python -m gpurnn.kernels.report --json     the same rows as JSON
 
-Each kernel of ``kernels/cuda.py`` (``build_kernels``, with the GPU block geometry) is compiled to PTX
+Each kernel of ``kernels/cuda/`` (``build_kernels``, with the GPU block geometry) is compiled to PTX
 by ``numba.cuda.compile_ptx`` for compute capability 8.0 and 9.0, and the PTX is linked to SASS by
 nvJitLink (``-arch=sm_80`` / ``-arch=sm_90``, ``-verbose``); the linker's log gives registers per
 thread, spill stores and loads, stack frame, local memory and static shared memory per block.
 Needs NVVM and nvJitLink (``pip install "numba-cuda[cu13]"``), no driver and no GPU.
+
+Then the limits of the persistent path on an A100 (108 SMs, sm_80) and an H100 SXM (132 SMs,
+sm_90), from those resources: ``kernels/cuda/plan.py``'s choice on a modelled device given the
+registers of the compiled persistent kernels, per cell and dtype: the largest cooperative grid,
+the largest hidden size accepted, and the largest whose W_hh (and dW_hh) stays on-chip.
 
 Why nvJitLink and not the system ptxas: PTX from a newer NVVM than the installed toolkit is
 rejected by that toolkit's ptxas; nvJitLink from the same release as NVVM accepts it.
@@ -55,12 +60,17 @@ def missing_toolchain():
 
 
 def link_log(ptx, cc):
-    """nvJitLink's verbose info log for linking ``ptx`` to SASS for sm_<cc>."""
+    """nvJitLink's verbose info log for linking ``ptx`` to SASS for sm_<cc>. A cooperative kernel
+    (``this_grid().sync()`` calls into the device runtime) is linked with libcudadevrt, as
+    numba-cuda links it."""
     from cuda.bindings import nvjitlink
     handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}".encode(), b"-verbose"])
     try:
         data = ptx.encode()
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
+        if "cudaCG" in ptx:
+            from numba.cuda.cudadrv.libs import get_cudalib
+            nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, get_cudalib("cudadevrt", static=True))
         try:
             nvjitlink.complete(handle)
         except nvjitlink.nvJitLinkError as e:
@@ -76,22 +86,34 @@ def link_log(ptx, cc):
         nvjitlink.destroy(handle)
 
 
-def _last_int(pattern, log):
-    found = re.findall(pattern, log)
+def _int(pattern, text, log):
+    found = re.search(pattern, text)
     if not found:
         raise ValueError(f"pattern {pattern!r} not found in the nvJitLink log:\n{log}")
-    return int(found[-1])
+    return int(found.group(1))
 
 
-def parse_log(log):
-    """Registers, spills, stack, local and shared memory of the one kernel in a link log."""
+def parse_log(log, name):
+    """Registers, spills, stack, local and shared memory of kernel ``name`` in a link log.
+
+    ptxas reports the kernel's own frame: registers, stack frame, spill stores and loads. The
+    linker then reports each function of the linked image: ``call_stack`` there also counts the
+    functions the kernel calls (a cooperative kernel calls the device runtime's grid sync, whose
+    frame is a few bytes), ``lmem`` its local memory and ``smem`` its static shared memory.
+    """
+    own = re.search(r"Function properties for \S*" + re.escape(name) + r"\S*\n(.*?)Compile time", log, re.S)
+    linked = re.search(r"Function properties for '\S*" + re.escape(name) + r"\S*':\n(.*?)\n", log)
+    if not own or not linked:
+        raise ValueError(f"kernel {name!r} not found in the nvJitLink log:\n{log}")
+    own, linked = own.group(1), linked.group(1)
     return dict(
-        registers=_last_int(r"[Uu]sed (\d+) registers", log),
-        spill_stores=_last_int(r"(\d+) bytes spill stores", log),
-        spill_loads=_last_int(r"(\d+) bytes spill loads", log),
-        stack=_last_int(r"(\d+) bytes stack frame", log),
-        local=_last_int(r"(\d+) bytes lmem", log),
-        shared=_last_int(r"(\d+) bytes smem", log),
+        registers=_int(r"[Uu]sed (\d+) registers", own, log),
+        spill_stores=_int(r"(\d+) bytes spill stores", own, log),
+        spill_loads=_int(r"(\d+) bytes spill loads", own, log),
+        stack=_int(r"(\d+) bytes stack frame", own, log),
+        call_stack=_int(r"(\d+) stack", linked, log),
+        local=_int(r"(\d+) bytes lmem", linked, log),
+        shared=_int(r"(\d+) bytes smem", linked, log),
     )
 
 
@@ -103,7 +125,7 @@ def kernel_list():
     for dtype in DTYPES:
         for cell in CELLS:
             kernels = build_kernels(cell, dtype, GPU_GEOMETRY)
-            for name in ("step_forward", "step_backward"):
+            for name in ("step_forward", "step_backward", "persistent_forward", "persistent_backward"):
                 out.append((name, cell, dtype) + kernels[name])
         out.append(("accumulate", "*", dtype) + build_kernels("lstm", dtype, GPU_GEOMETRY)["accumulate"])
     return out
@@ -120,14 +142,39 @@ def report(targets=TARGETS):
             device.compute_capability = cc
             ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
             row = dict(kernel=name, cell=cell, dtype=dtype, target=f"sm_{cc[0]}{cc[1]}")
-            row.update(parse_log(link_log(ptx, cc)))
+            row.update(parse_log(link_log(ptx, cc), name))
             rows.append(row)
-    return dict(toolchain=toolchain(), geometry=GPU_GEOMETRY.__dict__, rows=rows)
+    return dict(toolchain=toolchain(), geometry=GPU_GEOMETRY.__dict__, rows=rows,
+                persistent_limits=persistent_limits(rows))
 
 
-def table(rows):
-    head = ("kernel", "cell", "dtype", "target", "registers", "spill_stores", "spill_loads", "stack",
-            "local", "shared")
+DEVICES = (("sm_80", "A100"), ("sm_90", "H100"))
+
+
+def persistent_limits(rows, batch=8):
+    """Per modelled device, cell and dtype: the persistent kernels' registers (the larger of
+    forward and backward) and what ``plan.choose`` accepts with them at a batch of ``batch``."""
+    from .cuda import CELLS, GPU_GEOMETRY, plan
+    out = []
+    for target, model in DEVICES:
+        for cell in CELLS:
+            for dtype in DTYPES:
+                regs = max(r["registers"] for r in rows if r["target"] == target and r["cell"] == cell
+                           and r["dtype"] == dtype and r["kernel"].startswith("persistent"))
+                device = plan.with_registers(getattr(plan, model), regs)
+                itemsize = 4 if dtype == "float32" else 8
+                out.append(dict(device=device.name, sms=device.sms, cell=cell, dtype=dtype, registers=regs,
+                                B=batch, **plan.limits(cell, itemsize, device, GPU_GEOMETRY.persist_threads, batch)))
+    return out
+
+
+KERNEL_COLUMNS = ("kernel", "cell", "dtype", "target", "registers", "spill_stores", "spill_loads", "stack",
+                  "call_stack", "local", "shared")
+LIMIT_COLUMNS = ("device", "cell", "dtype", "registers", "B", "largest_grid", "largest_hidden",
+                 "largest_hidden_w_on_chip", "largest_hidden_dw_on_chip")
+
+
+def table(rows, head=KERNEL_COLUMNS):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(str(r[h]) for h in head) + " |")
@@ -150,8 +197,12 @@ def main(argv=None):
         print(json.dumps(result, indent=1))
     else:
         print(f"compiled by {result['toolchain']}")
-        print(f"geometry: {result['geometry']}  (bytes; shared is static shared memory per block)")
+        print(f"geometry: {result['geometry']}  (bytes; shared is static shared memory per block; "
+              "call_stack includes the functions a kernel calls)")
         print(table(result["rows"]))
+        print("\nlimits of the persistent path (hidden sizes; W_hh and dW_hh on-chip: in shared memory "
+              "for the whole sequence; otherwise W_hh is read from L2 each step)")
+        print(table(result["persistent_limits"], LIMIT_COLUMNS))
     bad = [r for r in result["rows"] if r["spill_stores"] or r["spill_loads"]]
     return 1 if bad else 0
 

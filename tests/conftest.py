@@ -8,8 +8,10 @@ from gpurnn.backend import cuda_simulated
 
 SIMULATED = cuda_simulated()
 
-# Backends compared against the reference. "cuda" joins when a GPU is usable, or in the simulator.
-FAST_BACKENDS = ["cpu"] + (["cuda"] if gpurnn.cuda_status()[0] else [])
+# Backends compared against the reference. The cuda backend joins when a GPU is usable, or in the
+# simulator, once per algorithm: "cuda-step", "cuda-persistent", "cuda-auto" (see make_model).
+CUDA_ALGOS = ["step", "persistent", "auto"]
+FAST_BACKENDS = ["cpu"] + ([f"cuda-{a}" for a in CUDA_ALGOS] if gpurnn.cuda_status()[0] else [])
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
@@ -22,8 +24,12 @@ def pytest_report_header(config):
 
 def make_model(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
                backend="reference", dtype="float64", seed=0):
+    """A layer of any cell; ``backend`` "cuda-<algo>" is the cuda backend with that algorithm."""
+    algo = "auto"
+    if backend.startswith("cuda-"):
+        backend, algo = "cuda", backend[len("cuda-"):]
     kw = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias, backend=backend, dtype=dtype,
-              seed=seed)
+              seed=seed, algo=algo)
     if cell.startswith("rnn_"):
         return gpurnn.RNN(input_size, hidden_size, nonlinearity=cell[4:], **kw)
     return {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](input_size, hidden_size, **kw)

@@ -174,6 +174,9 @@ def test_non_finite_weights_are_reported_at_forward(lstm, x):
     (dict(dtype="bogus"), TypeError, "dtype 'bogus' is not a NumPy dtype"),
     (dict(num_layers=0), ValueError, "num_layers must be >= 1, got 0"),
     (dict(num_layers=1.5), TypeError, "num_layers must be an int, got float"),
+    (dict(algo="fast"), ValueError, "unknown algo 'fast'; expected one of auto, persistent, step"),
+    (dict(backend="cpu", algo="persistent"), ValueError,
+     "algo='persistent' is an algorithm of the cuda backend; the 'cpu' backend has one algorithm: leave algo='auto'"),
 ])
 def test_bad_constructor_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -12,35 +12,35 @@ pytest.importorskip("numba.cuda")
 from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
 
 from conftest import FakeStream  # noqa: E402
-from gpurnn.kernels import cuda as kc  # noqa: E402
+from gpurnn.kernels.cuda import runtime as rt  # noqa: E402
 
 
 @pytest.fixture
 def fake_numba_cuda(monkeypatch):
-    """kernels.cuda's ``cuda`` with stream constructors that say which one was asked for."""
+    """kernels/cuda/runtime.py's ``cuda`` with stream constructors that say which one was asked for."""
     fake = types.SimpleNamespace(legacy_default_stream=lambda: "legacy default",
                                  default_stream=lambda: "default (per-thread when Numba is set so)",
                                  external_stream=lambda ptr: ("external", ptr))
-    monkeypatch.setattr(kc, "cuda", fake)
-    monkeypatch.setattr(kc, "cuda_simulated", lambda: False)
+    monkeypatch.setattr(rt, "cuda", fake)
+    monkeypatch.setattr(rt, "cuda_simulated", lambda: False)
     return fake
 
 
 def test_cupy_null_stream_is_the_legacy_default_stream(fake_numba_cuda):
-    assert kc._numba_stream(FakeStream(0)) == "legacy default"
-    assert kc._numba_stream(FakeStream(0x7f00)) == ("external", 0x7f00)
-    assert kc._numba_stream(FakeStream(2)) == ("external", 2)        # CuPy's per-thread default stream
-    assert kc._numba_stream(None) == 0                          # the simulator
+    assert rt.numba_stream(FakeStream(0)) == "legacy default"
+    assert rt.numba_stream(FakeStream(0x7f00)) == ("external", 0x7f00)
+    assert rt.numba_stream(FakeStream(2)) == ("external", 2)        # CuPy's per-thread default stream
+    assert rt.numba_stream(None) == 0                          # the simulator
 
 
 def test_wait_orders_two_streams_and_skips_one():
     a, b = FakeStream(5), FakeStream(6)
-    kc._wait(a, b)
+    rt.wait(a, b)
     assert a.waited_for == [("event on", 6)] and b.waited_for == []
     same = FakeStream(5)
-    kc._wait(a, same)
-    kc._wait(None, b)
-    kc._wait(a, None)
+    rt.wait(a, same)
+    rt.wait(None, b)
+    rt.wait(a, None)
     assert a.waited_for == [("event on", 6)] and b.waited_for == []
 
 
@@ -58,8 +58,8 @@ class _Kernel:
 def test_configure_silences_only_the_low_occupancy_warning(fake_numba_cuda):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        config = kc._configure(_Kernel(), (2, 2), (32, 8), FakeStream(0))
-    assert config == ((2, 2), (32, 8), "legacy default")
+        config = rt.configure("k", _Kernel(), (2, 2), (32, 8), FakeStream(0))
+    assert config == ((2, 2), (32, 8), "legacy default", 0)
     assert [str(w.message) for w in caught] == ["something else"]
 
 
@@ -76,14 +76,14 @@ def test_device_functions_without_forceinline(monkeypatch):
         calls.append(dict(device=device, forceinline=forceinline))
         return lambda fn: fn
 
-    monkeypatch.setattr(kc, "cuda_simulated", lambda: False)
-    monkeypatch.setattr(kc.cuda, "jit", old_jit)
-    assert not kc._has_forceinline()
-    kc.device_function(lambda: 0)
+    monkeypatch.setattr(rt, "cuda_simulated", lambda: False)
+    monkeypatch.setattr(rt.cuda, "jit", old_jit)
+    assert not rt._has_forceinline()
+    rt.device_function(lambda: 0)
     assert calls[-1] == dict(device=True)
-    assert "no forceinline" in kc.toolchain()
-    monkeypatch.setattr(kc.cuda, "jit", new_jit)
-    assert kc._has_forceinline()
-    kc.device_function(lambda: 0)
+    assert "no forceinline" in rt.toolchain()
+    monkeypatch.setattr(rt.cuda, "jit", new_jit)
+    assert rt._has_forceinline()
+    rt.device_function(lambda: 0)
     assert calls[-1] == dict(device=True, forceinline=True)
-    assert "force-inlined" in kc.toolchain() and "numba" in kc.toolchain()
+    assert "force-inlined" in rt.toolchain() and "numba" in rt.toolchain()

@@ -36,7 +36,7 @@ def test_cuda_accumulate_adds_weight_gradients(dtype, bias):
     kc = _kernels()
     geo = kc.default_geometry()
     tm = geo.acc_threads * geo.acc_regs
-    xp = kc._xp(None)
+    xp = kc.runtime.xp_of()
     rng = np.random.default_rng(5)
     N, GH, I, H = 2 * geo.acc_k + 3, 3 * tm + 1, tm + 1, 2 * tm - 1   # every dimension off its tile
     dg_x, dg_h = rng.standard_normal((N, GH)), rng.standard_normal((N, GH))
@@ -95,19 +95,20 @@ def test_cuda_backward_on_another_stream(monkeypatch):
     want = run_model(make_model("lstm", I, H, backend="reference", seed=4), **problem)
     m = make_model("lstm", I, H, backend="cuda", seed=4)
     waits = []
-    real_wait = kc._wait
+    rt = kc.runtime
+    real_wait = rt.wait
 
     def spy(waiter, producer):
         if waiter is not None and producer is not None and waiter.ptr != producer.ptr:
             waits.append((waiter.ptr, producer.ptr))
         real_wait(waiter, producer)
 
-    monkeypatch.setattr(kc, "_wait", spy)
+    monkeypatch.setattr(rt, "wait", spy)
     if SIMULATED:
         streams = [FakeStream(11), FakeStream(22)]
         current = {"stream": None}
-        monkeypatch.setattr(kc, "_current_stream", lambda: current["stream"])
-        monkeypatch.setattr(kc, "_numba_stream", lambda s: 0)
+        monkeypatch.setattr(rt, "current_stream", lambda: current["stream"])
+        monkeypatch.setattr(rt, "numba_stream", lambda s: 0)
 
         @contextlib.contextmanager
         def on(s):

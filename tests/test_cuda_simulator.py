@@ -1,8 +1,9 @@
 """The CUDA backend in Numba's simulator: every cuda case of the backend tests, in a subprocess.
 
 The simulator (NUMBA_ENABLE_CUDASIM=1) must be chosen before Numba is imported, and cannot share a
-process with the real compiler, so the cuda cases of tests/test_backends.py and
-tests/test_random_shapes.py run in a child pytest. The test fails when the child fails, and when
+process with the real compiler, so the cuda cases of tests/test_backends.py,
+tests/test_random_shapes.py, tests/test_cuda_kernels.py and tests/test_cuda_persistent.py run in a
+child pytest, each algorithm of the cuda backend (step, persistent, auto) on every case. The test fails when the child fails, and when
 it ran no cuda test at all (nothing selected would otherwise look like success).
 """
 
@@ -17,7 +18,7 @@ import pytest
 from conftest import SIMULATED
 
 TESTS = Path(__file__).resolve().parent
-FILES = ["test_backends.py", "test_random_shapes.py", "test_cuda_kernels.py"]
+FILES = ["test_backends.py", "test_random_shapes.py", "test_cuda_kernels.py", "test_cuda_persistent.py"]
 
 
 @pytest.mark.skipif(SIMULATED, reason="already in the simulator: the cuda cases run directly")
@@ -31,8 +32,9 @@ def test_cuda_backend_in_simulator():
     assert proc.returncode != 5, f"the simulator run selected no test:\n{tail}"
     assert proc.returncode == 0, f"the simulator run failed (exit {proc.returncode}):\n{tail}"
     passed = re.search(r"(\d+) passed", out)
-    # 45 = the cuda cases of tests/test_backends.py alone; fewer means cases stopped running.
-    assert passed and int(passed.group(1)) >= 45, f"too few cuda tests passed in the simulator:\n{tail}"
+    # 135 = the cuda cases of tests/test_backends.py alone, 45 per algorithm; fewer means cases
+    # stopped running.
+    assert passed and int(passed.group(1)) >= 135, f"too few cuda tests passed in the simulator:\n{tail}"
     # A skipped cuda case would hide a kernel that never ran; only an optional test tool may be missing.
     skips = [ln for ln in out.splitlines() if ln.startswith("SKIPPED") and "hypothesis" not in ln]
     assert not skips, "cuda tests were skipped in the simulator:\n" + "\n".join(skips)

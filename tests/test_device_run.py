@@ -51,10 +51,11 @@ def test_device_run_sim(tmp_path):
 
     tests = _only(tmp_path, "tests.log").read_text()
     assert f"gpurnn from {link.group(1)}/gpurnn" in tests       # the tests ran on what was installed
-    assert re.search(r"\b9 passed\b", tests) and not re.search(r"\b(failed|error)\b", tests), tests[-3000:]
+    # one case a cell, dtype and algorithm, and launch_config: 4 x 2 x 3 + 1
+    assert re.search(r"\b25 passed\b", tests) and not re.search(r"\b(failed|error)\b", tests), tests[-3000:]
 
     result = json.loads(_only(tmp_path, "bench.json").read_text())
-    assert result["tests"].startswith("9 passed")
+    assert result["tests"].startswith("25 passed")
     assert result["machine"]["gpu"] == "simulator" and result["machine"]["toolchain"].startswith("numba-cuda")
     lo = result["launch_overhead"]
     for key in ("empty_kernel_host_us", "step_forward_host_us", "cupy_elementwise_host_us"):
@@ -63,13 +64,16 @@ def test_device_run_sim(tmp_path):
         (c, m) for c in ("rnn_tanh", "lstm", "gru") for m in ("forward", "train")}
     for r in result["rows"]:
         assert r["forward_max_abs_diff"] < 1e-5, r       # the cuda backend agrees with torch
-        assert r["gpurnn_ms"] > 0 and r["torch_ms"] > 0 and r["algo"] == "step", r
-        # counted, not computed: T forward steps; T + 1 backward launches and one reduction
-        assert r["numba_launches"] == (r["T"] if r["mode"] == "forward" else 2 * r["T"] + 2), r
+        # auto on the simulator's modelled GPU: the persistent path, and the row says so
+        assert r["gpurnn_ms"] > 0 and r["torch_ms"] > 0 and r["algo"] == "persistent", r
+        assert r["plan"].startswith("persistent (3 blocks"), r
+        # counted, not computed: one forward launch; one backward launch and one reduction
+        assert r["numba_launches"] == (1 if r["mode"] == "forward" else 3), r
     assert result["skipped"] == [] and result["not_reached"] == []
     md = _only(tmp_path, "bench.md").read_text()
-    assert "plumbing only" in md and "## Launch overhead" in md and "| lstm | train | 3 | 2 | 5 | step | 8 |" in md
-    assert "ran one step_forward" in _only(tmp_path, "ncu.txt").read_text()
+    assert "plumbing only" in md and "## Launch overhead" in md and "| lstm | train | 3 | 2 | 5 | persistent | 3 |" in md
+    assert "ran one step_forward (LSTM B=2 H=5), then a persistent training step (T=2): persistent (3 blocks" in \
+        _only(tmp_path, "ncu.txt").read_text()
     assert "== 5. ncu" in _only(tmp_path, "run.log").read_text()
 
 

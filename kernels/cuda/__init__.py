@@ -1,0 +1,204 @@
+"""CUDA backend: CuPy arrays, cuBLAS for the products off the sequential path, Numba CUDA kernels for
+everything on it and for the BPTT weight gradients. Two algorithms run the recursion; ``plan.py``
+picks one per layer and direction.
+
+    __init__.py     this file: a layer and direction (``forward_sequence`` / ``backward_sequence``)
+    plan.py         the choice between the algorithms, from the shapes and the device's resources
+    persistent.py   one cooperative launch for all T steps, one for the whole BPTT (dW_hh on-chip)
+    step.py         one launch per time step, forward and backward
+    accumulate.py   the BPTT weight gradients: one deterministic reduction over all T*B rows
+    runtime.py      block geometry, streams, the one place launches are configured
+    simulator.py    what Numba's CUDA simulator needs to run them (cooperative grids included)
+
+Legend: T time steps, B batch rows, I input features, H hidden units, G gates (RNN 1, LSTM 4, GRU 3),
+N = T*B rows of the flattened sequence, s = bytes per element (4 float32, 8 float64).
+The contract of ``forward_sequence`` / ``backward_sequence`` is written in kernels/reference.py.
+
+Forward, one layer and direction:
+    XW = x (N, I) @ W_ihᵀ + b_ih                cuBLAS, all time steps at once
+    the recursion                               persistent: 1 launch; step: T launches
+Backward (BPTT):
+    the recursion: dG_t, dh, dc                 persistent: 1 launch (+ dW_hh, db_hh); step: T + 1
+    accumulate kernel: dW_ih, db_ih (and dW_hh, db_hh unless the recursion did them)   1 launch
+    dx = dG_x (N, G*H) @ W_ih                   cuBLAS
+Numba launches per training step of a layer and direction: 3 persistent, 2T + 2 per-step.
+
+State storage. ``hs`` (T+1, B, H) holds every state in time order: the state before time t is
+``hs[t + rev]`` and the state after it ``hs[t + 1 - rev]`` (rev = 1 for the reverse direction), so
+the kernels never copy a state, h_n is ``hs[T]`` (forward) or ``hs[0]`` (reverse), and the rows
+h_{t-1} of the weight-gradient reduction are the contiguous slice ``hs[rev:T + rev]``. The LSTM's
+``cs`` is laid out the same way; ``gates`` (T, B, G*H) keeps the LSTM's and GRU's activated gates
+and ``hn`` (T, B, H) the GRU's W_hn h + b_hn. For a row that is inactive at time t
+(t >= lengths[b]) a step copies the state through, writes y = 0, and backward writes dG = 0 and
+passes dh (dc) through untouched: exactly the reference's packed-sequence semantics, with no
+packing copies. Both algorithms write and read the same saved arrays.
+"""
+
+import warnings
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda
+
+from ...backend import cuda_simulated
+from . import accumulate as _accumulate
+from . import persistent, plan, step
+from . import runtime as rt
+from .runtime import (CELLS, GATES, GPU_GEOMETRY, SIM_GEOMETRY, Geometry, ceil_div,  # noqa: F401
+                      default_geometry, launch_config, recording, toolchain)
+
+if cuda_simulated():
+    from . import simulator
+    simulator.install()
+
+ALGOS = plan.ALGOS
+
+
+def build_kernels(cell, dtype, geo):
+    """The Python functions of every kernel for one cell and dtype (not yet compiled), and the
+    signatures they are compiled with: {name: (pyfunc, signature)}. Names: "step_forward",
+    "step_backward", "persistent_forward", "persistent_backward", "accumulate"."""
+    kernels = dict(step.build(cell, dtype, geo))
+    kernels.update(persistent.build(cell, dtype, geo))
+    kernels.update(_accumulate.build(dtype, geo))
+    return kernels
+
+
+@lru_cache(maxsize=None)
+def compiled_kernels(cell, dtype, geo):
+    """The kernels of ``build_kernels`` as Numba dispatchers, compiled on first launch."""
+    return {name: cuda.jit(fn) for name, (fn, _sig) in build_kernels(cell, np.dtype(dtype).name, geo).items()}
+
+
+# ---------------------------------------------------------------- the device and the plan
+@lru_cache(maxsize=None)
+def _gpu_device(device_id):
+    d = cuda.get_current_device()
+    return plan.Device(
+        name=d.name.decode() if isinstance(d.name, bytes) else str(d.name),
+        sms=d.MULTIPROCESSOR_COUNT, smem_per_sm=d.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+        smem_per_block=d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, l2_bytes=d.L2_CACHE_SIZE,
+        regs_per_sm=d.MAX_REGISTERS_PER_MULTIPROCESSOR, threads_per_sm=d.MAX_THREADS_PER_MULTIPROCESSOR,
+        blocks_per_sm=d.MAX_BLOCKS_PER_MULTIPROCESSOR, smem_reserved=d.RESERVED_SHARED_MEMORY_PER_BLOCK)
+
+
+def current_device():
+    """The resources the plan is made for: the simulator's modelled GPU, or the current GPU's."""
+    if cuda_simulated():
+        return plan.SIMULATED
+    return _gpu_device(cuda.get_current_device().id)
+
+
+_DYNAMIC_SHARED_DEFAULT = 48 * 1024
+
+
+def _allow_dynamic_shared(kernel, nbytes):
+    """Let ``kernel`` (a compiled overload) take ``nbytes`` of dynamic shared memory: above 48 KiB
+    the driver wants the opt-in attribute set first (numba-cuda sets the carveout attribute the
+    same way). False, with a warning, when the driver refuses."""
+    if nbytes <= _DYNAMIC_SHARED_DEFAULT or getattr(kernel, "_gpurnn_dynamic_shared", 0) >= nbytes:
+        return True
+    from numba.cuda.cudadrv.driver import binding, driver
+    cufunc = kernel._codelibrary.get_cufunc()
+    attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    try:
+        driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
+    except Exception as e:     # noqa: BLE001  (reported; the plan then keeps W_hh in L2)
+        warnings.warn(f"gpurnn: could not allow {nbytes} bytes of dynamic shared memory ({e}); "
+                      "the persistent kernels read W_hh from L2 instead", RuntimeWarning, stacklevel=3)
+        return False
+    kernel._gpurnn_dynamic_shared = nbytes
+    return True
+
+
+def _driver_cooperative_blocks(cell, dtype, geo):
+    """cooperative_blocks for ``plan.choose`` from the driver's occupancy calculator, for the
+    persistent kernels compiled for this cell and dtype."""
+    kernels, built = compiled_kernels(cell, dtype, geo), build_kernels(cell, dtype, geo)
+
+    @lru_cache(maxsize=None)
+    def blocks(name, threads, static_smem, dyn_smem):
+        kernel = kernels[name].compile(built[name][1])
+        if not _allow_dynamic_shared(kernel, dyn_smem):
+            return 0
+        return kernel.max_cooperative_grid_blocks(threads, dyn_smem)
+    return blocks
+
+
+@lru_cache(maxsize=4096)
+def choose_plan(cell, dtype, B, H, algo, geo, device):
+    """``plan.choose`` for this layer on ``device`` (cached: the same shapes get the same plan)."""
+    coop = None if cuda_simulated() else _driver_cooperative_blocks(cell, dtype, geo)
+    return plan.choose(cell, np.dtype(dtype).itemsize, B, H, device, algo, geo.persist_threads, coop)
+
+
+ALGORITHMS = {"step": step, "persistent": persistent}
+
+
+# ---------------------------------------------------------------- one layer and direction
+def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", geometry=None):
+    geo = geometry or default_geometry()
+    xp = rt.xp_of()
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    rev = int(bool(reverse))
+    the_plan = choose_plan(cell, dt.name, B, H, algo, geo, current_device())
+    k = compiled_kernels(cell, dt.name, geo)
+    xw = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, GH)     # input projection of every step
+    xw += b_ih
+    hs = xp.empty((T + 1, B, H), dt)
+    hs[T if rev else 0] = h0
+    y = xp.empty((T, B, H), dt)
+    lens = (xp.full(B, T, np.int32) if lengths is None
+            else xp.ascontiguousarray(xp.asarray(lengths, dtype=np.int32)))
+    cs = gates = hn = None
+    if cell == "lstm":
+        cs = xp.empty((T + 1, B, H), dt)
+        cs[T if rev else 0] = c0
+        gates = xp.empty((T, B, GH), dt)
+    elif cell == "gru":
+        gates = xp.empty((T, B, GH), dt)
+        hn = xp.empty((T, B, H), dt)
+    stream = rt.current_stream()
+    saved = dict(x=x, hs=hs, cs=cs, gates=gates, hn=hn, lengths=lens, reverse=rev, geometry=geo,
+                 stream=stream, plan=the_plan)
+    ALGORITHMS[the_plan.algo].forward(cell, k, saved, xw, y, w_hh, b_hh, stream)
+    last = 0 if rev else T
+    h_n = hs[last]
+    c_n = cs[last] if cell == "lstm" else None
+    return y, h_n, c_n, saved
+
+
+def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
+    x, hs, rev, geo = (saved[k] for k in ("x", "hs", "reverse", "geometry"))
+    xp = rt.xp_of()
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    k = compiled_kernels(cell, dt.name, geo)
+    stream = rt.current_stream()
+    rt.wait(stream, saved["stream"])      # the caller may have switched streams since forward
+    dg_x = xp.empty((T, B, GH), dt)
+    dg_h = xp.empty((T, B, GH), dt) if cell == "gru" else dg_x
+    dy = xp.zeros((T, B, H), dt) if dy is None else xp.ascontiguousarray(dy)
+    dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n, dtype=dt, order="C")
+    dc = None
+    if cell == "lstm":
+        dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
+    hidden_done = ALGORITHMS[saved["plan"].algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh, grads,
+                                                          stream)
+    _accumulate.accumulate_grads(k, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
+                                 hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done)
+    dx = (dg_x.reshape(T * B, GH) @ w_ih).reshape(T, B, I)
+    # The saved arrays came from forward's stream's memory pool, which may hand their memory out
+    # again once they are freed: only after this backward has read them.
+    rt.wait(saved["stream"], stream)
+    return dx, dh, dc
+
+
+def accumulate_grads(cell, dg_x, x, dg_h, hp, grads, geo, hidden=True):
+    """The accumulation kernel on its own (tests, benchmarks): adds the weight and bias gradients
+    of rows dg_x, x, dg_h, hp (N rows each) into grads; see accumulate.py."""
+    k = compiled_kernels(cell, x.dtype.name, geo)
+    _accumulate.accumulate_grads(k, dg_x, x, dg_h, hp, grads, geo, rt.current_stream(), hidden)

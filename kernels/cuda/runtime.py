@@ -1,0 +1,184 @@
+"""What every CUDA algorithm of gpurnn shares on the host: block geometry, how device functions
+are compiled, which stream a launch goes on, and the one place launches are configured.
+
+Launches go on CuPy's current stream (its null stream is the legacy default stream), so CuPy's
+stream-ordered memory pool cannot hand a temporary's memory to anyone before the kernels that read
+it have run; every temporary is held in a Python variable until the last launch that reads it has
+been enqueued. A forward remembers its stream; a backward called on another stream first waits for
+it, and makes it wait in turn for the backward's reads of the saved arrays. A failed launch raises
+(Numba checks the driver's return code); a fault inside a kernel surfaces at the next
+synchronising call (e.g. copying a result to the host).
+"""
+
+import contextlib
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import cuda
+
+from ...backend import cuda_simulated
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+CELLS = tuple(GATES)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Block shapes, chosen here and nowhere else (threads as parameters, so benchmarks can sweep
+    them and the simulator can use small blocks).
+
+    Per-step path: a step kernel's block is (step_h, step_b) threads, one per (hidden unit, batch
+    row), and the reduction over H (or G*H) is staged in tiles of step_h columns. The accumulation
+    kernel's block is (acc_threads, acc_threads) threads, each owning acc_regs x acc_regs outputs,
+    and stages acc_k rows of the N = T*B reduction at a time.
+    Persistent path: persist_threads threads per block (a power of two), one block per SM.
+    """
+    step_h: int = 32
+    step_b: int = 8
+    acc_threads: int = 16
+    acc_regs: int = 4
+    acc_k: int = 16
+    persist_threads: int = 256
+
+
+GPU_GEOMETRY = Geometry()
+# The simulator runs every CUDA thread as a Python thread: small blocks keep it fast, and still
+# make tests cross tile boundaries in H, B and N, and split dot products across threads.
+SIM_GEOMETRY = Geometry(step_h=4, step_b=2, acc_threads=2, acc_regs=2, acc_k=4, persist_threads=4)
+
+
+def default_geometry():
+    return SIM_GEOMETRY if cuda_simulated() else GPU_GEOMETRY
+
+
+def ceil_div(n, d):
+    return (n + d - 1) // d
+
+
+def launch_config(cols, rows, threads):
+    """(blocks, threads) for a 2-D grid covering ``cols`` x ``rows`` with ``threads`` = (x, y)."""
+    tx, ty = threads
+    return (ceil_div(cols, tx), ceil_div(rows, ty)), (tx, ty)
+
+
+def time_steps(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+# ---------------------------------------------------------------- compiling
+def _has_forceinline():
+    """Whether this numba-cuda's ``cuda.jit`` takes ``forceinline`` (numba-cuda >= 0.11; the
+    simulator and Numba's own older ``numba.cuda`` do not)."""
+    import inspect
+    try:
+        return "forceinline" in inspect.signature(cuda.jit).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def device_function(fn):
+    """A CUDA device function inlined into its kernel (NVVM ``alwaysinline``) where numba-cuda
+    can ask for it; elsewhere a plain device function, which NVVM still inlines when it pays."""
+    if not cuda_simulated() and _has_forceinline():
+        return cuda.jit(device=True, forceinline=True)(fn)
+    return cuda.jit(device=True)(fn)
+
+
+def toolchain():
+    """One line on what compiles the kernels here: numba-cuda's version (or Numba's own
+    ``numba.cuda``), whether device functions are force-inlined, the simulator."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        line = f"numba-cuda {version('numba-cuda')}"
+    except PackageNotFoundError:
+        line = f"numba {numba.__version__} (its own numba.cuda; numba-cuda is not installed)"
+    if cuda_simulated():
+        return line + ", Numba CUDA simulator"
+    return line + (", device functions force-inlined" if _has_forceinline() else
+                   ", no forceinline (needs numba-cuda >= 0.11): device functions left to NVVM")
+
+
+# ---------------------------------------------------------------- arrays and streams
+def xp_of(_a=None):
+    """The array module of the cuda backend: CuPy, or NumPy in the simulator."""
+    if cuda_simulated():
+        return np
+    import cupy
+    return cupy
+
+
+def current_stream():
+    """CuPy's current stream, where every launch of a call goes; None in the simulator."""
+    if cuda_simulated():
+        return None
+    import cupy
+    return cupy.cuda.get_current_stream()
+
+
+def numba_stream(stream):
+    """The Numba stream for a CuPy stream (0 in the simulator). CuPy's null stream, pointer 0,
+    is the legacy default stream; Numba's ``default_stream()`` is the per-thread one when Numba
+    is set to per-thread default streams, so ask for the legacy one by name."""
+    if stream is None:
+        return 0
+    return cuda.external_stream(stream.ptr) if stream.ptr else cuda.legacy_default_stream()
+
+
+def wait(waiter, producer):
+    """Make stream ``waiter`` wait for the work enqueued so far on ``producer`` (no host sync);
+    nothing when they are the same stream or in the simulator."""
+    if waiter is None or producer is None or waiter.ptr == producer.ptr:
+        return
+    waiter.wait_event(producer.record())
+
+
+def dev(a):
+    """A view Numba can launch with. CuPy arrays are wrapped without the per-launch stream
+    synchronisation Numba would otherwise do for a foreign array: everything runs on one stream.
+    In the simulator a NumPy array is wrapped as the simulator's device array, so that a kernel
+    writes into it directly (see simulator.device_view)."""
+    if a is None:
+        return a
+    if cuda_simulated():
+        from .simulator import device_view
+        return device_view(a)
+    return cuda.as_cuda_array(a, sync=False)
+
+
+# ---------------------------------------------------------------- launching
+_recorders = []
+
+
+@contextlib.contextmanager
+def recording():
+    """Within the block, every launch the cuda backend makes is appended to the list it yields,
+    as (kernel name, configured kernel, arguments): launch counts for tests and benchmarks, and
+    a recorded launch can be replayed."""
+    launches = []
+    _recorders.append(launches)
+    try:
+        yield launches
+    finally:
+        _recorders.remove(launches)
+
+
+def configure(name, kernel, blocks, threads, stream, shared=0):
+    """``kernel[blocks, threads, stream, shared]``: the one place launches are configured.
+
+    numba-cuda's low-occupancy warning is silenced (small grids are what small layers need, and
+    it would name no remedy a user has); ``shared`` is the dynamic shared memory in bytes.
+    Returns the configured kernel, or while ``recording()`` a wrapper that records each launch.
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+        launch = kernel[blocks, threads, numba_stream(stream), shared]
+    if not _recorders:
+        return launch
+
+    def recorded(*args):
+        for launches in _recorders:
+            launches.append((name, launch, args))
+        return launch(*args)
+    return recorded
