@@ -164,7 +164,8 @@ def persistent_limits(rows, batch=8):
                 device = plan.with_registers(getattr(plan, model), regs)
                 itemsize = 4 if dtype == "float32" else 8
                 out.append(dict(device=device.name, sms=device.sms, cell=cell, dtype=dtype, registers=regs,
-                                B=batch, **plan.limits(cell, itemsize, device, GPU_GEOMETRY.persist_threads, batch)))
+                                B=batch, **plan.limits(cell, itemsize, device, GPU_GEOMETRY.persist_threads,
+                                                 GPU_GEOMETRY.persist_rows, batch)))
     return out
 
 

@@ -145,7 +145,8 @@ def _device_for(cell, dtype, B, H, regime):
         device = plan.Device(f"model with {smem} B of shared memory a block", sms=3, smem_per_sm=4 * smem + 4096,
                              smem_per_block=smem, l2_bytes=1 << 30, registers=64)
         try:
-            p = plan.choose(cell, itemsize, B, H, device, "persistent", default_geometry().persist_threads)
+            geo = default_geometry()
+            p = plan.choose(cell, itemsize, B, H, device, "persistent", geo.persist_threads, geo.persist_rows)
         except ValueError:      # too little shared memory for even the static arrays
             continue
         if want(p):

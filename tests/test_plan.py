@@ -70,22 +70,24 @@ def test_resident_blocks_follow_registers_threads_and_shared_memory():
     assert A100.resident_blocks(1024, 0, 0, registers=255) == 0        # 255 x 1024 registers: none
 
 
-@pytest.mark.parametrize("pairs", [1, 2, 3, 5, 16, 64, 100, 1000])
+@pytest.mark.parametrize("units", [1, 2, 3, 5, 16, 64, 100, 1000])
 @pytest.mark.parametrize("threads", [4, 256])
-def test_split_gives_every_pair_its_threads_in_one_pass(pairs, threads):
-    s = plan.split_for(pairs, threads)
-    assert s & (s - 1) == 0 and 1 <= s <= 32 and threads % s == 0
-    assert s == 1 or s * pairs <= threads
-    assert 2 * s > 32 or 2 * s * pairs > threads      # the largest such power of two
+def test_split_gives_every_unit_its_threads_in_one_pass(units, threads):
+    s = plan.split_for(units, threads)
+    assert s & (s - 1) == 0 and 1 <= s <= threads and threads % s == 0
+    assert s == 1 or s * units <= threads
+    assert 2 * s * units > threads      # the largest such power of two
 
 
-@pytest.mark.parametrize("split", [1, 2, 4, 8, 16, 32])
+@pytest.mark.parametrize("split", [1, 2, 4, 8, 16, 32, 64, 256])
 @pytest.mark.parametrize("length", [1, 7, 32, 100, 1024])
 def test_padded_rows_put_a_warps_reads_in_distinct_banks(split, length):
-    """A warp reads ``split`` consecutive words of 32 / split rows (float32): all 32 banks differ."""
+    """A warp reads ``split`` consecutive words of 32 / split rows (float32), or 32 consecutive
+    words of one row when split >= 32: all 32 banks differ."""
     stride = plan.padded(length, split)
-    assert stride >= length
-    banks = {(r * stride + k) % 32 for r, k in itertools.product(range(32 // split), range(split))}
+    assert length <= stride < length + 64
+    per_row = min(split, 32)
+    banks = {(r * stride + k) % 32 for r, k in itertools.product(range(32 // per_row), range(per_row))}
     assert len(banks) == 32
 
 

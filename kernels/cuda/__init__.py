@@ -129,7 +129,8 @@ def _driver_cooperative_blocks(cell, dtype, geo):
 def choose_plan(cell, dtype, B, H, algo, geo, device):
     """``plan.choose`` for this layer on ``device`` (cached: the same shapes get the same plan)."""
     coop = None if cuda_simulated() else _driver_cooperative_blocks(cell, dtype, geo)
-    return plan.choose(cell, np.dtype(dtype).itemsize, B, H, device, algo, geo.persist_threads, coop)
+    return plan.choose(cell, np.dtype(dtype).itemsize, B, H, device, algo, geo.persist_threads,
+                       geo.persist_rows, coop)
 
 
 ALGORITHMS = {"step": step, "persistent": persistent}

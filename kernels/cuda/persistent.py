@@ -2,40 +2,51 @@
 another the whole BPTT recursion, with dW_hh and db_hh accumulated on-chip across the steps.
 
 Legend: T time steps, B batch rows, H hidden units, G gates (RNN 1, LSTM 4, GRU 3), NT threads a
-block, U units a block (``plan.units``), S threads per dot product (``plan.split``), s bytes per
-element. The layer around it (input projection, buffers, dW_ih, dx) is in ``__init__.py``, the
-choice of this path and of its sizes in ``plan.py``.
+block, RB batch rows a thread holds (``Geometry.persist_threads``, ``persist_rows``), U units a
+block and S threads a unit (``plan.units``, ``plan.split``), s bytes per element. The layer around
+it (input projection, buffers, dW_ih, dx) is in ``__init__.py``; the choice of this path and of its
+sizes in ``plan.py``.
 
-How a forward step flows. The grid has ceil(H/U) blocks, one per SM; block n owns the hidden
-units j in [nU, nU + U) and keeps the G·U rows g·H + j of W_hh in shared memory for the whole
-sequence (or reads them from L2 when they do not fit). The B·U (batch row, unit) pairs of a block
-are dealt to its threads, S threads a pair: each of them walks every S-th k of the G dot products
-Σ_k h_{t-1}[b, k] W_hh[g·H + j, k] (h_{t-1} from global memory, i.e. L2, where another block
-wrote it), a fixed tree in shared memory adds the S partial sums, and the pair's first thread
-does the cell's pointwise math and writes h_t (c_t, the saved gates) and y_t. Then
-``cuda.cg.this_grid().sync()``: every block's h_t is visible before anyone reads it in step t+1.
+What each block holds. The grid has ceil(H/U) blocks, one per SM, and block n owns the hidden units
+[nU, nU + U). Forward keeps the G·U rows g·H + j of W_hh of its units in shared memory for the whole
+sequence (or reads them from L2 when they do not fit); backward keeps the U columns of W_hh of its
+units (rows of W_hhᵀ) and, beside them, its U columns of dW_hh and G·U entries of db_hh, summed
+over all steps and added to the gradients once at the end. Each unit gets S threads; thread ks of
+a unit walks the elements ks, ks + S, ... of the unit's dot products for RB batch rows at a time,
+holding G·RB (forward) or RB (backward) accumulators in registers, so a W value it loads serves RB
+rows and an h value all G gates. A fixed tree in shared memory adds the S partial sums.
 
-How a BPTT step flows. Block n owns units k in [nU, nU + U) and keeps the U rows of W_hhᵀ (the
-columns of W_hh) of its units on-chip. After the grid barrier that made dG_{t+1} (all G·H gate
-rows, written by every block) visible, each pair (b, k) computes Σ_m dG_{t+1}[b, m] W_hh[m, k]
-split the same way, adds the gradient arriving from the output, and runs the cell's backward for
-step t: dG_t[b, g·H + k] for its own unit, dc, the direct part of dh. Meanwhile the block adds
-dG_{t+1}ᵀ h_t into its own columns k of dW_hh (and Σ_b dG_{t+1} into its own rows g·H + k of
-db_hh), held in shared memory until the end, then added to the gradients once.
+How a forward step flows: every thread reads h_{t-1} (global memory, i.e. L2, where the other
+blocks wrote it) and forms Σ_k h_{t-1}[b, k] W_hh[g·H + j, k] for its unit j, its rows and every
+gate; the unit's first thread does the cell's pointwise math and writes h_t (c_t, the saved gates)
+and y_t; then ``cuda.cg.this_grid().sync()``, so that every block's h_t is visible before anyone
+reads it in step t+1.
+
+How a BPTT step flows: after the grid barrier that made dG_{t+1} (all G·H gate rows, written by
+every block) visible, the threads of unit k walk m over the G·H gate rows: each dG_{t+1}[b, m]
+loaded serves dh[b, k] += dG·W_hh[m, k] and dW_hh[m, k] += dG·h_t[b, k]; the unit's first thread
+adds the gradient arriving from the output and runs the cell's backward for step t (dG_t[b, g·H + k]
+for its own unit, dc, the direct part of dh); then the grid barrier again.
 
 Why deterministic: every sum has one owner and one order. A dot product's partial sums are
-combined by a fixed tree; each dW_hh[m, k] and db_hh[m] belongs to one thread of one block and
-gathers time steps in order and batch rows in order; nothing is atomic. Two runs give the same bits
-(tested); the per-step path sums in another order, so the two agree to rounding, not to the bit.
+combined by a fixed tree; each dW_hh[m, k] belongs to the thread of unit k that walks m, each
+db_hh entry to one thread, and they gather time steps in order and batch rows in order; nothing is
+atomic. Two runs give the same bits (tested); the per-step path sums in another order, so the two
+agree to rounding, not to the bit.
 
-Napkin math of a step (float32 LSTM, H = 512, B = 8, an H100: 132 SMs, U = 4, NT = 256, S = 8):
-a block holds 16 rows x 512 of W_hh = 33 KiB; each of its 32 pairs takes 8 threads, each doing
-64 iterations of 1 load of h, 4 shared-memory loads of W and 4 FMAs, then 3 tree levels: roughly
-64 x 8 issue cycles + 3 barriers ≈ 700 cycles ≈ 0.4 µs at 1.8 GHz; the grid barrier adds about
-1-2 µs; the step reads B·H·s = 16 KiB of h from L2 per block. Per step ≈ 2 µs against about 10 µs
-for cuDNN's per-step GEMM + pointwise kernels at this size, and 40+ µs of host time for a launch
-of the per-step path. Backward does the same product over G·H = 2048 rows plus the dW_hh
-accumulation: G·H·U·B = 64 K FMAs a block, about 0.5 µs more.
+Napkin math of a step (float32 LSTM on an H100, 132 SMs, NT = 256, RB = 4; about 1.8 GHz). The
+grid barrier costs about 1-2 µs whatever the shape. H = 1024, B = 8: U = 8 units a block, S = 32
+threads a unit; forward, each thread runs 2 row groups x 32 iterations of 4 loads of h, 4
+shared-memory loads of W and 16 FMAs, then 4 gates x 6 barrier levels of the tree: about 4 K
+cycles, 2.2 µs, so about 4 µs a step with the barrier; backward walks 4096 gate rows, 2 x 128
+iterations of 1 load of W, 4 of dG and 8 FMAs (dW_hh is too large for shared memory here and is
+left to the accumulation kernel): about 7 K cycles, 4 µs, 6 µs with the barrier. cuDNN at this
+size runs a GEMM and a pointwise kernel per step and direction, about 10 µs forward and 15-20 µs
+backward. H = 256, B = 8: U = 2, S = 128; forward 2 x 8 iterations, backward 2 x 8 with dW_hh
+on-chip: both well under a microsecond of work, so the barrier dominates: about 2-3 µs a step
+against cuDNN's 6-8 µs. B = 64, H = 1024: 16 row groups, 512 iterations of 16 FMAs a thread in
+the forward: about 33 K FMA issue cycles over 4 schedulers, 8 K cycles, 5 µs, about 7 µs a step,
+FMA-issue bound at roughly 40% of the SM's FMA rate, against about 15-20 µs for cuDNN.
 """
 
 import numba
@@ -54,17 +65,18 @@ def build(cell, dtype, geo):
     signatures: {"persistent_forward": (pyfunc, signature), "persistent_backward": (...)}."""
     G = GATES[cell]
     dt = numba.from_dtype(np.dtype(dtype))
-    NT = geo.persist_threads
-    GNT = G * NT                             # partial sums of a forward pass: G per thread
+    NT, RB = geo.persist_threads, geo.persist_rows
+    GRB = G * RB                             # a thread's accumulators: G gates x RB batch rows
 
     # ------------------------------------------------------------ the cell's pointwise math
+    # acc[g * RB + r]: gate g's recurrent product for batch row b = q0 + r of this thread's unit.
     if cell in ("rnn_tanh", "rnn_relu"):
         act = rnn_tanh_forward if cell == "rnn_tanh" else rnn_relu_forward
         act_backward = rnn_tanh_backward if cell == "rnn_tanh" else rnn_relu_backward
 
         @device_function
-        def point_forward(xw, hs, cs, gates, hn, b_hh, y, red, tid, t, b, j, src, dst):
-            hj = act(xw[t, b, j] + red[tid] + b_hh[j])
+        def point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
+            hj = act(xw[t, b, j] + acc[r] + b_hh[j])
             hs[dst, b, j] = hj
             y[t, b, j] = hj
 
@@ -75,12 +87,12 @@ def build(cell, dtype, geo):
 
     elif cell == "lstm":
         @device_function
-        def point_forward(xw, hs, cs, gates, hn, b_hh, y, red, tid, t, b, j, src, dst):
+        def point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
             H = y.shape[2]
             i, f, g, o, c, h = lstm_forward(
                 xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j], xw[t, b, 3 * H + j],
-                red[tid] + b_hh[j], red[NT + tid] + b_hh[H + j], red[2 * NT + tid] + b_hh[2 * H + j],
-                red[3 * NT + tid] + b_hh[3 * H + j], cs[src, b, j])
+                acc[r] + b_hh[j], acc[RB + r] + b_hh[H + j], acc[2 * RB + r] + b_hh[2 * H + j],
+                acc[3 * RB + r] + b_hh[3 * H + j], cs[src, b, j])
             gates[t, b, j] = i
             gates[t, b, H + j] = f
             gates[t, b, 2 * H + j] = g
@@ -104,12 +116,12 @@ def build(cell, dtype, geo):
 
     elif cell == "gru":
         @device_function
-        def point_forward(xw, hs, cs, gates, hn, b_hh, y, red, tid, t, b, j, src, dst):
+        def point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
             H = y.shape[2]
-            hnj = red[2 * NT + tid] + b_hh[2 * H + j]
-            r, z, n, h = gru_forward(xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j],
-                                     red[tid] + b_hh[j], red[NT + tid] + b_hh[H + j], hnj, hs[src, b, j])
-            gates[t, b, j] = r
+            hnj = acc[2 * RB + r] + b_hh[2 * H + j]
+            rr, z, n, h = gru_forward(xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j],
+                                      acc[r] + b_hh[j], acc[RB + r] + b_hh[H + j], hnj, hs[src, b, j])
+            gates[t, b, j] = rr
             gates[t, b, H + j] = z
             gates[t, b, 2 * H + j] = n
             hn[t, b, j] = hnj
@@ -133,17 +145,31 @@ def build(cell, dtype, geo):
         raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(GATES)}")
 
     # ------------------------------------------------------------ the split dot products' sum
-    @device_function
-    def tree_sum(red, rows, tid, ks, split):
-        """red[r*NT + tid] += red[r*NT + tid + h] for h = split/2, split/4, ... 1 and r < rows:
-        the first thread of each group of ``split`` ends with the group's sum, in a fixed order."""
-        half = split // 2
-        while half > 0:
-            if ks < half:
-                for r in range(rows):
-                    red[r * NT + tid] += red[r * NT + tid + half]
+    def split_sum_of(n):
+        """A device function that sums ``part[0:n]`` over the ``split`` threads of a unit, in a
+        fixed tree through ``red`` (n·NT elements): on return the unit's first thread (ks == 0)
+        holds the sums in ``part``. Every thread of the block must call it (it synchronises the
+        block)."""
+        @device_function
+        def split_sum(red, part, tid, ks, split):
+            for i in range(n):
+                red[i * NT + tid] = part[i]
             cuda.syncthreads()
-            half //= 2
+            half = split // 2
+            while half > 0:
+                if ks < half:
+                    for i in range(n):
+                        red[i * NT + tid] += red[i * NT + tid + half]
+                cuda.syncthreads()
+                half //= 2
+            if ks == 0:
+                for i in range(n):
+                    part[i] = red[i * NT + tid]
+            cuda.syncthreads()      # red is written again by the next call
+        return split_sum
+
+    gate_sum, row_sum = split_sum_of(GRB), split_sum_of(RB)
+    FWD_RED, BWD_RED = GRB * NT, RB * NT     # static shared memory of the partial sums, in elements
 
     # ------------------------------------------------------------ forward: all T steps
     def persistent_forward(xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y, rev, units, split, stride,
@@ -155,64 +181,65 @@ def build(cell, dtype, geo):
         the state through); w_hh (G*H, H); b_hh (G*H,); lengths (B,) int32; y (T, B, H) written,
         zero for inactive rows; gates (T, B, G*H) [LSTM, GRU] and hn (T, B, H) [GRU] written for
         active rows: what backward needs. Placeholders (1, 1, 1) stand for arrays a cell lacks.
-        rev 0/1; units U hidden units a block; split S threads a dot product (a power of two
-        dividing NT); stride the padded row of the W slice in dynamic shared memory; w_on_chip 0
-        reads W_hh from global memory (L2) instead.
+        rev 0/1; units U hidden units a block; split S threads a unit (a power of two dividing
+        NT); stride the padded row of the W slice in dynamic shared memory; w_on_chip 0 reads
+        W_hh from global memory (L2) instead.
         Grid (ceil(H/U),) blocks of NT threads, cooperative; dynamic shared memory
-        G·U·stride·s bytes when w_on_chip.
+        G·U·stride·s bytes when w_on_chip. A thread holds G x RB accumulators: every gate of its
+        unit for RB batch rows, so each W value it loads serves RB rows and each h value G gates.
         FLOPs 2·T·B·G·H² + O(T·B·H); bytes from L2 per step ≈ s·B·H per block (h_{t-1}).
         """
-        red = cuda.shared.array(GNT, dt)      # partial sums of the split dot products
-        sw = cuda.shared.array(0, dt)            # this block's rows of W_hh, row r = g*nj + jl
-        acc = cuda.local.array(G, dt)
+        red = cuda.shared.array(FWD_RED, dt)     # partial sums of the split dot products
+        sw = cuda.shared.array(0, dt)            # this block's rows of W_hh, row g*nj + jl
+        acc = cuda.local.array(GRB, dt)
+        hk = cuda.local.array(RB, dt)
         grid = cuda.cg.this_grid()
         T, B, H = y.shape
         tid = cuda.threadIdx.x
-        ks, pt, slots = tid % split, tid // split, NT // split
+        ks, slot, slots = tid % split, tid // split, NT // split
         j0 = cuda.blockIdx.x * units
         nj = min(units, H - j0)
         zero = dt(0)
         if w_on_chip:
             for idx in range(tid, G * nj * H, NT):
-                r = idx // H
-                k = idx - r * H
-                g = r // nj
-                sw[r * stride + k] = w_hh[g * H + j0 + r - g * nj, k]
+                row = idx // H
+                k = idx - row * H
+                g = row // nj
+                sw[row * stride + k] = w_hh[g * H + j0 + row - g * nj, k]
         cuda.syncthreads()
-        npairs = B * nj
         for step in range(T):
             t = T - 1 - step if rev else step
             src, dst = t + rev, t + 1 - rev
-            for p0 in range(0, npairs, slots):
-                p = p0 + pt
-                b = p // nj
-                jl = p - b * nj
-                for g in range(G):
-                    acc[g] = zero
-                if p < npairs and t < lengths[b]:
-                    if w_on_chip:
-                        for k in range(ks, H, split):
-                            hk = hs[src, b, k]
-                            for g in range(G):
-                                acc[g] += hk * sw[(g * nj + jl) * stride + k]
-                    else:
-                        for k in range(ks, H, split):
-                            hk = hs[src, b, k]
-                            for g in range(G):
-                                acc[g] += hk * w_hh[g * H + j0 + jl, k]
-                for g in range(G):
-                    red[g * NT + tid] = acc[g]
-                cuda.syncthreads()
-                tree_sum(red, G, tid, ks, split)
-                if ks == 0 and p < npairs:
-                    j = j0 + jl
-                    if t < lengths[b]:
-                        point_forward(xw, hs, cs, gates, hn, b_hh, y, red, tid, t, b, j, src, dst)
-                    else:
-                        hs[dst, b, j] = hs[src, b, j]
-                        if G == 4:
-                            cs[dst, b, j] = cs[src, b, j]
-                        y[t, b, j] = zero
+            for u0 in range(0, nj, slots):
+                u = u0 + slot                    # this thread's unit; past nj it only syncs
+                jl = min(u, nj - 1)
+                for q0 in range(0, B, RB):
+                    for i in range(GRB):
+                        acc[i] = zero
+                    for k in range(ks, H, split):
+                        for r in range(RB):
+                            hk[r] = hs[src, min(q0 + r, B - 1), k]
+                        for g in range(G):
+                            if w_on_chip:
+                                w = sw[(g * nj + jl) * stride + k]
+                            else:
+                                w = w_hh[g * H + j0 + jl, k]
+                            for r in range(RB):
+                                acc[g * RB + r] += w * hk[r]
+                    if split > 1:
+                        gate_sum(red, acc, tid, ks, split)
+                    if ks == 0 and u < nj:
+                        j = j0 + jl
+                        for r in range(RB):
+                            b = q0 + r
+                            if b < B:
+                                if t < lengths[b]:
+                                    point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst)
+                                else:
+                                    hs[dst, b, j] = hs[src, b, j]
+                                    if G == 4:
+                                        cs[dst, b, j] = cs[src, b, j]
+                                    y[t, b, j] = zero
             if step < T - 1:
                 grid.sync()
 
@@ -231,17 +258,21 @@ def build(cell, dtype, geo):
         units, split, stride, w_on_chip as forward's (the W slice: U rows of W_hhᵀ of stride
         padded G*H); dw_on_chip 1: the block's U columns of dW_hh and G·U entries of db_hh live in
         dynamic shared memory after the W slice, summed over every step, added out at the end.
-        Grid (ceil(H/U),) blocks of NT threads, cooperative.
+        Grid (ceil(H/U),) blocks of NT threads, cooperative. A thread holds RB batch rows of its
+        unit k: each dG[t+1, b, m] it loads serves both dh[b, k] (times W_hh[m, k]) and
+        dW_hh[m, k] (times h_t[b, k]), which it owns for its m ≡ ks (mod split).
         FLOPs 2·T·B·G·H² (dh) + 2·T·B·G·H² (dW_hh, when on-chip); bytes from L2 per step ≈
-        s·B·G·H per block (dG_{t+1}) and s·B·U (h_t).
+        s·B·G·H per block (dG_{t+1}).
         """
-        red = cuda.shared.array(NT, dt)
+        red = cuda.shared.array(BWD_RED, dt)
         sm = cuda.shared.array(0, dt)     # [W_hhᵀ rows of the block's units][dW_hhᵀ rows][db_hh]
+        rec = cuda.local.array(RB, dt)
+        hp = cuda.local.array(RB, dt)
         grid = cuda.cg.this_grid()
         T, B, H = dy.shape
         GH = w_t.shape[1]
         tid = cuda.threadIdx.x
-        ks, pt, slots = tid % split, tid // split, NT // split
+        ks, slot, slots = tid % split, tid // split, NT // split
         k0 = cuda.blockIdx.x * units
         nk = min(units, H - k0)
         zero = dt(0)
@@ -249,66 +280,74 @@ def build(cell, dtype, geo):
         db_base = dw_base + units * stride
         if w_on_chip:
             for idx in range(tid, nk * GH, NT):
-                r = idx // GH
-                m = idx - r * GH
-                sm[r * stride + m] = w_t[k0 + r, m]
+                row = idx // GH
+                m = idx - row * GH
+                sm[row * stride + m] = w_t[k0 + row, m]
         if dw_on_chip:
             for idx in range(tid, units * stride + G * units, NT):
                 sm[dw_base + idx] = zero
         cuda.syncthreads()
-        npairs = B * nk
         tp = -1
         for step in range(T + 1):
             t = -1
             if step < T:
                 t = step if rev else T - 1 - step
-            # dh += dG[tp] @ W_hh, then the cell backward of step t, pair by pair
-            for p0 in range(0, npairs, slots):
-                p = p0 + pt
-                b = p // nk
-                kl = p - b * nk
-                rec = zero
-                if p < npairs and tp >= 0 and tp < lengths[b]:
-                    if w_on_chip:
+            for u0 in range(0, nk, slots):
+                u = u0 + slot                    # this thread's unit; past nk it only syncs
+                kl = min(u, nk - 1)
+                k = k0 + kl
+                owner = u < nk and dw_on_chip != 0
+                for q0 in range(0, B, RB):
+                    for r in range(RB):
+                        rec[r] = zero
+                        hp[r] = zero
+                    if tp >= 0:
+                        if owner:
+                            for r in range(RB):
+                                if q0 + r < B:
+                                    hp[r] = hs[tp + rev, q0 + r, k]
+                        # dh[b, k] += Σ_m dG[tp, b, m] W_hh[m, k];  dW_hh[m, k] += Σ_b dG[tp, b, m] h_tp[b, k]
                         for m in range(ks, GH, split):
-                            rec += dg_h[tp, b, m] * sm[kl * stride + m]
-                    else:
-                        for m in range(ks, GH, split):
-                            rec += dg_h[tp, b, m] * w_t[k0 + kl, m]
-                red[tid] = rec
-                cuda.syncthreads()
-                tree_sum(red, 1, tid, ks, split)
-                if ks == 0 and p < npairs:
-                    k = k0 + kl
-                    d = dh[b, k] + red[tid]
-                    if t >= 0:
-                        if t < lengths[b]:
-                            d = point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev)
-                        else:
-                            for g in range(G):
-                                dg_x[t, b, g * H + k] = zero
-                                dg_h[t, b, g * H + k] = zero
-                    dh[b, k] = d
-            # dW_hh[:, k] += dG[tp]ᵀ h_prev[:, k] and db_hh[g*H + k] += Σ_b dG[tp] for this block's k
-            if dw_on_chip and tp >= 0:
-                for e in range(tid, nk * GH, NT):
-                    kl = e // GH
-                    m = e - kl * GH
+                            if w_on_chip:
+                                w = sm[kl * stride + m]
+                            else:
+                                w = w_t[k, m]
+                            dw = zero
+                            for r in range(RB):
+                                g = dg_h[tp, min(q0 + r, B - 1), m]
+                                rec[r] += g * w
+                                dw += g * hp[r]
+                            if owner:
+                                sm[dw_base + kl * stride + m] += dw
+                    if split > 1:
+                        row_sum(red, rec, tid, ks, split)
+                    if ks == 0 and u < nk:
+                        for r in range(RB):
+                            b = q0 + r
+                            if b < B:
+                                d = dh[b, k] + rec[r]
+                                if t >= 0:
+                                    if t < lengths[b]:
+                                        d = point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b,
+                                                           k, rev)
+                                    else:
+                                        for g in range(G):
+                                            dg_x[t, b, g * H + k] = zero
+                                            dg_h[t, b, g * H + k] = zero
+                                dh[b, k] = d
+            # db_hh[g*H + k] += Σ_b dG[tp, b, g*H + k] for this block's units
+            if dw_on_chip and has_bias and tp >= 0:
+                for e in range(tid, G * nk, NT):
+                    g = e // nk
+                    m = g * H + k0 + e - g * nk
                     s = zero
                     for b in range(B):
-                        s += dg_h[tp, b, m] * hs[tp + rev, b, k0 + kl]
-                    sm[dw_base + kl * stride + m] += s
-                if has_bias:
-                    for e in range(tid, G * nk, NT):
-                        g = e // nk
-                        m = g * H + k0 + e - g * nk
-                        s = zero
-                        for b in range(B):
-                            s += dg_h[tp, b, m]
-                        sm[db_base + e] += s
+                        s += dg_h[tp, b, m]
+                    sm[db_base + e] += s
             if step < T:
                 grid.sync()        # dG[t] of every block is written
             tp = t
+        cuda.syncthreads()     # the last step's dW_hh additions, by their owners, are in shared memory
         if dw_on_chip:
             for e in range(tid, nk * GH, NT):
                 kl = e // GH

@@ -105,25 +105,27 @@ class Plan:
                 f"dW_hh {'on-chip' if self.dw_on_chip else 'after the loop'})")
 
 
-def split_for(pairs, threads):
-    """Threads per dot product: the largest power of two that still gives every (batch row, unit)
-    pair of a block a thread in one pass, at most a warp; 1 when the pairs outnumber the threads."""
+def split_for(units, threads):
+    """Threads per hidden unit of a block (each walks every split-th element of the unit's dot
+    products): the largest power of two that still gives every unit of the block its threads in
+    one pass; 1 when the units outnumber the threads."""
     split = 1
-    while split < WARP and 2 * split * pairs <= threads:
+    while 2 * split * units <= threads:
         split *= 2
     return split
 
 
 def padded(length, split):
-    """A row length for W slices in shared memory: the threads of a warp read ``split``
-    consecutive elements of 32/split different rows; rows ``split`` words apart (mod 32) never
-    share a bank."""
-    return ceil_div(length, WARP) * WARP + split
+    """A row length for W slices in shared memory. The threads of a warp read ``split``
+    consecutive elements of 32/split different rows (split < 32) or 32 consecutive elements of
+    one row: rows ``split`` words apart (mod 32) never share a bank."""
+    return ceil_div(length, WARP) * WARP + split % WARP
 
 
-def choose(cell, itemsize, B, H, device, algo="auto", threads=256, cooperative_blocks=None):
-    """The Plan for one layer and direction. ``cooperative_blocks(kernel, threads, static, dyn)``
-    defaults to the device model's; on a GPU it is the driver's answer for the compiled kernel.
+def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, cooperative_blocks=None):
+    """The Plan for one layer and direction, for blocks of ``threads`` threads holding ``rows``
+    batch rows each (``Geometry.persist_threads``, ``persist_rows``).
+    ``cooperative_blocks(kernel, threads, static, dyn)`` defaults to the device model's; on a GPU it is the driver's answer for the compiled kernel.
     A forced "persistent" whose grid cannot be co-resident raises ValueError with the reason; one
     whose W_hh is too large for the L2 runs anyway (reading W_hh from memory every step)."""
     if algo not in ALGOS:
@@ -134,9 +136,9 @@ def choose(cell, itemsize, B, H, device, algo="auto", threads=256, cooperative_b
     G, s = GATES[cell], itemsize
     units = ceil_div(H, device.sms)
     blocks = ceil_div(H, units)
-    split = split_for(B * units, threads)
+    split = split_for(units, threads)
     fwd_stride, bwd_stride = padded(H, split), padded(G * H, split)
-    fwd_static, bwd_static = G * threads * s, threads * s
+    fwd_static, bwd_static = G * rows * threads * s, rows * threads * s    # partial sums of the split products
     w_fwd = G * units * fwd_stride * s
     w_bwd = units * bwd_stride * s
     dw_bwd = units * bwd_stride * s + G * units * s
@@ -175,12 +177,12 @@ def choose(cell, itemsize, B, H, device, algo="auto", threads=256, cooperative_b
                 bwd_shared=(w_bwd if bwd_on else 0) + (dw_bwd if dw_on else 0))
 
 
-def limits(cell, itemsize, device, threads=256, B=8):
+def limits(cell, itemsize, device, threads=256, rows=8, B=8):
     """The largest hidden size the persistent path accepts on ``device``, and the largest whose
     W_hh stays on-chip in both directions (with dW_hh on-chip too), for a batch of B rows."""
     largest = on_chip = with_dw = grid = 0
     for H in range(1, 8193):
-        p = choose(cell, itemsize, B, H, device, "auto", threads)
+        p = choose(cell, itemsize, B, H, device, "auto", threads, rows)
         if p.algo != "persistent":
             continue
         largest, grid = H, max(grid, p.blocks)

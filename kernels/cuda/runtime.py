@@ -32,7 +32,8 @@ class Geometry:
     row), and the reduction over H (or G*H) is staged in tiles of step_h columns. The accumulation
     kernel's block is (acc_threads, acc_threads) threads, each owning acc_regs x acc_regs outputs,
     and stages acc_k rows of the N = T*B reduction at a time.
-    Persistent path: persist_threads threads per block (a power of two), one block per SM.
+    Persistent path: persist_threads threads per block (a power of two), one block per SM; each
+    thread holds persist_rows batch rows of its hidden unit in registers.
     """
     step_h: int = 32
     step_b: int = 8
@@ -40,12 +41,13 @@ class Geometry:
     acc_regs: int = 4
     acc_k: int = 16
     persist_threads: int = 256
+    persist_rows: int = 4
 
 
 GPU_GEOMETRY = Geometry()
 # The simulator runs every CUDA thread as a Python thread: small blocks keep it fast, and still
 # make tests cross tile boundaries in H, B and N, and split dot products across threads.
-SIM_GEOMETRY = Geometry(step_h=4, step_b=2, acc_threads=2, acc_regs=2, acc_k=4, persist_threads=4)
+SIM_GEOMETRY = Geometry(step_h=4, step_b=2, acc_threads=2, acc_regs=2, acc_k=4, persist_threads=4, persist_rows=2)
 
 
 def default_geometry():
