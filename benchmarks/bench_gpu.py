@@ -86,10 +86,11 @@ def parse_args(argv=None):
                    help="at most this many timed calls per side per round (default 5; sim 1)")
     p.add_argument("--tests", default="not run by this script",
                    help="the outcome of the cuda tests before it, recorded in the results")
-    p.add_argument("--geometry", default=None, metavar="H,B,AT,R,K",
+    p.add_argument("--geometry", default=None, metavar="H,B,AT,R,K[,PT,PR]",
                    help="block geometry of the cuda kernels (kernels.cuda.Geometry: step_h, step_b, "
-                        "acc_threads, acc_regs, acc_k), to sweep it; step_h*step_b <= 1024 threads and "
-                        "the LSTM's float32 W tile (4*step_h*(step_h+1)*4 bytes) within 48 KiB")
+                        "acc_threads, acc_regs, acc_k[, persist_threads, persist_rows]), to sweep it; "
+                        "step_h*step_b <= 1024 threads and the LSTM's float32 W tile "
+                        "(4*step_h*(step_h+1)*4 bytes) within 48 KiB; persist_threads a power of two")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the JSON and markdown (default benchmarks/results; sim: a temp folder)")
     p.add_argument("--name", default=None, help="file name without suffix (default <date>-<gpu>-bench)")

@@ -2,7 +2,7 @@
 
     "reference"  plain NumPy, written to be read (kernels/reference.py)
     "cpu"        BLAS for the big products + Numba @njit cell kernels (kernels/cpu.py)
-    "cuda"       CuPy arrays + Numba CUDA kernels (kernels/cuda.py); with NUMBA_ENABLE_CUDASIM=1
+    "cuda"       CuPy arrays + Numba CUDA kernels (kernels/cuda/); with NUMBA_ENABLE_CUDASIM=1
                  the same kernels run in Numba's simulator on NumPy arrays
     "auto"       "cuda" when a GPU is usable, else "cpu"
 

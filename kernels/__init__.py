@@ -4,5 +4,8 @@
     cells.py      the pointwise math of each cell, written once, shared by the CPU and CUDA kernels
     reference.py  plain NumPy, the oracle
     cpu.py        Numba @njit step kernels around BLAS products
-    cuda.py       Numba CUDA kernels around cuBLAS products (imported only when used)
+    cuda/         Numba CUDA kernels around cuBLAS products (imported only when used): the
+                  persistent and per-step algorithms, the weight-gradient reduction, the plan
+                  that picks an algorithm; its __init__ lists the modules
+    report.py     every CUDA kernel compiled to SASS without a GPU: registers, spills, limits
 """

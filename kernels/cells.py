@@ -2,7 +2,7 @@
 
 Each function here works on scalars and is compiled with ``@njit(inline="always")``, so the same
 source is inlined into the CPU kernels (``kernels/cpu.py``, Numba ``@njit``) and into the CUDA
-kernels (``kernels/cuda.py``, Numba ``@cuda.jit``), and runs as plain Python in Numba's CUDA
+kernels (``kernels/cuda/``, Numba ``@cuda.jit``), and runs as plain Python in Numba's CUDA
 simulator. The NumPy reference (``kernels/reference.py``) deliberately does *not* use these
 functions: it is the independent oracle they are tested against.
 

@@ -58,14 +58,15 @@ def test_cuda_accumulate_adds_weight_gradients(dtype, bias):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cuda_geometry_is_a_parameter(cell, monkeypatch):
-    """Odd block shapes (threads as a parameter) give the same layer results as the default."""
+    """Odd block shapes (threads as a parameter) give the same layer results as the default, on
+    the path auto picks (persistent here: 8 threads a block, 3 batch rows a thread)."""
     kc = _kernels()
     rng = np.random.default_rng(11)
     T, B, I, H = 4, 5, 3, 7
     problem = random_problem(rng, cell, T, B, I, H, 1, 2, True)
     ref = make_model(cell, I, H, 1, True, backend="reference", seed=2)
     want = run_model(ref, **problem)
-    odd = kc.Geometry(step_h=3, step_b=2, acc_threads=2, acc_regs=3, acc_k=5)
+    odd = kc.Geometry(step_h=3, step_b=2, acc_threads=2, acc_regs=3, acc_k=5, persist_threads=8, persist_rows=3)
     monkeypatch.setattr(kc, "default_geometry", lambda: odd)
     got = run_model(make_model(cell, I, H, 1, True, backend="cuda", seed=2), **problem)
     for key in want:

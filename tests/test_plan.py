@@ -102,3 +102,8 @@ def test_plan_describes_itself():
     assert choose("gru", F32, 8, 256, H100, "step").describe() == "step (asked for)"
     text = choose("gru", F32, 8, 256, H100).describe()
     assert text.startswith("persistent (128 blocks x 256 threads, 2 units a block; W_hh on-chip forward"), text
+
+
+def test_the_layers_offer_the_algorithms_the_plan_knows():
+    from gpurnn.layers import ALGOS
+    assert ALGOS == plan.ALGOS

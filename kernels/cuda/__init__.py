@@ -64,10 +64,29 @@ def build_kernels(cell, dtype, geo):
     return kernels
 
 
+class _Kernels:
+    """name -> the Numba dispatcher of that kernel, made on first use. The per-step kernels and the
+    reduction compile on first launch, for the argument types they meet. On a GPU the persistent
+    kernels compile for their declared signature when first asked for: the plan needs the compiled
+    kernel (its occupancy, the opt-in to large dynamic shared memory) before the launch, and a
+    launch with other argument types then fails loudly instead of compiling a second, unprepared
+    version."""
+
+    def __init__(self, built):
+        self._built, self._made = built, {}
+
+    def __getitem__(self, name):
+        if name not in self._made:
+            fn, sig = self._built[name]
+            eager = name.startswith("persistent") and not cuda_simulated()
+            self._made[name] = cuda.jit(sig)(fn) if eager else cuda.jit(fn)
+        return self._made[name]
+
+
 @lru_cache(maxsize=None)
 def compiled_kernels(cell, dtype, geo):
-    """The kernels of ``build_kernels`` as Numba dispatchers, compiled on first launch."""
-    return {name: cuda.jit(fn) for name, (fn, _sig) in build_kernels(cell, np.dtype(dtype).name, geo).items()}
+    """The kernels of ``build_kernels`` as Numba dispatchers, each compiled when first needed."""
+    return _Kernels(build_kernels(cell, np.dtype(dtype).name, geo))
 
 
 # ---------------------------------------------------------------- the device and the plan

@@ -300,13 +300,12 @@ def build(cell, dtype, geo):
                 for q0 in range(0, B, RB):
                     for r in range(RB):
                         rec[r] = zero
-                        hp[r] = zero
-                    if tp >= 0:
-                        if owner:
-                            for r in range(RB):
-                                if q0 + r < B:
-                                    hp[r] = hs[tp + rev, q0 + r, k]
+                        hp[r] = zero      # rows past B add nothing to dW_hh
+                    if tp >= 0 and owner:
                         # dh[b, k] += Σ_m dG[tp, b, m] W_hh[m, k];  dW_hh[m, k] += Σ_b dG[tp, b, m] h_tp[b, k]
+                        for r in range(RB):
+                            if q0 + r < B:
+                                hp[r] = hs[tp + rev, q0 + r, k]
                         for m in range(ks, GH, split):
                             if w_on_chip:
                                 w = sm[kl * stride + m]
@@ -317,8 +316,16 @@ def build(cell, dtype, geo):
                                 g = dg_h[tp, min(q0 + r, B - 1), m]
                                 rec[r] += g * w
                                 dw += g * hp[r]
-                            if owner:
-                                sm[dw_base + kl * stride + m] += dw
+                            sm[dw_base + kl * stride + m] += dw
+                    elif tp >= 0:
+                        # dh only: dW_hh is not on-chip (or this thread has no unit)
+                        for m in range(ks, GH, split):
+                            if w_on_chip:
+                                w = sm[kl * stride + m]
+                            else:
+                                w = w_t[k, m]
+                            for r in range(RB):
+                                rec[r] += dg_h[tp, min(q0 + r, B - 1), m] * w
                     if split > 1:
                         row_sum(red, rec, tid, ks, split)
                     if ks == 0 and u < nk:

@@ -43,6 +43,12 @@ class Geometry:
     persist_threads: int = 256
     persist_rows: int = 4
 
+    def __post_init__(self):
+        t = self.persist_threads
+        if t < 1 or t & (t - 1) or self.persist_rows < 1:
+            raise ValueError(f"persist_threads must be a power of two and persist_rows >= 1, got {t} and "
+                             f"{self.persist_rows}")
+
 
 GPU_GEOMETRY = Geometry()
 # The simulator runs every CUDA thread as a Python thread: small blocks keep it fast, and still
