@@ -53,10 +53,9 @@ import numba
 import numpy as np
 from numba import cuda
 
+from . import pointwise
 from . import runtime as rt
 from .runtime import GATES, device_function
-from ..cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_relu_backward,
-                     rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
 
 
 # ================================================================ kernels
@@ -68,81 +67,7 @@ def build(cell, dtype, geo):
     NT, RB = geo.persist_threads, geo.persist_rows
     GRB = G * RB                             # a thread's accumulators: G gates x RB batch rows
 
-    # ------------------------------------------------------------ the cell's pointwise math
-    # acc[g * RB + r]: gate g's recurrent product for batch row b = q0 + r of this thread's unit.
-    if cell in ("rnn_tanh", "rnn_relu"):
-        act = rnn_tanh_forward if cell == "rnn_tanh" else rnn_relu_forward
-        act_backward = rnn_tanh_backward if cell == "rnn_tanh" else rnn_relu_backward
-
-        @device_function
-        def point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
-            hj = act(xw[t, b, j] + acc[r] + b_hh[j])
-            hs[dst, b, j] = hj
-            y[t, b, j] = hj
-
-        @device_function
-        def point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):
-            dg_x[t, b, k] = act_backward(d + dy[t, b, k], hs[t + 1 - rev, b, k])
-            return dt(0)
-
-    elif cell == "lstm":
-        @device_function
-        def point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
-            H = y.shape[2]
-            i, f, g, o, c, h = lstm_forward(
-                xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j], xw[t, b, 3 * H + j],
-                acc[r] + b_hh[j], acc[RB + r] + b_hh[H + j], acc[2 * RB + r] + b_hh[2 * H + j],
-                acc[3 * RB + r] + b_hh[3 * H + j], cs[src, b, j])
-            gates[t, b, j] = i
-            gates[t, b, H + j] = f
-            gates[t, b, 2 * H + j] = g
-            gates[t, b, 3 * H + j] = o
-            cs[dst, b, j] = c
-            hs[dst, b, j] = h
-            y[t, b, j] = h
-
-        @device_function
-        def point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):
-            H = dy.shape[2]
-            dai, daf, dag, dao, dcp = lstm_backward(
-                d + dy[t, b, k], dc[b, k], gates[t, b, k], gates[t, b, H + k], gates[t, b, 2 * H + k],
-                gates[t, b, 3 * H + k], cs[t + 1 - rev, b, k], cs[t + rev, b, k])
-            dg_x[t, b, k] = dai
-            dg_x[t, b, H + k] = daf
-            dg_x[t, b, 2 * H + k] = dag
-            dg_x[t, b, 3 * H + k] = dao
-            dc[b, k] = dcp
-            return dt(0)
-
-    elif cell == "gru":
-        @device_function
-        def point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
-            H = y.shape[2]
-            hnj = acc[2 * RB + r] + b_hh[2 * H + j]
-            rr, z, n, h = gru_forward(xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j],
-                                      acc[r] + b_hh[j], acc[RB + r] + b_hh[H + j], hnj, hs[src, b, j])
-            gates[t, b, j] = rr
-            gates[t, b, H + j] = z
-            gates[t, b, 2 * H + j] = n
-            hn[t, b, j] = hnj
-            hs[dst, b, j] = h
-            y[t, b, j] = h
-
-        @device_function
-        def point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):
-            H = dy.shape[2]
-            dar, daz, dan_x, dan_h, direct = gru_backward(
-                d + dy[t, b, k], gates[t, b, k], gates[t, b, H + k], gates[t, b, 2 * H + k],
-                hn[t, b, k], hs[t + rev, b, k])
-            dg_x[t, b, k] = dar
-            dg_x[t, b, H + k] = daz
-            dg_x[t, b, 2 * H + k] = dan_x
-            dg_h[t, b, k] = dar
-            dg_h[t, b, H + k] = daz
-            dg_h[t, b, 2 * H + k] = dan_h
-            return direct
-    else:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(GATES)}")
+    point_forward, point_backward = pointwise.build(cell, dtype, RB)
 
     # ------------------------------------------------------------ the split dot products' sum
     def split_sum_of(n):
@@ -229,17 +154,10 @@ def build(cell, dtype, geo):
                     if split > 1:
                         gate_sum(red, acc, tid, ks, split)
                     if ks == 0 and u < nj:
-                        j = j0 + jl
                         for r in range(RB):
-                            b = q0 + r
-                            if b < B:
-                                if t < lengths[b]:
-                                    point_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst)
-                                else:
-                                    hs[dst, b, j] = hs[src, b, j]
-                                    if G == 4:
-                                        cs[dst, b, j] = cs[src, b, j]
-                                    y[t, b, j] = zero
+                            if q0 + r < B:
+                                point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, q0 + r,
+                                              j0 + jl, src, dst)
             if step < T - 1:
                 grid.sync()
 
@@ -330,18 +248,9 @@ def build(cell, dtype, geo):
                         row_sum(red, rec, tid, ks, split)
                     if ks == 0 and u < nk:
                         for r in range(RB):
-                            b = q0 + r
-                            if b < B:
-                                d = dh[b, k] + rec[r]
-                                if t >= 0:
-                                    if t < lengths[b]:
-                                        d = point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b,
-                                                           k, rev)
-                                    else:
-                                        for g in range(G):
-                                            dg_x[t, b, g * H + k] = zero
-                                            dg_h[t, b, g * H + k] = zero
-                                dh[b, k] = d
+                            if q0 + r < B:
+                                point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec[r], t,
+                                               q0 + r, k, rev)
             # db_hh[g*H + k] += Σ_b dG[tp, b, g*H + k] for this block's units
             if dw_on_chip and has_bias and tp >= 0:
                 for e in range(tid, G * nk, NT):

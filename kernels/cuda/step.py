@@ -26,10 +26,9 @@ import numba
 import numpy as np
 from numba import cuda
 
+from . import pointwise
 from . import runtime as rt
 from .runtime import CELLS, GATES, device_function, launch_config, time_steps
-from ..cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_relu_backward,
-                     rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
 
 
 
@@ -116,10 +115,10 @@ def build(cell, dtype, geo):
         return acc
 
     # ------------------------------------------------------------ the step kernels of each cell
+    # The pointwise part is pointwise.py's, shared with the persistent kernels; arguments a cell
+    # does not have are filled with arrays of the same rank, which it never touches.
+    point_forward, point_backward = pointwise.build(cell, dtype, 1)
     if cell in ("rnn_tanh", "rnn_relu"):
-        act = rnn_tanh_forward if cell == "rnn_tanh" else rnn_relu_forward
-        act_backward = rnn_tanh_backward if cell == "rnn_tanh" else rnn_relu_backward
-
         def step_forward(xw, hs, w_hh, b_hh, lengths, t, src, dst, y):
             """One step of h_t = act(XW[t] + h_{t-1} @ W_hhᵀ + b_hh).
 
@@ -139,13 +138,7 @@ def build(cell, dtype, geo):
             b = cuda.blockIdx.y * TB + cuda.threadIdx.y
             if b >= B or j >= H:
                 return
-            if t < lengths[b]:
-                hj = act(xw[t, b, j] + acc[0] + b_hh[j])
-                hs[dst, b, j] = hj
-                y[t, b, j] = hj
-            else:
-                hs[dst, b, j] = hs[src, b, j]
-                y[t, b, j] = 0
+            point_forward(xw, hs, hs, xw, y, b_hh, lengths, y, acc, 0, t, b, j, src, dst)   # no cs, gates, hn
 
         def step_backward(dg, w_hh, dy, dh, hs, lengths, t_prod, t, rev):
             """Fused BPTT step: dh += dG[t_prod] @ W_hh (skipped when t_prod < 0), then the
@@ -167,14 +160,7 @@ def build(cell, dtype, geo):
             b = cuda.blockIdx.y * TB + cuda.threadIdx.y
             if b >= B or k >= H:
                 return
-            d = dh[b, k] + rec
-            if t >= 0:
-                if t < lengths[b]:
-                    dg[t, b, k] = act_backward(d + dy[t, b, k], hs[t + 1 - rev, b, k])
-                    d = dt(0)
-                else:
-                    dg[t, b, k] = 0
-            dh[b, k] = d
+            point_backward(dg, dg, dy, dh, dh, dg, hs, hs, hs, lengths, rec, t, b, k, rev)   # no dc, gates, cs, hn
 
     elif cell == "lstm":
         def step_forward(xw, hs, cs, w_hh, b_hh, lengths, t, src, dst, y, gates):
@@ -196,22 +182,7 @@ def build(cell, dtype, geo):
             b = cuda.blockIdx.y * TB + cuda.threadIdx.y
             if b >= B or j >= H:
                 return
-            if t < lengths[b]:
-                i, f, g, o, c, h = lstm_forward(
-                    xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j], xw[t, b, 3 * H + j],
-                    acc[0] + b_hh[j], acc[1] + b_hh[H + j], acc[2] + b_hh[2 * H + j],
-                    acc[3] + b_hh[3 * H + j], cs[src, b, j])
-                gates[t, b, j] = i
-                gates[t, b, H + j] = f
-                gates[t, b, 2 * H + j] = g
-                gates[t, b, 3 * H + j] = o
-                cs[dst, b, j] = c
-                hs[dst, b, j] = h
-                y[t, b, j] = h
-            else:
-                cs[dst, b, j] = cs[src, b, j]
-                hs[dst, b, j] = hs[src, b, j]
-                y[t, b, j] = 0
+            point_forward(xw, hs, cs, gates, y, b_hh, lengths, y, acc, 0, t, b, j, src, dst)   # no hn
 
         def step_backward(dg, w_hh, dy, dh, dc, gates, cs, lengths, t_prod, t, rev):
             """Fused LSTM BPTT step: dh += dG[t_prod] @ W_hh (skipped when t_prod < 0), then the
@@ -234,25 +205,7 @@ def build(cell, dtype, geo):
             b = cuda.blockIdx.y * TB + cuda.threadIdx.y
             if b >= B or k >= H:
                 return
-            d = dh[b, k] + rec
-            if t >= 0:
-                if t < lengths[b]:
-                    dai, daf, dag, dao, dcp = lstm_backward(
-                        d + dy[t, b, k], dc[b, k], gates[t, b, k], gates[t, b, H + k],
-                        gates[t, b, 2 * H + k], gates[t, b, 3 * H + k],
-                        cs[t + 1 - rev, b, k], cs[t + rev, b, k])
-                    dg[t, b, k] = dai
-                    dg[t, b, H + k] = daf
-                    dg[t, b, 2 * H + k] = dag
-                    dg[t, b, 3 * H + k] = dao
-                    dc[b, k] = dcp
-                    d = dt(0)
-                else:
-                    dg[t, b, k] = 0
-                    dg[t, b, H + k] = 0
-                    dg[t, b, 2 * H + k] = 0
-                    dg[t, b, 3 * H + k] = 0
-            dh[b, k] = d
+            point_backward(dg, dg, dy, dh, dc, gates, cs, cs, cs, lengths, rec, t, b, k, rev)   # no hn, hs
 
     elif cell == "gru":
         def step_forward(xw, hs, w_hh, b_hh, lengths, t, src, dst, y, gates, hn):
@@ -273,19 +226,7 @@ def build(cell, dtype, geo):
             b = cuda.blockIdx.y * TB + cuda.threadIdx.y
             if b >= B or j >= H:
                 return
-            if t < lengths[b]:
-                hnj = acc[2] + b_hh[2 * H + j]
-                r, z, n, h = gru_forward(xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j],
-                                         acc[0] + b_hh[j], acc[1] + b_hh[H + j], hnj, hs[src, b, j])
-                gates[t, b, j] = r
-                gates[t, b, H + j] = z
-                gates[t, b, 2 * H + j] = n
-                hn[t, b, j] = hnj
-                hs[dst, b, j] = h
-                y[t, b, j] = h
-            else:
-                hs[dst, b, j] = hs[src, b, j]
-                y[t, b, j] = 0
+            point_forward(xw, hs, hs, gates, hn, b_hh, lengths, y, acc, 0, t, b, j, src, dst)   # no cs
 
         def step_backward(dg_x, dg_h, w_hh, dy, dh, gates, hn, hs, lengths, t_prod, t, rev):
             """Fused GRU BPTT step: dh += dG_h[t_prod] @ W_hh (skipped when t_prod < 0), then the
@@ -309,24 +250,8 @@ def build(cell, dtype, geo):
             b = cuda.blockIdx.y * TB + cuda.threadIdx.y
             if b >= B or k >= H:
                 return
-            d = dh[b, k] + rec
-            if t >= 0:
-                if t < lengths[b]:
-                    dar, daz, dan_x, dan_h, direct = gru_backward(
-                        d + dy[t, b, k], gates[t, b, k], gates[t, b, H + k], gates[t, b, 2 * H + k],
-                        hn[t, b, k], hs[t + rev, b, k])
-                    dg_x[t, b, k] = dar
-                    dg_x[t, b, H + k] = daz
-                    dg_x[t, b, 2 * H + k] = dan_x
-                    dg_h[t, b, k] = dar
-                    dg_h[t, b, H + k] = daz
-                    dg_h[t, b, 2 * H + k] = dan_h
-                    d = direct
-                else:
-                    for g in range(3):
-                        dg_x[t, b, g * H + k] = 0
-                        dg_h[t, b, g * H + k] = 0
-            dh[b, k] = d
+            point_backward(dg_x, dg_h, dy, dh, dh, gates, hs, hn, hs, lengths, rec, t, b, k, rev)   # no dc, cs
+
     else:
         raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
 

@@ -1,0 +1,137 @@
+"""The pointwise part of a time step, once per cell, for every CUDA kernel that runs steps.
+
+``kernels/cells.py`` holds each cell's math on scalars; this module holds what the CUDA kernels do
+around it at one (batch row b, hidden unit j) of step t: where the pre-activations come from, which
+saved activations go where, and what an inactive row (t >= lengths[b]) does. The per-step kernels
+(``step.py``) and the persistent kernels (``persistent.py``) call the same two device functions.
+
+Shapes as in ``__init__.py``: xw (T, B, G*H); hs, cs (T+1, B, H); gates (T, B, G*H); hn (T, B, H);
+y, dy (T, B, H); dg_x, dg_h (T, B, G*H); dh, dc (B, H). An array a cell does not have (cs but for
+the LSTM, gates for the RNN, hn but for the GRU) is passed as any array of that rank: it is never
+touched.
+"""
+
+import numba
+import numpy as np
+
+from .runtime import GATES, device_function
+from ..cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_relu_backward,
+                     rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
+
+
+def build(cell, dtype, rows):
+    """(step_point_forward, step_point_backward) for one cell and dtype.
+
+    ``step_point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b, j, src, dst)``:
+    the recurrent products of gate g of (b, j) are ``acc[g * rows + r]``; writes h_t (c_t) at
+    hs[dst] (cs[dst]) and y[t] and, for active rows, the activations backward needs; an inactive
+    row copies its state from hs[src] (cs[src]) and writes y = 0.
+
+    ``step_point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec, t, b, k, rev)``:
+    ``rec`` is Σ_m dG[t+1, b, m] W_hh[m, k]; sets dh[b, k] = dh[b, k] + rec, and for t >= 0 runs
+    the cell backward of step t: an active row writes dG_t (both dg_x and dg_h) and dc and leaves
+    in dh the part of dL/dh_{t-1} that does not go through W_hh; an inactive row writes dG_t = 0
+    and passes dh (dc) through.
+    """
+    G = GATES[cell]
+    dt = numba.from_dtype(np.dtype(dtype))
+    R = rows
+
+    if cell in ("rnn_tanh", "rnn_relu"):
+        act = rnn_tanh_forward if cell == "rnn_tanh" else rnn_relu_forward
+        act_backward = rnn_tanh_backward if cell == "rnn_tanh" else rnn_relu_backward
+
+        @device_function
+        def active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
+            hj = act(xw[t, b, j] + acc[r] + b_hh[j])
+            hs[dst, b, j] = hj
+            y[t, b, j] = hj
+
+        @device_function
+        def active_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):
+            dg_x[t, b, k] = act_backward(d + dy[t, b, k], hs[t + 1 - rev, b, k])
+            return dt(0)
+
+    elif cell == "lstm":
+        @device_function
+        def active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
+            H = y.shape[2]
+            i, f, g, o, c, h = lstm_forward(
+                xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j], xw[t, b, 3 * H + j],
+                acc[r] + b_hh[j], acc[R + r] + b_hh[H + j], acc[2 * R + r] + b_hh[2 * H + j],
+                acc[3 * R + r] + b_hh[3 * H + j], cs[src, b, j])
+            gates[t, b, j] = i
+            gates[t, b, H + j] = f
+            gates[t, b, 2 * H + j] = g
+            gates[t, b, 3 * H + j] = o
+            cs[dst, b, j] = c
+            hs[dst, b, j] = h
+            y[t, b, j] = h
+
+        @device_function
+        def active_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):
+            H = dy.shape[2]
+            dai, daf, dag, dao, dcp = lstm_backward(
+                d + dy[t, b, k], dc[b, k], gates[t, b, k], gates[t, b, H + k], gates[t, b, 2 * H + k],
+                gates[t, b, 3 * H + k], cs[t + 1 - rev, b, k], cs[t + rev, b, k])
+            dg_x[t, b, k] = dai
+            dg_x[t, b, H + k] = daf
+            dg_x[t, b, 2 * H + k] = dag
+            dg_x[t, b, 3 * H + k] = dao
+            dc[b, k] = dcp
+            return dt(0)
+
+    elif cell == "gru":
+        @device_function
+        def active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
+            H = y.shape[2]
+            hnj = acc[2 * R + r] + b_hh[2 * H + j]
+            rr, z, n, h = gru_forward(xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j],
+                                      acc[r] + b_hh[j], acc[R + r] + b_hh[H + j], hnj, hs[src, b, j])
+            gates[t, b, j] = rr
+            gates[t, b, H + j] = z
+            gates[t, b, 2 * H + j] = n
+            hn[t, b, j] = hnj
+            hs[dst, b, j] = h
+            y[t, b, j] = h
+
+        @device_function
+        def active_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):
+            H = dy.shape[2]
+            dar, daz, dan_x, dan_h, direct = gru_backward(
+                d + dy[t, b, k], gates[t, b, k], gates[t, b, H + k], gates[t, b, 2 * H + k],
+                hn[t, b, k], hs[t + rev, b, k])
+            dg_x[t, b, k] = dar
+            dg_x[t, b, H + k] = daz
+            dg_x[t, b, 2 * H + k] = dan_x
+            dg_h[t, b, k] = dar
+            dg_h[t, b, H + k] = daz
+            dg_h[t, b, 2 * H + k] = dan_h
+            return direct
+    else:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(GATES)}")
+
+    @device_function
+    def step_point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b, j, src, dst):
+        if t < lengths[b]:
+            active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst)
+        else:
+            hs[dst, b, j] = hs[src, b, j]
+            if G == 4:
+                cs[dst, b, j] = cs[src, b, j]
+            y[t, b, j] = dt(0)
+
+    @device_function
+    def step_point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec, t, b, k, rev):
+        d = dh[b, k] + rec
+        if t >= 0:
+            if t < lengths[b]:
+                d = active_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev)
+            else:
+                H = dy.shape[2]
+                for g in range(G):
+                    dg_x[t, b, g * H + k] = dt(0)
+                    dg_h[t, b, g * H + k] = dt(0)
+        dh[b, k] = d
+
+    return step_point_forward, step_point_backward
