@@ -283,16 +283,10 @@ def build(cell, dtype, geo):
 
 
 # ================================================================ host side
-def _placeholders(dtype):
-    """Arrays of the right type for the arguments a cell does not have; never read or written."""
-    xp = rt.xp_of()
-    return xp.zeros((1, 1, 1), dtype), xp.zeros((1, 1), dtype), xp.zeros(1, dtype)
-
-
 def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     """The recursion of forward: one launch of ``persistent_forward``."""
     plan, rev = s["plan"], s["reverse"]
-    p3, _p2, _p1 = _placeholders(y.dtype)
+    p3, _p2 = pointwise.placeholders(y.dtype)
     pick = lambda a: p3 if a is None else a     # noqa: E731
     arrays = (xw, s["hs"], pick(s["cs"]), pick(s["gates"]), pick(s["hn"]), w_hh, b_hh, s["lengths"], y)
     kern = rt.configure("persistent_forward", kernels["persistent_forward"], plan.blocks, plan.threads,
@@ -305,7 +299,8 @@ def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
     into grads when its plan keeps them on-chip. Returns whether it did."""
     plan, rev = s["plan"], s["reverse"]
     xp = rt.xp_of()
-    p3, p2, p1 = _placeholders(dy.dtype)
+    p3, p2 = pointwise.placeholders(dy.dtype)
+    p1 = xp.zeros(1, dy.dtype)                   # db_hh of a layer without biases: never written
     pick3 = lambda a: p3 if a is None else a     # noqa: E731
     has_bias = "b_hh" in grads
     w_t = xp.ascontiguousarray(w_hh.T)           # (H, G*H): a block reads rows of it

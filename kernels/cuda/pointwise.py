@@ -14,6 +14,7 @@ touched.
 import numba
 import numpy as np
 
+from . import runtime as rt
 from .runtime import GATES, device_function
 from ..cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_relu_backward,
                      rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
@@ -135,3 +136,9 @@ def build(cell, dtype, rows):
         dh[b, k] = d
 
     return step_point_forward, step_point_backward
+
+
+def placeholders(dtype):
+    """Arrays (1, 1, 1) and (1, 1) of ``dtype`` to pass for the arrays a cell does not have."""
+    xp = rt.xp_of()
+    return xp.zeros((1, 1, 1), dtype), xp.zeros((1, 1), dtype)
