@@ -34,19 +34,19 @@ db_hh entry to one thread, and they gather time steps in order and batch rows in
 atomic. Two runs give the same bits (tested); the per-step path sums in another order, so the two
 agree to rounding, not to the bit.
 
-Napkin math of a step (float32 LSTM on an H100, 132 SMs, NT = 256, RB = 4; about 1.8 GHz). The
-grid barrier costs about 1-2 µs whatever the shape. H = 1024, B = 8: U = 8 units a block, S = 32
-threads a unit; forward, each thread runs 2 row groups x 32 iterations of 4 loads of h, 4
-shared-memory loads of W and 16 FMAs, then 4 gates x 6 barrier levels of the tree: about 4 K
-cycles, 2.2 µs, so about 4 µs a step with the barrier; backward walks 4096 gate rows, 2 x 128
-iterations of 1 load of W, 4 of dG and 8 FMAs (dW_hh is too large for shared memory here and is
-left to the accumulation kernel): about 7 K cycles, 4 µs, 6 µs with the barrier. cuDNN at this
-size runs a GEMM and a pointwise kernel per step and direction, about 10 µs forward and 15-20 µs
-backward. H = 256, B = 8: U = 2, S = 128; forward 2 x 8 iterations, backward 2 x 8 with dW_hh
-on-chip: both well under a microsecond of work, so the barrier dominates: about 2-3 µs a step
-against cuDNN's 6-8 µs. B = 64, H = 1024: 16 row groups, 512 iterations of 16 FMAs a thread in
-the forward: about 33 K FMA issue cycles over 4 schedulers, 8 K cycles, 5 µs, about 7 µs a step,
-FMA-issue bound at roughly 40% of the SM's FMA rate, against about 15-20 µs for cuDNN.
+Napkin math of a step (float32 LSTM on an H100: 132 SMs, NT = 256, RB = 4, about 1.75 GHz). One
+block per SM is 8 warps, 2 per scheduler, so an inner-loop iteration of I instructions costs about
+2·I issue cycles; a block barrier about 30 cycles; the grid barrier about 1.5 µs whatever the
+shape. H = 1024, B = 8: U = 8 units a block, S = 32 threads a unit. Forward: 2 row groups x 32
+iterations of 4 loads of h, 4 shared-memory loads of W and 16 FMAs (28 instructions), then one
+tree of 5 levels a row group: about 4.3 K cycles, 2.5 µs, 4 µs a step with the grid barrier.
+Backward: 2 x 128 iterations over the 4096 gate rows of 1 load of W, 4 of dG and 4 FMAs (dW_hh is
+too large for shared memory beside W_hh here and is left to the accumulation kernel): about 7.5 K
+cycles, 5.8 µs a step. H = 256, B = 8: U = 2, S = 128; forward 2 x 2 iterations, backward 2 x 8,
+with dW_hh on-chip: well under a microsecond of work, so the grid barrier dominates: about 2.1 and
+2.4 µs. B = 64, H = 1024: 16 row groups, 512 forward iterations a thread: about 32 K cycles, 20 µs
+a step, FMA-issue bound; backward about 34 µs. cuDNN runs a GEMM and a pointwise kernel per step
+and direction, a few microseconds each at small batch; the GPU run measures both sides.
 """
 
 import numba
