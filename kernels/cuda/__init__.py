@@ -6,6 +6,7 @@ picks one per layer and direction.
     plan.py         the choice between the algorithms, from the shapes and the device's resources
     persistent.py   one cooperative launch for all T steps, one for the whole BPTT (dW_hh on-chip)
     step.py         one launch per time step, forward and backward
+    pointwise.py    the pointwise part of a step, once per cell, for both algorithms
     accumulate.py   the BPTT weight gradients: one deterministic reduction over all T*B rows
     runtime.py      block geometry, streams, the one place launches are configured
     simulator.py    what Numba's CUDA simulator needs to run them (cooperative grids included)
