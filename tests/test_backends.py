@@ -4,17 +4,10 @@ Run under NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_simulator.py does) this file c
 kernels in Numba's simulator on tiny shapes.
 """
 
-import sys
-
 import numpy as np
 import pytest
 
 from conftest import CELLS, FAST_BACKENDS, SIMULATED, make_model, random_problem, run_model
-
-if SIMULATED:
-    # The simulator's block manager busy-polls its threads for syncthreads() while holding the
-    # GIL; a short switch interval hands the GIL over sooner (about 4x faster here).
-    sys.setswitchinterval(1e-4)
 
 # (T, B, I, H, layers, bidirectional, lengths, bias)
 SHAPES = [

@@ -5,20 +5,12 @@ layer test could hide: the weight-gradient reduction on its own (it adds, it cov
 N = T*B, every tile edge), and that a block geometry is a parameter that does not change results.
 """
 
-import sys
-
 import numpy as np
 import pytest
 
-import gpurnn
-from conftest import SIMULATED, FakeStream, make_model, random_problem, run_model
+from conftest import SIMULATED, FakeStream, make_model, needs_cuda, random_problem, run_model
 
-if SIMULATED:
-    sys.setswitchinterval(1e-4)     # see tests/test_backends.py
-
-pytestmark = pytest.mark.skipif(
-    not gpurnn.cuda_status()[0],
-    reason=f"{gpurnn.cuda_status()[1]}; tests/test_cuda_simulator.py runs these in the simulator")
+pytestmark = needs_cuda
 
 
 def _kernels():

@@ -8,22 +8,14 @@ reference's results on grids of several blocks whose last block is partial, and 
 """
 
 import re
-import sys
 
 import numpy as np
 import pytest
 
-import gpurnn
-
 cuda = pytest.importorskip("numba.cuda")   # module level: the simulator swaps this global in kernels
-from conftest import CELLS, SIMULATED, make_model, random_problem, run_model
+from conftest import CELLS, SIMULATED, make_model, needs_cuda, random_problem, run_model
 
-if SIMULATED:
-    sys.setswitchinterval(1e-4)     # see tests/test_backends.py
-
-pytestmark = pytest.mark.skipif(
-    not gpurnn.cuda_status()[0],
-    reason=f"{gpurnn.cuda_status()[1]}; tests/test_cuda_simulator.py runs these in the simulator")
+pytestmark = needs_cuda
 
 
 def _kc():

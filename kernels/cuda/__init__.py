@@ -83,6 +83,11 @@ class _Kernels:
             self._made[name] = cuda.jit(sig)(fn) if eager else cuda.jit(fn)
         return self._made[name]
 
+    def overload(self, name):
+        """The kernel compiled for its declared signature (what the driver's occupancy and
+        attribute calls take)."""
+        return self[name].compile(self._built[name][1])
+
 
 @lru_cache(maxsize=None)
 def compiled_kernels(cell, dtype, geo):
@@ -134,11 +139,11 @@ def _allow_dynamic_shared(kernel, nbytes):
 def _driver_cooperative_blocks(cell, dtype, geo):
     """cooperative_blocks for ``plan.choose`` from the driver's occupancy calculator, for the
     persistent kernels compiled for this cell and dtype."""
-    kernels, built = compiled_kernels(cell, dtype, geo), build_kernels(cell, dtype, geo)
+    kernels = compiled_kernels(cell, dtype, geo)
 
     @lru_cache(maxsize=None)
     def blocks(name, threads, static_smem, dyn_smem):
-        kernel = kernels[name].compile(built[name][1])
+        kernel = kernels.overload(name)
         if not _allow_dynamic_shared(kernel, dyn_smem):
             return 0
         return kernel.max_cooperative_grid_blocks(threads, dyn_smem)

@@ -286,9 +286,7 @@ def build(cell, dtype, geo):
 def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     """The recursion of forward: one launch of ``persistent_forward``."""
     plan, rev = s["plan"], s["reverse"]
-    p3, _p2 = pointwise.placeholders(y.dtype)
-    pick = lambda a: p3 if a is None else a     # noqa: E731
-    arrays = (xw, s["hs"], pick(s["cs"]), pick(s["gates"]), pick(s["hn"]), w_hh, b_hh, s["lengths"], y)
+    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh)
     kern = rt.configure("persistent_forward", kernels["persistent_forward"], plan.blocks, plan.threads,
                         stream, plan.fwd_shared)
     kern(*map(rt.dev, arrays), rev, plan.units, plan.split, plan.fwd_stride, int(plan.fwd_w_on_chip))
@@ -298,14 +296,10 @@ def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
     """The BPTT recursion: one launch of ``persistent_backward``, which also adds dW_hh and db_hh
     into grads when its plan keeps them on-chip. Returns whether it did."""
     plan, rev = s["plan"], s["reverse"]
-    xp = rt.xp_of()
-    p3, p2 = pointwise.placeholders(dy.dtype)
-    p1 = xp.zeros(1, dy.dtype)                   # db_hh of a layer without biases: never written
-    pick3 = lambda a: p3 if a is None else a     # noqa: E731
     has_bias = "b_hh" in grads
-    w_t = xp.ascontiguousarray(w_hh.T)           # (H, G*H): a block reads rows of it
-    arrays = (dg_x, dg_h, w_t, dy, dh, p2 if dc is None else dc, pick3(s["gates"]), pick3(s["cs"]),
-              pick3(s["hn"]), s["hs"], s["lengths"], grads["w_hh"], grads["b_hh"] if has_bias else p1)
+    w_t = rt.xp_of().ascontiguousarray(w_hh.T)   # (H, G*H): a block reads rows of it
+    arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_t, dy, dh, dc) + (
+        grads["w_hh"], grads["b_hh"] if has_bias else rt.placeholder(dy.dtype, 1))
     kern = rt.configure("persistent_backward", kernels["persistent_backward"], plan.blocks, plan.threads,
                         stream, plan.bwd_shared)
     kern(*map(rt.dev, arrays), rev, plan.units, plan.split, plan.bwd_stride, int(plan.bwd_w_on_chip),

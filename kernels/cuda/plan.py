@@ -125,8 +125,8 @@ def padded(length, split):
 def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, cooperative_blocks=None):
     """The Plan for one layer and direction, for blocks of ``threads`` threads holding ``rows``
     batch rows each (``Geometry.persist_threads``, ``persist_rows``).
-    ``cooperative_blocks(kernel, threads, static, dyn)`` defaults to the device model's; on a GPU it is the driver's answer for the compiled kernel.
-    A forced "persistent" whose grid cannot be co-resident raises ValueError with the reason; one
+    ``cooperative_blocks(kernel, threads, static, dyn)`` defaults to the device model's; on a GPU
+    it is the driver's answer for the compiled kernel. A forced "persistent" whose grid cannot be co-resident raises ValueError with the reason; one
     whose W_hh is too large for the L2 runs anyway (reading W_hh from memory every step)."""
     if algo not in ALGOS:
         raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
@@ -139,29 +139,23 @@ def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, coope
     split = split_for(units, threads)
     fwd_stride, bwd_stride = padded(H, split), padded(G * H, split)
     fwd_static, bwd_static = G * rows * threads * s, rows * threads * s    # partial sums of the split products
-    w_fwd = G * units * fwd_stride * s
-    w_bwd = units * bwd_stride * s
-    dw_bwd = units * bwd_stride * s + G * units * s
+    w_fwd = G * units * fwd_stride * s          # the forward W_hh slice
+    w_bwd = units * bwd_stride * s              # the backward W_hhᵀ slice
+    dw_bwd = w_bwd + G * units * s              # dW_hhᵀ beside it, and db_hh
 
     def fits(kernel, static, dyn):
         return static + dyn <= device.smem_per_block and coop(kernel, threads, static, dyn) >= blocks
 
-    problem = None
     if not fits("persistent_forward", fwd_static, 0) or not fits("persistent_backward", bwd_static, 0):
         problem = (f"{blocks} blocks of {threads} threads cannot all be resident on {device.name} "
                    f"({coop('persistent_forward', threads, fwd_static, 0)} can)")
-    fwd_on = fits("persistent_forward", fwd_static, w_fwd)
-    if fits("persistent_backward", bwd_static, w_bwd + dw_bwd):
-        bwd_on, dw_on = True, True
-    elif fits("persistent_backward", bwd_static, w_bwd):
-        bwd_on, dw_on = True, False
-    else:
-        bwd_on, dw_on = False, False
-    if problem is not None:
         if algo == "persistent":
             raise ValueError(f"algo='persistent' cannot run {cell} with H={H}, B={B}: {problem}; "
                              "use algo='step' or 'auto'")
         return Plan("step", problem)
+    fwd_on = fits("persistent_forward", fwd_static, w_fwd)
+    bwd_on = fits("persistent_backward", bwd_static, w_bwd)
+    dw_on = bwd_on and fits("persistent_backward", bwd_static, w_bwd + dw_bwd)
     w_bytes = G * H * H * s
     why = "asked for" if algo == "persistent" else "fits on " + device.name
     if not (fwd_on and bwd_on) and 2 * w_bytes > device.l2_bytes:

@@ -141,6 +141,12 @@ def wait(waiter, producer):
     waiter.wait_event(producer.record())
 
 
+def placeholder(dtype, ndim):
+    """A (1,) * ndim array of ``dtype`` to pass where a kernel takes an array it will not touch
+    (a cell's missing arrays, the biases of a layer without them); never read, so not filled."""
+    return xp_of().empty((1,) * ndim, dtype)
+
+
 def dev(a):
     """A view Numba can launch with. CuPy arrays are wrapped without the per-launch stream
     synchronisation Numba would otherwise do for a foreign array: everything runs on one stream.

@@ -181,9 +181,7 @@ def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     (hs, cs, gates, hn) and y."""
     geo, rev = s["geometry"], s["reverse"]
     T, B, H = y.shape
-    p3, _p2 = pointwise.placeholders(y.dtype)
-    pick = lambda a: p3 if a is None else a     # noqa: E731
-    arrays = (xw, s["hs"], pick(s["cs"]), pick(s["gates"]), pick(s["hn"]), w_hh, b_hh, s["lengths"], y)
+    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh)
     args = tuple(map(rt.dev, arrays))
     kern = rt.configure("step_forward", kernels["step_forward"],
                         *launch_config(H, B, (geo.step_h, geo.step_b)), stream)
@@ -197,10 +195,7 @@ def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
     gradients are left to the accumulation kernel."""
     geo, rev = s["geometry"], s["reverse"]
     T, B, H = dy.shape
-    p3, p2 = pointwise.placeholders(dy.dtype)
-    pick = lambda a: p3 if a is None else a     # noqa: E731
-    arrays = (dg_x, dg_h, w_hh, dy, dh, p2 if dc is None else dc, pick(s["gates"]), pick(s["cs"]),
-              pick(s["hn"]), s["hs"], s["lengths"])
+    arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_hh, dy, dh, dc)
     args = tuple(map(rt.dev, arrays))
     kern = rt.configure("step_backward", kernels["step_backward"],
                         *launch_config(H, B, (geo.step_h, geo.step_b)), stream)
