@@ -8,10 +8,12 @@ def shape_str(shape):
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def float_array(value, name, backend, dtype, shape=None, finite=True):
+def float_array(value, name, backend, dtype, shape=None, finite=True, copy=False):
     """``value`` as a backend array of ``dtype``, after checking its type, shape and values.
 
     ``shape`` may contain None for "any size"; floating inputs of another precision are cast.
+    ``copy``: the result never shares memory with ``value`` (for arrays a layer keeps for its
+    backward, which the caller may overwrite in between).
     """
     if value is None:
         raise ValueError(f"{name} is None; expected an array of shape {shape_str(shape)}")
@@ -28,7 +30,7 @@ def float_array(value, name, backend, dtype, shape=None, finite=True):
                         f"convert it, e.g. x.astype('{np.dtype(dtype).name}')")
     if shape is not None:
         check_shape(value, name, shape)
-    a = backend.asarray(value, dtype, name)
+    a = backend.asarray(value, dtype, name, copy=copy)
     if finite:
         check_finite(a, name, backend.xp)
     return a

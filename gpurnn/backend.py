@@ -55,16 +55,22 @@ class Backend:
     def on_gpu(self):
         return self.xp is not np
 
-    def asarray(self, a, dtype, name="array"):
-        """``a`` as a C-contiguous array of this backend; a no-copy view where it already is one."""
+    def asarray(self, a, dtype, name="array", copy=False):
+        """``a`` as a C-contiguous array of this backend: a no-copy view where it already is one,
+        or, with ``copy``, always memory of its own (one copy, the cast included), so that the
+        caller's later writes to ``a`` cannot reach it."""
         if self.on_gpu:
             if not hasattr(a, "__cuda_array_interface__") and _dlpack_on_gpu(a):
                 a = self.xp.from_dlpack(a)      # a GPU array known only through DLPack: no copy
+            if copy:
+                return self.xp.array(a, dtype=dtype, order="C", copy=True)
             return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
         if hasattr(a, "__cuda_array_interface__") and not cuda_simulated():
             raise ValueError(
                 f"{name} is a GPU array but this model runs on the {self.name!r} backend; "
                 f"copy it to the host first (e.g. cupy.asnumpy) or build the model with backend='cuda'")
+        if copy:
+            return np.array(a, dtype=dtype, order="C", copy=True)
         return np.ascontiguousarray(np.asarray(a), dtype=dtype)
 
     def to_host(self, a):

@@ -134,7 +134,8 @@ class RNNBase(Module):
     # ------------------------------------------------------------ forward
     def _forward(self, x, h0, c0, lengths):
         be, xp = self.backend, self.backend.xp
-        x = _checks.float_array(x, "x", be, self.dtype, shape=(None, None, self.input_size))
+        # copy: backward reads x (dW_ih), and the caller may write into its array in between
+        x = _checks.float_array(x, "x", be, self.dtype, shape=(None, None, self.input_size), copy=True)
         T, B, _ = x.shape
         if T == 0 or B == 0:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected at least one time step and one batch row")
@@ -292,7 +293,7 @@ class Linear(Module):
         """x: (..., in_features) -> (..., out_features)."""
         shape = np.shape(x) if not hasattr(x, "shape") else tuple(x.shape)
         x = _checks.float_array(x, "x", self.backend, self.dtype,
-                                shape=(None,) * (len(shape) - 1) + (self.in_features,))
+                                shape=(None,) * (len(shape) - 1) + (self.in_features,), copy=True)
         self._x = x
         y = x @ self.params["weight"].T
         if "bias" in self.params:

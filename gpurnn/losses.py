@@ -27,8 +27,9 @@ def _mask_weights(mask, shape, xp, dtype):
 def mse_loss(pred, target, mask=None):
     """Mean squared error, mean over all (or the masked) elements of (target - pred)².
 
-    pred, target: same shape; mask: same shape, 1 to count an element, 0 to drop it.
-    Returns (loss, dL/dpred).
+    pred, target: same shape; mask: same shape, non-negative weights (1 counts an element, 0 drops
+    it): loss = Σ w·(p - t)² / Σ w, the weighted mean of the squared errors.
+    Returns (loss, dL/dpred) = (loss, 2·w·(p - t) / Σ w).
     """
     xp = array_module(pred)
     if not hasattr(pred, "dtype") or pred.dtype.kind != "f":
@@ -41,13 +42,15 @@ def mse_loss(pred, target, mask=None):
     w = _mask_weights(mask, pred.shape, xp, pred.dtype)
     if w is None:
         count = diff.size
+        loss_sum = (diff.astype(np.float64) ** 2).sum()
+        wdiff = diff
     else:
-        diff = diff * w
         count = float(w.sum())
+        wdiff = diff * w
+        loss_sum = (wdiff.astype(np.float64) * diff).sum()      # Σ w·d², each term weighted once
     if count == 0:
         raise ValueError("mse_loss: the mask selects no element")
-    loss = float((diff.astype(np.float64) ** 2).sum() / count)   # ((t - p)²·w summed) / count
-    return loss, (2.0 / count) * diff
+    return float(loss_sum / count), (2.0 / count) * wdiff
 
 
 def cross_entropy(logits, targets, mask=None):

@@ -53,7 +53,7 @@ class Embedding(Module):
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
             raise ValueError(f"ids must lie in 0..{self.num_embeddings - 1}, "
                              f"got min {int(ids.min())}, max {int(ids.max())}")
-        self._ids = ids
+        self._ids = ids.copy()       # backward reads the ids; the caller may overwrite its array
         return self.params["weight"][ids]
 
     def backward(self, dy):

@@ -68,8 +68,10 @@ def rnn_tanh_backward(dh, h):
 
 @njit(inline="always")
 def rnn_relu_forward(a):
+    """max(a, 0) that keeps a NaN (as np.maximum and torch.relu do): a NaN fails every comparison,
+    so testing ``a <= 0`` rather than ``a > 0`` lets it through."""
     zero = like(a, 0.0)
-    return a if a > zero else zero
+    return zero if a <= zero else a
 
 
 @njit(inline="always")

@@ -7,7 +7,7 @@ kernels in Numba's simulator on tiny shapes.
 import numpy as np
 import pytest
 
-from conftest import CELLS, FAST_BACKENDS, SIMULATED, make_model, random_problem, run_model
+from conftest import CELLS, FAST_BACKENDS, SIMULATED, host, make_model, random_problem, run_model
 
 # (T, B, I, H, layers, bidirectional, lengths, bias)
 SHAPES = [
@@ -76,3 +76,62 @@ def test_backend_is_deterministic(backend, rng):
     a, b = run_model(m, **problem), run_model(m, **problem)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
+def test_writes_to_the_inputs_after_forward_do_not_change_the_gradients(backend, cell, rng):
+    """backward uses what forward saw, even when the caller overwrites x, h0, c0 or lengths in between."""
+    problem = random_problem(rng, cell, 5, 3, 4, 6, 2, 2, True)
+    inputs = {k: problem[k] for k in ("x", "h0", "c0", "lengths", "dy") if k in problem}
+    m = make_model(cell, 4, 6, 2, True, backend=backend, seed=2)
+    want = {k: v.copy() for k, v in run_model(m, **{k: v.copy() for k, v in inputs.items()}).items()}
+    m.zero_grad()
+    state = (inputs["h0"], inputs["c0"]) if cell == "lstm" else inputs["h0"]
+    m(inputs["x"], state, lengths=inputs["lengths"])
+    for key in ("x", "h0", "c0", "lengths"):
+        if key in inputs:
+            inputs[key][...] = 0 if key != "lengths" else 1
+    dx = m.backward(inputs["dy"])[0]
+    assert np.array_equal(host(dx), want["dx"])
+    for name, g in m.grads.items():
+        assert np.array_equal(host(g), want[f"grad/{name}"]), name
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_relu_keeps_a_nan_pre_activation(backend, dtype):
+    """relu(NaN) is NaN, as in the reference and torch: a diverged run must not look like zeros.
+
+    W_ih x overflows to inf in both units at the first step; at the second, W_hh h = inf - inf."""
+    m = make_model("rnn_relu", 1, 2, backend=backend, dtype=dtype)
+    sd = m.state_dict()
+    big = np.finfo(dtype).max
+    sd["weight_ih_l0"][:] = big
+    sd["weight_hh_l0"][:] = [[1, -1], [1, -1]]
+    sd["bias_ih_l0"][:] = sd["bias_hh_l0"][:] = 0
+    m.load_state_dict(sd)
+    with np.errstate(all="ignore"):
+        y, h_n = m(np.full((2, 1, 1), 10.0, dtype))
+    y = y.get() if hasattr(y, "get") else y
+    assert np.all(np.isinf(y[0])) and np.all(np.isnan(y[1])), y
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
+def test_linear_and_embedding_keep_their_own_copy_of_the_input(backend, rng):
+    from gpurnn import Linear
+    from gpurnn.model import Embedding
+    be = backend.split("-")[0]
+    lin = Linear(3, 2, backend=be, dtype="float64", seed=0)
+    x, dy = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    lin(x)
+    want = x.copy()
+    x[...] = 0
+    lin.backward(dy)
+    np.testing.assert_allclose(host(lin.grads["weight"]), dy.T @ want, rtol=1e-12)
+    emb = Embedding(5, 2, backend=be, dtype="float64", seed=0)
+    ids = np.array([[0, 1], [4, 4]])
+    emb(ids)
+    ids[...] = 2
+    emb.backward(np.ones((2, 2, 2)))
+    np.testing.assert_array_equal(host(emb.grads["weight"])[:, 0], [1, 1, 0, 0, 2])

@@ -193,3 +193,14 @@ def test_linear_matches_finite_differences(rng):
     np.testing.assert_allclose(dx, fd(f, x), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(lin.grads["weight"], fd(f, lin.params["weight"]), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(lin.grads["bias"], fd(f, lin.params["bias"]), rtol=1e-6, atol=1e-9)
+
+
+def test_mse_with_fractional_weights_is_the_weighted_mean_and_its_gradient_agrees(rng):
+    """Σ w·(p - t)² / Σ w, each term weighted once, in the loss and in its gradient."""
+    assert gpurnn.mse_loss(np.array([1.0]), np.array([0.0]), mask=np.array([0.5])) == (1.0, np.array([2.0]))
+    pred, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    w = rng.uniform(0, 2, (4, 3))
+    w[0, 0] = 0
+    loss, grad = gpurnn.mse_loss(pred, target, mask=w)
+    assert loss == pytest.approx((w * (pred - target) ** 2).sum() / w.sum(), rel=1e-12)
+    np.testing.assert_allclose(grad, fd(lambda: gpurnn.mse_loss(pred, target, w)[0], pred), rtol=1e-6, atol=1e-9)
