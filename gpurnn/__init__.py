@@ -3,11 +3,17 @@ custom Numba CUDA kernels and on any CPU through a Numba fallback."""
 
 try:
     from . import kernels as _kernels  # noqa: F401  (kernels/ is installed as gpurnn.kernels)
-except ModuleNotFoundError as e:
+except ImportError as e:
+    import importlib.util as _util
+    import os as _os
+
+    if _util.find_spec(__name__ + ".kernels") is not None:
+        raise                   # gpurnn.kernels exists and failed for its own reason (a dependency)
     raise ImportError(
-        "gpurnn.kernels was not found: this looks like an uninstalled source checkout of gpurnn, whose "
-        "kernels/ folder only becomes gpurnn.kernels when installed. Run `python -m pip install -e .` "
-        "in the checkout (or run from outside it).") from e
+        f"gpurnn.kernels was not found: Python imported gpurnn from {_os.path.dirname(__file__)}, a source "
+        "checkout whose kernels/ folder only becomes gpurnn.kernels when installed (the current folder "
+        "comes first on Python's path). Run from outside the checkout, or install it editable: "
+        "`python -m pip install -e .` in the checkout.") from e
 
 from .backend import BACKENDS, cuda_status, get_backend
 from .layers import GRU, LSTM, RNN, Linear, Module

@@ -45,6 +45,43 @@ def cuda_status():
     return True, "CUDA GPU"
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend asked for cannot run here (no GPU, no driver, a package missing)."""
+
+
+def available_memory(on_gpu=False):
+    """Bytes that an allocation could still get here: the GPU's free memory (``on_gpu``), or the
+    host's available memory (Linux's MemAvailable, else the physical memory), capped by the
+    process's address-space limit when one is set. None when it cannot be told."""
+    if on_gpu:
+        try:
+            return int(importlib.import_module("cupy").cuda.runtime.memGetInfo()[0])
+        except Exception:
+            return None
+    found = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if found is None:
+        try:
+            found = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            found = min(found, limit)
+    except (ImportError, ValueError, OSError):
+        pass
+    return found
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str           # "reference", "cpu" or "cuda"
@@ -96,7 +133,7 @@ def get_backend(name="auto"):
     if name == "cuda":
         usable, reason = cuda_status()
         if not usable:
-            raise RuntimeError(f"backend 'cuda' is not usable here: {reason}. Use backend='cpu' instead.")
+            raise BackendUnavailable(f"backend 'cuda' is not usable here: {reason}. Use backend='cpu' instead.")
         xp = np if cuda_simulated() else importlib.import_module("cupy")
         return Backend("cuda", xp, importlib.import_module("gpurnn.kernels.cuda"))
     return Backend(name, np, importlib.import_module(f"gpurnn.kernels.{name}"))

@@ -6,8 +6,9 @@
     gpurnn sample DIR [--length N] [--prime TEXT] [--temperature 0.8]
     gpurnn report DIR [DIR ...]
 
-A training run keeps three files in its folder: config.json (what was run), metrics.jsonl (one JSON
-line per logged step) and checkpoint.npz (everything needed to continue exactly).
+A training run keeps its files in a run folder (gpurnn/runs.py): config.json (what was run),
+metrics.jsonl (one JSON line per logged step), checkpoint.npz (everything needed to continue
+exactly) and .lock (held while a gpurnn train writes the folder).
 """
 
 import argparse
@@ -19,20 +20,13 @@ import time
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .backend import BackendUnavailable
+from .checkpoint import REMEDY, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .model import CELLS, OPTIMIZERS, NonFiniteError, Trainer, make_model
+from .runs import (DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, TASK_SEQ_LEN, MemoryTooSmall, RunBusy, RunLock,
+                   carry_metrics, check_config, check_memory, check_vocabulary, config_of_checkpoint,
+                   number_or, read_metrics, window_of)
 from .tasks import TASKS, CharLM, make_task
-
-# Everything that defines a run; None means "the task's or the optimiser's default".
-DEFAULTS = dict(task="adding", cell="lstm", hidden=64, layers=1, seq_len=None, batch=32, steps=2000,
-                optimizer="adam", lr=None, clip=1.0, tbptt=0, backend="auto", seed=0, text=None,
-                embed=None, init_scale=None, copy_len=10, log_every=10, eval_every=100, save_every=100,
-                eval_sequences=1000, dtype="float32")
-TASK_SEQ_LEN = {"adding": 50, "copy": 30, "charlm": 100}
-OPTIMIZER_LR = {"adam": 1e-2, "sgd": 0.1}
-# What may change when a run is resumed (lr and clip: the remedies for a run that diverged);
-# everything else must match the checkpoint.
-RESUME_OVERRIDES = ("steps", "lr", "clip", "backend", "log_every", "eval_every", "save_every")
 
 
 def main(argv=None):
@@ -134,37 +128,6 @@ def resolve_config(args):
     return cfg
 
 
-POSITIVE = ("hidden", "layers", "seq_len", "batch", "steps", "log_every", "eval_every", "save_every",
-            "eval_sequences", "copy_len")
-
-
-def check_config(cfg):
-    """A clear message for a flag out of range (None when all are fine)."""
-    for key in POSITIVE:
-        if cfg[key] < 1:
-            return f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}"
-    for key in ("clip", "tbptt"):
-        if cfg[key] < 0:
-            return f"--{key} must be >= 0 (0 turns it off), got {cfg[key]}"
-    if not cfg["lr"] > 0:
-        return f"--lr must be > 0, got {cfg['lr']}"
-    if cfg["embed"] is not None and cfg["embed"] < 1:
-        return f"--embed must be at least 1, got {cfg['embed']}"
-    return None
-
-
-def build_run(cfg):
-    """(task, trainer) for a config."""
-    task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
-    model = make_model(task, cfg["cell"], cfg["hidden"], cfg["layers"], embed_size=cfg["embed"],
-                       recurrent_scale=cfg.get("init_scale"), backend=cfg["backend"], dtype=cfg["dtype"],
-                       seed=cfg["seed"])
-    trainer = Trainer(model, task, optimizer=cfg["optimizer"], lr=cfg["lr"], clip=cfg["clip"],
-                      tbptt=cfg["tbptt"], batch_size=cfg["batch"], seed=cfg["seed"],
-                      eval_sequences=cfg["eval_sequences"])
-    return task, trainer
-
-
 def _default_out(cfg):
     base = os.path.join("runs", f"{cfg['task']}-{cfg['cell']}")
     out, n = base, 1
@@ -176,14 +139,14 @@ def _default_out(cfg):
 
 def cmd_train(args):
     limit_blas_threads(args.blas_threads)
+    ckpt, history = None, None
     if args.resume:
-        out = args.out or args.resume
         try:
             ckpt = load_checkpoint(os.path.join(args.resume, "checkpoint.npz"))
+            cfg = config_of_checkpoint(ckpt, os.path.join(args.resume, "checkpoint.npz"))
         except CheckpointError as e:
             print(f"gpurnn train: {e}", file=sys.stderr)
             return 1
-        cfg = dict(ckpt["config"])
         for key in DEFAULTS:
             value = getattr(args, key, None)
             if value is None:
@@ -195,69 +158,149 @@ def cmd_train(args):
                       f"{cfg.get(key)}; leave it out to resume (only {', '.join(RESUME_OVERRIDES)} may change)",
                       file=sys.stderr)
                 return 2
+        if cfg["steps"] <= ckpt["step"]:
+            what = "already finished" if cfg["steps"] == ckpt["step"] else "already past that"
+            print(f"gpurnn train: the run in {args.resume} is at step {ckpt['step']}, {what} (--steps "
+                  f"{cfg['steps']}); give --steps above {ckpt['step']} to train further. Nothing was changed.",
+                  file=sys.stderr)
+            return 2 if cfg["steps"] < ckpt["step"] else 0
+        out = args.out or args.resume
+        if not _same_folder(out, args.resume):
+            history = os.path.join(args.resume, "metrics.jsonl")
     else:
         cfg = resolve_config(args)
         out = args.out or _default_out(cfg)
-        if os.path.exists(os.path.join(out, "checkpoint.npz")):
-            print(f"gpurnn train: {out} already holds a run (checkpoint.npz); continue it with "
-                  f"--resume {out}, or choose another --out", file=sys.stderr)
-            return 2
-        ckpt = None
     problem = check_config(cfg)
     if problem:
         print(f"gpurnn train: {problem}", file=sys.stderr)
         return 2
     try:
-        return train(cfg, out, ckpt, progress=not args.no_progress)
-    except KeyboardInterrupt:       # a second Ctrl-C: stop now; the last checkpoint written is intact
-        print(f"\ngpurnn train: stopped at once; {out}/checkpoint.npz holds the last saved step", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, OSError) as e:
+        task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
+        if ckpt is not None and isinstance(task, CharLM):
+            check_vocabulary(task, ckpt, args.resume)
+        check_memory(task, cfg)              # before anything is allocated or written
+        with RunLock(out):
+            problem = _out_problem(out, args, ckpt, history)
+            if problem:
+                print(f"gpurnn train: {problem}", file=sys.stderr)
+                return 2
+            return train(cfg, out, ckpt, progress=not args.no_progress, history=history, task=task)
+    except RunBusy as e:
         print(f"gpurnn train: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:       # a second Ctrl-C: stop now; the last checkpoint written is intact
+        ckpt_path = os.path.join(out, "checkpoint.npz")
+        if os.path.exists(ckpt_path):
+            print(f"\ngpurnn train: stopped at once; {ckpt_path} holds the last saved step. Continue with: "
+                  f"gpurnn train --resume {out}", file=sys.stderr)
+        else:
+            print("\ngpurnn train: stopped at once, before the first checkpoint: nothing was saved; "
+                  "run the same command again to start over", file=sys.stderr)
+        return 130
+    except BackendUnavailable as e:
+        print(f"gpurnn train: {e}".replace("backend='cpu'", "--backend cpu"), file=sys.stderr)
+        return 2
+    except (MemoryTooSmall, ValueError, TypeError, OSError) as e:
+        print(f"gpurnn train: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("gpurnn train: out of memory; use a smaller --hidden, --layers, --batch or --eval-sequences",
+              file=sys.stderr)
         return 2
 
 
+def _same_folder(a, b):
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _out_problem(out, args, ckpt, history):
+    """Why ``out`` may not take this run (None when it may); called while holding its lock."""
+    if ckpt is None:
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            return (f"{out} already holds a run (checkpoint.npz); continue it with --resume {out}, "
+                    f"or choose another --out")
+    elif history is not None:
+        taken = sorted(n for n in os.listdir(out) if n != RunLock.NAME)
+        if taken:
+            return (f"--out {out} is not empty (it holds {', '.join(taken[:4])}); a resumed run continues "
+                    f"in its own folder, or in a new or empty one: choose another --out")
+    return None
+
+
 class _StopFlag:
-    """The first Ctrl-C asks the loop to stop after the current step; a second one stops at once."""
+    """The first Ctrl-C (SIGINT), SIGTERM or SIGHUP asks the loop to stop after the current step; a
+    second one stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested = None          # the signal's name once one has arrived
+        self._previous = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:       # not the main thread: Ctrl-C cannot reach this loop anyway
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:       # not the main thread: no signal can reach this loop anyway
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.requested = signal.Signals(signum).name
+        for sig in self._previous:
+            signal.signal(sig, _interrupt_now)
+
+    @property
+    def status(self):
+        """The exit status for the signal received: 128 + its number (130 for Ctrl-C)."""
+        return 128 + int(getattr(signal, self.requested))
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
 
 
-def train(cfg, out, ckpt=None, progress=True, log=None):
+def _interrupt_now(signum, frame):
+    raise KeyboardInterrupt
+
+
+def train(cfg, out, ckpt=None, progress=True, log=None, history=None, task=None):
     """Run (or continue, from the loaded checkpoint ``ckpt``) the training described by ``cfg``,
-    keeping ``out``/config.json, metrics.jsonl and checkpoint.npz current. Returns the exit status:
-    0 done, 1 stopped on a non-finite value, 130 stopped by Ctrl-C."""
+    keeping ``out``/config.json, metrics.jsonl and checkpoint.npz current (``history``: the
+    metrics.jsonl of the resumed run when it continues in a new folder; ``task``: the task of
+    ``cfg``, when the caller has made it already). Returns the exit status:
+    0 done, 1 stopped on a non-finite value, 128 + the signal's number when stopped by Ctrl-C
+    (130), SIGTERM (143) or SIGHUP (129). Raises MemoryTooSmall, before allocating, for a
+    configuration that cannot fit here."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    with _StopFlag() as stop:
+        return _train(cfg, out, ckpt, progress, log, history, stop, task)
+
+
+def _train(cfg, out, ckpt, progress, log, history, stop, task):
     from tqdm import tqdm
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    task, trainer = build_run(cfg)
-    elapsed0 = 0.0
+    if task is None:
+        task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
+        if ckpt is not None and isinstance(task, CharLM):
+            check_vocabulary(task, ckpt, out)
+        check_memory(task, cfg)
+    trainer = build_trainer(task, cfg)
     os.makedirs(out, exist_ok=True)
+    removed = remove_stale_temporaries(out)
+    if removed:
+        log(f"gpurnn train: removed {len(removed)} temporary file(s) of checkpoint writes that were killed "
+            f"({', '.join(removed[:3])})")
     metrics_path = os.path.join(out, "metrics.jsonl")
     ckpt_path = os.path.join(out, "checkpoint.npz")
+    elapsed0, window = 0.0, dict(loss=0.0, metric=0.0, n=0, gmax=0.0)
     if ckpt is not None:
         trainer.load_state(ckpt)
         trainer.opt.lr = float(cfg["lr"])          # the checkpoint's, unless --lr changed it
-        elapsed0 = float(ckpt["extra"].get("elapsed", 0.0))
-        _truncate_metrics(metrics_path, trainer.step)
+        elapsed0 = number_or(ckpt["extra"].get("elapsed", 0.0))
+        window.update(window_of(ckpt["extra"].get("window")))
+        carry_metrics(history or metrics_path, metrics_path, trainer.step, log)
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -267,9 +310,11 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
     extra = {"task": task.config()}
     if isinstance(task, CharLM):
         extra["vocab"] = task.chars
+        extra["text_sha256"] = task.text_sha256
 
     def save():
         extra["elapsed"] = elapsed0 + (time.perf_counter() - t0)
+        extra["window"] = {k: window[k] for k in ("loss", "metric", "n", "gmax")}   # the open log line
         save_checkpoint(ckpt_path, trainer.state(), cfg, extra)
 
     metric = task.metric
@@ -277,16 +322,16 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
     log(f"model: {trainer.model!r}, {trainer.model.num_parameters():,} parameters; "
         f"{cfg['optimizer']} lr {cfg['lr']:g}, clip {cfg['clip'] or 'off'}, "
         f"{'truncated BPTT k=' + str(trainer.tbptt) if trainer.tbptt else 'full BPTT'}; run folder {out}")
-    steps = int(cfg["steps"])
+    steps, first = int(cfg["steps"]), trainer.step
     t0 = time.perf_counter()
-    window = dict(loss=0.0, metric=0.0, n=0, t=t0, gmax=0.0)
+    window.update(t=t0, timed=0)          # the sequences-per-second window: this process's steps only
     status, last = 0, None
     bar = tqdm(total=steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True,
                file=sys.stderr)
-    with _StopFlag() as stop, open(metrics_path, "a") as metrics:
+    with open(metrics_path, "a") as metrics:
         while trainer.step < steps:
             if stop.requested:
-                status = 130
+                status = stop.status
                 break
             try:
                 loss, m, norm = trainer.train_step()
@@ -302,6 +347,7 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
             window["loss"] += loss
             window["metric"] += m
             window["n"] += 1
+            window["timed"] += 1
             window["gmax"] = max(window["gmax"], norm)
             bar.update(1)
             if step % cfg["log_every"] == 0 or step == steps:
@@ -310,7 +356,7 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
                        "metric": window["metric"] / window["n"], "grad_norm": norm,
                        "grad_norm_max": window["gmax"],
                        "elapsed": round(elapsed0 + now - t0, 3),
-                       "sequences_per_s": round(window["n"] * cfg["batch"] / max(now - window["t"], 1e-9), 1)}
+                       "sequences_per_s": round(window["timed"] * cfg["batch"] / max(now - window["t"], 1e-9), 1)}
                 if step % cfg["eval_every"] == 0 or step == steps:
                     rec["eval_loss"], rec["eval_metric"] = trainer.evaluate()
                     last = rec
@@ -321,13 +367,19 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
                 if last is not None:
                     postfix += f", eval {metric} {last['eval_metric']:.4f}"
                 bar.set_postfix_str(postfix, refresh=False)
-                window = dict(loss=0.0, metric=0.0, n=0, t=time.perf_counter(), gmax=0.0)
+                window = dict(loss=0.0, metric=0.0, n=0, gmax=0.0, t=time.perf_counter(), timed=0)
             if step % cfg["save_every"] == 0:
                 save()
-        save()
+        if trainer.step > first or not os.path.exists(ckpt_path):
+            if status and trainer.step == first and ckpt is None:
+                bar.close()
+                log(f"gpurnn train: interrupted ({stop.requested}) before the first step; nothing was saved. "
+                    f"Run the same command again to start.")
+                return status
+            save()
     bar.close()
-    if status == 130:
-        log(f"gpurnn train: interrupted; step {trainer.step} saved in {ckpt_path}. "
+    if status:
+        log(f"gpurnn train: interrupted ({stop.requested}); step {trainer.step} saved in {ckpt_path}. "
             f"Continue with: gpurnn train --resume {out}")
         return status
     if last is None or last["step"] != trainer.step:
@@ -339,14 +391,19 @@ def train(cfg, out, ckpt=None, progress=True, log=None):
     return status
 
 
-def _truncate_metrics(path, step):
-    """Drop the lines logged after the checkpoint being resumed, so that the file reads as one run."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+def build_run(cfg):
+    """(task, trainer) for a config."""
+    task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
+    return task, build_trainer(task, cfg)
+
+
+def build_trainer(task, cfg):
+    model = make_model(task, cfg["cell"], cfg["hidden"], cfg["layers"], embed_size=cfg["embed"],
+                       recurrent_scale=cfg.get("init_scale"), backend=cfg["backend"], dtype=cfg["dtype"],
+                       seed=cfg["seed"])
+    return Trainer(model, task, optimizer=cfg["optimizer"], lr=cfg["lr"], clip=cfg["clip"],
+                   tbptt=cfg["tbptt"], batch_size=cfg["batch"], seed=cfg["seed"],
+                   eval_sequences=cfg["eval_sequences"])
 
 
 def limit_blas_threads(n):
@@ -377,17 +434,20 @@ def cmd_grads(args):
         print(f"gpurnn grads: --scales must be comma-separated numbers, got {args.scales!r}", file=sys.stderr)
         return 2
     results = []
-    for cell in cells:
-        for scale in scales:
-            results.append(grad_norms_through_time(cell, args.seq_len, scale, hidden_size=args.hidden,
-                                                   batch_size=args.batch, seed=args.seed, backend=args.backend))
-    for run in args.run:
-        try:
+    try:
+        for cell in cells:
+            for scale in scales:
+                results.append(grad_norms_through_time(cell, args.seq_len, scale, hidden_size=args.hidden,
+                                                       batch_size=args.batch, seed=args.seed, backend=args.backend))
+        for run in args.run:
             results.append(grad_norms_of_run(run, args.seq_len, batch_size=args.batch, seed=args.seed,
                                              backend=args.backend))
-        except CheckpointError as e:
-            print(f"gpurnn grads: {e}", file=sys.stderr)
-            return 1
+    except CheckpointError as e:
+        print(f"gpurnn grads: {e}", file=sys.stderr)
+        return 1
+    except BackendUnavailable as e:
+        print(f"gpurnn grads: {e}".replace("backend='cpu'", "--backend cpu"), file=sys.stderr)
+        return 2
     if not results:
         print("gpurnn grads: nothing to measure (give --cell and --scales, or --run)", file=sys.stderr)
         return 2
@@ -413,22 +473,33 @@ def cmd_sample(args):
     path = args.run if args.run.endswith(".npz") else os.path.join(args.run, "checkpoint.npz")
     try:
         ckpt = load_checkpoint(path)
+        cfg = config_of_checkpoint(ckpt, path)
     except CheckpointError as e:
         print(f"gpurnn sample: {e}", file=sys.stderr)
         return 1
-    cfg = ckpt["config"]
     vocab = ckpt["extra"].get("vocab")
-    if cfg.get("task") != "charlm" or not vocab:
-        print(f"gpurnn sample: {path} was trained on task {cfg.get('task')!r}; sampling needs a charlm run",
+    if cfg["task"] != "charlm":
+        print(f"gpurnn sample: {path} was trained on task {cfg['task']!r}; sampling needs a charlm run",
               file=sys.stderr)
         return 2
+    if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
+        print(f"gpurnn sample: checkpoint {path}: extra field 'vocab' must be a string of distinct characters; "
+              f"{REMEDY}", file=sys.stderr)
+        return 1
     if args.temperature <= 0:
         print("gpurnn sample: --temperature must be > 0", file=sys.stderr)
         return 2
     from .model import SequenceModel
-    model = SequenceModel(cfg["cell"], cfg["hidden"], len(vocab), vocab_size=len(vocab), embed_size=cfg["embed"],
-                          num_layers=cfg["layers"], backend=args.backend, dtype=cfg["dtype"], seed=cfg["seed"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = SequenceModel(cfg["cell"], cfg["hidden"], len(vocab), vocab_size=len(vocab), embed_size=cfg["embed"],
+                              num_layers=cfg["layers"], backend=args.backend, dtype=cfg["dtype"], seed=cfg["seed"])
+        model.load_state_dict(ckpt["model"])
+    except BackendUnavailable as e:
+        print(f"gpurnn sample: {e}".replace("backend='cpu'", "--backend cpu"), file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"gpurnn sample: checkpoint {path} does not fit its own config ({e}); {REMEDY}", file=sys.stderr)
+        return 1
     try:
         text = sample_text(model, vocab, args.prime, args.length, args.temperature, args.seed)
     except ValueError as e:
@@ -461,42 +532,71 @@ def sample_text(model, vocab, prime, length, temperature=1.0, seed=0):
 # ---------------------------------------------------------------- report
 def cmd_report(args):
     """One Markdown row per configuration, its seeds side by side: the held-out metric at the last
-    evaluation (or where training stopped) and the largest gradient norm seen before clipping."""
+    evaluation (or where training stopped) and the largest gradient norm seen before clipping.
+
+    A run that has not reached its last step shows where it is ("step 500 of 2000, unfinished") and,
+    like a diverged one, leaves the row's mean out; two runs of one configuration and seed (a copy,
+    or a rerun) are both listed with their folders, and the mean counts the seed once (the first
+    given)."""
     rows = {}
     for run in args.runs:
         try:
             with open(os.path.join(run, "config.json")) as f:
                 cfg = json.load(f)
-            with open(os.path.join(run, "metrics.jsonl")) as f:
-                recs = [json.loads(line) for line in f if line.strip()]
-        except (OSError, ValueError) as e:
-            print(f"gpurnn report: skipping {run}: {e}", file=sys.stderr)
+            recs = read_metrics(os.path.join(run, "metrics.jsonl"),
+                                warn=lambda m: print(f"gpurnn report: warning: {m}", file=sys.stderr))
+            key = tuple((k, cfg[k]) for k in ("task", "cell", "init_scale", "seq_len", "hidden", "steps",
+                                              "optimizer", "lr", "clip"))
+            seed = cfg["seed"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"gpurnn report: skipping {run}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
         evals = [r for r in recs if "eval_metric" in r]
         final = evals[-1] if evals else None
         gmax = max((r.get("grad_norm_max", r.get("grad_norm", 0.0)) for r in recs if "stopped" not in r),
                    default=0.0)
-        key = tuple((k, cfg.get(k)) for k in ("task", "cell", "init_scale", "seq_len", "hidden", "steps",
-                                              "optimizer", "lr", "clip"))
+        reached = max((r["step"] for r in recs if "stopped" not in r), default=0)
+        try:                              # the checkpoint knows the step even between log lines
+            reached = max(reached, load_checkpoint(os.path.join(run, "checkpoint.npz"))["step"])
+        except CheckpointError:
+            pass
         if recs and "stopped" in recs[-1]:
             value, final = f"diverged at step {recs[-1]['step']}", None
+        elif reached < cfg["steps"]:
+            shown = "" if final is None else f"{_metric(final['eval_metric'])} at "
+            value, final = f"{shown}step {reached} of {cfg['steps']}, unfinished", None
         else:
-            value = "—" if final is None else f"{final['eval_metric']:.4f}"
-        rows.setdefault(key, []).append((cfg["seed"], value, final, gmax))
+            value = "—" if final is None else _metric(final["eval_metric"])
+        rows.setdefault(key, []).append((seed, value, final, gmax, run))
     print("| task | cell | T | hidden | steps | optimizer, lr | clip | held-out metric, per seed | mean "
           "| largest gradient norm |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+
     def order(key):
         k = dict(key)
-        return (k["task"], k["seq_len"], CELLS.index(k["cell"]), k["init_scale"] or 0, k["clip"] or 0)
+        return (k["task"], k["seq_len"], CELLS.index(k["cell"]) if k["cell"] in CELLS else len(CELLS),
+                k["init_scale"] or 0, k["clip"] or 0)
     for key, runs in sorted(rows.items(), key=lambda kv: order(kv[0])):
         k = dict(key)
         runs.sort(key=lambda r: r[0])
-        per_seed = ", ".join(f"{v} (seed {s})" for s, v, _, _ in runs)
-        finals = [r[2]["eval_metric"] for r in runs if r[2] is not None]
-        mean = f"{sum(finals) / len(finals):.4f}" if len(finals) == len(runs) else "—"
+        seeds = [r[0] for r in runs]
+        repeated = {s for s in seeds if seeds.count(s) > 1}
+        if repeated:
+            print(f"gpurnn report: warning: runs {', '.join(r[4] for r in runs if r[0] in repeated)} have the same "
+                  f"configuration and seed; the mean counts each seed once", file=sys.stderr)
+        per_seed = ", ".join(f"{v} (seed {s}{', ' + run if s in repeated else ''})" for s, v, _, _, run in runs)
+        once = {}
+        for s, _, final, _, _ in runs:
+            once.setdefault(s, final)
+        finals = [f["eval_metric"] for f in once.values() if f is not None]
+        mean = _metric(sum(finals) / len(finals)) if finals and len(finals) == len(once) else "—"
         cell = k["cell"] + ("" if k["init_scale"] is None else f", W_hh scale {k['init_scale']:g}")
         print(f"| {k['task']} | {cell} | {k['seq_len']} | {k['hidden']} | {k['steps']} | "
               f"{k['optimizer']} {k['lr']:g} | {k['clip'] or 'off'} | {per_seed} | {mean} | "
               f"{max(r[3] for r in runs):.3g} |")
     return 0
+
+
+def _metric(v):
+    """Four decimals, or three significant digits where four decimals would show nothing (2.1e-05)."""
+    return f"{v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3g}"

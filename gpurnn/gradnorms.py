@@ -63,10 +63,12 @@ def grad_norms_of_run(run_dir, seq_len=None, batch_size=16, seed=0, backend="aut
 
     from .checkpoint import load_checkpoint
     from .model import SequenceModel
+    from .runs import config_of_checkpoint
     from .tasks import make_task
 
-    ckpt = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
-    cfg = ckpt["config"]
+    path = os.path.join(run_dir, "checkpoint.npz")
+    ckpt = load_checkpoint(path)
+    cfg = config_of_checkpoint(ckpt, path)
     T = int(seq_len or cfg["seq_len"])
     if cfg["task"] == "charlm":
         vocab = ckpt["extra"]["vocab"]

@@ -192,6 +192,51 @@ def make_model(task, cell="lstm", hidden_size=64, num_layers=1, embed_size=None,
                          recurrent_scale=recurrent_scale, backend=backend, dtype=dtype, seed=seed, **kw)
 
 
+def training_memory(task, cell, hidden_size, num_layers=1, embed_size=None, batch_size=32, optimizer="adam",
+                    eval_sequences=512, dtype="float32", tbptt=None, eval_batch=500):
+    """An estimate, in bytes, of the memory a Trainer of this configuration needs at its peak, by
+    part, ``{"weights": ..., "activations": ..., "held_out": ..., "peak": ...}``, the peak being the
+    weights, the held-out set, and the larger of a training step and an evaluation. It counts the arrays the code
+    allocates (weights, gradients, optimiser state and the copy that undoes a non-finite step; one
+    training step's saved activations and the backward's work arrays; the held-out set and the
+    activations of one evaluation batch), to tell a configuration that cannot fit before allocating
+    anything, not to the byte.
+    """
+    s = np.dtype(dtype).itemsize
+    G = 4 if cell == "lstm" else 3 if cell == "gru" else 1
+    H, L, O, T = int(hidden_size), int(num_layers), int(task.output_size), int(task.seq_len)
+    B, K = int(batch_size), min(int(tbptt or task.seq_len), T)
+    if task.tokens:
+        E = int(embed_size or H)
+        stage = task.input_size * E
+    else:
+        E = int(embed_size) if embed_size else task.input_size
+        stage = (task.input_size * E + E) if embed_size else 0
+    inputs = [E] + [H] * (L - 1)
+    params = stage + sum(G * H * (i + H) + 2 * G * H for i in inputs) + H * O + O
+    slots = 2 if optimizer == "adam" else 0
+    weights = params * s * (3 + 2 * slots)          # params, grads, slots; a snapshot of params and slots
+
+    saves_gates = G if cell in ("lstm", "gru") else 0
+
+    def forward(rows, steps):
+        """What one forward over all layers keeps for backward (each layer's input, states, gates,
+        cells or candidates), plus one layer's input projection and the output."""
+        return s * rows * steps * (sum(i + 2 * H + saves_gates * H for i in inputs) + G * H + H)
+
+    # A forward's saved arrays live until the next forward has replaced them: two at a peak.
+    per_step_io = 4 * (task.input_size if not task.tokens else 2) + 4 * O + 4      # host batch arrays
+    head = s * K * B * (4 * O + 2 * H + (task.input_size if task.tokens else 0))   # logits, grads, one-hot
+    activations = 2 * forward(B, K) + s * K * B * (2 * G * H + H + max(inputs)) + head + 4 * T * B * per_step_io
+    n_eval = int(eval_sequences)
+    rows = min(eval_batch, n_eval)
+    eval_set = n_eval * T * per_step_io                      # kept from the first evaluation on
+    # evaluation runs in the same segments; before its first one, the training step's are still alive
+    evaluation = forward(rows, K) + forward(rows if n_eval > rows or K < T else B, K) + s * K * rows * 3 * O
+    return {"weights": weights, "activations": activations, "held_out": eval_set + evaluation,
+            "peak": weights + eval_set + max(activations, evaluation)}
+
+
 def make_optimizer(name, modules, lr):
     if name == "adam":
         return Adam(modules, lr=lr)

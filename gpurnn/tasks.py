@@ -24,6 +24,7 @@ The loss is the mean over the scored steps (``task.loss`` is "mse" or "cross_ent
             character; the baseline is the entropy of the character frequencies (a unigram model).
 """
 
+import hashlib
 import importlib
 import inspect
 import math
@@ -160,6 +161,7 @@ class CharLM(Task):
                 with open(self.text_path, encoding="utf-8") as f:
                     text = f.read()
         self.text = text
+        self.text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()   # tells an edited text on resume
         self.chars = "".join(sorted(set(text)))
         self.input_size = self.output_size = len(self.chars)
         index = {c: i for i, c in enumerate(self.chars)}
