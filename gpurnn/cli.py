@@ -23,7 +23,7 @@ import numpy as np
 from .backend import BackendUnavailable
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .model import CELLS, OPTIMIZERS, NonFiniteError, Trainer, make_model
-from .runs import (DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, TASK_SEQ_LEN, MemoryTooSmall, RunBusy, RunLock,
+from .runs import (DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, TASK_SEQ_LEN, RunBusy, RunLock,
                    carry_metrics, check_config, check_memory, check_vocabulary, config_of_checkpoint,
                    number_or, read_metrics, window_of)
 from .tasks import TASKS, CharLM, make_task
@@ -180,7 +180,7 @@ def cmd_train(args):
             check_vocabulary(task, ckpt, args.resume)
         check_memory(task, cfg)              # before anything is allocated or written
         with RunLock(out):
-            problem = _out_problem(out, args, ckpt, history)
+            problem = _out_problem(out, ckpt, history)
             if problem:
                 print(f"gpurnn train: {problem}", file=sys.stderr)
                 return 2
@@ -200,7 +200,7 @@ def cmd_train(args):
     except BackendUnavailable as e:
         print(f"gpurnn train: {e}".replace("backend='cpu'", "--backend cpu"), file=sys.stderr)
         return 2
-    except (MemoryTooSmall, ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError) as e:       # MemoryTooSmall is a ValueError
         print(f"gpurnn train: {e}", file=sys.stderr)
         return 2
     except MemoryError:
@@ -213,7 +213,7 @@ def _same_folder(a, b):
     return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _out_problem(out, args, ckpt, history):
+def _out_problem(out, ckpt, history):
     """Why ``out`` may not take this run (None when it may); called while holding its lock."""
     if ckpt is None:
         if os.path.exists(os.path.join(out, "checkpoint.npz")):
@@ -257,7 +257,7 @@ class _StopFlag:
 
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)   # None: set outside Python
         return False
 
 
@@ -370,12 +370,12 @@ def _train(cfg, out, ckpt, progress, log, history, stop, task):
                 window = dict(loss=0.0, metric=0.0, n=0, gmax=0.0, t=time.perf_counter(), timed=0)
             if step % cfg["save_every"] == 0:
                 save()
+        if status and trainer.step == first and ckpt is None:
+            bar.close()
+            log(f"gpurnn train: interrupted ({stop.requested}) before the first step; nothing was saved. "
+                f"Run the same command again to start.")
+            return status
         if trainer.step > first or not os.path.exists(ckpt_path):
-            if status and trainer.step == first and ckpt is None:
-                bar.close()
-                log(f"gpurnn train: interrupted ({stop.requested}) before the first step; nothing was saved. "
-                    f"Run the same command again to start.")
-                return status
             save()
     bar.close()
     if status:
