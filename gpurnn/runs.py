@@ -153,7 +153,6 @@ except ImportError:            # Windows
         msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-
 class MemoryTooSmall(ValueError):
     """The configuration needs more memory than this machine has available."""
 

@@ -312,3 +312,28 @@ def test_importing_an_uninstalled_checkout_says_what_to_do(tmp_path):
                           text=True)
     assert done.returncode == 1
     assert "gpurnn.kernels was not found" in done.stderr and "pip install -e ." in done.stderr
+
+
+@pytest.mark.parametrize("field, value, message", [("hidden", "64", "config field 'hidden' must be int, got '64'"),
+                                                   ("cell", "lstm2", "config field 'cell' must be one of"),
+                                                   ("lr", None, "config field 'lr' must be float, got None"),
+                                                   ("batch", 0, "--batch must be at least 1")])
+def test_a_crafted_config_in_a_checkpoint_is_refused_naming_the_field(tmp_path, capsys, field, value, message):
+    """The checkpoint's checksum is recomputed, as anyone can: the config itself must be checked."""
+    from gpurnn import checkpoint as ck
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "2") == 0
+    with np.load(out / "checkpoint.npz") as f:
+        arrays = {k: f[k] for k in f.files if k != "checksum"}
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    meta["config"][field] = value
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays["checksum"] = np.frombuffer(ck._digest(arrays).encode(), dtype=np.uint8)
+    np.savez(out / "checkpoint.npz", **arrays)
+    capsys.readouterr()
+    for command in (["train", "--resume", str(out), "--steps", "4", "--no-progress"],
+                    ["grads", "--run", str(out), "--out", str(tmp_path / "g")],
+                    ["sample", str(out)]):
+        assert cli.main(command) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, command
