@@ -272,7 +272,7 @@ def train(cfg, out, ckpt=None, progress=True, log=None, history=None, task=None)
     ``cfg``, when the caller has made it already). Returns the exit status:
     0 done, 1 stopped on a non-finite value, 128 + the signal's number when stopped by Ctrl-C
     (130), SIGTERM (143) or SIGHUP (129). Raises MemoryTooSmall, before allocating, for a
-    configuration that cannot fit here."""
+    configuration that cannot fit here. The caller holds the folder's RunLock (cmd_train does)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     with _StopFlag() as stop:
         return _train(cfg, out, ckpt, progress, log, history, stop, task)
@@ -391,13 +391,8 @@ def _train(cfg, out, ckpt, progress, log, history, stop, task):
     return status
 
 
-def build_run(cfg):
-    """(task, trainer) for a config."""
-    task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
-    return task, build_trainer(task, cfg)
-
-
 def build_trainer(task, cfg):
+    """The Trainer (and its model) of a config, for its task."""
     model = make_model(task, cfg["cell"], cfg["hidden"], cfg["layers"], embed_size=cfg["embed"],
                        recurrent_scale=cfg.get("init_scale"), backend=cfg["backend"], dtype=cfg["dtype"],
                        seed=cfg["seed"])
@@ -545,9 +540,11 @@ def cmd_report(args):
                 cfg = json.load(f)
             recs = read_metrics(os.path.join(run, "metrics.jsonl"),
                                 warn=lambda m: print(f"gpurnn report: warning: {m}", file=sys.stderr))
-            key = tuple((k, cfg[k]) for k in ("task", "cell", "init_scale", "seq_len", "hidden", "steps",
-                                              "optimizer", "lr", "clip"))
-            seed = cfg["seed"]
+            kinds = dict(task=str, cell=str, init_scale=float, seq_len=int, hidden=int, steps=int, optimizer=str,
+                         lr=float, clip=float)       # a hand-edited config.json fails here, not below
+            key = tuple((k, None if k in ("init_scale", "clip") and cfg.get(k) is None else kind(cfg[k]))
+                        for k, kind in kinds.items())
+            seed = int(cfg["seed"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"gpurnn report: skipping {run}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
@@ -562,9 +559,9 @@ def cmd_report(args):
             pass
         if recs and "stopped" in recs[-1]:
             value, final = f"diverged at step {recs[-1]['step']}", None
-        elif reached < cfg["steps"]:
+        elif reached < dict(key)["steps"]:
             shown = "" if final is None else f"{_metric(final['eval_metric'])} at "
-            value, final = f"{shown}step {reached} of {cfg['steps']}, unfinished", None
+            value, final = f"{shown}step {reached} of {dict(key)['steps']}, unfinished", None
         else:
             value = "—" if final is None else _metric(final["eval_metric"])
         rows.setdefault(key, []).append((seed, value, final, gmax, run))
