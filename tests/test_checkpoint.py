@@ -1,10 +1,15 @@
-"""Checkpoints: round trip, atomic writes, and a clear error on any damage."""
+"""Checkpoints: round trip, atomic writes, and a clear CheckpointError on any damage or crafted file."""
 
+import io
+import json
 import os
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
 
+from gpurnn import checkpoint as ck_module
 from gpurnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gpurnn.model import Trainer, make_model
 from gpurnn.tasks import Adding
@@ -113,14 +118,6 @@ def test_missing_or_foreign_files_are_clear_errors(tmp_path):
 # ---------------------------------------------------------------- crafted and damaged files
 # The checksum is integrity, not authenticity: each file below carries a valid checksum (or none is
 # reached), and must still be refused with a CheckpointError, without reading more than it holds.
-import io
-import json
-import tracemalloc
-import zipfile
-
-from gpurnn import checkpoint as ck_module
-
-
 def _valid(tmp_path):
     path = tmp_path / "checkpoint.npz"
     save_checkpoint(path, _trained(steps=1).state(), config={"cell": "lstm"}, extra={"elapsed": 1.0})
