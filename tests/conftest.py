@@ -116,3 +116,31 @@ class FakeStream:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------- the gpurnn command, in-process
+TINY_RUN = ["--hidden", "8", "--seq-len", "6", "--batch", "4", "--eval-sequences", "16", "--backend", "cpu",
+            "--no-progress"]
+
+
+def train_tiny(out, *extra):
+    """``gpurnn train`` of a tiny adding run into ``out``; returns the exit status."""
+    from gpurnn import cli
+    return cli.main(["train", *TINY_RUN, "--out", str(out), *extra])
+
+
+def train_charlm(text, out, steps, chars="abcabcabd "):
+    """``gpurnn train`` of a tiny charlm run on ``chars`` * 50, written to ``text``; returns the exit status."""
+    from gpurnn import cli
+    text.write_text(chars * 50, encoding="utf-8")
+    return cli.main(["train", "--task", "charlm", "--text", str(text), "--hidden", "8", "--seq-len", "8",
+                     "--batch", "4", "--steps", str(steps), "--eval-sequences", "8", "--backend", "cpu",
+                     "--no-progress", "--out", str(out)])
+
+
+def run_metrics(out):
+    """The records of a run folder's metrics.jsonl."""
+    import json
+    import os
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]

@@ -13,26 +13,15 @@ from gpurnn import cli
 from gpurnn.checkpoint import load_checkpoint
 from gpurnn.model import Trainer
 
-TINY = ["--hidden", "8", "--seq-len", "6", "--batch", "4", "--eval-sequences", "16", "--backend", "cpu",
-        "--no-progress"]
-
-
-def _train(out, *extra):
-    return cli.main(["train", *TINY, "--out", str(out), *extra])
-
-
-def _metrics(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
+from conftest import run_metrics, train_charlm, train_tiny
 
 def test_train_writes_config_metrics_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "12", "--log-every", "3", "--eval-every", "6", "--cell", "gru") == 0
+    assert train_tiny(out, "--steps", "12", "--log-every", "3", "--eval-every", "6", "--cell", "gru") == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["task"] == "adding" and cfg["cell"] == "gru" and cfg["hidden"] == 8 and cfg["steps"] == 12
     assert cfg["lr"] == 0.01 and cfg["optimizer"] == "adam" and cfg["backend_used"] == "cpu"
-    recs = _metrics(out)
+    recs = run_metrics(out)
     assert [r["step"] for r in recs] == [3, 6, 9, 12]
     for r in recs:
         assert {"step", "loss", "metric", "grad_norm", "grad_norm_max", "elapsed", "sequences_per_s"} <= set(r)
@@ -44,25 +33,25 @@ def test_train_writes_config_metrics_and_checkpoint(tmp_path, capsys):
 
 def test_resume_continues_to_the_new_total_and_matches_an_uninterrupted_run(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert _train(straight, "--steps", "10", "--log-every", "1", "--eval-every", "100") == 0
-    assert _train(split, "--steps", "4", "--log-every", "1", "--eval-every", "100") == 0
+    assert train_tiny(straight, "--steps", "10", "--log-every", "1", "--eval-every", "100") == 0
+    assert train_tiny(split, "--steps", "4", "--log-every", "1", "--eval-every", "100") == 0
     assert cli.main(["train", "--resume", str(split), "--steps", "10", "--no-progress"]) == 0
-    a, b = _metrics(straight), _metrics(split)
+    a, b = run_metrics(straight), run_metrics(split)
     assert [r["step"] for r in b] == list(range(1, 11))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 
 
 def test_resume_refuses_a_flag_that_changes_the_run(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "2") == 0
+    assert train_tiny(out, "--steps", "2") == 0
     assert cli.main(["train", "--resume", str(out), "--hidden", "16"]) == 2
     assert "--hidden 16 differs" in capsys.readouterr().err
 
 
 def test_train_will_not_overwrite_a_run(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "2") == 0
-    assert _train(out, "--steps", "2") == 2
+    assert train_tiny(out, "--steps", "2") == 0
+    assert train_tiny(out, "--steps", "2") == 2
     assert f"--resume {out}" in capsys.readouterr().err
 
 
@@ -70,7 +59,7 @@ def test_train_will_not_overwrite_a_run(tmp_path, capsys):
                                                   ("--clip", "-1", "--clip must be >= 0"),
                                                   ("--lr", "0", "--lr must be > 0")])
 def test_flags_out_of_range_are_clear_errors(tmp_path, capsys, flag, value, message):
-    assert _train(tmp_path / "run", flag, value) == 2
+    assert train_tiny(tmp_path / "run", flag, value) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -85,7 +74,7 @@ def test_without_out_runs_go_to_numbered_folders(tmp_path, monkeypatch):
 
 def test_resume_from_a_corrupted_checkpoint_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "2") == 0
+    assert train_tiny(out, "--steps", "2") == 0
     (out / "checkpoint.npz").write_bytes(b"not a checkpoint")
     assert cli.main(["train", "--resume", str(out)]) == 1
     assert "truncated or corrupted" in capsys.readouterr().err
@@ -101,7 +90,7 @@ def test_ctrl_c_saves_the_finished_steps_and_exits_cleanly(tmp_path, monkeypatch
         return result
     monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
     out = tmp_path / "run"
-    assert _train(out, "--steps", "50") == 130
+    assert train_tiny(out, "--steps", "50") == 130
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 3
     assert f"gpurnn train --resume {out}" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -114,7 +103,7 @@ def test_non_finite_training_saves_the_last_good_step_and_names_the_failing_one(
                        "--clip", "0", "--steps", "200", "--out", str(out)])
     assert status == 1
     err = capsys.readouterr().err
-    last = _metrics(out)[-1]
+    last = run_metrics(out)[-1]
     ck = load_checkpoint(out / "checkpoint.npz")
     assert last["step"] == ck["step"] + 1 and f"step {last['step']}:" in last["stopped"]
     assert f"step {last['step']}:" in err and "--clip" in err and "lower the learning rate" in err
@@ -124,7 +113,7 @@ def test_non_finite_training_saves_the_last_good_step_and_names_the_failing_one(
 
 def test_resume_may_change_the_learning_rate_and_clipping(tmp_path):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "3", "--lr", "0.1", "--clip", "0") == 0
+    assert train_tiny(out, "--steps", "3", "--lr", "0.1", "--clip", "0") == 0
     assert cli.main(["train", "--resume", str(out), "--clip", "1", "--lr", "0.01", "--steps", "6", "--no-progress"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     ck = load_checkpoint(out / "checkpoint.npz")
@@ -151,7 +140,7 @@ def test_grads_finds_vanishing_and_exploding_settings(tmp_path, capsys):
 
 def test_grads_measures_a_trained_run_on_its_own_task(tmp_path, capsys):
     run = tmp_path / "run"
-    assert _train(run, "--steps", "2", "--cell", "lstm", "--layers", "2") == 0
+    assert train_tiny(run, "--steps", "2", "--cell", "lstm", "--layers", "2") == 0
     out = tmp_path / "grads"
     assert cli.main(["grads", "--run", str(run), "--seq-len", "6", "--batch", "3", "--backend", "cpu",
                      "--out", str(out)]) == 0
@@ -164,12 +153,8 @@ def test_grads_measures_a_trained_run_on_its_own_task(tmp_path, capsys):
 
 
 def test_sample_generates_text_from_a_charlm_run(tmp_path, capsys):
-    text = tmp_path / "text.txt"
-    text.write_text("abcabcabd " * 50, encoding="utf-8")
     out = tmp_path / "lm"
-    assert cli.main(["train", "--task", "charlm", "--text", str(text), "--hidden", "8", "--seq-len", "8",
-                     "--batch", "4", "--steps", "5", "--eval-sequences", "8", "--backend", "cpu",
-                     "--no-progress", "--out", str(out)]) == 0
+    assert train_charlm(tmp_path / "text.txt", out, steps=5) == 0
     capsys.readouterr()
     assert cli.main(["sample", str(out), "--length", "40", "--prime", "ab", "--backend", "cpu"]) == 0
     sampled = capsys.readouterr().out.rstrip("\n")
@@ -179,14 +164,14 @@ def test_sample_generates_text_from_a_charlm_run(tmp_path, capsys):
 
 def test_sample_refuses_a_run_that_is_not_a_language_model(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "1") == 0
+    assert train_tiny(out, "--steps", "1") == 0
     assert cli.main(["sample", str(out)]) == 2
     assert "needs a charlm run" in capsys.readouterr().err
 
 
 def test_report_tabulates_runs_by_seed(tmp_path, capsys):
     for seed in (0, 1):
-        assert _train(tmp_path / f"s{seed}", "--steps", "3", "--seed", str(seed)) == 0
+        assert train_tiny(tmp_path / f"s{seed}", "--steps", "3", "--seed", str(seed)) == 0
     capsys.readouterr()
     assert cli.main(["report", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
     table = capsys.readouterr().out.splitlines()
@@ -199,7 +184,7 @@ def test_report_shows_where_a_run_diverged(tmp_path, capsys):
     assert cli.main(["train", "--hidden", "16", "--seq-len", "20", "--batch", "8", "--backend", "cpu",
                      "--no-progress", "--cell", "rnn", "--init-scale", "3", "--optimizer", "sgd", "--lr", "1",
                      "--clip", "0", "--steps", "100", "--out", str(out)]) == 1
-    step = _metrics(out)[-1]["step"]
+    step = run_metrics(out)[-1]["step"]
     capsys.readouterr()
     assert cli.main(["report", str(out)]) == 0
     row = capsys.readouterr().out.splitlines()[2]

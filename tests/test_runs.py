@@ -18,21 +18,10 @@ from gpurnn.model import Trainer, make_model, training_memory
 from gpurnn.runs import RunLock, check_memory
 from gpurnn.tasks import make_task
 
-TINY = ["--hidden", "8", "--seq-len", "6", "--batch", "4", "--eval-sequences", "16", "--backend", "cpu",
-        "--no-progress"]
-
-
-def _train(out, *extra):
-    return cli.main(["train", *TINY, "--out", str(out), *extra])
-
+from conftest import TINY_RUN, run_metrics, train_charlm, train_tiny
 
 def _resume(run, *extra):
     return cli.main(["train", "--resume", str(run), "--no-progress", *extra])
-
-
-def _metrics(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def _files(folder):
@@ -54,8 +43,8 @@ def _interrupt_at(monkeypatch, step, sig=signal.SIGINT):
 # ---------------------------------------------------------------- resuming into another folder
 def test_resume_into_a_folder_holding_another_run_is_refused_and_changes_nothing(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _train(a, "--steps", "3") == 0
-    assert _train(b, "--steps", "2", "--seed", "5") == 0
+    assert train_tiny(a, "--steps", "3") == 0
+    assert train_tiny(b, "--steps", "2", "--seed", "5") == 0
     before = _files(b)
     assert _resume(a, "--out", str(b), "--steps", "6") == 2
     assert "is not empty" in capsys.readouterr().err
@@ -64,11 +53,11 @@ def test_resume_into_a_folder_holding_another_run_is_refused_and_changes_nothing
 
 def test_resume_into_a_new_folder_carries_the_history_over(tmp_path):
     straight, a, b = tmp_path / "straight", tmp_path / "a", tmp_path / "b"
-    assert _train(straight, "--steps", "6", "--log-every", "1") == 0
-    assert _train(a, "--steps", "3", "--log-every", "1") == 0
+    assert train_tiny(straight, "--steps", "6", "--log-every", "1") == 0
+    assert train_tiny(a, "--steps", "3", "--log-every", "1") == 0
     a_before = _files(a)
     assert _resume(a, "--out", str(b), "--steps", "6") == 0
-    assert [(r["step"], r["loss"]) for r in _metrics(b)] == [(r["step"], r["loss"]) for r in _metrics(straight)]
+    assert [(r["step"], r["loss"]) for r in run_metrics(b)] == [(r["step"], r["loss"]) for r in run_metrics(straight)]
     assert _files(a) == a_before and load_checkpoint(b / "checkpoint.npz")["step"] == 6
 
 
@@ -76,16 +65,16 @@ def test_resume_into_a_new_folder_carries_the_history_over(tmp_path):
 def test_a_run_folder_held_by_another_train_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     with RunLock(out):
-        assert _train(out, "--steps", "2") == 2
+        assert train_tiny(out, "--steps", "2") == 2
     err = capsys.readouterr().err
     assert f"another gpurnn train is running in {out} (process {os.getpid()})" in err
     assert os.listdir(out) == [RunLock.NAME]
-    assert _train(out, "--steps", "2") == 0          # the lock went with its holder
+    assert train_tiny(out, "--steps", "2") == 0          # the lock went with its holder
 
 
 def test_two_trains_started_at_once_on_one_folder_leave_one_consistent_run(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "gpurnn", "train", *TINY, "--out", str(out), "--steps", "40"]
+    cmd = [sys.executable, "-m", "gpurnn", "train", *TINY_RUN, "--out", str(out), "--steps", "40"]
     procs = [subprocess.Popen(cmd + ["--seed", str(seed)], stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
@@ -95,18 +84,18 @@ def test_two_trains_started_at_once_on_one_folder_leave_one_consistent_run(tmp_p
     winner = [1, 2][[code for code, _ in results].index(0)]
     ck = load_checkpoint(out / "checkpoint.npz")
     assert ck["config"]["seed"] == winner == json.loads((out / "config.json").read_text())["seed"]
-    assert [r["step"] for r in _metrics(out)] == list(range(10, 41, 10))
+    assert [r["step"] for r in run_metrics(out)] == list(range(10, 41, 10))
 
 
 # ---------------------------------------------------------------- resume is exact, the log too
 def test_the_log_after_an_interrupted_resume_matches_a_run_that_never_stopped(tmp_path, monkeypatch):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert _train(straight, "--steps", "12", "--log-every", "4") == 0
+    assert train_tiny(straight, "--steps", "12", "--log-every", "4") == 0
     _interrupt_at(monkeypatch, 6)                   # in the middle of the window of steps 5..8
-    assert _train(split, "--steps", "12", "--log-every", "4") == 130
+    assert train_tiny(split, "--steps", "12", "--log-every", "4") == 130
     monkeypatch.undo()
     assert _resume(split) == 0
-    a, b = _metrics(straight), _metrics(split)
+    a, b = run_metrics(straight), run_metrics(split)
     assert [r["step"] for r in b] == [4, 8, 12]
     for key in ("loss", "metric", "grad_norm", "grad_norm_max", "eval_loss", "eval_metric"):
         assert [r.get(key) for r in a] == [r.get(key) for r in b], key
@@ -115,17 +104,17 @@ def test_the_log_after_an_interrupted_resume_matches_a_run_that_never_stopped(tm
 
 def test_a_cut_last_line_of_the_log_is_dropped_with_a_warning(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "4", "--log-every", "1") == 0
+    assert train_tiny(out, "--steps", "4", "--log-every", "1") == 0
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "loss": 0.')                 # a write cut short by a full disk
     assert _resume(out, "--steps", "6") == 0
     assert "line 5 is incomplete" in capsys.readouterr().err
-    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in run_metrics(out)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_damage_inside_the_log_names_the_file_and_line(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "4", "--log-every", "1") == 0
+    assert train_tiny(out, "--steps", "4", "--log-every", "1") == 0
     lines = (out / "metrics.jsonl").read_text().splitlines()
     lines[1] = lines[1][:10]
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -139,7 +128,7 @@ def test_damage_inside_the_log_names_the_file_and_line(tmp_path, capsys):
 def test_sigterm_and_sighup_save_and_stop_like_ctrl_c(tmp_path, monkeypatch, capsys, sig, status):
     _interrupt_at(monkeypatch, 3, sig)
     out = tmp_path / "run"
-    assert _train(out, "--steps", "50") == status
+    assert train_tiny(out, "--steps", "50") == status
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 3
     err = capsys.readouterr().err
     assert f"interrupted ({signal.Signals(sig).name}); step 3 saved" in err and f"--resume {out}" in err
@@ -155,7 +144,7 @@ def test_a_signal_before_the_first_step_saves_nothing_and_says_so(tmp_path, monk
         return real_build(task, cfg)
     monkeypatch.setattr(cli, "build_trainer", build_then_interrupt)
     out = tmp_path / "run"
-    assert _train(out, "--steps", "5") == 143
+    assert train_tiny(out, "--steps", "5") == 143
     assert "before the first step; nothing was saved" in capsys.readouterr().err
     assert not (out / "checkpoint.npz").exists()
 
@@ -165,14 +154,14 @@ def test_a_second_ctrl_c_before_the_first_checkpoint_does_not_claim_one(tmp_path
         raise KeyboardInterrupt
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     out = tmp_path / "run"
-    assert _train(out, "--steps", "5") == 130
+    assert train_tiny(out, "--steps", "5") == 130
     err = capsys.readouterr().err
     assert "before the first checkpoint: nothing was saved" in err and "holds the last" not in err
 
 
 def test_temporaries_of_killed_checkpoint_writes_are_removed(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "2") == 0
+    assert train_tiny(out, "--steps", "2") == 0
     (out / ".checkpoint-x1y2.tmp").write_bytes(b"half a checkpoint")
     assert _resume(out, "--steps", "3") == 0
     assert not (out / ".checkpoint-x1y2.tmp").exists()
@@ -182,7 +171,7 @@ def test_temporaries_of_killed_checkpoint_writes_are_removed(tmp_path, capsys):
 # ---------------------------------------------------------------- resuming what cannot be resumed
 def test_resume_to_fewer_steps_than_done_is_refused_and_changes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(out, "--steps", "4") == 0
+    assert train_tiny(out, "--steps", "4") == 0
     before = _files(out)
     assert _resume(out, "--steps", "2") == 2
     assert "is at step 4" in capsys.readouterr().err
@@ -192,12 +181,8 @@ def test_resume_to_fewer_steps_than_done_is_refused_and_changes_nothing(tmp_path
 
 
 def test_a_charlm_run_refuses_a_text_whose_characters_changed(tmp_path, capsys):
-    text = tmp_path / "text.txt"
-    text.write_text("abcabcabd " * 50, encoding="utf-8")
-    out = tmp_path / "lm"
-    assert cli.main(["train", "--task", "charlm", "--text", str(text), "--hidden", "8", "--seq-len", "8",
-                     "--batch", "4", "--steps", "2", "--eval-sequences", "8", "--backend", "cpu",
-                     "--no-progress", "--out", str(out)]) == 0
+    text, out = tmp_path / "text.txt", tmp_path / "lm"
+    assert train_charlm(text, out, steps=2) == 0
     before = _files(out)
     text.write_text("abcabcabe " * 50, encoding="utf-8")
     assert _resume(out, "--steps", "4") == 2
@@ -209,16 +194,12 @@ def test_a_charlm_run_refuses_a_text_whose_characters_changed(tmp_path, capsys):
 # ---------------------------------------------------------------- messages, not tracebacks
 @pytest.mark.skipif(gpurnn.cuda_status()[0], reason="the cuda backend is usable here")
 def test_the_cuda_backend_without_a_gpu_is_a_one_line_message(tmp_path, capsys):
-    assert _train(tmp_path / "run", "--steps", "1", "--backend", "cuda") == 2
+    assert train_tiny(tmp_path / "run", "--steps", "1", "--backend", "cuda") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpurnn train: backend 'cuda' is not usable here") and "--backend cpu" in err
     assert "\n" not in err
     lm = tmp_path / "lm"
-    text = tmp_path / "text.txt"
-    text.write_text("abcabcabd " * 50, encoding="utf-8")
-    assert cli.main(["train", "--task", "charlm", "--text", str(text), "--hidden", "8", "--seq-len", "8",
-                     "--batch", "4", "--steps", "1", "--eval-sequences", "8", "--backend", "cpu",
-                     "--no-progress", "--out", str(lm)]) == 0
+    assert train_charlm(tmp_path / "text.txt", lm, steps=1) == 0
     capsys.readouterr()
     assert cli.main(["sample", str(lm), "--backend", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
@@ -279,9 +260,9 @@ def test_check_memory_says_what_to_lower():
 # ---------------------------------------------------------------- report
 def test_report_marks_unfinished_runs_and_counts_a_repeated_seed_once(tmp_path, monkeypatch, capsys):
     for name in ("s0", "s0-again", "s1"):
-        assert _train(tmp_path / name, "--steps", "4", "--seed", "1" if name == "s1" else "0") == 0
+        assert train_tiny(tmp_path / name, "--steps", "4", "--seed", "1" if name == "s1" else "0") == 0
     _interrupt_at(monkeypatch, 2)
-    assert _train(tmp_path / "s2", "--steps", "4", "--seed", "2") == 130
+    assert train_tiny(tmp_path / "s2", "--steps", "4", "--seed", "2") == 130
     monkeypatch.undo()
     capsys.readouterr()
     runs = [str(tmp_path / n) for n in ("s0", "s0-again", "s1")]
@@ -289,7 +270,7 @@ def test_report_marks_unfinished_runs_and_counts_a_repeated_seed_once(tmp_path, 
     out, err = capsys.readouterr()
     row = out.splitlines()[2]
     assert f"(seed 0, {runs[0]})" in row and f"(seed 0, {runs[1]})" in row and "same configuration and seed" in err
-    finals = {r: _metrics(r)[-1]["eval_metric"] for r in runs}
+    finals = {r: run_metrics(r)[-1]["eval_metric"] for r in runs}
     mean = (finals[runs[0]] + finals[runs[2]]) / 2
     assert f"| {cli._metric(mean)} |" in row
     assert cli.main(["report", runs[0], str(tmp_path / "s2")]) == 0
@@ -322,7 +303,7 @@ def test_a_crafted_config_in_a_checkpoint_is_refused_naming_the_field(tmp_path, 
     """The checkpoint's checksum is recomputed, as anyone can: the config itself must be checked."""
     from gpurnn import checkpoint as ck
     out = tmp_path / "run"
-    assert _train(out, "--steps", "2") == 0
+    assert train_tiny(out, "--steps", "2") == 0
     with np.load(out / "checkpoint.npz") as f:
         arrays = {k: f[k] for k in f.files if k != "checksum"}
     meta = json.loads(arrays["meta"].tobytes().decode())
