@@ -46,7 +46,12 @@ def cuda_status():
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend asked for cannot run here (no GPU, no driver, a package missing)."""
+    """The backend asked for cannot run here (no GPU, no driver, a package missing); ``name`` and
+    ``reason`` let a caller phrase its own remedy (the command line says --backend cpu)."""
+
+    def __init__(self, name, reason):
+        super().__init__(f"backend {name!r} is not usable here: {reason}. Use backend='cpu' instead.")
+        self.name, self.reason = name, reason
 
 
 def available_memory(on_gpu=False):
@@ -133,7 +138,7 @@ def get_backend(name="auto"):
     if name == "cuda":
         usable, reason = cuda_status()
         if not usable:
-            raise BackendUnavailable(f"backend 'cuda' is not usable here: {reason}. Use backend='cpu' instead.")
+            raise BackendUnavailable("cuda", reason)
         xp = np if cuda_simulated() else importlib.import_module("cupy")
         return Backend("cuda", xp, importlib.import_module("gpurnn.kernels.cuda"))
     return Backend(name, np, importlib.import_module(f"gpurnn.kernels.{name}"))

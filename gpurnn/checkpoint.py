@@ -37,6 +37,7 @@ VERSION = 2            # 2 adds the manifest; version 1 files (no manifest) stil
 META_LIMIT = 16 << 20  # bytes: the meta holds a config, a vocabulary and an RNG state, never this much
 ARRAY_DTYPES = ("<f4", "<f8")   # what the model and the optimiser state are stored in
 REMEDY = "restore it from a copy, or start a new run without --resume"
+TEMP_PREFIX, TEMP_SUFFIX = ".checkpoint-", ".tmp"     # a write in progress (or killed before its rename)
 
 
 class CheckpointError(ValueError):
@@ -88,9 +89,6 @@ def save_checkpoint(path, state, config=None, extra=None):
             os.remove(tmp)
         raise
     return path
-
-
-TEMP_PREFIX, TEMP_SUFFIX = ".checkpoint-", ".tmp"
 
 
 def remove_stale_temporaries(folder):

@@ -175,10 +175,7 @@ def cmd_train(args):
         print(f"gpurnn train: {problem}", file=sys.stderr)
         return 2
     try:
-        task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
-        if ckpt is not None and isinstance(task, CharLM):
-            check_vocabulary(task, ckpt, args.resume)
-        check_memory(task, cfg)              # before anything is allocated or written
+        task = prepare_task(cfg, ckpt, args.resume)      # before anything is allocated or written
         with RunLock(out):
             problem = _out_problem(out, ckpt, history)
             if problem:
@@ -198,7 +195,7 @@ def cmd_train(args):
                   "run the same command again to start over", file=sys.stderr)
         return 130
     except BackendUnavailable as e:
-        print(f"gpurnn train: {e}".replace("backend='cpu'", "--backend cpu"), file=sys.stderr)
+        print(_unavailable("train", e), file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError) as e:       # MemoryTooSmall is a ValueError
         print(f"gpurnn train: {e}", file=sys.stderr)
@@ -207,6 +204,22 @@ def cmd_train(args):
         print("gpurnn train: out of memory; use a smaller --hidden, --layers, --batch or --eval-sequences",
               file=sys.stderr)
         return 2
+
+
+def _unavailable(command, e):
+    """A BackendUnavailable as the command line says it."""
+    return f"gpurnn {command}: backend {e.name!r} is not usable here: {e.reason}; use --backend cpu"
+
+
+def prepare_task(cfg, ckpt=None, resumed_from=None):
+    """The task of ``cfg``, after the checks that need it and allocate nothing: a resumed charlm
+    run's vocabulary against its text, and the configuration's memory against what is available
+    (MemoryTooSmall)."""
+    task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
+    if ckpt is not None and isinstance(task, CharLM):
+        check_vocabulary(task, ckpt, resumed_from)
+    check_memory(task, cfg)
+    return task
 
 
 def _same_folder(a, b):
@@ -234,7 +247,7 @@ class _StopFlag:
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
-        self.requested = None          # the signal's name once one has arrived
+        self.signum = None             # the signal once one has arrived
         self._previous = {}
 
     def __enter__(self):
@@ -246,14 +259,19 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        self.requested = signal.Signals(signum).name
+        self.signum = signum
         for sig in self._previous:
             signal.signal(sig, _interrupt_now)
 
     @property
+    def requested(self):
+        """The name of the signal received (None before one arrives)."""
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    @property
     def status(self):
         """The exit status for the signal received: 128 + its number (130 for Ctrl-C)."""
-        return 128 + int(getattr(signal, self.requested))
+        return 128 + int(self.signum)
 
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
@@ -282,10 +300,7 @@ def _train(cfg, out, ckpt, progress, log, history, stop, task):
     from tqdm import tqdm
 
     if task is None:
-        task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
-        if ckpt is not None and isinstance(task, CharLM):
-            check_vocabulary(task, ckpt, out)
-        check_memory(task, cfg)
+        task = prepare_task(cfg, ckpt, out)
     trainer = build_trainer(task, cfg)
     os.makedirs(out, exist_ok=True)
     removed = remove_stale_temporaries(out)
@@ -441,7 +456,7 @@ def cmd_grads(args):
         print(f"gpurnn grads: {e}", file=sys.stderr)
         return 1
     except BackendUnavailable as e:
-        print(f"gpurnn grads: {e}".replace("backend='cpu'", "--backend cpu"), file=sys.stderr)
+        print(_unavailable("grads", e), file=sys.stderr)
         return 2
     if not results:
         print("gpurnn grads: nothing to measure (give --cell and --scales, or --run)", file=sys.stderr)
@@ -490,7 +505,7 @@ def cmd_sample(args):
                               num_layers=cfg["layers"], backend=args.backend, dtype=cfg["dtype"], seed=cfg["seed"])
         model.load_state_dict(ckpt["model"])
     except BackendUnavailable as e:
-        print(f"gpurnn sample: {e}".replace("backend='cpu'", "--backend cpu"), file=sys.stderr)
+        print(_unavailable("sample", e), file=sys.stderr)
         return 2
     except ValueError as e:
         print(f"gpurnn sample: checkpoint {path} does not fit its own config ({e}); {REMEDY}", file=sys.stderr)

@@ -40,17 +40,12 @@ def mse_loss(pred, target, mask=None):
     _checks.check_finite(target, "target", xp)
     diff = pred - target
     w = _mask_weights(mask, pred.shape, xp, pred.dtype)
-    if w is None:
-        count = diff.size
-        loss_sum = (diff.astype(np.float64) ** 2).sum()
-        wdiff = diff
-    else:
-        count = float(w.sum())
-        wdiff = diff * w
-        loss_sum = (wdiff.astype(np.float64) * diff).sum()      # Σ w·d², each term weighted once
+    wdiff = diff if w is None else diff * w
+    count = diff.size if w is None else float(w.sum())
     if count == 0:
         raise ValueError("mse_loss: the mask selects no element")
-    return float(loss_sum / count), (2.0 / count) * wdiff
+    loss = float((wdiff.astype(np.float64) * diff).sum() / count)     # Σ w·d² / Σ w, each term weighted once
+    return loss, (2.0 / count) * wdiff
 
 
 def cross_entropy(logits, targets, mask=None):
