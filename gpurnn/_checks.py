@@ -21,7 +21,8 @@ def float_array(value, name, backend, dtype, shape=None, finite=True, copy=False
         # torch refuses to export such a tensor; say why instead of "not an array of floats"
         raise TypeError(f"{name} is a torch tensor with requires_grad=True, but gpurnn's layers compute "
                         f"gradients with their own backward(), outside torch's autograd; pass "
-                        f"{name}.detach() (a CUDA tensor) or {name}.detach().numpy() (a CPU tensor)")
+                        f"{name}.detach(), or use gpurnn.torch's modules, whose gradients flow through autograd")
+    value = host_view(value)
     dtype_given = _dtype(value)
     if dtype_given is None or dtype_given.kind == "O":
         raise TypeError(f"{name} must be an array of floats, got {type(value).__name__}")
@@ -34,6 +35,37 @@ def float_array(value, name, backend, dtype, shape=None, finite=True, copy=False
     if finite:
         check_finite(a, name, backend.xp)
     return a
+
+
+def is_torch_tensor(value):
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def host_view(value):
+    """A torch CPU tensor as a NumPy view of its memory (no copy); any other value as it is (a CUDA
+    tensor already offers ``__cuda_array_interface__``)."""
+    if is_torch_tensor(value) and value.device.type == "cpu":
+        return value.detach().numpy()
+    return value
+
+
+def swap_batch_time(a):
+    """(B, T, ...) as its (T, B, ...) view, for NumPy, CuPy and torch arrays alike (a list becomes
+    a NumPy array)."""
+    return a.swapaxes(0, 1) if hasattr(a, "swapaxes") else np.swapaxes(np.asarray(a), 0, 1)
+
+
+def dropout_probability(p, num_layers):
+    """torch.nn's check of an RNN's dropout: a number in [0, 1]; a warning when there is no layer
+    for it to act between."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p <= 1:
+        raise ValueError(f"dropout must be a number in [0, 1] (the probability that an element of a "
+                         f"layer's output is zeroed), got {p!r}")
+    if p > 0 and num_layers == 1:
+        import warnings
+        warnings.warn(f"dropout acts between stacked layers, after every layer but the last; with "
+                      f"num_layers=1, dropout={p} does nothing", UserWarning, stacklevel=4)
+    return float(p)
 
 
 def _dtype(value):
@@ -82,6 +114,8 @@ def check_all_finite(arrays, what, xp):
 
 def lengths_array(lengths, T, B):
     """Host int64 array of B lengths, each in 1..T."""
+    if is_torch_tensor(lengths):
+        lengths = lengths.detach().cpu().numpy()
     arr = np.asarray(lengths.get() if hasattr(lengths, "get") else lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):

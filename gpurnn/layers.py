@@ -1,11 +1,13 @@
 """Layers: RNN, LSTM, GRU (stacked, optionally bidirectional) and Linear.
 
-Shapes follow PyTorch: x (T, B, I); y (T, B, D*H); states (L*D, B, H) indexed layer*D + direction,
-with D = 2 when bidirectional. Parameters carry torch.nn's names, shapes and gate order, so
-``load_state_dict(torch_module.state_dict())`` (as NumPy arrays) works both ways.
+Shapes and arguments follow PyTorch: x (T, B, I), or (B, T, I) with batch_first; y (T, B, D*H);
+states (L*D, B, H) indexed layer*D + direction, with D = 2 when bidirectional. Parameters carry
+torch.nn's names, shapes and gate order, so ``load_state_dict(torch_module.state_dict())`` works
+both ways.
 
-A layer runs each (layer, direction) with its backend's ``forward_sequence`` and, for BPTT,
-``backward_sequence``; this module only stacks layers, joins directions and checks input.
+``stack_forward`` / ``stack_backward`` run a stack of layers on any backend, each (layer,
+direction) with the backend's ``forward_sequence`` and, for BPTT, ``backward_sequence``; the layer
+classes here add input checks, and gpurnn.torch runs the same two functions under torch's autograd.
 """
 
 import numpy as np
@@ -27,6 +29,24 @@ class Module:
         self.dtype = _checks.dtype_of(dtype)
         self.params = {}
         self.grads = {}
+        self.training = True
+
+    def train(self, mode=True):
+        """Training mode (dropout on) or, with ``mode=False``, evaluation mode; returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: dropout off. Same as ``train(False)``."""
+        return self.train(False)
+
+    def named_parameters(self):
+        """(name, array) of every parameter, in torch.nn's order."""
+        return iter(self.params.items())
+
+    def parameters(self):
+        """Every parameter array, in torch.nn's order."""
+        return iter(self.params.values())
 
     def _init_params(self, shapes, bound, seed):
         """PyTorch's default initialisation: every parameter ~ U(-bound, bound)."""
@@ -75,14 +95,107 @@ class Module:
 ALGOS = ("auto", "persistent", "step")
 
 
+def layer_names(layer, direction, bias=True):
+    """torch.nn's parameter names of one layer and direction, keyed by the kernels' names."""
+    suffix = f"l{layer}" + ("_reverse" if direction else "")
+    names = {"w_ih": f"weight_ih_{suffix}", "w_hh": f"weight_hh_{suffix}"}
+    if bias:
+        names.update(b_ih=f"bias_ih_{suffix}", b_hh=f"bias_hh_{suffix}")
+    return names
+
+
+# ---------------------------------------------------------------- a stack of layers, on any backend
+# The two functions below are the whole recurrent network: the layers here and gpurnn.torch's
+# modules both run them. They take backend arrays that are already checked (shapes, dtype,
+# contiguous) and never copy an input.
+
+def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirectional, masks=None,
+                  algo="auto"):
+    """Forward through ``num_layers`` layers of ``cell``, each one or two directions.
+
+    params: torch.nn's names -> arrays (no bias entries: the layers have no bias);
+    x (T, B, I); h0, c0 (L*D, B, H) (c0 only for "lstm"); lengths (B,) int32 or None;
+    masks: None, or L-1 arrays (T, B, D*H) that multiply the output of layer l before layer l+1
+    reads it (dropout); algo: the cuda backend's algorithm.
+    Returns y (T, B, D*H), h_n, c_n (L*D, B, H; c_n None unless "lstm") and what stack_backward
+    needs.
+    """
+    xp = backend.xp
+    G, H, D = GATES[cell], h0.shape[2], 2 if bidirectional else 1
+    bias = "bias_ih_l0" in params
+    zero_bias = None if bias else xp.zeros(G * H, x.dtype)
+    h_n = xp.empty_like(h0)
+    c_n = xp.empty_like(h0) if cell == "lstm" else None
+    kw = {"algo": algo} if backend.name == "cuda" else {}
+    saved, layer_input = [], x
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(D):
+            names, k = layer_names(layer, d, bias), layer * D + d
+            p = {key: params[n] for key, n in names.items()}
+            y, h, c, s = backend.kernels.forward_sequence(
+                cell, layer_input, h0[k], None if c0 is None else c0[k], p["w_ih"], p["w_hh"],
+                p.get("b_ih", zero_bias), p.get("b_hh", zero_bias), lengths, bool(d), **kw)
+            h_n[k] = h
+            if c_n is not None:
+                c_n[k] = c
+            outputs.append(y)
+            saved.append(s)
+        layer_input = outputs[0] if D == 1 else xp.concatenate(outputs, axis=2)
+        if masks is not None and layer < num_layers - 1:
+            layer_input = layer_input * masks[layer]
+    state = dict(cell=cell, saved=saved, num_layers=num_layers, D=D, bias=bias, masks=masks,
+                 T=x.shape[0], B=x.shape[1], H=H)
+    return layer_input, h_n, c_n, state
+
+
+def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
+    """BPTT through the stack that ``stack_forward`` ran: adds every parameter's gradient into
+    ``grads`` (torch.nn's names -> arrays) and returns dx (T, B, I), dh0, dc0 (L*D, B, H).
+
+    dy (T, B, D*H), dh_n, dc_n (L*D, B, H): the loss's gradients, each None for zero.
+    """
+    xp = backend.xp
+    cell, saved, D, H, masks = state["cell"], state["saved"], state["D"], state["H"], state["masks"]
+    shape = (state["num_layers"] * D, state["B"], H)
+    dt = params["weight_hh_l0"].dtype
+    dh0 = xp.zeros(shape, dt)
+    dc0 = xp.zeros(shape, dt) if cell == "lstm" else None
+    dx = None
+    for layer in reversed(range(state["num_layers"])):
+        if masks is not None and layer < state["num_layers"] - 1 and dy is not None:
+            dy = dy * masks[layer]          # dropout's mask, as forward applied it
+        dx = None
+        for d in range(D):
+            names, k = layer_names(layer, d, state["bias"]), layer * D + d
+            dy_d = None if dy is None else xp.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
+            dx_d, dh, dc = backend.kernels.backward_sequence(
+                cell, saved[k], dy_d, None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
+                params[names["w_ih"]], params[names["w_hh"]], {key: grads[n] for key, n in names.items()})
+            dh0[k] = dh
+            if dc0 is not None:
+                dc0[k] = dc
+            dx = dx_d if dx is None else dx + dx_d
+        dy = dx  # the gradient of this layer's input is the next-lower layer's output gradient
+    return dx, dh0, dc0
+
+
 class RNNBase(Module):
-    """``algo`` picks how the cuda backend runs the recursion: "persistent" (one launch for all
+    """A stack of ``num_layers`` recurrent layers of one cell, in torch.nn's argument order.
+
+    ``batch_first``: x and y are (B, T, ...) instead of (T, B, ...); states stay (L*D, B, H), as in
+    torch. ``dropout``: in training mode (``train()``, the default), each layer's output but the
+    last is multiplied by a mask of zeros (probability ``dropout``) and 1/(1 - dropout), drawn from
+    ``self.generator`` (a NumPy Generator seeded from ``seed``) on the host, so that every
+    backend draws the same masks; backward applies the same mask; ``eval()`` turns it off.
+    ``algo`` picks how the cuda backend runs the recursion: "persistent" (one launch for all
     time steps), "step" (one launch per step) or "auto" (persistent where W_hh fits the GPU,
     decided per layer from the shapes and the device; kernels/cuda/plan.py). Other backends
-    have one algorithm and accept only "auto"."""
+    have one algorithm and accept only "auto".
+    """
 
-    def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-                 backend="auto", dtype="float32", seed=None, algo="auto"):
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, backend="auto", dtype="float32", seed=None, algo="auto"):
         super().__init__(backend, dtype)
         if algo not in ALGOS:
             raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
@@ -95,8 +208,10 @@ class RNNBase(Module):
         self.input_size = _checks.positive_int(input_size, "input_size")
         self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
         self.num_layers = _checks.positive_int(num_layers, "num_layers")
-        self.bidirectional = bool(bidirectional)
         self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = _checks.dropout_probability(dropout, self.num_layers)
+        self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
         G, H, D = GATES[cell], self.hidden_size, self.num_directions
         shapes = {}
@@ -110,20 +225,21 @@ class RNNBase(Module):
                     shapes[names["b_ih"]] = (G * H,)
                     shapes[names["b_hh"]] = (G * H,)
         self._init_params(shapes, 1.0 / np.sqrt(H), seed)
+        self.generator = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self._saved = None
 
     def _names(self, layer, direction):
-        suffix = f"l{layer}" + ("_reverse" if direction else "")
-        names = {"w_ih": f"weight_ih_{suffix}", "w_hh": f"weight_hh_{suffix}"}
-        if self.bias:
-            names.update(b_ih=f"bias_ih_{suffix}", b_hh=f"bias_hh_{suffix}")
-        return names
+        return layer_names(layer, direction, self.bias)
 
     def _state_shape(self, B):
         return (self.num_layers * self.num_directions, B, self.hidden_size)
 
     def __repr__(self):
         extra = f", nonlinearity={self.cell[4:]!r}" if self.cell.startswith("rnn") else ""
+        if self.batch_first:
+            extra += ", batch_first=True"
+        if self.dropout:
+            extra += f", dropout={self.dropout}"
         used = ""
         if self.plans:
             used = " [last forward: " + "; ".join(sorted({p.describe() for p in self.plans})) + "]"
@@ -131,9 +247,17 @@ class RNNBase(Module):
                 f"bidirectional={self.bidirectional}, bias={self.bias}{extra}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, algo={self.algo!r}){used}")
 
+    def _time_major(self, a, name, last):
+        """``a`` as given (T, B, last), or its (T, B, last) view when batch_first (B, T, last)."""
+        if not self.batch_first or a is None:
+            return a
+        _checks.check_shape(a, f"{name} (batch_first: B, T, {last})", (None, None, last))
+        return _checks.swap_batch_time(a)
+
     # ------------------------------------------------------------ forward
     def _forward(self, x, h0, c0, lengths):
         be, xp = self.backend, self.backend.xp
+        x = self._time_major(x, "x", self.input_size)
         # copy: backward reads x (dW_ih), and the caller may write into its array in between
         x = _checks.float_array(x, "x", be, self.dtype, shape=(None, None, self.input_size), copy=True)
         T, B, _ = x.shape
@@ -146,64 +270,34 @@ class RNNBase(Module):
             c0 = zeros if c0 is None else _checks.float_array(c0, "c0", be, self.dtype, shape=shape)
         lens = None if lengths is None else be.asarray(_checks.lengths_array(lengths, T, B), np.int32)
         _checks.check_all_finite(self.params, "parameter", xp)
-
-        G, H, D = GATES[self.cell], self.hidden_size, self.num_directions
-        zero_bias = xp.zeros(G * H, self.dtype)
-        h_n, c_n = xp.empty_like(h0), (xp.empty_like(c0) if self.cell == "lstm" else None)
-        saved, layer_input = [], x
-        algo = {"algo": self.algo} if be.name == "cuda" else {}
-        for layer in range(self.num_layers):
-            outputs = []
-            for d in range(D):
-                names, k = self._names(layer, d), layer * D + d
-                p = {key: self.params[n] for key, n in names.items()}
-                y, h, c, s = be.kernels.forward_sequence(
-                    self.cell, layer_input, h0[k], None if c0 is None else c0[k],
-                    p["w_ih"], p["w_hh"], p.get("b_ih", zero_bias), p.get("b_hh", zero_bias),
-                    lens, bool(d), **algo)
-                h_n[k] = h
-                if c_n is not None:
-                    c_n[k] = c
-                outputs.append(y)
-                saved.append(s)
-            layer_input = outputs[0] if D == 1 else xp.concatenate(outputs, axis=2)
-        self._saved = dict(saved=saved, T=T, B=B)
-        self.plans = [s["plan"] for s in saved if "plan" in s]
-        return layer_input, h_n, c_n
+        masks = None
+        if self.training and self.dropout and self.num_layers > 1:
+            keep, width = 1.0 - self.dropout, self.num_directions * self.hidden_size
+            scale = 1.0 / keep if keep else 0.0         # dropout=1 zeroes everything, as torch does
+            masks = [be.asarray((self.generator.random((T, B, width)) < keep) * scale, self.dtype)
+                     for _ in range(self.num_layers - 1)]
+        y, h_n, c_n, self._saved = stack_forward(be, self.cell, self.params, x, h0, c0, lens, self.num_layers,
+                                                 self.bidirectional, masks, self.algo)
+        self.plans = [s["plan"] for s in self._saved["saved"] if "plan" in s]
+        return (y.swapaxes(0, 1) if self.batch_first else y), h_n, c_n
 
     # ------------------------------------------------------------ backward (BPTT)
     def _backward(self, dy, dh_n, dc_n):
         if self._saved is None:
             raise ValueError("backward() called before forward(): run the model on an input first")
-        be, xp = self.backend, self.backend.xp
-        T, B, saved = self._saved["T"], self._saved["B"], self._saved["saved"]
-        H, D = self.hidden_size, self.num_directions
+        be = self.backend
+        T, B = self._saved["T"], self._saved["B"]
+        DH = self.num_directions * self.hidden_size
         shape = self._state_shape(B)
         if dy is not None:
-            dy = _checks.float_array(dy, "dy", be, self.dtype, shape=(T, B, D * H))
+            dy = self._time_major(dy, "dy", DH)
+            dy = _checks.float_array(dy, "dy", be, self.dtype, shape=(T, B, DH))
         if dh_n is not None:
             dh_n = _checks.float_array(dh_n, "dh_n", be, self.dtype, shape=shape)
         if dc_n is not None:
             dc_n = _checks.float_array(dc_n, "dc_n", be, self.dtype, shape=shape)
-
-        dh0 = xp.zeros(shape, self.dtype)
-        dc0 = xp.zeros(shape, self.dtype) if self.cell == "lstm" else None
-        for layer in reversed(range(self.num_layers)):
-            dx = None
-            for d in range(D):
-                names, k = self._names(layer, d), layer * D + d
-                dy_d = None if dy is None else xp.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
-                grads = {key: self.grads[n] for key, n in names.items()}
-                dx_d, dh, dc = be.kernels.backward_sequence(
-                    self.cell, saved[k], dy_d,
-                    None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
-                    self.params[names["w_ih"]], self.params[names["w_hh"]], grads)
-                dh0[k] = dh
-                if dc0 is not None:
-                    dc0[k] = dc
-                dx = dx_d if dx is None else dx + dx_d
-            dy = dx  # the gradient of this layer's input is the next-lower layer's output gradient
-        return dx, dh0, dc0
+        dx, dh0, dc0 = stack_backward(be, self._saved, dy, dh_n, dc_n, self.params, self.grads)
+        return (dx.swapaxes(0, 1) if self.batch_first else dx), dh0, dc0
 
 
 class _HiddenStateLayer(RNNBase):
@@ -224,22 +318,22 @@ class _HiddenStateLayer(RNNBase):
 class RNN(_HiddenStateLayer):
     """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bidirectional=False,
-                 bias=True, backend="auto", dtype="float32", seed=None, algo="auto"):
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, backend="auto", dtype="float32", seed=None, algo="auto"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bidirectional, bias,
-                         backend, dtype, seed, algo)
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, backend=backend, dtype=dtype, seed=seed, algo=algo)
 
 
 class GRU(_HiddenStateLayer):
     """GRU, gate rows [r, z, n]: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-                 backend="auto", dtype="float32", seed=None, algo="auto"):
-        super().__init__("gru", input_size, hidden_size, num_layers, bidirectional, bias, backend, dtype, seed,
-                         algo)
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, backend="auto", dtype="float32", seed=None, algo="auto"):
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         backend=backend, dtype=dtype, seed=seed, algo=algo)
 
 
 class LSTM(RNNBase):
@@ -249,10 +343,10 @@ class LSTM(RNNBase):
     ``dx, (dh0, dc0) = m.backward(dy=None, (dh_n, dc_n)=None)``.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-                 backend="auto", dtype="float32", seed=None, algo="auto"):
-        super().__init__("lstm", input_size, hidden_size, num_layers, bidirectional, bias, backend, dtype, seed,
-                         algo)
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, backend="auto", dtype="float32", seed=None, algo="auto"):
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         backend=backend, dtype=dtype, seed=seed, algo=algo)
 
     def forward(self, x, state=None, lengths=None):
         h0, c0 = _pair(state, "state")

@@ -31,6 +31,7 @@ def mse_loss(pred, target, mask=None):
     it): loss = Σ w·(p - t)² / Σ w, the weighted mean of the squared errors.
     Returns (loss, dL/dpred) = (loss, 2·w·(p - t) / Σ w).
     """
+    pred, target, mask = (_checks.host_view(a) for a in (pred, target, mask))
     xp = array_module(pred)
     if not hasattr(pred, "dtype") or pred.dtype.kind != "f":
         raise TypeError(f"pred must be a floating-point array, got {getattr(pred, 'dtype', type(pred).__name__)}")
@@ -54,6 +55,7 @@ def cross_entropy(logits, targets, mask=None):
     logits: (..., C); targets: (...) integers in [0, C); mask: (...) weights, 1 keep / 0 drop.
     Returns (loss in nats, dL/dlogits).
     """
+    logits, targets, mask = (_checks.host_view(a) for a in (logits, targets, mask))
     xp = array_module(logits)
     if not hasattr(logits, "dtype") or logits.dtype.kind != "f":
         raise TypeError(f"logits must be a floating-point array, got {getattr(logits, 'dtype', type(logits).__name__)}")
