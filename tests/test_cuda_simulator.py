@@ -1,11 +1,11 @@
 """The CUDA backend in Numba's simulator: every cuda case of the backend tests, in a subprocess.
 
 The simulator (NUMBA_ENABLE_CUDASIM=1) must be chosen before Numba is imported, and cannot share a
-process with the real compiler, so the cuda cases of tests/test_backends.py,
-tests/test_random_shapes.py, tests/test_cuda_kernels.py and tests/test_cuda_persistent.py run in a
-child pytest, each algorithm of the cuda backend (step, persistent, auto) on every case. The test fails when the child fails, and when
-it ran no cuda test at all (nothing selected would otherwise look like success).
-"""
+process with the real compiler, so the cuda cases of the files in FILES (the backends against the
+reference, the kernels, the layers' torch.nn conveniences, gpurnn.torch against torch.nn) run in a
+child pytest, each algorithm of the cuda backend (step, persistent, auto) on every case. The test
+fails when the child fails, and when it ran no cuda test at all (nothing selected would otherwise
+look like success)."""
 
 import os
 import re
@@ -18,7 +18,8 @@ import pytest
 from conftest import SIMULATED
 
 TESTS = Path(__file__).resolve().parent
-FILES = ["test_backends.py", "test_random_shapes.py", "test_cuda_kernels.py", "test_cuda_persistent.py"]
+FILES = ["test_backends.py", "test_random_shapes.py", "test_cuda_kernels.py", "test_cuda_persistent.py",
+         "test_layers_api.py", "test_torch_bridge.py"]
 
 
 @pytest.mark.skipif(SIMULATED, reason="already in the simulator: the cuda cases run directly")

@@ -1,0 +1,408 @@
+"""gpurnn.torch's modules against torch.nn's, float64: outputs, states and every gradient, training
+with torch's optimisers, gradcheck, dropout, DistributedDataParallel, and the errors.
+
+The cuda cases (ids with "cuda") run in the simulator through tests/test_cuda_simulator.py.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import gpurnn
+from conftest import CELLS, FAST_BACKENDS
+from gpurnn.backend import get_backend
+
+torch = pytest.importorskip("torch", reason="gpurnn.torch needs torch; pip install '.[test]'")
+gt = pytest.importorskip("gpurnn.torch")
+
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+F64 = torch.float64
+BACKENDS = ["reference"] + FAST_BACKENDS
+CUDA_BACKENDS = [b for b in BACKENDS if b.startswith("cuda")]
+CLASS = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def pair(cell, backend, *args, seed=0, **kw):
+    """(gpurnn.torch module, torch.nn module): the same configuration, float64, the same weights.
+    ``backend`` "cuda-<algo>" is the cuda backend with that algorithm."""
+    algo = "auto"
+    if backend.startswith("cuda-"):
+        backend, algo = "cuda", backend[len("cuda-"):]
+    if cell.startswith("rnn_") and len(args) > 3:
+        args = args[:3] + (cell[4:],) + args[3:]        # torch.nn.RNN takes nonlinearity fourth
+    elif cell.startswith("rnn_"):
+        kw["nonlinearity"] = cell[4:]
+    torch.manual_seed(seed)
+    ours = getattr(gt, CLASS[cell])(*args, dtype=F64, backend=backend, algo=algo, **kw)
+    theirs = getattr(torch.nn, CLASS[cell])(*args, dtype=F64, **kw)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs
+
+
+def run(m, cell, x, hx, lengths, batch_first, seed=1):
+    """Forward (packed when there are lengths), then backward of a random weighting of every
+    output; returns outputs and every gradient (input, initial states, parameters) as arrays."""
+    x = x.clone().requires_grad_(True)
+    hx = None if hx is None else tuple(h.clone().requires_grad_(True) for h in hx)
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    out, state = m(inp, None if hx is None else (hx if cell == "lstm" else hx[0]))
+    states = state if cell == "lstm" else (state,)
+    y = out.data if lengths is not None else out
+    g = torch.Generator().manual_seed(seed)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=F64)).sum()
+    for s in states:
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=F64)).sum()
+    m.zero_grad()
+    loss.backward()
+    res = {"y": y, "dx": x.grad}
+    res.update({f"state{i}": s for i, s in enumerate(states)})
+    if hx is not None:
+        res.update({f"dstate{i}": h.grad for i, h in enumerate(hx)})
+    res.update({f"grad/{k}": p.grad for k, p in m.named_parameters()})
+    if lengths is not None:
+        res.update(batch_sizes=out.batch_sizes, sorted=out.sorted_indices, unsorted=out.unsorted_indices)
+    return {k: v.detach().numpy() for k, v in res.items()}
+
+
+# (layers, bidirectional, batch_first, packed with unsorted lengths, hx given, bias)
+CONFIGS = [
+    (1, False, False, False, False, True),
+    (2, True, False, False, True, True),
+    (2, False, True, False, True, False),
+    (2, True, True, True, True, True),
+    (1, True, False, True, False, True),
+]
+
+
+def config_id(c):
+    L, bi, bf, packed, hx, bias = c
+    return f"L{L}" + "bi" * bi + "-bf" * bf + "-packed" * packed + "-hx" * hx + "-nobias" * (not bias)
+
+
+def cases():
+    for backend in BACKENDS:
+        for c in (CONFIGS if not backend.startswith("cuda") else CONFIGS[1::2]):   # fewer in the simulator
+            yield pytest.param(backend, c, id=f"{backend}-{config_id(c)}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend,config", list(cases()))
+def test_matches_torch_nn(backend, config, cell):
+    L, bi, bf, packed, with_hx, bias = config
+    T, B, I, H, D = 5, 4, 3, 6, 2 if bi else 1
+    ours, theirs = pair(cell, backend, I, H, L, bias, bf, 0.0, bi)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn((B, T, I) if bf else (T, B, I), generator=g, dtype=F64)
+    hx = None
+    if with_hx:
+        hx = tuple(0.5 * torch.randn(L * D, B, H, generator=g, dtype=F64) for _ in range(2 if cell == "lstm" else 1))
+    lengths = torch.tensor([3, 5, 1, 4]) if packed else None
+    got, want = run(ours, cell, x, hx, lengths, bf), run(theirs, cell, x, hx, lengths, bf)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key].shape == value.shape, key
+        np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_unbatched_input(cell):
+    ours, theirs = pair(cell, "cpu", 3, 4, 2, bidirectional=True)
+    x = torch.randn(6, 3, dtype=F64)
+    (y, s), (ty, ts) = ours(x), theirs(x)
+    assert y.shape == ty.shape == (6, 8)
+    torch.testing.assert_close(y, ty, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(s, ts, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ["RNN", "LSTM", "GRU"])
+def test_same_seed_same_weights_and_state_dict_both_ways(cls):
+    """Switching the import keeps a script's weights: torch.nn's initialisation, drawn in its
+    order; state dicts load both ways, strict."""
+    torch.manual_seed(3)
+    ours = getattr(gt, cls)(4, 5, 2, bidirectional=True)
+    torch.manual_seed(3)
+    theirs = getattr(torch.nn, cls)(4, 5, 2, bidirectional=True)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.mul_(-1)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    assert len(ours.all_weights) == len(theirs.all_weights) == 4
+
+
+class Tagger(torch.nn.Module):
+    """A model as a user writes it: a recurrent layer and a linear head at each step."""
+
+    def __init__(self, rnn_cls, cell, **kw):
+        super().__init__()
+        if cell.startswith("rnn_"):
+            kw["nonlinearity"] = cell[4:]
+        self.rnn = rnn_cls(3, 6, 2, batch_first=True, bidirectional=True, dtype=F64, **kw)
+        self.head = torch.nn.Linear(12, 2, dtype=F64)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", ["reference", "cpu"] + [b for b in CUDA_BACKENDS if b.endswith("auto")])
+def test_training_with_adam_and_clipping_gives_torch_nn_weights(backend, cell):
+    kw = {"backend": backend[:4] if backend.startswith("cuda") else backend}
+    torch.manual_seed(0)
+    ours = Tagger(getattr(gt, CLASS[cell]), cell, **kw)
+    theirs = Tagger(getattr(torch.nn, CLASS[cell]), cell)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(4, 5, 3, generator=g, dtype=F64), torch.randn(4, 5, 2, generator=g, dtype=F64))
+            for _ in range(4)]
+    for model in (ours, theirs):
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        for x, y in data:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck(backend, cell):
+    """torch's own finite-difference check of every gradient, through a packed, unsorted,
+    bidirectional, two-layer stack with dropout (the mask held by reseeding each call). The cuda
+    backend is held to torch.nn by the tests above (gradcheck's thousand forwards would take the
+    simulator many minutes)."""
+    ours, _ = pair(cell, backend, 2, 3, 2, bidirectional=True, dropout=0.3)
+    names = [n for n, _ in ours.named_parameters()]
+    lengths = torch.tensor([2, 4, 3])
+
+    def f(x, h0, *params):
+        torch.manual_seed(5)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        hx = (h0, torch.tanh(h0)) if cell == "lstm" else h0
+        out, state = torch.func.functional_call(ours, dict(zip(names, params)), (packed, hx))
+        return out.data, (state[1] if cell == "lstm" else state)
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, 2, generator=g, dtype=F64, requires_grad=True)
+    h0 = torch.randn(4, 3, 3, generator=g, dtype=F64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_(True) for p in ours.parameters()]
+    assert torch.autograd.gradcheck(f, (x, h0, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- dropout
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_in_training_is_torch_nn_dropout_on_the_cpu(cell):
+    """The masks come from torch's generator as torch.nn's CPU kernel draws them: in training mode
+    the outputs and gradients are torch.nn's own, under the same seed."""
+    ours, theirs = pair(cell, "cpu", 3, 5, 3, dropout=0.4, bidirectional=True)
+    x = torch.randn(6, 4, 3, dtype=F64)
+    torch.manual_seed(9)
+    got = run(ours, cell, x, None, None, False)
+    torch.manual_seed(9)
+    want = run(theirs, cell, x, None, None, False)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+    ours.eval()
+    theirs.eval()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-10, atol=1e-12)
+    ours.train()
+    torch.manual_seed(9)
+    again = ours(x)[0]
+    np.testing.assert_array_equal(again.detach().numpy(), got["y"])           # reproducible
+    assert not torch.allclose(again, ours.eval()(x)[0])                         # and it drops
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS or [pytest.param("cuda", marks=pytest.mark.skip(
+    reason="no cuda backend here; tests/test_cuda_simulator.py runs this in the simulator"))])
+def test_dropout_on_the_cuda_backend_matches_the_cpu_backend(backend):
+    ours, _ = pair("gru", backend, 3, 4, 2, dropout=0.5)
+    cpu, _ = pair("gru", "cpu", 3, 4, 2, dropout=0.5)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    torch.manual_seed(1)
+    got = run(ours, "gru", x, None, None, False)
+    torch.manual_seed(1)
+    want = run(cpu, "gru", x, None, None, False)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+# ---------------------------------------------------------------- torch's rules
+def test_double_to_and_float32(rng):
+    torch.manual_seed(0)
+    ours = gt.LSTM(3, 4, backend="cpu")
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=2e-5, atol=2e-6)       # float32
+    ours.double().to("cpu")
+    theirs.double()
+    assert all(p.dtype == F64 for p in ours.parameters())
+    torch.testing.assert_close(ours(x.double())[0], theirs(x.double())[0], rtol=1e-12, atol=1e-14)
+
+
+def test_inplace_changes_between_forward_and_backward_are_refused():
+    """gpurnn's backward reads the input and the weights; torch's version check covers them."""
+    m = gt.GRU(3, 4, backend="cpu")
+    x = torch.randn(5, 2, 3)
+    y, _ = m(x)
+    with torch.no_grad():
+        x.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    y, _ = m(x)
+    with torch.no_grad():
+        m.weight_hh_l0.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_backward_twice_needs_retain_graph():
+    m = gt.LSTM(3, 4, backend="cpu", dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    y, _ = m(x)
+    y.sum().backward(retain_graph=True)
+    once = m.weight_ih_l0.grad.clone()
+    y.sum().backward()
+    torch.testing.assert_close(m.weight_ih_l0.grad, 2 * once, rtol=1e-14, atol=0)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+
+
+def test_no_copies_between_tensors_and_arrays():
+    be = get_backend("cpu")
+    t = torch.randn(4, 3)
+    a = gt._array(t, be)
+    assert np.shares_memory(a, t.numpy())
+    assert gt._tensor(a, be).data_ptr() == t.data_ptr()
+
+
+@pytest.mark.parametrize("make,call,error,message", [
+    (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3, 1)), ValueError, r"expected input of 3 dimensions"),
+    (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 4)), ValueError,
+     r"expected input with 3 features \(input_size\), got 4"),
+    (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3, dtype=F64)), TypeError,
+     r"input has dtype torch.float64 but the parameters are torch.float32"),
+    (lambda: gt.GRU(3, 4, 2), lambda m: m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), ValueError,
+     r"expected h_0 of shape \(2, 2, 4\)"),
+    (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), TypeError,
+     r"hx must be a tuple \(h_0, c_0\)"),
+    (lambda: gt.GRU(3, 4), lambda m: m(np.zeros((5, 2, 3))), TypeError, r"input must be a torch.Tensor"),
+    (lambda: gt.LSTM(3, 4, proj_size=2), None, ValueError, r"proj_size=2: gpurnn's LSTM has no projection"),
+    (lambda: gt.LSTM(3, 4, dtype=torch.float16), None, ValueError, r"float32 or float64, got dtype=torch.float16"),
+    (lambda: gt.LSTM(3, 4, backend="tpu"), None, ValueError, r"unknown backend 'tpu'"),
+    (lambda: gt.LSTM(3, 4, backend="cpu", algo="step"), None, ValueError, r"algorithm of the cuda backend"),
+    (lambda: gt.RNN(3, 4, 2, dropout=2), None, ValueError, r"dropout must be a number in \[0, 1\]"),
+])
+def test_errors(make, call, error, message):
+    with pytest.raises(error, match=message):
+        m = make()
+        call(m)
+
+
+@pytest.mark.skipif(gpurnn.cuda_status()[0], reason="a cuda backend is usable here")
+def test_gpu_backend_without_a_gpu_says_so():
+    m = gt.LSTM(3, 4, backend="cuda")
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' is not usable here"):
+        m(torch.randn(5, 2, 3))
+
+
+def test_import_gpurnn_does_not_import_torch():
+    code = "import sys, gpurnn; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- DistributedDataParallel
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    import gpurnn.torch as gt
+
+    STEPS, ROWS = 4, 8
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.ModuleDict(dict(rnn=gt.LSTM(3, 5, 2, bidirectional=True, dtype=torch.float64,
+                                                    backend="cpu"),
+                                        head=torch.nn.Linear(10, 2, dtype=torch.float64)))
+
+    def data():
+        g = torch.Generator().manual_seed(1)
+        return [(torch.randn(6, ROWS, 3, generator=g, dtype=torch.float64),
+                 torch.randn(ROWS, 2, generator=g, dtype=torch.float64)) for _ in range(STEPS)]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = build()
+
+        def forward(self, x):
+            return self.m["head"](self.m["rnn"](x)[0][-1])
+
+    def train(model, rows):
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        for x, y in data():
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x[:, rows]), y[rows]).backward()
+            opt.step()
+
+    def rank_main(rank, port, out):
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=2)
+        net = Net()
+        train(DDP(net), slice(rank * ROWS // 2, (rank + 1) * ROWS // 2))
+        torch.save(net.state_dict(), f"{out}.rank{rank}")
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        mode, out = sys.argv[1], sys.argv[2]
+        if mode == "single":
+            net = Net()
+            train(net, slice(0, ROWS))
+            torch.save(net.state_dict(), out)
+        else:
+            torch.multiprocessing.spawn(rank_main, args=(int(sys.argv[3]), out), nprocs=2)
+""")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch has no gloo backend")
+def test_distributed_data_parallel_trains_to_the_weights_of_one_process(tmp_path):
+    """Two ranks on the CPU (gloo), each on half of every batch, end with the weights that one
+    process gets on the whole batches: DDP averages gradients of per-rank mean losses."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), "single", str(tmp_path / "single.pt")], check=True, env=env,
+                   timeout=300)
+    subprocess.run([sys.executable, str(script), "ddp", str(tmp_path / "ddp.pt"), str(free_port())], check=True,
+                   env=env, timeout=300)
+    single = torch.load(tmp_path / "single.pt")
+    for rank in (0, 1):
+        ranked = torch.load(tmp_path / f"ddp.pt.rank{rank}")
+        assert list(ranked) == list(single)
+        for k in single:
+            torch.testing.assert_close(ranked[k], single[k], rtol=1e-10, atol=1e-12, msg=k)
+    torch.manual_seed(0)                 # the weights did move: against the initial ones
+    initial = gt.LSTM(3, 5, 2, bidirectional=True, dtype=F64, backend="cpu").state_dict()
+    assert not torch.allclose(single["m.rnn.weight_hh_l0"], initial["weight_hh_l0"])
