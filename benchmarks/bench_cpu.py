@@ -28,6 +28,10 @@ OpenBLAS and torch's OpenMP keep their worker threads spinning for a while after
 block that started right after the other library's would share the cores with those spinners.
 Reported times are medians over all timed calls; the ratio is torch / gpurnn (> 1: gpurnn is faster).
 
+Through gpurnn.torch (``--no-bridge`` skips it), per shape, an LSTM training step: in a torch model
+(the LSTM and a linear head on its last step) with gpurnn.torch.LSTM and with torch.nn.LSTM; and
+gpurnn.torch.LSTM alone against gpurnn's own layer on the same dy, whose difference is the bridge's cost.
+
 Cold start: seconds from starting a Python process to its first finished training step (import,
 build an LSTM/GRU/RNN, forward, backward), once with an empty Numba cache (NUMBA_CACHE_DIR set to a
 fresh temporary folder, so every kernel compiles) and then with that cache warm.
@@ -122,6 +126,59 @@ def make_calls(torch, cell, T, B, I, H, backend):
     return {("gpurnn", "forward"): g_forward, ("gpurnn", "train"): g_train,
             ("torch", "forward"): t_forward, ("torch", "train"): t_train,
             ("blas", "forward"): floor_forward, ("blas", "train"): floor_train}
+
+
+def bridge_calls(torch, T, B, I, H, backend):
+    """{side: zero-argument function} on the same x, float32:
+
+        "gpurnn.torch model", "torch.nn model"   one training step of a torch model: an LSTM, a
+                                                 linear head on its last step, MSE, backward
+        "gpurnn.torch", "gpurnn"                 gpurnn.torch.LSTM alone (backward of a fixed dy
+                                                 through autograd) and gpurnn's own LSTM layer
+                                                 (zero_grad, forward, backward of the same dy)
+
+    The last two do the same arithmetic on the same numbers; their difference is what the bridge
+    costs (autograd, the views, the saved tensors).
+    """
+    import gpurnn.torch as gt
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((T, B, I)).astype(np.float32)).requires_grad_(True)
+    target = torch.from_numpy(rng.standard_normal((B, 1)).astype(np.float32))
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    dyt = torch.from_numpy(dy)
+
+    def model(lstm):
+        torch.manual_seed(0)
+        return torch.nn.ModuleDict(dict(rnn=lstm, head=torch.nn.Linear(H, 1)))
+
+    torch.manual_seed(0)
+    ours = model(gt.LSTM(I, H, backend=backend))
+    torch.manual_seed(0)
+    theirs = model(torch.nn.LSTM(I, H))
+    layer = gpurnn.LSTM(I, H, backend=backend, dtype="float32")
+    layer.load_state_dict({k: v.detach().numpy() for k, v in ours["rnn"].state_dict().items()})
+
+    def model_step(m):
+        def train():
+            m.zero_grad(set_to_none=False)
+            x.grad = None
+            y, _ = m["rnn"](x)
+            torch.nn.functional.mse_loss(m["head"](y[-1]), target).backward()
+        return train
+
+    def bridge_alone():
+        ours.zero_grad(set_to_none=False)
+        x.grad = None
+        y, _ = ours["rnn"](x)
+        y.backward(dyt)
+
+    def layer_alone():
+        layer.zero_grad()
+        layer(x.detach())
+        layer.backward(dy)
+
+    return {"gpurnn.torch model": model_step(ours), "torch.nn model": model_step(theirs),
+            "gpurnn.torch": bridge_alone, "gpurnn": layer_alone}
 
 
 def blas_floor(cell, T, B, I, H):
@@ -243,6 +300,32 @@ def cold_start(cells, backend, warm_runs):
     return rows
 
 
+def bridge_rows(torch, grid, args):
+    """The LSTM of every shape through gpurnn.torch: in a torch model against torch.nn, and alone
+    against gpurnn's own layer (bridge_calls)."""
+    rows = []
+    for size, T, B, I, H in grid:
+        fns = bridge_calls(torch, T, B, I, H, args.backend)
+        for fn in fns.values():
+            fn()
+            fn()
+        samples = interleaved(fns, args.rounds, args.reps, args.pause)
+        ms = {side: float(np.median(v)) * 1e3 for side, v in samples.items()}
+        bridge, layer = ms["gpurnn.torch"], ms["gpurnn"]
+        row = dict(cell="lstm", size=size, T=T, B=B, I=I, H=H, mode="train",
+                   model_ms=ms["gpurnn.torch model"], torch_model_ms=ms["torch.nn model"],
+                   speedup=ms["torch.nn model"] / ms["gpurnn.torch model"],
+                   bridge_ms=bridge, layer_ms=layer, overhead_ms=bridge - layer,
+                   overhead_pct=100 * (bridge - layer) / layer,
+                   samples_ms={side: [t * 1e3 for t in v] for side, v in samples.items()})
+        rows.append(row)
+        print(f"bridge   {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} model with gpurnn.torch "
+              f"{row['model_ms']:8.2f} ms, with torch.nn {row['torch_model_ms']:8.2f} ms, speed-up "
+              f"{row['speedup']:5.2f}x; gpurnn.torch alone {bridge:8.2f} ms, gpurnn layer {layer:8.2f} ms "
+              f"({row['overhead_pct']:+.1f}%)", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------- machine and report
 def machine_info(torch):
     info = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
@@ -299,6 +382,18 @@ def markdown(result):
     lines.append(f"sgemm (NumPy, float32, n={s['n']}, {result['threads']} threads): median "
                  f"{s['median_gflops']:.1f} GFLOP/s over {len(s['samples_gflops'])} measurements "
                  f"(min {min(s['samples_gflops']):.1f}, max {max(s['samples_gflops']):.1f}).")
+    if result.get("bridge_rows"):
+        lines += ["", "LSTM training step through gpurnn.torch: in a torch model (the LSTM, a linear head on its "
+                  "last step, MSE, backward) against the same model with torch.nn.LSTM; and gpurnn.torch.LSTM "
+                  "alone against gpurnn's own LSTM layer, backward of the same dy (the difference is what the "
+                  "bridge costs).", "",
+                  "| shape T·B·I·H | model, gpurnn.torch ms | model, torch.nn ms | speed-up | gpurnn.torch.LSTM ms "
+                  "| gpurnn.LSTM ms | bridge cost |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in result["bridge_rows"]:
+            lines.append(f"| {r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']} | {r['model_ms']:.2f} | "
+                         f"{r['torch_model_ms']:.2f} | {r['speedup']:.2f}x | {r['bridge_ms']:.2f} | "
+                         f"{r['layer_ms']:.2f} | {r['overhead_ms']:+.2f} ms ({r['overhead_pct']:+.1f}%) |")
     if result.get("cold_start"):
         lines += ["", "| cell | first training step, empty Numba cache | warm cache | torch |", "|---|---:|---:|---:|"]
         for c in result["cold_start"]:
@@ -349,6 +444,7 @@ def main(argv=None):
     p.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each block")
     p.add_argument("--sgemm-n", type=int, default=2048)
     p.add_argument("--no-cold-start", action="store_true")
+    p.add_argument("--no-bridge", action="store_true", help="skip the gpurnn.torch rows (LSTM in a torch model)")
     p.add_argument("--quick", action="store_true", help="one tiny shape, one round, no cold start")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and plot")
     p.add_argument("--name", default="bench_cpu", help="file name stem of the outputs")
@@ -404,6 +500,8 @@ def main(argv=None):
                 print(f"{cell:8s} {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} {mode:7s} "
                       f"gpurnn {g * 1e3:9.2f} ms  torch {t * 1e3:9.2f} ms  speed-up {t / g:5.2f}x  "
                       f"{f / g / 1e9:6.1f} GFLOP/s  (BLAS floor {floor * 1e3:.2f} ms)", flush=True)
+    if not args.no_bridge:
+        result["bridge_rows"] = bridge_rows(torch, grid, args)
     sgemm = float(np.median(sgemm_samples))
     result["sgemm"] = dict(n=args.sgemm_n, median_gflops=sgemm, samples_gflops=sgemm_samples)
     for row in result["rows"]:

@@ -27,5 +27,10 @@ def test_bench_cpu_quick_writes_json_and_table(tmp_path):
         assert row["gpurnn_ms"] > 0 and row["torch_ms"] > 0
         assert row["speedup"] == pytest.approx(row["torch_ms"] / row["gpurnn_ms"])
         assert row["flops"] > 0 and row["pct_sgemm"] > 0
+    (bridge,) = result["bridge_rows"]
+    assert min(bridge[k] for k in ("model_ms", "torch_model_ms", "bridge_ms", "layer_ms")) > 0
+    assert bridge["speedup"] == pytest.approx(bridge["torch_model_ms"] / bridge["model_ms"])
+    assert bridge["overhead_ms"] == pytest.approx(bridge["bridge_ms"] - bridge["layer_ms"])
     table = (tmp_path / "smoke.md").read_text()
     assert "| lstm | tiny 5·2·3·4 | train |" in table
+    assert "| tiny 5·2·3·4 |" in table.split("through gpurnn.torch", 1)[1]

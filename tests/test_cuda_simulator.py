@@ -5,7 +5,8 @@ process with the real compiler, so the cuda cases of the files in FILES (the bac
 reference, the kernels, the layers' torch.nn conveniences, gpurnn.torch against torch.nn) run in a
 child pytest, each algorithm of the cuda backend (step, persistent, auto) on every case. The test
 fails when the child fails, and when it ran no cuda test at all (nothing selected would otherwise
-look like success)."""
+look like success).
+"""
 
 import os
 import re
