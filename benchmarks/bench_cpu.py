@@ -160,14 +160,14 @@ def bridge_calls(torch, T, B, I, H, backend):
 
     def model_step(m):
         def train():
-            m.zero_grad(set_to_none=False)
+            m.zero_grad()                   # torch's default: the grads are set to None
             x.grad = None
             y, _ = m["rnn"](x)
             torch.nn.functional.mse_loss(m["head"](y[-1]), target).backward()
         return train
 
     def bridge_alone():
-        ours.zero_grad(set_to_none=False)
+        ours.zero_grad()
         x.grad = None
         y, _ = ours["rnn"](x)
         y.backward(dyt)

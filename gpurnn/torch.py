@@ -268,7 +268,9 @@ class _Run:
             return
         import cupy
         ptr = torch.cuda.current_stream(self.device).cuda_stream
-        with cupy.cuda.Device(self.device.index or 0), cupy.cuda.ExternalStream(ptr):
+        # torch's default stream is the legacy default stream, pointer 0: CuPy's null stream
+        stream = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr)
+        with cupy.cuda.Device(self.device.index or 0), stream:
             yield
 
 
@@ -319,12 +321,13 @@ class _Stack(torch.autograd.Function):
         with run.stream():
             state = _join(ctx.skeleton, [_array(t, be) for t in saved[3 + len(run.names):]])
             params = {n: _array(w, be) for n, w in zip(run.names, weights)}
-            grads = {n: torch.zeros_like(w) for n, w in zip(run.names, weights)}
+            # the backend's own zeros, not torch's: a torch op here would wake torch's thread pool,
+            # whose spinning workers then slow the BLAS calls of the backward on a small machine
+            grads = {n: be.xp.zeros(p.shape, p.dtype) for n, p in params.items()}
             dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be), _array_or_none(dh_n, be),
-                                          _array_or_none(dc_n, be), params,
-                                          {n: _array(g, be) for n, g in grads.items()})
+                                          _array_or_none(dc_n, be), params, grads)
         return (None, _tensor(dx, be), None if h0 is None else _tensor(dh0, be),
-                None if c0 is None else _tensor(dc0, be), *(grads[n] for n in run.names))
+                None if c0 is None else _tensor(dc0, be), *(_tensor(grads[n], be) for n in run.names))
 
 
 def _array(t, be):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from conftest import CELLS, FAST_BACKENDS
+from conftest import CELLS, FAST_BACKENDS, SIMULATED
 from gpurnn.backend import get_backend
 
 torch = pytest.importorskip("torch", reason="gpurnn.torch needs torch; pip install '.[test]'")
@@ -26,11 +26,24 @@ F64 = torch.float64
 BACKENDS = ["reference"] + FAST_BACKENDS
 CUDA_BACKENDS = [b for b in BACKENDS if b.startswith("cuda")]
 CLASS = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+ON_GPU = not SIMULATED and gpurnn.cuda_status()[0]     # the cuda backend on a real GPU
+
+
+def device_of(backend):
+    """Where a backend's tensors live: on a GPU the cuda backend takes CUDA tensors; the simulator
+    and the other backends compute on host memory."""
+    if backend.startswith("cuda") and ON_GPU:
+        if not torch.cuda.is_available():
+            pytest.skip("this torch has no CUDA: it cannot hand gpurnn.torch the CUDA tensors the cuda backend takes")
+        return "cuda"
+    return "cpu"
 
 
 def pair(cell, backend, *args, seed=0, **kw):
-    """(gpurnn.torch module, torch.nn module): the same configuration, float64, the same weights.
+    """(gpurnn.torch module, torch.nn module): the same configuration, float64, the same weights;
+    gpurnn.torch's on its backend's device (device_of), torch.nn's on the CPU.
     ``backend`` "cuda-<algo>" is the cuda backend with that algorithm."""
+    device = device_of(backend)
     algo = "auto"
     if backend.startswith("cuda-"):
         backend, algo = "cuda", backend[len("cuda-"):]
@@ -42,22 +55,24 @@ def pair(cell, backend, *args, seed=0, **kw):
     ours = getattr(gt, CLASS[cell])(*args, dtype=F64, backend=backend, algo=algo, **kw)
     theirs = getattr(torch.nn, CLASS[cell])(*args, dtype=F64, **kw)
     theirs.load_state_dict(ours.state_dict(), strict=True)
-    return ours, theirs
+    return ours.to(device), theirs
 
 
 def run(m, cell, x, hx, lengths, batch_first, seed=1):
     """Forward (packed when there are lengths), then backward of a random weighting of every
-    output; returns outputs and every gradient (input, initial states, parameters) as arrays."""
-    x = x.clone().requires_grad_(True)
-    hx = None if hx is None else tuple(h.clone().requires_grad_(True) for h in hx)
+    output, on m's device; returns outputs and every gradient (input, initial states, parameters)
+    as host arrays."""
+    device = next(m.parameters()).device
+    x = x.to(device).requires_grad_(True)
+    hx = None if hx is None else tuple(h.to(device).requires_grad_(True) for h in hx)
     inp = x if lengths is None else pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
     out, state = m(inp, None if hx is None else (hx if cell == "lstm" else hx[0]))
     states = state if cell == "lstm" else (state,)
     y = out.data if lengths is not None else out
     g = torch.Generator().manual_seed(seed)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=F64)).sum()
+    loss = (y * torch.randn(y.shape, generator=g, dtype=F64).to(device)).sum()
     for s in states:
-        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=F64)).sum()
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=F64).to(device)).sum()
     m.zero_grad()
     loss.backward()
     res = {"y": y, "dx": x.grad}
@@ -67,7 +82,7 @@ def run(m, cell, x, hx, lengths, batch_first, seed=1):
     res.update({f"grad/{k}": p.grad for k, p in m.named_parameters()})
     if lengths is not None:
         res.update(batch_sizes=out.batch_sizes, sorted=out.sorted_indices, unsorted=out.unsorted_indices)
-    return {k: v.detach().numpy() for k, v in res.items()}
+    return {k: v.detach().cpu().numpy() for k, v in res.items()}
 
 
 # (layers, bidirectional, batch_first, packed with unsorted lengths, hx given, bias)
@@ -159,22 +174,25 @@ class Tagger(torch.nn.Module):
 @pytest.mark.parametrize("backend", ["reference", "cpu"] + [b for b in CUDA_BACKENDS if b.endswith("auto")])
 def test_training_with_adam_and_clipping_gives_torch_nn_weights(backend, cell):
     kw = {"backend": backend[:4] if backend.startswith("cuda") else backend}
+    device = device_of(backend)
     torch.manual_seed(0)
     ours = Tagger(getattr(gt, CLASS[cell]), cell, **kw)
     theirs = Tagger(getattr(torch.nn, CLASS[cell]), cell)
     theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours.to(device)
     g = torch.Generator().manual_seed(1)
     data = [(torch.randn(4, 5, 3, generator=g, dtype=F64), torch.randn(4, 5, 2, generator=g, dtype=F64))
             for _ in range(4)]
     for model in (ours, theirs):
+        at = next(model.parameters()).device
         opt = torch.optim.Adam(model.parameters(), lr=0.05)
         for x, y in data:
             opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
+            torch.nn.functional.mse_loss(model(x.to(at)), y.to(at)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
             opt.step()
     for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=k)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-12, msg=k)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -225,8 +243,9 @@ def test_dropout_in_training_is_torch_nn_dropout_on_the_cpu(cell):
     assert not torch.allclose(again, ours.eval()(x)[0])                         # and it drops
 
 
-@pytest.mark.parametrize("backend", CUDA_BACKENDS or [pytest.param("cuda", marks=pytest.mark.skip(
-    reason="no cuda backend here; tests/test_cuda_simulator.py runs this in the simulator"))])
+@pytest.mark.parametrize("backend", [b for b in CUDA_BACKENDS if SIMULATED] or [pytest.param("cuda", marks=pytest.mark.skip(
+    reason="the simulator's case: tests/test_cuda_simulator.py runs it (on a GPU the masks come from "
+           "torch's CUDA generator, a stream of its own)"))])
 def test_dropout_on_the_cuda_backend_matches_the_cpu_backend(backend):
     ours, _ = pair("gru", backend, 3, 4, 2, dropout=0.5)
     cpu, _ = pair("gru", "cpu", 3, 4, 2, dropout=0.5)
