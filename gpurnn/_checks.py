@@ -64,7 +64,7 @@ def dropout_probability(p, num_layers):
     if p > 0 and num_layers == 1:
         import warnings
         warnings.warn(f"dropout acts between stacked layers, after every layer but the last; with "
-                      f"num_layers=1, dropout={p} does nothing", UserWarning, stacklevel=4)
+                      f"num_layers=1, dropout={p} does nothing", UserWarning, stacklevel=5)
     return float(p)
 
 

@@ -104,6 +104,46 @@ def layer_names(layer, direction, bias=True):
     return names
 
 
+def check_algo(algo, backend):
+    """``algo`` is one of ALGOS, and only the cuda backend (or "auto", which may become it) has a choice."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
+    if algo != "auto" and backend not in ("auto", "cuda"):
+        raise ValueError(f"algo={algo!r} is an algorithm of the cuda backend; the {backend!r} backend has one "
+                         "algorithm: leave algo='auto'")
+    return algo
+
+
+def set_stack_arguments(module, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                        bidirectional):
+    """Checks torch.nn's arguments of a stack and sets them on ``module`` (a layer here, or a
+    gpurnn.torch module), under torch.nn's attribute names."""
+    module.cell = cell
+    module.input_size = _checks.positive_int(input_size, "input_size")
+    module.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+    module.num_layers = _checks.positive_int(num_layers, "num_layers")
+    module.bias = bool(bias)
+    module.batch_first = bool(batch_first)
+    module.dropout = _checks.dropout_probability(dropout, module.num_layers)
+    module.bidirectional = bool(bidirectional)
+
+
+def parameter_shapes(cell, input_size, hidden_size, num_layers, bidirectional, bias):
+    """{torch.nn's name: shape} of every parameter of a stack, in torch.nn's order."""
+    G, H, D = GATES[cell], hidden_size, 2 if bidirectional else 1
+    shapes = {}
+    for layer in range(num_layers):
+        in_size = input_size if layer == 0 else D * H
+        for d in range(D):
+            names = layer_names(layer, d, bias)
+            shapes[names["w_ih"]] = (G * H, in_size)
+            shapes[names["w_hh"]] = (G * H, H)
+            if bias:
+                shapes[names["b_ih"]] = (G * H,)
+                shapes[names["b_hh"]] = (G * H,)
+    return shapes
+
+
 # ---------------------------------------------------------------- a stack of layers, on any backend
 # The two functions below are the whole recurrent network: the layers here and gpurnn.torch's
 # modules both run them. They take backend arrays that are already checked (shapes, dtype,
@@ -197,34 +237,14 @@ class RNNBase(Module):
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, backend="auto", dtype="float32", seed=None, algo="auto"):
         super().__init__(backend, dtype)
-        if algo not in ALGOS:
-            raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
-        if algo != "auto" and self.backend.name != "cuda":
-            raise ValueError(f"algo={algo!r} is an algorithm of the cuda backend; the {self.backend.name!r} "
-                             "backend has one algorithm: leave algo='auto'")
-        self.algo = algo
+        self.algo = check_algo(algo, self.backend.name)
         self.plans = []   # the cuda backend's plan of each layer and direction in the last forward
-        self.cell = cell
-        self.input_size = _checks.positive_int(input_size, "input_size")
-        self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
-        self.num_layers = _checks.positive_int(num_layers, "num_layers")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = _checks.dropout_probability(dropout, self.num_layers)
-        self.bidirectional = bool(bidirectional)
+        set_stack_arguments(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                            bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
-        G, H, D = GATES[cell], self.hidden_size, self.num_directions
-        shapes = {}
-        for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else D * H
-            for d in range(D):
-                names = self._names(layer, d)
-                shapes[names["w_ih"]] = (G * H, in_size)
-                shapes[names["w_hh"]] = (G * H, H)
-                if self.bias:
-                    shapes[names["b_ih"]] = (G * H,)
-                    shapes[names["b_hh"]] = (G * H,)
-        self._init_params(shapes, 1.0 / np.sqrt(H), seed)
+        shapes = parameter_shapes(cell, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
+                                  self.bias)
+        self._init_params(shapes, 1.0 / np.sqrt(self.hidden_size), seed)
         self.generator = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self._saved = None
 

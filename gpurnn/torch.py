@@ -34,9 +34,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import _checks
 from .backend import BACKENDS, get_backend
-from .layers import ALGOS, GATES, layer_names, stack_backward, stack_forward
+from .layers import check_algo, layer_names, parameter_shapes, set_stack_arguments, stack_backward, stack_forward
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
@@ -51,34 +50,17 @@ class _RNNBase(nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if algo not in ALGOS:
-            raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
-        if algo != "auto" and backend not in ("auto", "cuda"):
-            raise ValueError(f"algo={algo!r} is an algorithm of the cuda backend; the {backend!r} backend has "
-                             "one algorithm: leave algo='auto'")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"gpurnn computes in float32 or float64, got dtype={dtype}")
-        self.cell = cell
-        self.input_size = _checks.positive_int(input_size, "input_size")
-        self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
-        self.num_layers = _checks.positive_int(num_layers, "num_layers")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = _checks.dropout_probability(dropout, self.num_layers)
-        self.bidirectional = bool(bidirectional)
         self.backend = backend
-        self.algo = algo
-        G, H, D = GATES[cell], self.hidden_size, 2 if self.bidirectional else 1
-        self._names = []         # torch.nn's parameter names, in its order
-        for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else D * H
-            for d in range(D):
-                names = layer_names(layer, d, self.bias)
-                shapes = dict(w_ih=(G * H, in_size), w_hh=(G * H, H), b_ih=(G * H,), b_hh=(G * H,))
-                for key, name in names.items():
-                    self.register_parameter(name, nn.Parameter(torch.empty(shapes[key], device=device,
-                                                                           dtype=dtype)))
-                    self._names.append(name)
+        self.algo = check_algo(algo, backend)
+        set_stack_arguments(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                            bidirectional)
+        shapes = parameter_shapes(cell, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
+                                  self.bias)
+        self._names = list(shapes)          # torch.nn's parameter names, in its order
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -136,6 +118,9 @@ class _RNNBase(nn.Module):
             raise ValueError(f"{name}: input has shape {tuple(input.shape)}; expected at least one time step "
                              f"and one batch row")
         weight = self.weight_ih_l0
+        if weight.dtype not in DTYPES:
+            raise TypeError(f"{name}: the parameters are {weight.dtype}, but gpurnn computes in float32 or float64; "
+                            "convert the module with .float() or .double()")
         if x.dtype != weight.dtype:
             raise TypeError(f"{name}: input has dtype {x.dtype} but the parameters are {weight.dtype}; convert one "
                             f"(x.to({weight.dtype}) or module.to({x.dtype}))")

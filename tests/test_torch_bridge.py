@@ -319,6 +319,8 @@ def test_no_copies_between_tensors_and_arrays():
     (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), TypeError,
      r"hx must be a tuple \(h_0, c_0\)"),
     (lambda: gt.GRU(3, 4), lambda m: m(np.zeros((5, 2, 3))), TypeError, r"input must be a torch.Tensor"),
+    (lambda: gt.GRU(3, 4).half(), lambda m: m(torch.randn(5, 2, 3).half()), TypeError,
+     r"the parameters are torch.float16, but gpurnn computes in float32 or float64"),
     (lambda: gt.LSTM(3, 4, proj_size=2), None, ValueError, r"proj_size=2: gpurnn's LSTM has no projection"),
     (lambda: gt.LSTM(3, 4, dtype=torch.float16), None, ValueError, r"float32 or float64, got dtype=torch.float16"),
     (lambda: gt.LSTM(3, 4, backend="tpu"), None, ValueError, r"unknown backend 'tpu'"),
