@@ -340,7 +340,8 @@ def machine_info(torch):
     except OSError:
         pass
     info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
-                                                  "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+                                                  "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                                  "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     try:
         from threadpoolctl import threadpool_info
         info["threadpools"] = threadpool_info()

@@ -243,19 +243,28 @@ def test_dropout_in_training_is_torch_nn_dropout_on_the_cpu(cell):
     assert not torch.allclose(again, ours.eval()(x)[0])                         # and it drops
 
 
-@pytest.mark.parametrize("backend", [b for b in CUDA_BACKENDS if SIMULATED] or [pytest.param("cuda", marks=pytest.mark.skip(
-    reason="the simulator's case: tests/test_cuda_simulator.py runs it (on a GPU the masks come from "
-           "torch's CUDA generator, a stream of its own)"))])
-def test_dropout_on_the_cuda_backend_matches_the_cpu_backend(backend):
+@pytest.mark.parametrize("backend", CUDA_BACKENDS or [pytest.param("cuda", marks=pytest.mark.skip(
+    reason="no cuda backend here; tests/test_cuda_simulator.py runs this in the simulator"))])
+def test_dropout_on_the_cuda_backend(backend):
+    """Reproducible under a seed and dropping in training mode; in the simulator, where the masks
+    come from torch's CPU generator, equal to the cpu backend's run (on a GPU they come from
+    torch's CUDA generator, a stream of its own)."""
     ours, _ = pair("gru", backend, 3, 4, 2, dropout=0.5)
-    cpu, _ = pair("gru", "cpu", 3, 4, 2, dropout=0.5)
     x = torch.randn(5, 2, 3, dtype=F64)
     torch.manual_seed(1)
     got = run(ours, "gru", x, None, None, False)
     torch.manual_seed(1)
-    want = run(cpu, "gru", x, None, None, False)
-    for key, value in want.items():
-        np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+    again = run(ours, "gru", x, None, None, False)
+    for key, value in got.items():
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
+    ours.eval()
+    assert not np.allclose(run(ours, "gru", x, None, None, False)["y"], got["y"])
+    if SIMULATED:
+        cpu, _ = pair("gru", "cpu", 3, 4, 2, dropout=0.5)
+        torch.manual_seed(1)
+        want = run(cpu, "gru", x, None, None, False)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
 # ---------------------------------------------------------------- torch's rules
