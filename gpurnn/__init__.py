@@ -1,5 +1,8 @@
 """gpurnn: recurrent networks trained with backpropagation through time, on NVIDIA GPUs through
-custom Numba CUDA kernels and on any CPU through a Numba fallback."""
+custom Numba CUDA kernels and on any CPU through a Numba fallback.
+
+``gpurnn.torch`` (imported on its own; it needs torch) holds RNN, LSTM and GRU as torch.nn modules
+on the same kernels."""
 
 try:
     from . import kernels as _kernels  # noqa: F401  (kernels/ is installed as gpurnn.kernels)
