@@ -132,9 +132,8 @@ class _RNNBase(nn.Module):
         masks = None
         if self.training and self.dropout and self.num_layers > 1:
             masks = self._dropout_masks(T, B, x)
-        run = _Run(be, self.cell, self.num_layers, self.bidirectional, self._names, lengths, masks, self.algo,
-                   x.device)
-        out = _Stack.apply(run, x, h0, c0, *(getattr(self, n) for n in self._names))
+        run = _Run(be, self.cell, self.num_layers, self.bidirectional, self._names, lengths, self.algo, x.device)
+        out = _Stack.apply(run, masks, x, h0, c0, *(getattr(self, n) for n in self._names))
         y, h_n = out[0], out[1]
         c_n = out[2] if self.cell == "lstm" else None
         if packed:
@@ -238,11 +237,12 @@ class GRU(_RNNBase):
 # ---------------------------------------------------------------- the autograd Function
 class _Run:
     """What one call of _Stack needs besides tensors: the stack's shape and where it runs.
-    ``lengths``: a CPU int64 tensor (B,) or None; ``masks``: dropout masks or None."""
+    ``lengths``: a CPU int64 tensor (B,) or None. It stays with the graph until the graph is freed,
+    so it holds no activations (the dropout masks go through save_for_backward with the rest)."""
 
-    def __init__(self, backend, cell, num_layers, bidirectional, names, lengths, masks, algo, device):
+    def __init__(self, backend, cell, num_layers, bidirectional, names, lengths, algo, device):
         self.backend, self.cell, self.num_layers, self.bidirectional = backend, cell, num_layers, bidirectional
-        self.names, self.lengths, self.masks, self.algo, self.device = names, lengths, masks, algo, device
+        self.names, self.lengths, self.algo, self.device = names, lengths, algo, device
 
     @contextlib.contextmanager
     def stream(self):
@@ -260,7 +260,8 @@ class _Run:
 
 
 class _Stack(torch.autograd.Function):
-    """y, h_n[, c_n] = stack(x, h0, c0, *weights) with gpurnn's forward; BPTT in backward.
+    """y, h_n[, c_n] = stack(x, h0, c0, *weights) with gpurnn's forward, the dropout ``masks``
+    (a list of tensors, or None) between layers; BPTT in backward.
 
     The arrays that backward reads are handed to ``save_for_backward`` as tensors (views of the
     same memory), so torch frees them after backward as it frees its own, and refuses a second
@@ -270,7 +271,7 @@ class _Stack(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, run, x, h0, c0, *weights):
+    def forward(ctx, run, masks, x, h0, c0, *weights):
         be = run.backend
         xp = be.xp
         with run.stream():
@@ -285,7 +286,7 @@ class _Stack(torch.autograd.Function):
             if run.lengths is not None:
                 lens = be.asarray(run.lengths.numpy(), np.int32)
             params = {n: _array(w, be) for n, w in zip(run.names, weights)}
-            masks = None if run.masks is None else [_array(m, be) for m in run.masks]
+            masks = None if masks is None else [_array(m, be) for m in masks]
             y, h_n, c_n, state = stack_forward(be, run.cell, params, xa, h0a, c0a, lens, run.num_layers,
                                                run.bidirectional, masks, run.algo)
         arrays = []
@@ -311,7 +312,7 @@ class _Stack(torch.autograd.Function):
             grads = {n: be.xp.zeros(p.shape, p.dtype) for n, p in params.items()}
             dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be), _array_or_none(dh_n, be),
                                           _array_or_none(dc_n, be), params, grads)
-        return (None, _tensor(dx, be), None if h0 is None else _tensor(dh0, be),
+        return (None, None, _tensor(dx, be), None if h0 is None else _tensor(dh0, be),
                 None if c0 is None else _tensor(dc0, be), *(_tensor(grads[n], be) for n in run.names))
 
 
