@@ -109,7 +109,8 @@ step_install() {
 step_tests() {
     echo "== 3. cuda tests ($(left) s left)"
     local files=(tests/test_backends.py tests/test_random_shapes.py tests/test_cuda_kernels.py
-                 tests/test_cuda_persistent.py tests/test_layers_api.py tests/test_torch_bridge.py)
+                 tests/test_cuda_persistent.py tests/test_cuda_graphs.py tests/test_layers_api.py
+                 tests/test_torch_bridge.py)
     local select=cuda workers=()
     if [ "$SIM" = 1 ]; then
         select="cuda and (launch_config or T1B1I1H1L1)"   # the plumbing: one case a cell, dtype and algo

@@ -2,12 +2,23 @@
 
     python -m gpurnn.kernels.report            a table: one row per kernel x cell x dtype x target
     python -m gpurnn.kernels.report --json     the same rows as JSON
+    python -m gpurnn.kernels.report --target sm_90     one target only (the test runs one process each)
 
 Each kernel of ``kernels/cuda/`` (``build_kernels``, with the GPU block geometry) is compiled to PTX
 by ``numba.cuda.compile_ptx`` for compute capability 8.0 and 9.0, and the PTX is linked to SASS by
 nvJitLink (``-arch=sm_80`` / ``-arch=sm_90``, ``-verbose``); the linker's log gives registers per
 thread, spill stores and loads, stack frame, local memory and static shared memory per block.
 Needs NVVM and nvJitLink (``pip install "numba-cuda[cu13]"``), no driver and no GPU.
+
+Each kernel's SASS is then disassembled by NVIDIA's ``nvdisasm`` (``pip install nvidia-cuda-nvdisasm``)
+and its hottest loop found: of the innermost loops (a backward branch and the instructions it jumps
+over), the one with the most FFMA (DFMA for float64). The report counts that loop's multiply-adds
+(``fma``) and shared-memory loads of any width (``lds``: LDS, LDS.64, LDS.128) and gives their ratio,
+``ffma_per_lds``: how many multiply-adds each shared-memory load feeds, the figure of merit of a
+register-tiled product. ``occupancy`` is the theoretical occupancy (resident warps of the 64 an SM
+holds) on an A100 for sm_80 and an H100 for sm_90, from the registers, the block size and the static
+shared memory (the persistent kernels also take dynamic shared memory, which their plan sizes: their
+figure is an upper bound).
 
 Then the limits of the persistent path on an A100 (108 SMs, sm_80) and an H100 SXM (132 SMs,
 sm_90), from those resources: ``kernels/cuda/plan.py``'s choice on a modelled device given the
@@ -56,13 +67,93 @@ def missing_toolchain():
         from cuda.bindings import nvjitlink  # noqa: F401
     except ImportError as e:
         return f"nvJitLink is not installed ({e}); {hint}"
+    if nvdisasm() is None:
+        return "nvdisasm was not found; pip install nvidia-cuda-nvdisasm"
     return None
 
 
-def link_log(ptx, cc):
-    """nvJitLink's verbose info log for linking ``ptx`` to SASS for sm_<cc>. A cooperative kernel
-    (``this_grid().sync()`` calls into the device runtime) is linked with libcudadevrt, as
-    numba-cuda links it."""
+def nvdisasm():
+    """The path of NVIDIA's disassembler (the nvidia-cuda-nvdisasm wheel, or a CUDA toolkit's), or
+    None."""
+    try:
+        from cuda.pathfinder import find_nvidia_binary_utility
+    except ImportError:
+        import shutil
+        return shutil.which("nvdisasm")
+    return find_nvidia_binary_utility("nvdisasm")
+
+
+def disassemble(cubin):
+    """The SASS of a cubin, as nvdisasm prints it."""
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([nvdisasm(), f.name], capture_output=True, text=True, check=True).stdout
+
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_TARGET = re.compile(r"\((\.L_x_\d+)\)")
+
+
+def kernel_sass(sass, name):
+    """[(address, opcode, operands)] of kernel ``name``'s own code in a disassembly (its
+    ``.text.<mangled name>`` section; a label stands for the address of the instruction after it),
+    and {label: address}."""
+    instructions, labels, inside, pending = [], {}, False, []
+    for line in sass.splitlines():
+        if re.match(r"\s*\.section\s", line):
+            inside = ".text." in line and name in line
+            continue
+        if not inside:
+            continue
+        label = _LABEL.match(line.strip())
+        if label:
+            pending.append(label.group(1))
+            continue
+        ins = _INSTRUCTION.search(line)
+        if ins:
+            address = int(ins.group(1), 16)
+            for lab in pending:
+                labels[lab] = address
+            pending = []
+            instructions.append((address, ins.group(2), ins.group(3)))
+    if not instructions:
+        raise ValueError(f"kernel {name!r} not found in the disassembly")
+    return instructions, labels
+
+
+def hot_loop(sass, name, fma="FFMA"):
+    """{"fma", "lds", "ffma_per_lds", "loop_instructions"} of the hottest loop of kernel ``name``:
+    among the innermost loops (a branch back to an earlier label, with every instruction from the
+    label to the branch), the one with the most ``fma`` instructions (FFMA; DFMA for float64).
+    ``lds`` counts shared-memory loads of any width. A kernel without a loop of multiply-adds
+    gives zeros and a ratio of None."""
+    instructions, labels = kernel_sass(sass, name)
+    loops = []
+    for address, op, operands in instructions:
+        target = _TARGET.search(operands)
+        if op.startswith("BRA") and target and labels.get(target.group(1), address + 1) <= address:
+            loops.append((labels[target.group(1)], address))
+    innermost = [(a, b) for a, b in loops
+                 if not any((a, b) != (c, d) and a <= c and d <= b for c, d in loops)]
+
+    def count(a, b, prefix):
+        return sum(1 for addr, op, _ in instructions if a <= addr <= b and op.split(".")[0] == prefix)
+    best = max(innermost, key=lambda ab: count(*ab, fma), default=None)
+    if best is None or count(*best, fma) == 0:
+        return dict(fma=0, lds=0, ffma_per_lds=None, loop_instructions=0)
+    n_fma, n_lds = count(*best, fma), count(*best, "LDS")
+    return dict(fma=n_fma, lds=n_lds, ffma_per_lds=round(n_fma / n_lds, 2) if n_lds else None,
+                loop_instructions=sum(1 for addr, _, _ in instructions if best[0] <= addr <= best[1]))
+
+
+def link(ptx, cc):
+    """(nvJitLink's verbose info log, the linked cubin) for linking ``ptx`` to SASS for sm_<cc>. A
+    cooperative kernel (``this_grid().sync()`` calls into the device runtime) is linked with
+    libcudadevrt, as numba-cuda links it."""
     from cuda.bindings import nvjitlink
     handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}".encode(), b"-verbose"])
     try:
@@ -81,7 +172,10 @@ def link_log(ptx, cc):
         size = nvjitlink.get_info_log_size(handle)
         log = bytearray(size)
         nvjitlink.get_info_log(handle, log)
-        return bytes(log).decode(errors="replace")
+        size = nvjitlink.get_linked_cubin_size(handle)
+        cubin = bytearray(size)
+        nvjitlink.get_linked_cubin(handle, cubin)
+        return bytes(log).decode(errors="replace"), bytes(cubin)
     finally:
         nvjitlink.destroy(handle)
 
@@ -142,7 +236,10 @@ def report(targets=TARGETS):
             device.compute_capability = cc
             ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
             row = dict(kernel=name, cell=cell, dtype=dtype, target=f"sm_{cc[0]}{cc[1]}")
-            row.update(parse_log(link_log(ptx, cc), name))
+            log, cubin = link(ptx, cc)
+            row.update(parse_log(log, name))
+            row.update(hot_loop(disassemble(cubin), name, "DFMA" if dtype == "float64" else "FFMA"))
+            row["occupancy"] = occupancy(row, name)
             rows.append(row)
     return dict(toolchain=toolchain(), geometry=GPU_GEOMETRY.__dict__, rows=rows,
                 persistent_limits=persistent_limits(rows))
@@ -151,12 +248,35 @@ def report(targets=TARGETS):
 DEVICES = (("sm_80", "A100"), ("sm_90", "H100"))
 
 
+def block_threads(name, geo):
+    """Threads a block of kernel ``name`` has with geometry ``geo``."""
+    if name.startswith("step"):
+        return geo.step_h * geo.step_b
+    if name == "accumulate":
+        return geo.acc_threads ** 2
+    return geo.persist_threads
+
+
+def occupancy(row, name):
+    """The theoretical occupancy of a compiled kernel (a report row): resident warps over the 64
+    an SM holds, on the modelled device of its target, from registers, block size and static shared
+    memory."""
+    from .cuda import GPU_GEOMETRY, plan
+    device = getattr(plan, dict(DEVICES)[row["target"]])
+    threads = block_threads(name, GPU_GEOMETRY)
+    blocks = device.resident_blocks(threads, row["shared"], 0, row["registers"])
+    warps = blocks * -(-threads // plan.WARP)
+    return round(warps / (device.threads_per_sm // plan.WARP), 3)
+
+
 def persistent_limits(rows, batch=8):
     """Per modelled device, cell and dtype: the persistent kernels' registers (the larger of
     forward and backward) and what ``plan.choose`` accepts with them at a batch of ``batch``."""
     from .cuda import CELLS, GPU_GEOMETRY, plan
     out = []
     for target, model in DEVICES:
+        if not any(r["target"] == target for r in rows):
+            continue
         for cell in CELLS:
             for dtype in DTYPES:
                 regs = max(r["registers"] for r in rows if r["target"] == target and r["cell"] == cell
@@ -170,7 +290,7 @@ def persistent_limits(rows, batch=8):
 
 
 KERNEL_COLUMNS = ("kernel", "cell", "dtype", "target", "registers", "spill_stores", "spill_loads", "stack",
-                  "call_stack", "local", "shared")
+                  "call_stack", "local", "shared", "fma", "lds", "ffma_per_lds", "occupancy")
 LIMIT_COLUMNS = ("device", "cell", "dtype", "registers", "B", "largest_grid", "largest_hidden",
                  "largest_hidden_w_on_chip", "largest_hidden_dw_on_chip")
 
@@ -185,6 +305,8 @@ def table(rows, head=KERNEL_COLUMNS):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpurnn.kernels.report", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--target", action="append", choices=[f"sm_{a}{b}" for a, b in TARGETS],
+                        help="compile for this target only (repeatable; default: all of them)")
     args = parser.parse_args(argv)
     from ..backend import cuda_simulated
     if cuda_simulated():
@@ -193,7 +315,8 @@ def main(argv=None):
     if missing:
         print(f"cannot compile: {missing}", file=sys.stderr)
         return MISSING_TOOLCHAIN
-    result = report()
+    targets = [cc for cc in TARGETS if not args.target or f"sm_{cc[0]}{cc[1]}" in args.target]
+    result = report(targets)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -201,11 +324,36 @@ def main(argv=None):
         print(f"geometry: {result['geometry']}  (bytes; shared is static shared memory per block; "
               "call_stack includes the functions a kernel calls)")
         print(table(result["rows"]))
+        print("fma, lds: multiply-adds (FFMA; DFMA for float64) and shared-memory loads in the hottest "
+              "loop's SASS; occupancy: resident warps / 64 on an A100 (sm_80) or H100 (sm_90)")
         print("\nlimits of the persistent path (hidden sizes; W_hh and dW_hh on-chip: in shared memory "
               "for the whole sequence; otherwise W_hh is read from L2 each step)")
         print(table(result["persistent_limits"], LIMIT_COLUMNS))
-    bad = [r for r in result["rows"] if r["spill_stores"] or r["spill_loads"]]
+    bad = failures(result["rows"])
+    for line in bad:
+        print(line, file=sys.stderr)
     return 1 if bad else 0
+
+
+# The register-tiled kernels: in float32 each shared-memory load of their hottest loop must feed at
+# least this many multiply-adds (a warp scheduler issues one instruction a cycle; at 4 FFMA a load
+# and the loop's other instructions the FMA pipes stay the bottleneck).
+TILED = ("step_forward", "step_backward", "accumulate")
+MIN_FFMA_PER_LDS = 4
+
+
+def failures(rows):
+    """One line per kernel that spills, or per float32 register-tiled kernel whose hottest loop
+    does fewer than MIN_FFMA_PER_LDS multiply-adds a shared-memory load."""
+    out = []
+    for r in rows:
+        name = f"{r['kernel']} {r['cell']} {r['dtype']} {r['target']}"
+        if r["spill_stores"] or r["spill_loads"]:
+            out.append(f"{name} spills: {r['spill_stores']} bytes stored, {r['spill_loads']} loaded")
+        if r["kernel"] in TILED and r["dtype"] == "float32" and (r["ffma_per_lds"] or 0) < MIN_FFMA_PER_LDS:
+            out.append(f"{name}: {r['ffma_per_lds']} FFMA per LDS in its hottest loop "
+                       f"({r['fma']} FFMA, {r['lds']} LDS), below {MIN_FFMA_PER_LDS}")
+    return out
 
 
 if __name__ == "__main__":

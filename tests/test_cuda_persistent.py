@@ -102,27 +102,36 @@ def test_cuda_simulated_grid_sync_that_cannot_complete_raises():
 
 
 # ---------------------------------------------------------------- launches per training step
-def _train_launches(cell, T, backend, L=2, D=2):
-    from gpurnn.kernels.cuda import recording
+def _train_launches(cell, T, backend, L=2, D=2, steps=1):
+    """The launches of the last of ``steps`` training steps (forward and backward) of a stack."""
+    from gpurnn.kernels.cuda import graphs, recording
+    graphs.clear()
     rng = np.random.default_rng(T)
     I, B, H = 3, 2, 5
     problem = random_problem(rng, cell, T, B, I, H, L, D, True)
     m = make_model(cell, I, H, L, D == 2, backend=backend, seed=1)
+    for _ in range(steps - 1):
+        run_model(m, **problem)
     with recording() as launches:
         run_model(m, **problem)
     return [name for name, _launch, _args in launches]
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_cuda_persistent_training_step_launches_do_not_grow_with_T(cell):
+def test_cuda_persistent_training_step_launches_do_not_grow_with_T(cell, monkeypatch):
     """One layer and direction: persistent_forward, persistent_backward and the accumulation of
-    dW_ih: 3 launches whatever T (at most 4 is the target); the per-step path makes 2T + 2."""
+    dW_ih: 3 launches whatever T (at most 4 is the target). The per-step path makes 2T + 2 without
+    CUDA graphs; with them, once its plans have seen a call, two graph replays and the accumulation."""
     L, D = 2, 2
     for T in (1, 4, 9):
         names = _train_launches(cell, T, "cuda-persistent", L, D)
         assert sorted(names) == sorted(["persistent_forward", "persistent_backward", "accumulate"] * (L * D)), (T, names)
         assert len(names) / (L * D) <= 4
-        assert len(_train_launches(cell, T, "cuda-step", L, D)) == (2 * T + 2) * L * D
+        graphed = _train_launches(cell, T, "cuda-step", L, D, steps=2)
+        assert sorted(graphed) == sorted(["graph step_forward", "graph step_backward", "accumulate"] * (L * D)), graphed
+        with monkeypatch.context() as mp:
+            mp.setenv("GPURNN_GRAPHS", "0")
+            assert len(_train_launches(cell, T, "cuda-step", L, D, steps=2)) == (2 * T + 2) * L * D
 
 
 # ---------------------------------------------------------------- every regime of the plan

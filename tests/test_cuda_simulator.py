@@ -20,7 +20,7 @@ from conftest import SIMULATED
 
 TESTS = Path(__file__).resolve().parent
 FILES = ["test_backends.py", "test_random_shapes.py", "test_cuda_kernels.py", "test_cuda_persistent.py",
-         "test_layers_api.py", "test_torch_bridge.py"]
+         "test_cuda_graphs.py", "test_layers_api.py", "test_torch_bridge.py"]
 
 
 @pytest.mark.skipif(SIMULATED, reason="already in the simulator: the cuda cases run directly")

@@ -6,8 +6,10 @@ picks one per layer and direction.
     plan.py         the choice between the algorithms, from the shapes and the device's resources
     persistent.py   one cooperative launch for all T steps, one for the whole BPTT (dW_hh on-chip)
     step.py         one launch per time step, forward and backward
+    graphs.py       the per-step path's launches captured into CUDA graphs, replayed per call
     pointwise.py    the pointwise part of a step, once per cell, for both algorithms
     accumulate.py   the BPTT weight gradients: one deterministic reduction over all T*B rows
+    tiles.py        staging of double-buffered tiles in shared memory (step and accumulation kernels)
     runtime.py      block geometry, streams, the one place launches are configured
     simulator.py    what Numba's CUDA simulator needs to run them (cooperative grids included)
 
@@ -22,7 +24,9 @@ Backward (BPTT):
     the recursion: dG_t, dh, dc                 persistent: 1 launch (+ dW_hh, db_hh); step: T + 1
     accumulate kernel: dW_ih, db_ih (and dW_hh, db_hh unless the recursion did them)   1 launch
     dx = dG_x (N, G*H) @ W_ih                   cuBLAS
-Numba launches per training step of a layer and direction: 3 persistent, 2T + 2 per-step.
+Numba launches per training step of a layer and direction: 3 persistent, 2T + 2 per-step; with
+CUDA graphs (graphs.py, on by default) the per-step path's 2T + 1 recursion launches become two
+graph replays from its second call with the same shapes on.
 
 State storage. ``hs`` (T+1, B, H) holds every state in time order: the state before time t is
 ``hs[t + rev]`` and the state after it ``hs[t + 1 - rev]`` (rev = 1 for the reverse direction), so
@@ -43,7 +47,7 @@ from numba import cuda
 
 from ...backend import cuda_simulated
 from . import accumulate as _accumulate
-from . import persistent, plan, step
+from . import graphs, persistent, plan, step
 from . import runtime as rt
 from .runtime import (CELLS, GATES, GPU_GEOMETRY, SIM_GEOMETRY, Geometry, ceil_div,  # noqa: F401
                       default_geometry, launch_config, recording, toolchain)
@@ -105,6 +109,14 @@ def _gpu_device(device_id):
         smem_per_block=d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, l2_bytes=d.L2_CACHE_SIZE,
         regs_per_sm=d.MAX_REGISTERS_PER_MULTIPROCESSOR, threads_per_sm=d.MAX_THREADS_PER_MULTIPROCESSOR,
         blocks_per_sm=d.MAX_BLOCKS_PER_MULTIPROCESSOR, smem_reserved=d.RESERVED_SHARED_MEMORY_PER_BLOCK)
+
+
+def _device_key():
+    """Which GPU a graph's pointers belong to (0 in the simulator)."""
+    if cuda_simulated():
+        return 0
+    import cupy
+    return cupy.cuda.Device().id
 
 
 def current_device():
@@ -187,9 +199,15 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
         gates = xp.empty((T, B, GH), dt)
         hn = xp.empty((T, B, H), dt)
     stream = rt.current_stream()
+    graph = None
+    if the_plan.algo == "step":
+        graph = graphs.plan_for(cell, dt.name, T, B, H, lengths is not None, rev, geo, _device_key())
     saved = dict(x=x, hs=hs, cs=cs, gates=gates, hn=hn, lengths=lens, reverse=rev, geometry=geo,
-                 stream=stream, plan=the_plan)
-    ALGORITHMS[the_plan.algo].forward(cell, k, saved, xw, y, w_hh, b_hh, stream)
+                 stream=stream, plan=the_plan, graph=graph)
+    if graph is not None:
+        graphs.forward(graph, cell, k, saved, xw, y, w_hh, b_hh, stream)
+    else:
+        ALGORITHMS[the_plan.algo].forward(cell, k, saved, xw, y, w_hh, b_hh, stream)
     last = 0 if rev else T
     h_n = hs[last]
     c_n = cs[last] if cell == "lstm" else None
@@ -212,8 +230,11 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     dc = None
     if cell == "lstm":
         dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
-    hidden_done = ALGORITHMS[saved["plan"].algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh, grads,
-                                                          stream)
+    if saved["graph"] is not None:
+        hidden_done = graphs.backward(saved["graph"], cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh, stream)
+    else:
+        hidden_done = ALGORITHMS[saved["plan"].algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh,
+                                                              grads, stream)
     _accumulate.accumulate_grads(k, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
                                  hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done)
     dx = (dg_x.reshape(T * B, GH) @ w_ih).reshape(T, B, I)

@@ -28,18 +28,27 @@ class Geometry:
     """Block shapes, chosen here and nowhere else (threads as parameters, so benchmarks can sweep
     them and the simulator can use small blocks).
 
-    Per-step path: a step kernel's block is (step_h, step_b) threads, one per (hidden unit, batch
-    row), and the reduction over H (or G*H) is staged in tiles of step_h columns. The accumulation
-    kernel's block is (acc_threads, acc_threads) threads, each owning acc_regs x acc_regs outputs,
-    and stages acc_k rows of the N = T*B reduction at a time.
-    Persistent path: persist_threads threads per block (a power of two), one block per SM; each
-    thread holds persist_rows batch rows of its hidden unit in registers.
+    Per-step path: a step kernel's block is (step_h, step_b) threads; each thread owns step_rh
+    consecutive hidden units of step_rb consecutive batch rows (every gate of them in forward), so
+    a block covers step_h·step_rh units x step_b·step_rb rows; the reduction over H (or G*H) is
+    staged in tiles of step_k columns. A float64 value takes two registers: float64 kernels give a
+    thread step_rh64 units instead (``step_units``), which keeps the float64 LSTM's G·units·rows
+    accumulators in registers. The accumulation kernel's block is (acc_threads,
+    acc_threads) threads, each owning acc_regs x acc_regs outputs in runs of ``vec`` consecutive
+    rows and columns (one vector load each), and stages acc_k rows of the N = T*B reduction at a
+    time. Persistent path: persist_threads threads per block (a power of two), one block per SM;
+    each thread holds persist_rows batch rows of its hidden unit in registers.
     """
-    step_h: int = 32
-    step_b: int = 8
+    step_h: int = 16
+    step_rh: int = 2
+    step_rh64: int = 1
+    step_b: int = 4
+    step_rb: int = 4
+    step_k: int = 16
     acc_threads: int = 16
-    acc_regs: int = 4
-    acc_k: int = 16
+    acc_regs: int = 8
+    acc_k: int = 8
+    vec: int = 4
     persist_threads: int = 256
     persist_rows: int = 4
 
@@ -48,12 +57,24 @@ class Geometry:
         if t < 1 or t & (t - 1) or self.persist_rows < 1:
             raise ValueError(f"persist_threads must be a power of two and persist_rows >= 1, got {t} and "
                              f"{self.persist_rows}")
+        if min(self.step_h, self.step_rh, self.step_rh64, self.step_b, self.step_rb, self.step_k, self.acc_threads,
+               self.acc_regs, self.acc_k, self.vec) < 1:
+            raise ValueError(f"every size of a Geometry must be at least 1, got {self}")
+        if self.acc_regs % self.vec:
+            raise ValueError(f"acc_regs ({self.acc_regs}) must be a multiple of vec ({self.vec})")
+
+
+    def step_units(self, dtype):
+        """Hidden units a thread of a step kernel owns, for arrays of ``dtype``."""
+        return self.step_rh64 if np.dtype(dtype).itemsize == 8 else self.step_rh
 
 
 GPU_GEOMETRY = Geometry()
 # The simulator runs every CUDA thread as a Python thread: small blocks keep it fast, and still
-# make tests cross tile boundaries in H, B and N, and split dot products across threads.
-SIM_GEOMETRY = Geometry(step_h=4, step_b=2, acc_threads=2, acc_regs=2, acc_k=4, persist_threads=4, persist_rows=2)
+# make tests cross tile boundaries in H, B and N, split dot products across threads, and give a
+# thread several outputs (two runs of vec in the accumulation kernel).
+SIM_GEOMETRY = Geometry(step_h=2, step_rh=2, step_rh64=2, step_b=2, step_rb=2, step_k=4, acc_threads=2, acc_regs=4,
+                        acc_k=4, vec=2, persist_threads=4, persist_rows=2)
 
 
 def default_geometry():
@@ -162,13 +183,14 @@ def dev(a):
 
 # ---------------------------------------------------------------- launching
 _recorders = []
+_captures = []
 
 
 @contextlib.contextmanager
 def recording():
     """Within the block, every launch the cuda backend makes is appended to the list it yields,
     as (kernel name, configured kernel, arguments): launch counts for tests and benchmarks, and
-    a recorded launch can be replayed."""
+    a recorded launch can be replayed. A replayed graph is one entry (see graphs.py)."""
     launches = []
     _recorders.append(launches)
     try:
@@ -177,21 +199,55 @@ def recording():
         _recorders.remove(launches)
 
 
+@contextlib.contextmanager
+def capturing(run):
+    """Within the block, configured launches are appended to the list it yields, as in
+    ``recording``, and not to any recording: they are being captured into a graph. ``run=False``
+    (the simulator, which has no graphs) records them without running them; on a GPU they are
+    launched into the capturing stream, which runs nothing either."""
+    launches = []
+    _captures.append((launches, run))
+    try:
+        yield launches
+    finally:
+        _captures.remove((launches, run))
+
+
+class Launch:
+    """A kernel and its launch configuration (blocks, threads, Numba stream, dynamic shared bytes),
+    configured anew at every call: the simulator's configured kernel is the kernel itself, changed
+    by the next configuration, so a recorded launch that is run again must configure again."""
+
+    def __init__(self, kernel, config):
+        self.kernel, self.config = kernel, config
+
+    def configured(self):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+            return self.kernel[self.config]
+
+    def __call__(self, *args):
+        return self.configured()(*args)
+
+
 def configure(name, kernel, blocks, threads, stream, shared=0):
     """``kernel[blocks, threads, stream, shared]``: the one place launches are configured.
 
     numba-cuda's low-occupancy warning is silenced (small grids are what small layers need, and
     it would name no remedy a user has); ``shared`` is the dynamic shared memory in bytes.
-    Returns the configured kernel, or while ``recording()`` a wrapper that records each launch.
+    Returns the configured kernel, or while ``recording()`` or ``capturing()`` a wrapper that
+    records each launch.
     """
-    import warnings
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
-        launch = kernel[blocks, threads, numba_stream(stream), shared]
-    if not _recorders:
-        return launch
+    launch = Launch(kernel, (blocks, threads, numba_stream(stream), shared))
+    if not _recorders and not _captures:
+        return launch.configured()
 
     def recorded(*args):
+        if _captures:
+            launches, run = _captures[-1]
+            launches.append((name, launch, args))
+            return launch(*args) if run else None
         for launches in _recorders:
             launches.append((name, launch, args))
         return launch(*args)

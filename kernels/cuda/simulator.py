@@ -41,8 +41,9 @@ def _locked_shared_array(unlocked):
     lock = threading.Lock()
 
     def array(self, shape, dtype, alignment=None):
-        if shape == 0 or alignment is not None:   # dynamic shared memory: no allocation per line
+        if shape == 0:   # dynamic shared memory: no allocation per line
             return unlocked(self, shape, dtype, alignment)
+        # An alignment is a promise for the compiler's vector loads; NumPy's buffers are aligned.
         caller = sys._getframe(1)
         key = (caller.f_code.co_filename, caller.f_lineno)
         with lock:

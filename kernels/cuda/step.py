@@ -26,9 +26,9 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import pointwise
+from . import pointwise, tiles
 from . import runtime as rt
-from .runtime import GATES, device_function, launch_config, time_steps
+from .runtime import GATES, ceil_div, device_function, time_steps
 
 
 
@@ -39,84 +39,101 @@ def build(cell, dtype, geo):
     "step_backward"."""
     G = GATES[cell]
     dt = numba.from_dtype(np.dtype(dtype))
-    TH, TB = geo.step_h, geo.step_b          # step block: TH hidden units x TB batch rows
-    TK = TH                                  # reduction tile of the step products
-    TKP = TK + 1                             # padded row of a staged W tile: no bank conflicts
-    NT = TH * TB                             # threads per step block
+    TX, RX = geo.step_h, geo.step_units(dtype)   # threads along the hidden units, units a thread
+    TY, RY = geo.step_b, geo.step_rb         # threads along the batch, rows a thread
+    TK = geo.step_k                          # reduction tile of the step products
+    BX, BY = TX * RX, TY * RY                # a block's tile: BX hidden units x BY batch rows
+    R = RX * RY                              # outputs (b, j) a thread owns
+    GR, GRX = G * R, G * RX                  # (sizes of local arrays must be single constants)
+    NT = TX * TY                             # threads a block
+    SY = tiles.padded(BY)                    # row of a transposed tile of BY batch rows
+    SW = tiles.padded(G * BX)                # row of the forward's transposed W tile, all gates
+    stage_rows, stage_cols = tiles.build(dt, TX, NT)
+    # Offsets into a tile row are unsigned: Numba adds no negative-index wraparound to them, so the
+    # loads of a thread's run are one base plus constants, which the assembler merges into a vector
+    # load (LDS.64, LDS.128).
+    U = numba.uint64
 
     # ------------------------------------------------------------ forward step: recurrent product
     @device_function
-    def gate_products(hs, src, w_hh, sh_h, sh_w, acc):
-        """acc[g] = Σ_k h_{t-1}[b, k] W_hh[g*H + j, k] for this thread's (b, j), every gate g.
+    def gate_products(h, w_hh, sh_h, sh_w, acc):
+        """acc[g * R + yr * RX + xr] = Σ_k h[b, k] W_hh[g*H + j, k] for this thread's outputs
+        b = b0 + ty*RY + yr, j = j0 + tx*RX + xr, every gate g.
 
-        The block stages h_{t-1}[b0:b0+TB, k0:k0+TK] and W_hh[g*H + j0 : g*H + j0+TH, k0:k0+TK]
-        in shared memory, tile after tile along k; every thread of the block takes part in the
-        staging (zero outside the matrices) even when its own (b, j) is out of bounds.
+        h (B, H) is h_{t-1}. Tiles of TK columns k, double-buffered: sh_h[p, c, r] = h[b0 + r, k0 + c]
+        and sh_w[p, c, g*BX + r] = W_hh[g*H + j0 + r, k0 + c]. Per column c a thread loads its RY
+        h values and RX W values of each gate, each run in one vector load, and does G·RY·RX
+        multiply-adds with them.
         """
-        B, H = hs.shape[1], hs.shape[2]
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        lin = ty * TH + tx
-        j0, b0 = cuda.blockIdx.x * TH, cuda.blockIdx.y * TB
-        zero = dt(0)
-        for g in range(G):
-            acc[g] = zero
-        for k0 in range(0, H, TK):
-            for idx in range(lin, TB * TK, NT):
-                r, c = idx // TK, idx % TK
-                v = zero
-                if b0 + r < B and k0 + c < H:
-                    v = hs[src, b0 + r, k0 + c]
-                sh_h[r, c] = v
-            for idx in range(lin, G * TH * TK, NT):
-                g, rem = idx // (TH * TK), idx % (TH * TK)
-                r, c = rem // TK, rem % TK        # consecutive threads read consecutive k: coalesced
-                v = zero
-                if j0 + r < H and k0 + c < H:
-                    v = w_hh[g * H + j0 + r, k0 + c]
-                sh_w[g, r, c] = v
-            cuda.syncthreads()
-            for c in range(TK):
-                hk = sh_h[ty, c]                  # one value per warp: a broadcast
+        B, H = h.shape
+        rx, ry = U(cuda.threadIdx.x) * U(RX), U(cuda.threadIdx.y) * U(RY)   # the thread's runs
+        j0, b0 = cuda.blockIdx.x * BX, cuda.blockIdx.y * BY
+        hv = cuda.local.array(RY, dt)
+        wv = cuda.local.array(GRX, dt)
+        for i in range(G * R):
+            acc[i] = dt(0)
+        n_tiles = (H + TK - 1) // TK
+        for tile in range(-1, n_tiles):
+            nxt = tile + 1
+            if nxt < n_tiles:                    # stage tile nxt while tile is computed
+                k0 = nxt * TK
+                stage_cols(sh_h, nxt & 1, 0, BY, TK, h, b0, B - b0, k0, H - k0)
                 for g in range(G):
-                    acc[g] += hk * sh_w[g, tx, c]  # row stride TKP: no bank conflicts
+                    stage_cols(sh_w, nxt & 1, g * BX, BX, TK, w_hh, g * H + j0, H - j0, k0, H - k0)
+            if tile >= 0:
+                p = tile & 1
+                for c in range(TK):
+                    for yr in range(RY):
+                        hv[yr] = sh_h[p, c, ry + U(yr)]
+                    for g in range(G):
+                        for xr in range(RX):
+                            wv[g * RX + xr] = sh_w[p, c, rx + U(g * BX + xr)]
+                    for g in range(G):
+                        for yr in range(RY):
+                            for xr in range(RX):
+                                acc[g * R + yr * RX + xr] += hv[yr] * wv[g * RX + xr]
             cuda.syncthreads()
 
     # ------------------------------------------------------------ backward step: dh through W_hh
     @device_function
-    def dh_product(dg, t, w_hh, sh_g, sh_w):
-        """Σ_m dG[t, b, m] W_hh[m, k] for this thread's (b, k), m over all G*H gate rows.
+    def dh_products(dg, w_hh, sh_g, sh_w, rec):
+        """rec[yr * RX + xr] = Σ_m dG[b, m] W_hh[m, k] for this thread's outputs b = b0 + ty*RY + yr,
+        k = k0 + tx*RX + xr, m over all G*H gate rows.
 
-        Stages dG[t, b0:b0+TB, m0:m0+TK] and W_hh[m0:m0+TK, k0:k0+TH], tile after tile along m.
+        dg (B, G*H) is dG_{t+1}. Tiles of TK gate rows m, double-buffered:
+        sh_g[p, c, r] = dG[b0 + r, m0 + c] (transposed) and sh_w[p, c, r] = W_hh[m0 + c, k0 + r].
         """
-        B, GH = dg.shape[1], dg.shape[2]
+        B, GH = dg.shape
         H = w_hh.shape[1]
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        lin = ty * TH + tx
-        k0, b0 = cuda.blockIdx.x * TH, cuda.blockIdx.y * TB
-        zero = dt(0)
-        acc = zero
-        for m0 in range(0, GH, TK):
-            for idx in range(lin, TB * TK, NT):
-                r, c = idx // TK, idx % TK
-                v = zero
-                if b0 + r < B and m0 + c < GH:
-                    v = dg[t, b0 + r, m0 + c]
-                sh_g[r, c] = v
-            for idx in range(lin, TK * TH, NT):
-                r, c = idx // TH, idx % TH
-                v = zero
-                if m0 + r < GH and k0 + c < H:
-                    v = w_hh[m0 + r, k0 + c]
-                sh_w[r, c] = v
+        rx, ry = U(cuda.threadIdx.x) * U(RX), U(cuda.threadIdx.y) * U(RY)
+        k0, b0 = cuda.blockIdx.x * BX, cuda.blockIdx.y * BY
+        gv = cuda.local.array(RY, dt)
+        wv = cuda.local.array(RX, dt)
+        for i in range(R):
+            rec[i] = dt(0)
+        n_tiles = (GH + TK - 1) // TK
+        for tile in range(-1, n_tiles):
+            nxt = tile + 1
+            if nxt < n_tiles:
+                m0 = nxt * TK
+                stage_cols(sh_g, nxt & 1, 0, BY, TK, dg, b0, B - b0, m0, GH - m0)
+                stage_rows(sh_w, nxt & 1, 0, TK, BX, w_hh, m0, GH - m0, k0, H - k0)
+            if tile >= 0:
+                p = tile & 1
+                for c in range(TK):
+                    for yr in range(RY):
+                        gv[yr] = sh_g[p, c, ry + U(yr)]
+                    for xr in range(RX):
+                        wv[xr] = sh_w[p, c, rx + U(xr)]
+                    for yr in range(RY):
+                        for xr in range(RX):
+                            rec[yr * RX + xr] += gv[yr] * wv[xr]
             cuda.syncthreads()
-            for c in range(TK):
-                acc += sh_g[ty, c] * sh_w[c, tx]
-            cuda.syncthreads()
-        return acc
 
     # ------------------------------------------------------------ the step kernels
-    # The pointwise part is pointwise.py's, shared with the persistent kernels.
-    point_forward, point_backward = pointwise.build(cell, dtype, 1)
+    # The pointwise part is pointwise.py's, shared with the persistent kernels; acc[g * R + r]
+    # holds gate g of the thread's output r.
+    point_forward, point_backward = pointwise.build(cell, dtype, R)
 
     def step_forward(xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y, t, src, dst):
         """One step of h_t = cell(XW[t] + h_{t-1} @ W_hhᵀ + b_hh).
@@ -126,21 +143,21 @@ def build(cell, dtype, geo):
         (T, B, G*H) [LSTM, GRU] and hn (T, B, H) [GRU]: writes step t's activations that backward
         needs (active rows only); placeholders (1, 1, 1) stand for arrays a cell lacks;
         w_hh (G*H, H); b_hh (G*H,); lengths (B,) int32; y (T, B, H): writes y[t].
-        Grid (ceil(H/TH), ceil(B/TB)), block (TH, TB); each thread owns every gate of its (b, j),
-        so pre-activations never leave registers.
+        Grid (ceil(H/BX), ceil(B/BY)), block (TX, TY); each thread owns RY batch rows x RX hidden
+        units and every gate of them, so pre-activations never leave registers.
         FLOPs 2·B·G·H² + O(B·H); bytes ≈ s·(G·H² + O(B·H)) (W_hh is re-read by every block row
         of the grid, from L2 after the first).
         """
-        sh_h = cuda.shared.array((TB, TK), dt)
-        sh_w = cuda.shared.array((G, TH, TKP), dt)
-        acc = cuda.local.array(G, dt)
-        gate_products(hs, src, w_hh, sh_h, sh_w, acc)
+        sh_h = cuda.shared.array((2, TK, SY), dt, alignment=16)
+        sh_w = cuda.shared.array((2, TK, SW), dt, alignment=16)
+        acc = cuda.local.array(GR, dt)
+        gate_products(hs[src], w_hh, sh_h, sh_w, acc)
         B, H = hs.shape[1], hs.shape[2]
-        j = cuda.blockIdx.x * TH + cuda.threadIdx.x
-        b = cuda.blockIdx.y * TB + cuda.threadIdx.y
-        if b >= B or j >= H:
-            return
-        point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, 0, t, b, j, src, dst)
+        for r in range(R):
+            b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
+            j = cuda.blockIdx.x * BX + cuda.threadIdx.x * RX + r % RX
+            if b < B and j < H:
+                point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b, j, src, dst)
 
     def step_backward(dg_x, dg_h, w_hh, dy, dh, dc, gates, cs, hn, hs, lengths, t_prod, t, rev):
         """Fused BPTT step: dh += dG_h[t_prod] @ W_hh (skipped when t_prod < 0), then the
@@ -152,20 +169,23 @@ def build(cell, dtype, geo):
         dL/dh_t on entry, on exit the part of dL/dh_{t-1} that does not go through W_hh;
         dc (B, H) in/out [LSTM]: dL/dc_t, then dL/dc_{t-1} (both unchanged for inactive rows);
         gates, cs, hn, hs saved by forward; placeholders stand for arrays a cell lacks.
-        Grid (ceil(H/TH), ceil(B/TB)), block (TH, TB).
+        Grid (ceil(H/BX), ceil(B/BY)), block (TX, TY); each thread owns RY batch rows x RX units k.
         FLOPs 2·B·G·H² + O(B·H); bytes ≈ s·(G·H² + O(B·H)).
         """
-        sh_g = cuda.shared.array((TB, TK), dt)
-        sh_w = cuda.shared.array((TK, TH), dt)
-        rec = dt(0)
+        sh_g = cuda.shared.array((2, TK, SY), dt, alignment=16)
+        sh_w = cuda.shared.array((2, TK, BX), dt, alignment=16)
+        rec = cuda.local.array(R, dt)
         if t_prod >= 0:
-            rec = dh_product(dg_h, t_prod, w_hh, sh_g, sh_w)
+            dh_products(dg_h[t_prod], w_hh, sh_g, sh_w, rec)
+        else:
+            for i in range(R):
+                rec[i] = dt(0)
         B, H = dh.shape
-        k = cuda.blockIdx.x * TH + cuda.threadIdx.x
-        b = cuda.blockIdx.y * TB + cuda.threadIdx.y
-        if b >= B or k >= H:
-            return
-        point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec, t, b, k, rev)
+        for r in range(R):
+            b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
+            k = cuda.blockIdx.x * BX + cuda.threadIdx.x * RX + r % RX
+            if b < B and k < H:
+                point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec[r], t, b, k, rev)
 
     a3, a2, a1 = dt[:, :, ::1], dt[:, ::1], dt[::1]
     i32, i64 = numba.int32[::1], numba.int64
@@ -176,6 +196,12 @@ def build(cell, dtype, geo):
 
 
 # ================================================================ host side
+def step_launch(H, B, geo, dtype):
+    """(blocks, threads) of both step kernels: one block per BX hidden units x BY batch rows."""
+    return ((ceil_div(H, geo.step_h * geo.step_units(dtype)), ceil_div(B, geo.step_b * geo.step_rb)),
+            (geo.step_h, geo.step_b))
+
+
 def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     """The recursion of forward: T launches of ``step_forward``, writing the saved arrays of ``s``
     (hs, cs, gates, hn) and y."""
@@ -184,7 +210,7 @@ def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh)
     args = tuple(map(rt.dev, arrays))
     kern = rt.configure("step_forward", kernels["step_forward"],
-                        *launch_config(H, B, (geo.step_h, geo.step_b)), stream)
+                        *step_launch(H, B, geo, y.dtype), stream)
     for t in time_steps(T, rev):
         kern(*args, t, t + rev, t + 1 - rev)
 
@@ -198,7 +224,7 @@ def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
     arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_hh, dy, dh, dc)
     args = tuple(map(rt.dev, arrays))
     kern = rt.configure("step_backward", kernels["step_backward"],
-                        *launch_config(H, B, (geo.step_h, geo.step_b)), stream)
+                        *step_launch(H, B, geo, dy.dtype), stream)
     # Launch p does the product of step p-1 and the pointwise part of step p: T + 1 launches.
     t_prod = -1
     for t in list(time_steps(T, not rev)) + [-1]:
