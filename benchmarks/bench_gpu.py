@@ -20,9 +20,16 @@ Then, per cell and shape (T, B, I = H, H), float32 (TF32 off for torch), one lay
     forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
     train    zero the grads, forward, backward of a fixed dy (weight gradients and dx)
 FLOPs are the dense products only: forward 2·T·B·G·H·(I + H); train 3 x forward. Each row also
-counts gpurnn's Numba kernel launches per call (1 forward and 3 per training step on the persistent
-path; T and 2T + 2 on the per-step path) and names the algorithm that ran and its plan (``--algo``
-forces one; auto lets kernels/cuda/plan.py choose per shape, as a user's model does).
+counts gpurnn's kernel launches per call, a CUDA graph replay counting one (1 forward and 3 per
+training step on the persistent path; on the per-step path T and 2T + 2 without graphs, 1 and 3
+with them) and names the algorithm that ran and its plan (``--algo`` forces one; auto lets
+kernels/cuda/plan.py choose per shape, as a user's model does).
+
+Two sections time gpurnn's pieces against a peer in the same run:
+    accumulate   the BPTT weight-gradient kernel (dW_ih += dG_xᵀ x, dW_hh += dG_hᵀ h_prev over all
+                 N = T·B rows) against CuPy's matmul (cuBLAS sgemm) of the same two products
+    graphs       the per-step path's training step and forward with CUDA graphs (the default) and
+                 without (GPURNN_GRAPHS=0)
 Timing: CUDA events around each call (CuPy's for gpurnn, torch's for torch, both on the legacy
 default stream), synchronised after each call; every row is warmed up first (kernels compiled,
 cuDNN plans chosen), then ``--rounds`` rounds alternate a block of calls of each side, the order
@@ -86,11 +93,10 @@ def parse_args(argv=None):
                    help="at most this many timed calls per side per round (default 5; sim 1)")
     p.add_argument("--tests", default="not run by this script",
                    help="the outcome of the cuda tests before it, recorded in the results")
-    p.add_argument("--geometry", default=None, metavar="H,B,AT,R,K[,PT,PR]",
-                   help="block geometry of the cuda kernels (kernels.cuda.Geometry: step_h, step_b, "
-                        "acc_threads, acc_regs, acc_k[, persist_threads, persist_rows]), to sweep it; "
-                        "step_h*step_b <= 1024 threads and the LSTM's float32 W tile "
-                        "(4*step_h*(step_h+1)*4 bytes) within 48 KiB; persist_threads a power of two")
+    p.add_argument("--geometry", default=None, metavar="FIELD=N,...",
+                   help="block geometry of the cuda kernels, the fields of kernels.cuda.Geometry to change "
+                        "(e.g. step_rb=2,acc_regs=4), to sweep it; threads a block <= 1024, static shared "
+                        "memory within 48 KiB, acc_regs a multiple of vec, persist_threads a power of two")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the JSON and markdown (default benchmarks/results; sim: a temp folder)")
     p.add_argument("--name", default=None, help="file name without suffix (default <date>-<gpu>-bench)")
@@ -373,6 +379,94 @@ def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto")
     return rows, scale
 
 
+# ---------------------------------------------------------------- the pieces against a peer
+ACC_SHAPES = [(128, 64, 256), (128, 64, 1024), (64, 256, 1024)]       # (T, B, H) of an LSTM, I = H
+GRAPH_SHAPES = [(128, 8, 256), (128, 64, 1024), (512, 16, 512)]      # (T, B, H) of an LSTM, per-step path
+SIM_PIECES = [(3, 2, 5)]
+
+
+def accumulate_rows(sim, rounds, max_reps):
+    """The accumulation kernel against cuBLAS (CuPy matmul) on the same products, float32."""
+    import numpy as np
+
+    from gpurnn.kernels import cuda as kc
+    xp = kc.runtime.xp_of()
+    geo = kc.default_geometry()
+    timer = Timer("host" if sim else "cupy")
+    rows = []
+    for T, B, H in (SIM_PIECES if sim else ACC_SHAPES):
+        N, GH, I = T * B, 4 * H, H
+        rng = np.random.default_rng(0)
+        dg_x, x, hp = (xp.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((N, GH), (N, I), (N, H)))
+        grads = dict(w_ih=xp.zeros((GH, I), np.float32), w_hh=xp.zeros((GH, H), np.float32),
+                     b_ih=xp.zeros(GH, np.float32), b_hh=xp.zeros(GH, np.float32))
+
+        def ours():
+            kc.accumulate_grads("lstm", dg_x, x, dg_x, hp, grads, geo)
+
+        def cublas():
+            xp.matmul(dg_x.T, x)
+            xp.matmul(dg_x.T, hp)
+        for fn in (ours, cublas, ours, cublas):
+            fn()
+        times = interleaved({"gpurnn": (timer, ours), "cupy": (timer, cublas)}, rounds,
+                            reps_for(2 * N * GH * (I + H) / PEER_FLOPS, max_reps))
+        t_ours, t_peer = median(times["gpurnn"]), median(times["cupy"])
+        n_flops = 2 * N * GH * (I + H)
+        rows.append(dict(T=T, B=B, H=H, N=N, GH=GH, gpurnn_ms=1e3 * t_ours, cupy_ms=1e3 * t_peer,
+                         share_of_cublas=t_peer / t_ours, gpurnn_tflops=n_flops / t_ours / 1e12,
+                         cupy_tflops=n_flops / t_peer / 1e12))
+        r = rows[-1]
+        print(f"accumulate N={N:<6d} G*H={GH:<5d} I=H={H:<5d} gpurnn {r['gpurnn_ms']:8.3f} ms  cuBLAS "
+              f"{r['cupy_ms']:8.3f} ms  share of cuBLAS {r['share_of_cublas']:.2f}", flush=True)
+    return rows
+
+
+def graph_rows(sim, rounds, max_reps):
+    """The per-step path with CUDA graphs and without, interleaved in one process, float32 LSTM."""
+    import numpy as np
+
+    import gpurnn
+    from gpurnn.kernels.cuda import graphs
+    timer = Timer("host" if sim else "cupy")
+    rows = []
+    for T, B, H in (SIM_PIECES if sim else GRAPH_SHAPES):
+        m = gpurnn.LSTM(H, H, backend="cuda", seed=0, algo="step")
+        xp = m.backend.xp
+        rng = np.random.default_rng(0)
+        x = xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32))
+        dy = xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32))
+
+        def train():
+            m.zero_grad()
+            m(x)
+            m.backward(dy)
+
+        def forward():
+            m(x)
+
+        for mode, fn in (("forward", forward), ("train", train)):
+            def with_graphs(fn=fn):
+                os.environ[graphs.ENV] = "1"
+                fn()
+
+            def without(fn=fn):
+                os.environ[graphs.ENV] = "0"
+                fn()
+            for f in (without, with_graphs, with_graphs, without):     # warm-up; the plan captures
+                f()
+            est = estimate("lstm", mode, T, B, H, LAUNCH_S, "step")[0]
+            times = interleaved({"graphs": (timer, with_graphs), "direct": (timer, without)}, rounds,
+                                reps_for(est, max_reps))
+            t_on, t_off = median(times["graphs"]), median(times["direct"])
+            rows.append(dict(cell="lstm", mode=mode, T=T, B=B, H=H, graphs_ms=1e3 * t_on, direct_ms=1e3 * t_off,
+                             speedup=t_off / t_on))
+            print(f"graphs   {mode:7s} T={T:<4d} B={B:<4d} H={H:<5d} with {1e3 * t_on:9.3f} ms  without "
+                  f"{1e3 * t_off:9.3f} ms  speed-up {t_off / t_on:.2f}", flush=True)
+        os.environ.pop(graphs.ENV, None)
+    return rows
+
+
 # ---------------------------------------------------------------- machine and output
 def machine(sim):
     import numba
@@ -434,6 +528,23 @@ def markdown(result):
         lines.append(f"| {r['cell']} | {r['mode']} | {r['T']} | {r['B']} | {r['H']} | {r['algo']} | "
                      f"{r['numba_launches']} | {r['gpurnn_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f} | "
                      f"{r['gpurnn_tflops']:.2f} | {r['torch_tflops']:.2f} | {r['forward_max_abs_diff']:.1e} |")
+    if result.get("accumulate"):
+        lines += ["", "## The accumulation kernel against cuBLAS", "",
+                  "dW_ih += dG_xᵀ x and dW_hh += dG_hᵀ h_prev over N = T·B rows (LSTM, I = H), against "
+                  "CuPy's matmul of the same two products; share = cuBLAS time / gpurnn time.", "",
+                  "| T | B | H | N | G·H | gpurnn ms | cuBLAS ms | share of cuBLAS | gpurnn TFLOP/s | cuBLAS TFLOP/s |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in result["accumulate"]:
+            lines.append(f"| {r['T']} | {r['B']} | {r['H']} | {r['N']} | {r['GH']} | {r['gpurnn_ms']:.3f} | "
+                         f"{r['cupy_ms']:.3f} | {r['share_of_cublas']:.2f} | {r['gpurnn_tflops']:.2f} | "
+                         f"{r['cupy_tflops']:.2f} |")
+    if result.get("graphs"):
+        lines += ["", "## CUDA graphs on the per-step path", "",
+                  "LSTM, float32, algo step; the same model with graphs (default) and with GPURNN_GRAPHS=0.", "",
+                  "| mode | T | B | H | with graphs ms | without ms | speed-up |", "|---|---|---|---|---:|---:|---:|"]
+        for r in result["graphs"]:
+            lines.append(f"| {r['mode']} | {r['T']} | {r['B']} | {r['H']} | {r['graphs_ms']:.3f} | "
+                         f"{r['direct_ms']:.3f} | {r['speedup']:.2f} |")
     if result["skipped"]:
         lines += ["", "Skipped, as they would have overrun the budget: " + ", ".join(
             f"{s['cell']} T={s['T']} B={s['B']} H={s['H']} (about {s['estimate_s']:.0f} s, {s['left_s']:.0f} s left)"
@@ -488,7 +599,14 @@ def main(argv=None):
         sys.setswitchinterval(1e-4)   # the simulator's block manager polls with the GIL held
     from gpurnn.kernels import cuda as cuda_kernels
     if args.geometry:
-        geo = cuda_kernels.Geometry(*(int(v) for v in args.geometry.split(",")))
+        import dataclasses
+        try:
+            geo = dataclasses.replace(cuda_kernels.GPU_GEOMETRY, **{k.strip(): int(v) for k, v in
+                                                                    (f.split("=") for f in args.geometry.split(","))})
+        except (TypeError, ValueError) as e:
+            print(f"--geometry {args.geometry!r}: {e}; expected FIELD=N,... with fields of "
+                  f"{', '.join(cuda_kernels.GPU_GEOMETRY.__dict__)}", file=sys.stderr)
+            return 2
         cuda_kernels.default_geometry = lambda: geo
     if args.ncu_target:
         return ncu_target(args.sim)
@@ -502,7 +620,7 @@ def main(argv=None):
     out = args.out or (Path(tempfile.mkdtemp(prefix="gpurnn-bench-gpu-")) if args.sim else ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or (f"{now:%Y-%m-%d}-{slug(info['gpu'])}-bench"
-                         + (f"-g{args.geometry.replace(',', '-')}" if args.geometry else ""))
+                         + (f"-g{slug(args.geometry)}" if args.geometry else ""))
     stem = out / name
     result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=args.tests,
                   geometry=cuda_kernels.default_geometry().__dict__, algo=args.algo, budget_s=args.budget,
@@ -515,6 +633,10 @@ def main(argv=None):
     print(f"launch overhead, host µs per launch: empty kernel {lo['empty_kernel_host_us']:.1f}, "
           f"step_forward {lo['step_forward_host_us']:.1f}, CuPy elementwise {lo['cupy_elementwise_host_us']:.1f}; "
           f"step_forward on the device: {lo['step_forward_device_us']} µs", flush=True)
+    write(result, stem)
+    result["accumulate"] = accumulate_rows(args.sim, rounds, max_reps)
+    write(result, stem)
+    result["graphs"] = graph_rows(args.sim, rounds, max_reps)
     write(result, stem)
     launch_s = lo["step_forward_host_us"] * 1e-6 if not args.sim else LAUNCH_S
     scale, seen = (1.0, 1.0), set()

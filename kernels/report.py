@@ -12,7 +12,8 @@ Needs NVVM and nvJitLink (``pip install "numba-cuda[cu13]"``), no driver and no 
 
 Each kernel's SASS is then disassembled by NVIDIA's ``nvdisasm`` (``pip install nvidia-cuda-nvdisasm``)
 and its hottest loop found: of the innermost loops (a backward branch and the instructions it jumps
-over), the one with the most FFMA (DFMA for float64). The report counts that loop's multiply-adds
+over, less the loops nested in it), the one with the most FFMA (DFMA for float64). The report
+counts that loop's multiply-adds
 (``fma``) and shared-memory loads of any width (``lds``: LDS, LDS.64, LDS.128) and gives their ratio,
 ``ffma_per_lds``: how many multiply-adds each shared-memory load feeds, the figure of merit of a
 register-tiled product. ``occupancy`` is the theoretical occupancy (resident warps of the 64 an SM
@@ -126,28 +127,35 @@ def kernel_sass(sass, name):
 
 
 def hot_loop(sass, name, fma="FFMA"):
-    """{"fma", "lds", "ffma_per_lds", "loop_instructions"} of the hottest loop of kernel ``name``:
-    among the innermost loops (a branch back to an earlier label, with every instruction from the
-    label to the branch), the one with the most ``fma`` instructions (FFMA; DFMA for float64).
-    ``lds`` counts shared-memory loads of any width. A kernel without a loop of multiply-adds
-    gives zeros and a ratio of None."""
+    """{"fma", "lds", "ffma_per_lds", "loop_instructions"} of the hottest loop of kernel ``name``.
+
+    A loop is a branch back to an earlier label and every instruction from the label to the
+    branch; its body is those instructions less the ones of loops nested in it (a tile loop's body
+    holds its unrolled multiply-adds, not the staging loops inside it). The hottest loop is the one
+    whose body has the most ``fma`` instructions (FFMA; DFMA for float64); ``lds`` counts the
+    shared-memory loads of any width in that body. A kernel without a loop of multiply-adds gives
+    zeros and a ratio of None."""
     instructions, labels = kernel_sass(sass, name)
-    loops = []
+    loops = set()
     for address, op, operands in instructions:
         target = _TARGET.search(operands)
         if op.startswith("BRA") and target and labels.get(target.group(1), address + 1) <= address:
-            loops.append((labels[target.group(1)], address))
-    innermost = [(a, b) for a, b in loops
-                 if not any((a, b) != (c, d) and a <= c and d <= b for c, d in loops)]
+            loops.add((labels[target.group(1)], address))
 
-    def count(a, b, prefix):
-        return sum(1 for addr, op, _ in instructions if a <= addr <= b and op.split(".")[0] == prefix)
-    best = max(innermost, key=lambda ab: count(*ab, fma), default=None)
-    if best is None or count(*best, fma) == 0:
+    def body(a, b):
+        nested = [(c, d) for c, d in loops if (c, d) != (a, b) and a <= c and d <= b]
+        return [(addr, op) for addr, op, _ in instructions
+                if a <= addr <= b and not any(c <= addr <= d for c, d in nested)]
+
+    def count(ops, prefix):
+        return sum(1 for _, op in ops if op.split(".")[0] == prefix)
+    bodies = [body(a, b) for a, b in sorted(loops)]
+    best = max(bodies, key=lambda ops: count(ops, fma), default=None)
+    if best is None or count(best, fma) == 0:
         return dict(fma=0, lds=0, ffma_per_lds=None, loop_instructions=0)
-    n_fma, n_lds = count(*best, fma), count(*best, "LDS")
+    n_fma, n_lds = count(best, fma), count(best, "LDS")
     return dict(fma=n_fma, lds=n_lds, ffma_per_lds=round(n_fma / n_lds, 2) if n_lds else None,
-                loop_instructions=sum(1 for addr, _, _ in instructions if best[0] <= addr <= best[1]))
+                loop_instructions=len(best))
 
 
 def link(ptx, cc):

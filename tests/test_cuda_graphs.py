@@ -16,17 +16,19 @@ pytestmark = needs_cuda
 
 
 @pytest.fixture
-def graphs():
+def graphs(monkeypatch):
+    """The graphs module, its cache empty, graphs on (whatever GPURNN_GRAPHS the suite runs under)."""
     from gpurnn.kernels.cuda import graphs
+    monkeypatch.setenv("GPURNN_GRAPHS", "1")
     graphs.clear()
     yield graphs
     graphs.clear()
 
 
 def _pointer(a):
-    """The address of an array argument (a Numba device array, or the simulator's wrapper)."""
-    if hasattr(a, "device_ctypes_pointer"):
-        return a.device_ctypes_pointer.value
+    """The address of an array: a CuPy or Numba device array, the simulator's wrapper, NumPy's."""
+    if hasattr(type(a), "__cuda_array_interface__") and not hasattr(a, "_ary"):
+        return a.__cuda_array_interface__["data"][0]
     return getattr(a, "_ary", a).ctypes.data
 
 
@@ -80,7 +82,7 @@ def test_a_plan_captures_the_launches_it_replaces(cell, graphs, monkeypatch):
     m = make_model(cell, I, H, backend="cuda-step", seed=1)
     with recording() as direct:
         ref = run_model(m, **problem)
-    monkeypatch.delenv("GPURNN_GRAPHS")
+    monkeypatch.setenv("GPURNN_GRAPHS", "1")
     m = make_model(cell, I, H, backend="cuda-step", seed=1)
     run_model(m, **problem)                       # the first call launches directly
     with recording() as replayed:

@@ -87,3 +87,23 @@ def test_device_functions_without_forceinline(monkeypatch):
     rt.device_function(lambda: 0)
     assert calls[-1] == dict(device=True, forceinline=True)
     assert "force-inlined" in rt.toolchain() and "numba" in rt.toolchain()
+
+
+def test_transposed_tiles_store_without_bank_conflicts():
+    """kernels/cuda/tiles.py's claim: with a row of ``padded(width)`` words and a warp writing 8
+    consecutive source columns of 4 source rows, the 32 stores of a warp fall in 32 different
+    banks, and every row starts 16-byte aligned (a thread's run of 4 is one LDS.128)."""
+    from gpurnn.kernels.cuda import tiles
+    for width in (4, 8, 16, 20, 32, 64, 96, 128, 132):
+        row = tiles.padded(width)
+        assert row >= width and row % 4 == 0 and (row // 4) % 2 == 1, (width, row)
+        rows, cols = width, 16                   # a tile of `width` source rows, 16 columns
+        run = tiles.COLUMN_RUN
+        addresses = []
+        for idx in range(32):                    # the first warp of stage_cols's mapping
+            blk, rem = divmod(idx, run * rows)
+            r, c = rem // run, blk * run + rem % run
+            addresses.append(c * row + r)        # sh[p, c, r] in words, from the buffer's start
+        assert len({a % 32 for a in addresses}) == 32, (width, row, sorted(a % 32 for a in addresses))
+    # Without the padding the same warp would hit one bank 4 to 32 times over.
+    assert len({(c * 128 + r) % 32 for c in range(8) for r in range(4)}) == 4

@@ -53,7 +53,8 @@ def test_cuda_accumulate_adds_weight_gradients(dtype, bias):
 def test_cuda_geometry_is_a_parameter(cell, backend, monkeypatch):
     """Odd block shapes (threads, and outputs a thread owns, as parameters) give the same layer
     results as the reference: on the path auto picks (persistent here: 8 threads a block, 3 batch
-    rows a thread) and on the per-step path (3 x 2 threads, each 3 units x 3 rows, k tiles of 5;
+    rows a thread) and on the per-step path (3 x 2 x 3 threads, each 3 units x 3 rows, k tiles of 5
+    shared by 3 slices;
     the accumulation kernel's threads 3 x 3 outputs in runs of 3)."""
     kc = _kernels()
     rng = np.random.default_rng(11)
@@ -61,7 +62,7 @@ def test_cuda_geometry_is_a_parameter(cell, backend, monkeypatch):
     problem = random_problem(rng, cell, T, B, I, H, 1, 2, True)
     ref = make_model(cell, I, H, 1, True, backend="reference", seed=2)
     want = run_model(ref, **problem)
-    odd = kc.Geometry(step_h=3, step_rh=3, step_rh64=3, step_b=2, step_rb=3, step_k=5, acc_threads=2, acc_regs=3,
+    odd = kc.Geometry(step_h=3, step_rh=3, step_rh64=3, step_b=2, step_rb=3, step_k=5, step_kz=3, acc_threads=2, acc_regs=3,
                       acc_k=5, vec=3, persist_threads=8, persist_rows=3)
     monkeypatch.setattr(kc, "default_geometry", lambda: odd)
     got = run_model(make_model(cell, I, H, 1, True, backend=backend, seed=2), **problem)

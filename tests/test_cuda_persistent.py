@@ -123,6 +123,7 @@ def test_cuda_persistent_training_step_launches_do_not_grow_with_T(cell, monkeyp
     dW_ih: 3 launches whatever T (at most 4 is the target). The per-step path makes 2T + 2 without
     CUDA graphs; with them, once its plans have seen a call, two graph replays and the accumulation."""
     L, D = 2, 2
+    monkeypatch.setenv("GPURNN_GRAPHS", "1")
     for T in (1, 4, 9):
         names = _train_launches(cell, T, "cuda-persistent", L, D)
         assert sorted(names) == sorted(["persistent_forward", "persistent_backward", "accumulate"] * (L * D)), (T, names)

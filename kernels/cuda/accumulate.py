@@ -29,7 +29,7 @@ def build(dtype, geo):
     ANT = AT * AT
     U = numba.uint64
     RUNS = R // V                            # runs of V consecutive rows (columns) a thread owns
-    stage_rows, _ = tiles.build(dt, AT, ANT)
+    stage_rows, _ = tiles.build(dt, AT, AT, ANT)
 
     @device_function
     def tile_products(sh_a, sh_s, p, acc, a, s, bsum, do_bias):

@@ -31,7 +31,9 @@ class Geometry:
     Per-step path: a step kernel's block is (step_h, step_b) threads; each thread owns step_rh
     consecutive hidden units of step_rb consecutive batch rows (every gate of them in forward), so
     a block covers step_h·step_rh units x step_b·step_rb rows; the reduction over H (or G*H) is
-    staged in tiles of step_k columns. A float64 value takes two registers: float64 kernels give a
+    staged in tiles of step_k columns, whose columns step_kz slices of the block's threads
+    (threadIdx.z) share out: step_kz times the threads for the same register tile, so that a grid of
+    few blocks (small B·H) still fills the GPU's schedulers. A float64 value takes two registers: float64 kernels give a
     thread step_rh64 units instead (``step_units``), which keeps the float64 LSTM's G·units·rows
     accumulators in registers. The accumulation kernel's block is (acc_threads,
     acc_threads) threads, each owning acc_regs x acc_regs outputs in runs of ``vec`` consecutive
@@ -45,6 +47,7 @@ class Geometry:
     step_b: int = 4
     step_rb: int = 4
     step_k: int = 16
+    step_kz: int = 4
     acc_threads: int = 16
     acc_regs: int = 8
     acc_k: int = 8
@@ -57,7 +60,7 @@ class Geometry:
         if t < 1 or t & (t - 1) or self.persist_rows < 1:
             raise ValueError(f"persist_threads must be a power of two and persist_rows >= 1, got {t} and "
                              f"{self.persist_rows}")
-        if min(self.step_h, self.step_rh, self.step_rh64, self.step_b, self.step_rb, self.step_k, self.acc_threads,
+        if min(self.step_h, self.step_rh, self.step_rh64, self.step_b, self.step_kz, self.step_rb, self.step_k, self.acc_threads,
                self.acc_regs, self.acc_k, self.vec) < 1:
             raise ValueError(f"every size of a Geometry must be at least 1, got {self}")
         if self.acc_regs % self.vec:
@@ -73,8 +76,8 @@ GPU_GEOMETRY = Geometry()
 # The simulator runs every CUDA thread as a Python thread: small blocks keep it fast, and still
 # make tests cross tile boundaries in H, B and N, split dot products across threads, and give a
 # thread several outputs (two runs of vec in the accumulation kernel).
-SIM_GEOMETRY = Geometry(step_h=2, step_rh=2, step_rh64=2, step_b=2, step_rb=2, step_k=4, acc_threads=2, acc_regs=4,
-                        acc_k=4, vec=2, persist_threads=4, persist_rows=2)
+SIM_GEOMETRY = Geometry(step_h=2, step_rh=2, step_rh64=2, step_b=2, step_rb=2, step_k=4, step_kz=2,
+                        acc_threads=2, acc_regs=4, acc_k=4, vec=2, persist_threads=4, persist_rows=2)
 
 
 def default_geometry():

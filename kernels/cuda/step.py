@@ -10,12 +10,25 @@ Backward (BPTT), T + 1 launches of one fused kernel:
     launch p:  dh_{t_{p-1}} += dG_{t_{p-1}} @ W_hh     (the product of the step before)
                then the pointwise cell backward of step t_p: dG_{t_p}, the direct part of dh, dc
 
+Register tiling. A block of TX x TY threads owns BX = TX·RX hidden units x BY = TY·RY batch rows;
+each thread owns RX consecutive units x RY consecutive rows, and in forward every gate of them
+(G·RX·RY accumulators). The reduction walks k in tiles of TK, staged in shared memory (tiles.py,
+double-buffered, one barrier a tile): per k a thread loads its RY values of h (one LDS.128) and
+its RX values of each gate's W row (one LDS.64 each) and does G·RX·RY multiply-adds. With the GPU
+geometry (TX, TY, RX, RY, TK) = (16, 4, 2, 4, 16): forward LSTM 32 FFMA per 5 loads, GRU 24 per 4,
+RNN 8 per 2; backward 8 per 2 (dG's RY values, W's RX values); the kernel report counts them in
+the SASS. Before the tiling a thread owned one (b, j): G + 1 loads for G FFMA in forward, 2 per
+FFMA in backward, which capped the FMA pipes at 20% and 12.5% of their peak (one shared-memory
+load instruction a cycle per SM against four FFMA).
+
 Napkin math of a step (float32 LSTM, H = 1024, W_hh = 4H x H = 16 MiB): at B = 1 a step does
 8 MFLOP and reads all of W_hh, 0.5 FLOP/byte, so it is bound by memory bandwidth (about 5 µs per
-step at 3 TB/s, plus the launch); at B = 64 it does 0.5 GFLOP for about 20 MB, 27 FLOP/byte, and
-the FMA pipes of the block tiles become the limit. Every step is also a Python launch through
-numba-cuda, tens of microseconds of host time: this path is for the shapes whose W_hh the
-persistent kernels (``persistent.py``) cannot hold.
+step at 3 TB/s); at B = 64 it does 0.5 GFLOP for about 20 MB, 27 FLOP/byte, and the FMA pipes
+become the limit: 32 blocks x 4 row blocks of 64 threads, 86% of the inner loop's instructions
+FFMA, about 15 µs at 60% of an H100's FP32 peak. Each step is also a launch through numba-cuda,
+tens of microseconds of host time, unless the plan replays the T launches as a CUDA graph
+(graphs.py); this path is for the shapes whose W_hh the persistent kernels (``persistent.py``)
+cannot hold.
 
 Kernels are built per (cell, dtype, geometry) by ``build``, because tile sizes and dtypes of shared
 and local arrays must be compile-time constants; ``kernels/report.py`` compiles the very same Python
@@ -41,24 +54,46 @@ def build(cell, dtype, geo):
     dt = numba.from_dtype(np.dtype(dtype))
     TX, RX = geo.step_h, geo.step_units(dtype)   # threads along the hidden units, units a thread
     TY, RY = geo.step_b, geo.step_rb         # threads along the batch, rows a thread
+    TZ = geo.step_kz                         # threads splitting the reduction (threadIdx.z)
     TK = geo.step_k                          # reduction tile of the step products
     BX, BY = TX * RX, TY * RY                # a block's tile: BX hidden units x BY batch rows
     R = RX * RY                              # outputs (b, j) a thread owns
     GR, GRX = G * R, G * RX                  # (sizes of local arrays must be single constants)
-    NT = TX * TY                             # threads a block
+    NXY = TX * TY                            # threads a slice of the reduction
+    NT = NXY * TZ                            # threads a block
     SY = tiles.padded(BY)                    # row of a transposed tile of BY batch rows
     SW = tiles.padded(G * BX)                # row of the forward's transposed W tile, all gates
-    stage_rows, stage_cols = tiles.build(dt, TX, NT)
+    ZP = max(TZ - 1, 1)                      # partial sums handed over to the slice z = 0
+    CT = -(-TK // TZ)                        # columns of a tile a slice walks (the last maybe not)
+    stage_rows, stage_cols = tiles.build(dt, TX, TY, NT)
     # Offsets into a tile row are unsigned: Numba adds no negative-index wraparound to them, so the
     # loads of a thread's run are one base plus constants, which the assembler merges into a vector
     # load (LDS.64, LDS.128).
     U = numba.uint64
 
+    @device_function
+    def gather(acc, base, sh_red):
+        """acc[base + r] (r < R) of the threads of slice z = 0 += those of slices 1..TZ-1, in z order:
+        the split reduction's sums, deterministic. Every thread of the block calls it."""
+        z = cuda.threadIdx.z
+        lin = cuda.threadIdx.y * TX + cuda.threadIdx.x
+        if z > 0:
+            for r in range(R):
+                sh_red[z - 1, r, lin] = acc[base + r]
+        cuda.syncthreads()
+        if z == 0:
+            for zz in range(1, TZ):
+                for r in range(R):
+                    acc[base + r] += sh_red[zz - 1, r, lin]
+        cuda.syncthreads()
+
     # ------------------------------------------------------------ forward step: recurrent product
     @device_function
-    def gate_products(h, w_hh, sh_h, sh_w, acc):
+    def gate_products(h, w_hh, sh_h, sh_w, sh_red, acc):
         """acc[g * R + yr * RX + xr] = Σ_k h[b, k] W_hh[g*H + j, k] for this thread's outputs
-        b = b0 + ty*RY + yr, j = j0 + tx*RX + xr, every gate g.
+        b = b0 + ty*RY + yr, j = j0 + tx*RX + xr, every gate g: complete in the threads of slice
+        z = 0, which walk the columns c ≡ 0 (mod TZ) of each tile; slice z walks c ≡ z and hands its
+        partial sums over through shared memory at the end (``gather``).
 
         h (B, H) is h_{t-1}. Tiles of TK columns k, double-buffered: sh_h[p, c, r] = h[b0 + r, k0 + c]
         and sh_w[p, c, g*BX + r] = W_hh[g*H + j0 + r, k0 + c]. Per column c a thread loads its RY
@@ -82,23 +117,28 @@ def build(cell, dtype, geo):
                     stage_cols(sh_w, nxt & 1, g * BX, BX, TK, w_hh, g * H + j0, H - j0, k0, H - k0)
             if tile >= 0:
                 p = tile & 1
-                for c in range(TK):
-                    for yr in range(RY):
-                        hv[yr] = sh_h[p, c, ry + U(yr)]
-                    for g in range(G):
-                        for xr in range(RX):
-                            wv[g * RX + xr] = sh_w[p, c, rx + U(g * BX + xr)]
-                    for g in range(G):
+                for cc in range(CT):             # a constant trip count: unrolled, offsets immediate
+                    c = cc * TZ + cuda.threadIdx.z
+                    if TK % TZ == 0 or c < TK:   # (a test only where TZ does not divide TK)
                         for yr in range(RY):
+                            hv[yr] = sh_h[p, c, ry + U(yr)]
+                        for g in range(G):
                             for xr in range(RX):
-                                acc[g * R + yr * RX + xr] += hv[yr] * wv[g * RX + xr]
+                                wv[g * RX + xr] = sh_w[p, c, rx + U(g * BX + xr)]
+                        for g in range(G):
+                            for yr in range(RY):
+                                for xr in range(RX):
+                                    acc[g * R + yr * RX + xr] += hv[yr] * wv[g * RX + xr]
             cuda.syncthreads()
+        if TZ > 1:
+            for g in range(G):
+                gather(acc, g * R, sh_red)
 
     # ------------------------------------------------------------ backward step: dh through W_hh
     @device_function
-    def dh_products(dg, w_hh, sh_g, sh_w, rec):
+    def dh_products(dg, w_hh, sh_g, sh_w, sh_red, rec):
         """rec[yr * RX + xr] = Σ_m dG[b, m] W_hh[m, k] for this thread's outputs b = b0 + ty*RY + yr,
-        k = k0 + tx*RX + xr, m over all G*H gate rows.
+        k = k0 + tx*RX + xr, m over all G*H gate rows; complete in slice z = 0, as in gate_products.
 
         dg (B, G*H) is dG_{t+1}. Tiles of TK gate rows m, double-buffered:
         sh_g[p, c, r] = dG[b0 + r, m0 + c] (transposed) and sh_w[p, c, r] = W_hh[m0 + c, k0 + r].
@@ -120,15 +160,19 @@ def build(cell, dtype, geo):
                 stage_rows(sh_w, nxt & 1, 0, TK, BX, w_hh, m0, GH - m0, k0, H - k0)
             if tile >= 0:
                 p = tile & 1
-                for c in range(TK):
-                    for yr in range(RY):
-                        gv[yr] = sh_g[p, c, ry + U(yr)]
-                    for xr in range(RX):
-                        wv[xr] = sh_w[p, c, rx + U(xr)]
-                    for yr in range(RY):
+                for cc in range(CT):
+                    c = cc * TZ + cuda.threadIdx.z
+                    if TK % TZ == 0 or c < TK:
+                        for yr in range(RY):
+                            gv[yr] = sh_g[p, c, ry + U(yr)]
                         for xr in range(RX):
-                            rec[yr * RX + xr] += gv[yr] * wv[xr]
+                            wv[xr] = sh_w[p, c, rx + U(xr)]
+                        for yr in range(RY):
+                            for xr in range(RX):
+                                rec[yr * RX + xr] += gv[yr] * wv[xr]
             cuda.syncthreads()
+        if TZ > 1:
+            gather(rec, 0, sh_red)
 
     # ------------------------------------------------------------ the step kernels
     # The pointwise part is pointwise.py's, shared with the persistent kernels; acc[g * R + r]
@@ -143,15 +187,19 @@ def build(cell, dtype, geo):
         (T, B, G*H) [LSTM, GRU] and hn (T, B, H) [GRU]: writes step t's activations that backward
         needs (active rows only); placeholders (1, 1, 1) stand for arrays a cell lacks;
         w_hh (G*H, H); b_hh (G*H,); lengths (B,) int32; y (T, B, H): writes y[t].
-        Grid (ceil(H/BX), ceil(B/BY)), block (TX, TY); each thread owns RY batch rows x RX hidden
-        units and every gate of them, so pre-activations never leave registers.
+        Grid (ceil(H/BX), ceil(B/BY)), block (TX, TY, TZ); each thread owns RY batch rows x RX hidden
+        units and every gate of them, so pre-activations never leave registers; the TZ slices split
+        the reduction over k, slice 0 finishes the step.
         FLOPs 2·B·G·H² + O(B·H); bytes ≈ s·(G·H² + O(B·H)) (W_hh is re-read by every block row
         of the grid, from L2 after the first).
         """
         sh_h = cuda.shared.array((2, TK, SY), dt, alignment=16)
         sh_w = cuda.shared.array((2, TK, SW), dt, alignment=16)
+        sh_red = cuda.shared.array((ZP, R, NXY), dt)
         acc = cuda.local.array(GR, dt)
-        gate_products(hs[src], w_hh, sh_h, sh_w, acc)
+        gate_products(hs[src], w_hh, sh_h, sh_w, sh_red, acc)
+        if cuda.threadIdx.z != 0:
+            return
         B, H = hs.shape[1], hs.shape[2]
         for r in range(R):
             b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
@@ -169,17 +217,21 @@ def build(cell, dtype, geo):
         dL/dh_t on entry, on exit the part of dL/dh_{t-1} that does not go through W_hh;
         dc (B, H) in/out [LSTM]: dL/dc_t, then dL/dc_{t-1} (both unchanged for inactive rows);
         gates, cs, hn, hs saved by forward; placeholders stand for arrays a cell lacks.
-        Grid (ceil(H/BX), ceil(B/BY)), block (TX, TY); each thread owns RY batch rows x RX units k.
+        Grid (ceil(H/BX), ceil(B/BY)), block (TX, TY, TZ); each thread owns RY batch rows x RX units k
+        of its slice of the reduction over m; slice 0 finishes the step.
         FLOPs 2·B·G·H² + O(B·H); bytes ≈ s·(G·H² + O(B·H)).
         """
         sh_g = cuda.shared.array((2, TK, SY), dt, alignment=16)
         sh_w = cuda.shared.array((2, TK, BX), dt, alignment=16)
+        sh_red = cuda.shared.array((ZP, R, NXY), dt)
         rec = cuda.local.array(R, dt)
         if t_prod >= 0:
-            dh_products(dg_h[t_prod], w_hh, sh_g, sh_w, rec)
+            dh_products(dg_h[t_prod], w_hh, sh_g, sh_w, sh_red, rec)
         else:
             for i in range(R):
                 rec[i] = dt(0)
+        if cuda.threadIdx.z != 0:
+            return
         B, H = dh.shape
         for r in range(R):
             b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
@@ -199,7 +251,7 @@ def build(cell, dtype, geo):
 def step_launch(H, B, geo, dtype):
     """(blocks, threads) of both step kernels: one block per BX hidden units x BY batch rows."""
     return ((ceil_div(H, geo.step_h * geo.step_units(dtype)), ceil_div(B, geo.step_b * geo.step_rb)),
-            (geo.step_h, geo.step_b))
+            (geo.step_h, geo.step_b, geo.step_kz))
 
 
 def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):

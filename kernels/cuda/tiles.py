@@ -21,6 +21,7 @@ addresses c·width + r then fall in 32 different banks, and the warp's global lo
 bytes, whole sectors.
 """
 
+import numba
 from numba import cuda
 
 from .runtime import device_function
@@ -36,37 +37,45 @@ def padded(width):
     return w + 4 if (w // 4) % 2 == 0 else w
 
 
-def build(dt, threads_x, threads):
-    """(stage_rows, stage_cols) for a block of ``threads`` threads, ``threads_x`` along x."""
+def build(dt, threads_x, threads_y, threads):
+    """(stage_rows, stage_cols) for a block of ``threads`` threads, ``threads_x`` along x and
+    ``threads_y`` along y (and threads / (threads_x·threads_y) along z)."""
     zero = dt(0)
+    U = numba.uint64
 
     @device_function
     def stage_rows(sh, p, off, rows, cols, src, r0, nr, c0, nc):
         """sh[p, r, off + c] = src[r0 + r, c0 + c] for r < rows, c < cols (0 where r >= nr or
         c >= nc). Consecutive threads take consecutive c: coalesced loads, conflict-free stores."""
-        lin = cuda.threadIdx.y * threads_x + cuda.threadIdx.x
-        for idx in range(lin, rows * cols, threads):
+        lin = (cuda.threadIdx.z * threads_y + cuda.threadIdx.y) * threads_x + cuda.threadIdx.x
+        for i in range((rows * cols + threads - 1) // threads):     # a constant trip count: unrolled,
+            idx = lin + i * threads                                  # and (r, c) hoisted out of the
+            if (rows * cols) % threads != 0 and idx >= rows * cols:   # caller's tile loop (a test
+                break                                                   # the compiler drops if it can)
             r = idx // cols
             c = idx - r * cols
             v = zero
-            if r < nr and c < nc:
-                v = src[r0 + r, c0 + c]
-            sh[p, r, off + c] = v
+            if r < nr and c < nc:                # in bounds, so unsigned (no wraparound code)
+                v = src[U(r0 + r), U(c0 + c)]
+            sh[U(p), U(r), U(off + c)] = v
 
     @device_function
     def stage_cols(sh, p, off, rows, cols, src, r0, nr, c0, nc):
         """sh[p, c, off + r] = src[r0 + r, c0 + c] for r < rows, c < cols (0 where r >= nr or
         c >= nc): the tile transposed. A warp takes runs of COLUMN_RUN consecutive c of 4 rows."""
         run = COLUMN_RUN if cols % COLUMN_RUN == 0 else cols
-        lin = cuda.threadIdx.y * threads_x + cuda.threadIdx.x
-        for idx in range(lin, rows * cols, threads):
+        lin = (cuda.threadIdx.z * threads_y + cuda.threadIdx.y) * threads_x + cuda.threadIdx.x
+        for i in range((rows * cols + threads - 1) // threads):
+            idx = lin + i * threads
+            if (rows * cols) % threads != 0 and idx >= rows * cols:
+                break
             blk = idx // (run * rows)
             rem = idx - blk * (run * rows)
             r = rem // run
             c = blk * run + rem - r * run
             v = zero
             if r < nr and c < nc:
-                v = src[r0 + r, c0 + c]
-            sh[p, c, off + r] = v
+                v = src[U(r0 + r), U(c0 + c)]
+            sh[U(p), U(c), U(off + r)] = v
 
     return stage_rows, stage_cols
