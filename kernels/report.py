@@ -12,8 +12,7 @@ Needs NVVM and nvJitLink (``pip install "numba-cuda[cu13]"``), no driver and no 
 
 Each kernel's SASS is then disassembled by NVIDIA's ``nvdisasm`` (``pip install nvidia-cuda-nvdisasm``)
 and its hottest loop found: of the innermost loops (a backward branch and the instructions it jumps
-over, less the loops nested in it), the one with the most FFMA (DFMA for float64). The report
-counts that loop's multiply-adds
+over), the one with the most FFMA (DFMA for float64). The report counts that loop's multiply-adds
 (``fma``) and shared-memory loads of any width (``lds``: LDS, LDS.64, LDS.128) and gives their ratio,
 ``ffma_per_lds``: how many multiply-adds each shared-memory load feeds, the figure of merit of a
 register-tiled product. ``occupancy`` is the theoretical occupancy (resident warps of the 64 an SM
@@ -130,10 +129,12 @@ def hot_loop(sass, name, fma="FFMA"):
     """{"fma", "lds", "ffma_per_lds", "loop_instructions"} of the hottest loop of kernel ``name``.
 
     A loop is a branch back to an earlier label and every instruction from the label to the
-    branch; its body is those instructions less the ones of loops nested in it (a tile loop's body
-    holds its unrolled multiply-adds, not the staging loops inside it). The hottest loop is the one
-    whose body has the most ``fma`` instructions (FFMA; DFMA for float64); ``lds`` counts the
-    shared-memory loads of any width in that body. A kernel without a loop of multiply-adds gives
+    branch; its body is those instructions less the ones of loops nested in it. The hottest loop is
+    the innermost loop (one without nested loops: a dot product's, or a tile loop whose columns are
+    unrolled) whose body has the most ``fma`` instructions (FFMA; DFMA for float64), or where no
+    innermost loop has any, the loop whose body has the most (a loop around the pointwise part of
+    a step, with the activations' polynomials, is not innermost and so does not compete with the
+    dot products inside it); ``lds`` counts the shared-memory loads of any width in that body. A kernel without a loop of multiply-adds gives
     zeros and a ratio of None."""
     instructions, labels = kernel_sass(sass, name)
     loops = set()
@@ -149,7 +150,10 @@ def hot_loop(sass, name, fma="FFMA"):
 
     def count(ops, prefix):
         return sum(1 for _, op in ops if op.split(".")[0] == prefix)
-    bodies = [body(a, b) for a, b in sorted(loops)]
+    innermost = [(a, b) for a, b in loops if not any((c, d) != (a, b) and a <= c and d <= b for c, d in loops)]
+    bodies = [body(a, b) for a, b in sorted(innermost)]
+    if not any(count(ops, fma) for ops in bodies):
+        bodies = [body(a, b) for a, b in sorted(loops)]
     best = max(bodies, key=lambda ops: count(ops, fma), default=None)
     if best is None or count(best, fma) == 0:
         return dict(fma=0, lds=0, ffma_per_lds=None, loop_instructions=0)

@@ -76,7 +76,8 @@ def test_every_kernel_compiles_without_spills():
 
 
 # A hand-written disassembly in nvdisasm's format: the hottest loop is the inner one with the most
-# FFMA (.L_x_2 .. the branch at 0x0090), not the outer loop around it nor the loop without FFMA.
+# FFMA (.L_x_2 .. the branch at 0x0090), not the loop without FFMA, nor the outer loop around both,
+# whose own body (a pointwise part, say) has more FFMA but is not innermost.
 SASS = """
 \t.section\t.text.other_kernel,"ax",@progbits
         /*0000*/                   FFMA R1, R2, R3, R4 ;
@@ -96,8 +97,13 @@ SASS = """
         /*0080*/                   FFMA.FTZ R23, R11, R13, R23 ;
         /*0090*/               @P1 BRA `(.L_x_2) ;
         /*00a0*/                   FADD R1, R20, R21 ;
-        /*00b0*/                   BRA `(.L_x_0) ;
-        /*00c0*/                   EXIT ;
+        /*00b0*/                   FFMA R1, R1, R1, 1 ;
+        /*00c0*/                   FFMA R1, R1, R1, 1 ;
+        /*00d0*/                   FFMA R1, R1, R1, 1 ;
+        /*00e0*/                   FFMA R1, R1, R1, 1 ;
+        /*00f0*/                   FFMA R1, R1, R1, 1 ;
+        /*0100*/                   BRA `(.L_x_0) ;
+        /*0110*/                   EXIT ;
 """
 
 

@@ -128,11 +128,13 @@ def test_cuda_persistent_training_step_launches_do_not_grow_with_T(cell, monkeyp
         names = _train_launches(cell, T, "cuda-persistent", L, D)
         assert sorted(names) == sorted(["persistent_forward", "persistent_backward", "accumulate"] * (L * D)), (T, names)
         assert len(names) / (L * D) <= 4
-        graphed = _train_launches(cell, T, "cuda-step", L, D, steps=2)
-        assert sorted(graphed) == sorted(["graph step_forward", "graph step_backward", "accumulate"] * (L * D)), graphed
+        if T == 9:
+            continue                  # the step path: T = 1 and 4 show what grows (one layer, two directions)
+        graphed = _train_launches(cell, T, "cuda-step", 1, D, steps=2)
+        assert sorted(graphed) == sorted(["graph step_forward", "graph step_backward", "accumulate"] * D), graphed
         with monkeypatch.context() as mp:
             mp.setenv("GPURNN_GRAPHS", "0")
-            assert len(_train_launches(cell, T, "cuda-step", L, D, steps=2)) == (2 * T + 2) * L * D
+            assert len(_train_launches(cell, T, "cuda-step", 1, D, steps=2)) == (2 * T + 2) * D
 
 
 # ---------------------------------------------------------------- every regime of the plan

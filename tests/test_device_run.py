@@ -70,7 +70,15 @@ def test_device_run_sim(tmp_path):
         # counted, not computed: one forward launch; one backward launch and one reduction
         assert r["numba_launches"] == (1 if r["mode"] == "forward" else 3), r
     assert result["skipped"] == [] and result["not_reached"] == []
+    # The pieces against a peer in the same run: the accumulation kernel against CuPy's matmul, and
+    # the per-step path with CUDA graphs and without.
+    (acc,) = result["accumulate"]
+    assert (acc["N"], acc["GH"]) == (6, 20) and acc["gpurnn_ms"] > 0 and acc["cupy_ms"] > 0, acc
+    assert acc["share_of_cublas"] == pytest.approx(acc["cupy_ms"] / acc["gpurnn_ms"])
+    assert [(g["mode"], g["T"], g["B"], g["H"]) for g in result["graphs"]] == [("forward", 3, 2, 5), ("train", 3, 2, 5)]
+    assert all(g["graphs_ms"] > 0 and g["direct_ms"] > 0 for g in result["graphs"])
     md = _only(tmp_path, "bench.md").read_text()
+    assert "## The accumulation kernel against cuBLAS" in md and "## CUDA graphs on the per-step path" in md
     assert "plumbing only" in md and "## Launch overhead" in md and "| lstm | train | 3 | 2 | 5 | persistent | 3 |" in md
     assert "ran one step_forward (LSTM B=2 H=5), then a persistent training step (T=2): persistent (3 blocks" in \
         _only(tmp_path, "ncu.txt").read_text()

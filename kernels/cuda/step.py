@@ -10,12 +10,14 @@ Backward (BPTT), T + 1 launches of one fused kernel:
     launch p:  dh_{t_{p-1}} += dG_{t_{p-1}} @ W_hh     (the product of the step before)
                then the pointwise cell backward of step t_p: dG_{t_p}, the direct part of dh, dc
 
-Register tiling. A block of TX x TY threads owns BX = TX·RX hidden units x BY = TY·RY batch rows;
+Register tiling. A block of TX x TY x TZ threads owns BX = TX·RX hidden units x BY = TY·RY batch rows;
 each thread owns RX consecutive units x RY consecutive rows, and in forward every gate of them
 (G·RX·RY accumulators). The reduction walks k in tiles of TK, staged in shared memory (tiles.py,
-double-buffered, one barrier a tile): per k a thread loads its RY values of h (one LDS.128) and
+double-buffered, one barrier a tile), the TZ slices of threads along z taking every TZ-th column of
+a tile and slice 0 adding the others' partial sums at the end (more threads for the same tiles: a
+grid of few blocks still fills the GPU). Per k a thread loads its RY values of h (one LDS.128) and
 its RX values of each gate's W row (one LDS.64 each) and does G·RX·RY multiply-adds. With the GPU
-geometry (TX, TY, RX, RY, TK) = (16, 4, 2, 4, 16): forward LSTM 32 FFMA per 5 loads, GRU 24 per 4,
+geometry (TX, TY, TZ, RX, RY, TK) = (16, 4, 4, 2, 4, 16): forward LSTM 32 FFMA per 5 loads, GRU 24 per 4,
 RNN 8 per 2; backward 8 per 2 (dG's RY values, W's RX values); the kernel report counts them in
 the SASS. Before the tiling a thread owned one (b, j): G + 1 loads for G FFMA in forward, 2 per
 FFMA in backward, which capped the FMA pipes at 20% and 12.5% of their peak (one shared-memory
@@ -23,9 +25,10 @@ load instruction a cycle per SM against four FFMA).
 
 Napkin math of a step (float32 LSTM, H = 1024, W_hh = 4H x H = 16 MiB): at B = 1 a step does
 8 MFLOP and reads all of W_hh, 0.5 FLOP/byte, so it is bound by memory bandwidth (about 5 µs per
-step at 3 TB/s); at B = 64 it does 0.5 GFLOP for about 20 MB, 27 FLOP/byte, and the FMA pipes
-become the limit: 32 blocks x 4 row blocks of 64 threads, 86% of the inner loop's instructions
-FFMA, about 15 µs at 60% of an H100's FP32 peak. Each step is also a launch through numba-cuda,
+step at 3 TB/s); at B = 64 it does 0.5 GFLOP for about 20 MB, 27 FLOP/byte, and issue becomes
+the limit: 32 x 4 blocks of 8 warps fill an H100's schedulers, and about 30% of a tile's
+instructions are FFMA in forward (the rest: loads, staging the next tile, index arithmetic), about
+30 µs a step at 60 TFLOP/s of FP32 peak. Each step is also a launch through numba-cuda,
 tens of microseconds of host time, unless the plan replays the T launches as a CUDA graph
 (graphs.py); this path is for the shapes whose W_hh the persistent kernels (``persistent.py``)
 cannot hold.
