@@ -97,7 +97,7 @@ def test_transposed_tiles_store_without_bank_conflicts():
     for width in (4, 8, 16, 20, 32, 64, 96, 128, 132):
         row = tiles.padded(width)
         assert row >= width and row % 4 == 0 and (row // 4) % 2 == 1, (width, row)
-        rows, cols = width, 16                   # a tile of `width` source rows, 16 columns
+        rows = width                             # a tile of `width` source rows (16 columns)
         run = tiles.COLUMN_RUN
         addresses = []
         for idx in range(32):                    # the first warp of stage_cols's mapping
