@@ -133,6 +133,12 @@ def test_plans_per_shape_made_on_the_second_call_and_bounded(graphs, monkeypatch
     run_model(m, **random_problem(rng, "gru", 5, 2, 2, 4, 1, 1, False))
     keys = [q.key for q in graphs.plans()]
     assert len(keys) == 2 and p.key not in keys and keys[-1][2] == 5
+    # A model that only infers gets a forward graph and no backward arrays in its workspace.
+    x = random_problem(rng, "gru", 6, 2, 2, 4, 1, 1, False)["x"]
+    m(x)
+    m(x)
+    inference = graphs.plans()[-1]
+    assert inference.key[2] == 6 and set(inference.graphs) == {"forward"} and inference.workspace.dy is None
 
 
 def test_graphs_off_and_a_bad_setting(graphs, monkeypatch):

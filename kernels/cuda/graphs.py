@@ -13,7 +13,7 @@ activations), replays the graph, and copies the results out into arrays of its o
 caller keeps (the saved activations, y, dx) is never overwritten by a later call with the same
 shapes, e.g. the next layer of a stack. Backward skips copying the saved activations back in when
 the workspace still holds the forward's that made them (no other forward of these shapes ran in
-between: the usual case). The copies are cuBLAS-free device copies of the activations, a few per
+between: the usual case). The copies are device-to-device copies of the activations, a few per
 cent of the steps' time at the shapes where the step path runs.
 
     Plan key    cell, dtype, T, B, H, lengths given or not, direction, geometry, device
@@ -67,12 +67,20 @@ class Workspace:
         self.w_hh = xp.empty((G * H, H), dtype)
         self.b_hh = xp.empty((G * H,), dtype)
         self.lengths = xp.empty((B,), "int32")
-        self.dg_x = xp.empty((T, B, G * H), dtype)
-        self.dg_h = xp.empty((T, B, G * H), dtype) if gru else self.dg_x
+        self.placeholder3 = rt.placeholder(dtype, 3)
+        self.dg_x = self.dg_h = self.dy = self.dh = self.dc = None     # ``for_backward``
+
+    def for_backward(self, cell):
+        """Allocate the backward's arrays, on its first graph (a model that only infers never does)."""
+        if self.dy is not None:
+            return
+        xp, (T, B, GH), dtype = rt.xp_of(), self.xw.shape, self.xw.dtype
+        H = self.y.shape[2]
+        self.dg_x = xp.empty((T, B, GH), dtype)
+        self.dg_h = xp.empty((T, B, GH), dtype) if cell == "gru" else self.dg_x
         self.dy = xp.empty((T, B, H), dtype)
         self.dh = xp.empty((B, H), dtype)
-        self.dc = xp.empty((B, H), dtype) if lstm else rt.placeholder(dtype, 2)
-        self.placeholder3 = rt.placeholder(dtype, 3)
+        self.dc = xp.empty((B, H), dtype) if cell == "lstm" else rt.placeholder(dtype, 2)
 
     def saved(self, like):
         """The workspace as the saved arrays of a layer (``__init__.py``), placeholders where the
@@ -203,6 +211,7 @@ def backward(p, cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, stream):
     if p.calls == 1 or p.workspace is None:
         return step.backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, None, stream)
     ws = p.workspace
+    ws.for_backward(cell)
     p.use(stream)
     if p.holds is None or p.holds is not s.get("graph_token"):
         for name in ("hs", "cs", "gates", "hn", "lengths"):
