@@ -105,6 +105,16 @@ class Plan:
         rt.wait(stream, self.stream)
         self.stream = stream
 
+    def replay(self, kind, launch_all, stream):
+        """Replay graph ``kind`` ("forward" / "backward"), capturing ``launch_all`` first if new, and
+        record the replay as one launch, "graph step_<kind>"."""
+        name = f"step_{kind}"
+        if kind not in self.graphs:
+            self.graphs[kind] = Graph(name, launch_all)
+        g = self.graphs[kind]
+        g.replay(stream)
+        rt.record(f"graph {name}", g.replay, (stream,))
+
 
 class Graph:
     """Launches captured once, replayed at every call. ``launch_all(stream)`` enqueues them."""
@@ -159,11 +169,6 @@ def plans():
     return list(_plans.values())
 
 
-def _record_replay(name, graph, stream):
-    for launches in rt._recorders:
-        launches.append((f"graph {name}", graph.replay, (stream,)))
-
-
 def _copy(dst, src):
     """dst[...] = src on the current stream (both arrays of the backend)."""
     dst[...] = src
@@ -189,12 +194,7 @@ def forward(p, cell, kernels, s, xw, y, w_hh, b_hh, stream):
     if cell == "lstm":
         _copy(ws.cs[first], s["cs"][first])
     wsaved = ws.saved(s)
-    if "forward" not in p.graphs:
-        p.graphs["forward"] = Graph("step_forward", lambda st: step.forward(cell, kernels, wsaved, ws.xw, ws.y,
-                                                                            ws.w_hh, ws.b_hh, st))
-    g = p.graphs["forward"]
-    g.replay(stream)
-    _record_replay("step_forward", g, stream)
+    p.replay("forward", lambda st: step.forward(cell, kernels, wsaved, ws.xw, ws.y, ws.w_hh, ws.b_hh, st), stream)
     _copy(y, ws.y)
     for name in ("hs", "cs", "gates", "hn"):
         if s[name] is not None:
@@ -213,22 +213,19 @@ def backward(p, cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, stream):
     ws = p.workspace
     ws.for_backward(cell)
     p.use(stream)
-    if p.holds is None or p.holds is not s.get("graph_token"):
+    token = s.get("graph_token")          # None: its forward launched directly
+    if token is None or p.holds is not token:
         for name in ("hs", "cs", "gates", "hn", "lengths"):
             if s[name] is not None:
                 _copy(getattr(ws, name), s[name])
-        p.holds = s.get("graph_token")
+        p.holds = token
     for dst, src in ((ws.dy, dy), (ws.dh, dh), (ws.w_hh, w_hh)):
         _copy(dst, src)
     if cell == "lstm":
         _copy(ws.dc, dc)
     wsaved = ws.saved(s)
-    if "backward" not in p.graphs:
-        p.graphs["backward"] = Graph("step_backward", lambda st: step.backward(
-            cell, kernels, wsaved, ws.dg_x, ws.dg_h, ws.dy, ws.dh, ws.dc, ws.w_hh, None, st))
-    g = p.graphs["backward"]
-    g.replay(stream)
-    _record_replay("step_backward", g, stream)
+    p.replay("backward", lambda st: step.backward(cell, kernels, wsaved, ws.dg_x, ws.dg_h, ws.dy, ws.dh, ws.dc,
+                                                  ws.w_hh, None, st), stream)
     _copy(dg_x, ws.dg_x)
     if cell == "gru":
         _copy(dg_h, ws.dg_h)

@@ -32,9 +32,9 @@ class Geometry:
     consecutive hidden units of step_rb consecutive batch rows (every gate of them in forward), so
     a block covers step_h·step_rh units x step_b·step_rb rows; the reduction over H (or G*H) is
     staged in tiles of step_k columns, whose columns step_kz slices of the block's threads
-    (threadIdx.z) share out: step_kz times the threads for the same register tile, so that a grid of
-    few blocks (small B·H) still fills the GPU's schedulers. A float64 value takes two registers: float64 kernels give a
-    thread step_rh64 units instead (``step_units``), which keeps the float64 LSTM's G·units·rows
+    (threadIdx.z) share out: step_kz times the threads for the same register tile, so that a grid
+    of few blocks (small B·H) still fills the GPU's schedulers. A float64 value takes two
+    registers: float64 kernels give a thread step_rh64 units instead (``step_units``), which keeps the float64 LSTM's G·units·rows
     accumulators in registers. The accumulation kernel's block is (acc_threads,
     acc_threads) threads, each owning acc_regs x acc_regs outputs in runs of ``vec`` consecutive
     rows and columns (one vector load each), and stages acc_k rows of the N = T*B reduction at a
@@ -234,6 +234,12 @@ class Launch:
         return self.configured()(*args)
 
 
+def record(name, launch, args):
+    """Append a launch (or a graph replay, one entry) to every ``recording()`` in progress."""
+    for launches in _recorders:
+        launches.append((name, launch, args))
+
+
 def configure(name, kernel, blocks, threads, stream, shared=0):
     """``kernel[blocks, threads, stream, shared]``: the one place launches are configured.
 
@@ -251,7 +257,6 @@ def configure(name, kernel, blocks, threads, stream, shared=0):
             launches, run = _captures[-1]
             launches.append((name, launch, args))
             return launch(*args) if run else None
-        for launches in _recorders:
-            launches.append((name, launch, args))
+        record(name, launch, args)
         return launch(*args)
     return recorded
