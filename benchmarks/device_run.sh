@@ -111,7 +111,7 @@ step_tests() {
     local files=(tests/test_backends.py tests/test_random_shapes.py tests/test_cuda_kernels.py
                  tests/test_cuda_persistent.py tests/test_cuda_graphs.py tests/test_layers_api.py
                  tests/test_torch_bridge.py)
-    local select=cuda workers=()
+    local select="cuda and not simulat" workers=()      # the simulator's own tests skip on a GPU
     if [ "$SIM" = 1 ]; then
         select="cuda and (launch_config or T1B1I1H1L1)"   # the plumbing: one case a cell, dtype and algo
     elif "$PY" -c "import xdist" 2>/dev/null; then

@@ -107,3 +107,56 @@ def test_transposed_tiles_store_without_bank_conflicts():
         assert len({a % 32 for a in addresses}) == 32, (width, row, sorted(a % 32 for a in addresses))
     # Without the padding the same warp would hit one bank 4 to 32 times over.
     assert len({(c * 128 + r) % 32 for c in range(8) for r in range(4)}) == 4
+
+
+def test_restore_numpy_aliases_binds_each_missing_alias_to_its_function():
+    fake = types.SimpleNamespace(vstack=lambda *a: "vstack")          # a NumPy >= 2.5 without row_stack
+    assert rt.restore_numpy_aliases(fake) == ["row_stack"]
+    assert fake.row_stack is fake.vstack
+    assert rt.restore_numpy_aliases(fake) == []                        # present now: left alone
+    kept = types.SimpleNamespace(vstack=lambda *a: "vstack", row_stack=lambda *a: "row_stack")
+    assert rt.restore_numpy_aliases(kept) == [] and kept.row_stack() == "row_stack"
+
+
+# A kernel compile with NumPy's row_stack removed (as NumPy 2.5 did), in a process of its own.
+# "bare": numba-cuda alone, which imports numba/cuda/np/arrayobj.py on its first compile;
+# "gpurnn": with gpurnn's CUDA backend imported first.
+_COMPILE_WITHOUT_ROW_STACK = """
+import sys
+import numpy as np
+del np.row_stack
+from numba import cuda
+if sys.argv[1] == "gpurnn":
+    import gpurnn.kernels.cuda  # noqa: F401
+def fill(a):
+    a[cuda.grid(1)] = 1.0
+try:
+    cuda.compile_ptx(fill, "void(float32[:])", cc=(9, 0))
+except AttributeError as e:
+    print("AttributeError:", e)
+    sys.exit(1)
+print("compiled")
+"""
+
+
+def test_kernels_compile_on_a_numpy_without_row_stack():
+    import subprocess
+    import sys
+
+    import numpy as np
+    from gpurnn.kernels.report import missing_toolchain
+    if (why := missing_toolchain()) is not None:
+        pytest.skip(why)
+    if not hasattr(np, "row_stack"):
+        pytest.skip("this NumPy has no row_stack to remove")
+
+    def compile_in(mode):
+        return subprocess.run([sys.executable, "-c", _COMPILE_WITHOUT_ROW_STACK, mode],
+                              capture_output=True, text=True, timeout=300)
+
+    bare = compile_in("bare")
+    if bare.returncode == 0:
+        pytest.skip("this numba-cuda compiles without np.row_stack: nothing left to restore")
+    assert "row_stack" in bare.stdout, bare.stdout + bare.stderr
+    done = compile_in("gpurnn")
+    assert done.returncode == 0 and done.stdout.strip() == "compiled", done.stdout + done.stderr

@@ -99,6 +99,26 @@ def time_steps(T, reverse):
 
 
 # ---------------------------------------------------------------- compiling
+# NumPy aliases that NumPy 2.5 removed and numba-cuda (0.30) still registers overloads for: its
+# first kernel compile imports numba/cuda/np/arrayobj.py, whose ``overload(np.row_stack)`` then
+# raises AttributeError, so no kernel compiles. Each was an alias of the function named here.
+REMOVED_NUMPY_ALIASES = {"row_stack": "vstack"}
+
+
+def restore_numpy_aliases(module=np):
+    """Put back on ``module`` each alias in REMOVED_NUMPY_ALIASES that this NumPy lacks, bound to
+    the function it aliased; returns the names restored (none on NumPy < 2.5)."""
+    restored = []
+    for alias, target in REMOVED_NUMPY_ALIASES.items():
+        if not hasattr(module, alias):
+            setattr(module, alias, getattr(module, target))
+            restored.append(alias)
+    return restored
+
+
+restore_numpy_aliases()
+
+
 def _has_forceinline():
     """Whether this numba-cuda's ``cuda.jit`` takes ``forceinline`` (numba-cuda >= 0.11; the
     simulator and Numba's own older ``numba.cuda`` do not)."""
