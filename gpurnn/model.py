@@ -58,6 +58,10 @@ class Embedding(Module):
 
     def backward(self, dy):
         """Adds into grads; a one-hot product rather than a scatter, so the sum is deterministic."""
+        if self._ids is None:
+            raise ValueError("backward() called before forward(): run the model on an input first")
+        dy = _checks.float_array(dy, "dy", self.backend, self.dtype,
+                                 shape=tuple(self._ids.shape) + (self.embedding_dim,))
         xp = self.backend.xp
         ids = self._ids.reshape(-1)
         one_hot = xp.zeros((ids.size, self.num_embeddings), self.dtype)

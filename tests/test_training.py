@@ -32,6 +32,21 @@ def test_embedding_gradient_matches_finite_differences():
     assert np.all(emb.grads["weight"][[1, 3]] == 0)   # ids never used get no gradient
 
 
+def test_embedding_backward_checks_dy_like_linear():
+    """dy goes through the same checks as every layer's backward: array type, shape, finiteness
+    (and onto the backend's device, which a host dy on the cuda backend needs)."""
+    emb = Embedding(5, 3, backend="cpu", dtype="float64", seed=0)
+    with pytest.raises(ValueError, match="before forward"):
+        emb.backward(np.ones((2, 2, 3)))
+    emb(np.array([[0, 1], [4, 4]]))
+    with pytest.raises(ValueError, match="dy"):
+        emb.backward(np.ones((2, 2, 4)))
+    with pytest.raises(ValueError, match="dy"):
+        emb.backward(np.full((2, 2, 3), np.nan))
+    emb.backward(np.ones((2, 2, 3), np.float32).tolist())        # any array-like of floats
+    np.testing.assert_array_equal(emb.grads["weight"], [[1] * 3, [1] * 3, [0] * 3, [0] * 3, [2] * 3])
+
+
 def test_model_state_dict_round_trip_and_shapes():
     m = SequenceModel("gru", 8, 3, vocab_size=6, embed_size=4, num_layers=2, backend="cpu", seed=0)
     out, h = m(np.zeros((5, 2), np.int64))
