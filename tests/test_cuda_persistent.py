@@ -203,3 +203,18 @@ def test_cuda_repr_names_the_algorithm_of_the_last_forward():
     s = make_model("gru", 3, 7, backend="cuda-step", seed=0)
     s(np.zeros((2, 2, 3)))
     assert repr(s).endswith("algo='step') [last forward: step (asked for)]"), repr(s)
+
+
+def test_cuda_auto_takes_the_step_path_from_step_from_batch_rows_while_graphs_are_on(monkeypatch):
+    """plan.choose's rule reaches the layers: the batch size and GPURNN_GRAPHS decide it."""
+    edge = _kc().plan.STEP_FROM_BATCH
+    m = make_model("lstm", 3, 5, backend="cuda-auto", seed=0)
+
+    def algos(B):
+        m(np.zeros((2, B, 3)))
+        return [p.algo for p in m.plans]
+
+    assert algos(edge - 1) == ["persistent"]
+    assert algos(edge) == ["step"]
+    monkeypatch.setenv("GPURNN_GRAPHS", "0")
+    assert algos(edge) == ["persistent"]

@@ -15,13 +15,26 @@ F32, F64 = 4, 8
 @pytest.mark.parametrize("H", [256, 512, 1024])
 @pytest.mark.parametrize("B", [1, 8, 64])
 def test_the_target_shapes_run_persistent_with_w_hh_on_chip_on_an_h100(cell, H, B):
-    """B <= 64, H 256-1024, float32: the shapes the persistent kernels are for."""
-    p = choose(cell, F32, B, H, H100, "auto")
+    """B <= 64, H 256-1024, float32: the shapes the persistent kernels are for (without CUDA
+    graphs; with them, from STEP_FROM_BATCH rows on, the step path: see the test below)."""
+    p = choose(cell, F32, B, H, H100, "auto", graphs=False)
     assert p.algo == "persistent", p
     assert p.fwd_w_on_chip and p.bwd_w_on_chip, p
     assert p.blocks == min(H, H100.sms) or p.blocks == -(-H // p.units)
     assert p.blocks <= H100.sms and p.units * p.blocks >= H > p.units * (p.blocks - 1)
     assert p.fwd_shared + 4 * p.threads * plan.GATES[cell] <= H100.smem_per_block
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_with_graphs_auto_takes_the_step_path_from_step_from_batch_rows(cell):
+    edge = plan.STEP_FROM_BATCH
+    for B in (1, edge - 1):
+        assert choose(cell, F32, B, 512, H100, "auto").algo == "persistent", B
+    for B in (edge, 64, 256):
+        p = choose(cell, F32, B, 512, H100, "auto")
+        assert p.algo == "step" and f"B = {B}" in p.why and "graphs" in p.why, p
+        assert choose(cell, F32, B, 512, H100, "auto", graphs=False).algo == "persistent", B
+        assert choose(cell, F32, B, 512, H100, "persistent").algo == "persistent", B
 
 
 def test_dw_hh_leaves_the_chip_before_w_hh_does():

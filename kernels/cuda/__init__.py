@@ -162,12 +162,17 @@ def _driver_cooperative_blocks(cell, dtype, geo):
     return blocks
 
 
-@lru_cache(maxsize=4096)
 def choose_plan(cell, dtype, B, H, algo, geo, device):
-    """``plan.choose`` for this layer on ``device`` (cached: the same shapes get the same plan)."""
+    """``plan.choose`` for this layer on ``device``, with graphs on or off as GPURNN_GRAPHS says."""
+    return _choose_plan(cell, dtype, B, H, algo, geo, device, graphs.enabled())
+
+
+@lru_cache(maxsize=4096)
+def _choose_plan(cell, dtype, B, H, algo, geo, device, with_graphs):
+    """Cached: the same shapes get the same plan."""
     coop = None if cuda_simulated() else _driver_cooperative_blocks(cell, dtype, geo)
     return plan.choose(cell, np.dtype(dtype).itemsize, B, H, device, algo, geo.persist_threads,
-                       geo.persist_rows, coop)
+                       geo.persist_rows, coop, graphs=with_graphs)
 
 
 ALGORITHMS = {"step": step, "persistent": persistent}

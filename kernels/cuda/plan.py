@@ -3,17 +3,24 @@
     "persistent"  one cooperative launch runs all T steps (persistent.py); another the whole BPTT
     "step"        one launch per time step (step.py)
 
-``choose`` is a pure function of the cell, dtype, batch, hidden size and the device's resources,
-so it is tested without a GPU on modelled devices (an A100, an H100, the simulator's). On a GPU the
+``choose`` is a pure function of the cell, dtype, batch, hidden size, the device's resources and
+whether CUDA graphs are on, so it is tested without a GPU on modelled devices (an A100, an H100, the simulator's). On a GPU the
 resources come from the driver, and the co-residency of a cooperative grid from the driver's own
 occupancy calculator for the compiled kernel.
 
-Why persistent whenever it fits: every launch through numba-cuda costs tens of microseconds of host
-time, so the step path spends at least T x that on a forward and 2T x that on a backward, whatever
-the GPU does. The persistent kernel pays one launch and, per step, one grid-wide barrier (about
-1-2 µs on an H100) plus its share of the step's FLOPs; it loses only where its untiled dot products
-are slower than the step kernels' tiles by more than a launch per step, i.e. far beyond the shapes
-whose W_hh it can hold.
+Which one, as measured on an H200 (benchmarks/results/2026-11-27-nvidia-h200-bench.md, float32).
+A persistent step costs about 20 µs plus 0.8-5 µs per batch row (RNN at H = 64 to LSTM at
+H = 1024): each block walks its batch 4 rows at a time, each group ending in a block-wide tree sum
+of its split dot products, with one block of 8 warps per SM to hide the latency. The per-step path
+pays a launch per step (64 µs of host time for a step_forward through numba-cuda) unless its
+launches are replayed from CUDA graphs (graphs.py), and then costs what its tiled kernels take,
+nearly flat in B up to a block's 16 rows. LSTM forward per step, graphs against persistent:
+B = 8, H = 256: 30 µs against about 40 (between the persistent 20 at B = 1 and 56 at B = 16);
+B = 16, H = 512: 45 µs against more than 56 (the persistent kernel's at H = 256); B = 64, H = 1024:
+96 µs against 332, and 3.1x faster per training step. The training steps tie at B = 8. So, with
+graphs (the default), auto takes the step path from STEP_FROM_BATCH rows and the persistent path
+below it, whose B = 1 training steps beat cuDNN's at H = 256. Without graphs the step path is
+bound by its launches and auto keeps the persistent path wherever it fits.
 
 What fits: one block per SM (``units`` = ceil(H / SMs) hidden units a block), all blocks co-resident
 (the driver's ``max_cooperative_grid_blocks``). A block keeps on-chip, in dynamic shared memory:
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from .runtime import GATES, ceil_div
 
 ALGOS = ("auto", "persistent", "step")
+STEP_FROM_BATCH = 16        # with CUDA graphs, auto's step path from this many batch rows on
 KIB = 1024
 WARP = 32
 
@@ -122,9 +130,11 @@ def padded(length, split):
     return ceil_div(length, WARP) * WARP + split % WARP
 
 
-def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, cooperative_blocks=None):
+def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, cooperative_blocks=None,
+           graphs=True):
     """The Plan for one layer and direction, for blocks of ``threads`` threads holding ``rows``
-    batch rows each (``Geometry.persist_threads``, ``persist_rows``).
+    batch rows each (``Geometry.persist_threads``, ``persist_rows``). ``graphs``: whether the
+    per-step path replays its launches from CUDA graphs (``graphs.enabled()``).
     ``cooperative_blocks(kernel, threads, static, dyn)`` defaults to the device model's; on a GPU
     it is the driver's answer for the compiled kernel. A forced "persistent" whose grid cannot be co-resident raises ValueError with the reason; one
     whose W_hh is too large for the L2 runs anyway (reading W_hh from memory every step)."""
@@ -132,6 +142,8 @@ def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, coope
         raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
     if algo == "step":
         return Plan("step", "asked for")
+    if algo == "auto" and graphs and B >= STEP_FROM_BATCH:
+        return Plan("step", f"B = {B} >= {STEP_FROM_BATCH} rows, with CUDA graphs")
     coop = cooperative_blocks or device.cooperative_blocks
     G, s = GATES[cell], itemsize
     units = ceil_div(H, device.sms)
