@@ -268,6 +268,8 @@ def launch_overhead(sim):
 
     def cupy_op():
         a.__iadd__(1)
+    cupy_op()                   # CuPy compiles an elementwise kernel on its first call
+    synchronize(sim)
     result["cupy_elementwise_host_us"] = host_us(cupy_op, n)
     synchronize(sim)
     if sim:
