@@ -4,9 +4,9 @@
     "step"        one launch per time step (step.py)
 
 ``choose`` is a pure function of the cell, dtype, batch, hidden size, the device's resources and
-whether CUDA graphs are on, so it is tested without a GPU on modelled devices (an A100, an H100, the simulator's). On a GPU the
-resources come from the driver, and the co-residency of a cooperative grid from the driver's own
-occupancy calculator for the compiled kernel.
+whether CUDA graphs are on, so it is tested without a GPU on modelled devices (an A100, an H100,
+the simulator's). On a GPU the resources come from the driver, and the co-residency of a
+cooperative grid from the driver's own occupancy calculator for the compiled kernel.
 
 Which one, as measured on an H200 (benchmarks/results/2026-11-27-nvidia-h200-bench.md, float32).
 A persistent step costs about 20 µs plus 0.8-5 µs per batch row (RNN at H = 64 to LSTM at
