@@ -14,7 +14,7 @@ H = 1024): each block walks its batch 4 rows at a time, each group ending in a b
 of its split dot products, with one block of 8 warps per SM to hide the latency. The per-step path
 pays a launch per step (64 µs of host time for a step_forward through numba-cuda) unless its
 launches are replayed from CUDA graphs (graphs.py), and then costs what its tiled kernels take,
-nearly flat in B up to a block's 16 rows. LSTM forward per step, graphs against persistent:
+which cover 16 batch rows a block whatever B. LSTM forward per step, graphs against persistent:
 B = 8, H = 256: 30 µs against about 40 (between the persistent 20 at B = 1 and 56 at B = 16);
 B = 16, H = 512: 45 µs against more than 56 (the persistent kernel's at H = 256); B = 64, H = 1024:
 96 µs against 332, and 3.1x faster per training step. The training steps tie at B = 8. So, with
