@@ -338,6 +338,7 @@ def _train(cfg, out, ckpt, progress, log, history, stop, task):
         f"{cfg['optimizer']} lr {cfg['lr']:g}, clip {cfg['clip'] or 'off'}, "
         f"{'truncated BPTT k=' + str(trainer.tbptt) if trainer.tbptt else 'full BPTT'}; run folder {out}")
     steps, first = int(cfg["steps"]), trainer.step
+    compile_kernels(trainer.model, log)     # before the bar, so that its rate and ETA are the steps'
     t0 = time.perf_counter()
     window.update(t=t0, timed=0)          # the sequences-per-second window: this process's steps only
     status, last = 0, None
@@ -404,6 +405,32 @@ def _train(cfg, out, ckpt, progress, log, history, stop, task):
     log(f"step {trainer.step}: held-out {metric} {last['eval_metric']:.4f} (baseline {task.baseline:.4f}, "
         f"{better} is better); saved {ckpt_path}")
     return status
+
+
+def compile_kernels(model, log, announce_after=1.0):
+    """Compile the cpu backend's kernels for the model's cell and dtype before the first step.
+
+    With an empty Numba cache that takes seconds (a first run, or the first after an install or an
+    upgrade); a cache hit takes a few tenths. The message goes out only once it has taken
+    ``announce_after`` seconds, so a cached run prints nothing."""
+    if model.backend.name != "cpu":
+        return
+    import threading
+
+    from .kernels import cpu
+    what = f"{model.rnn.cell}, {model.rnn.dtype}"
+    timer = threading.Timer(announce_after, log, [f"compiling the CPU kernels for {what} (first run only: "
+                                                  f"Numba keeps them in its cache for later runs) ..."])
+    timer.daemon = True
+    start = time.perf_counter()
+    timer.start()
+    try:
+        cpu.compile_kernels(model.rnn.cell, model.rnn.dtype)
+    finally:
+        timer.cancel()
+    took = time.perf_counter() - start
+    if took >= announce_after:
+        log(f"compiled the CPU kernels for {what} in {took:.1f} s")
 
 
 def build_trainer(task, cfg):
