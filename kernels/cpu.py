@@ -37,10 +37,11 @@ Why it is laid out this way (the per-step loop runs T times, so it does only wha
 Measured and left out: row loops spread over threads (numba prange) fight BLAS's threads for the
 cores and ran many times slower. The whole time loop in one compiled call: with the recurrent
 product through SciPy's BLAS (Numba's np.dot) it ran slower than this loop (4.7 against 3.2 ms for
-an LSTM training step at T=100, B=8, H=64, 1 thread), as SciPy's OpenBLAS is a second thread pool;
-with a product written in Numba, four batch rows at a time (48 GFLOP/s on one core at B=8, H=64, as fast as
-OpenBLAS there, 65% of it at H = 256) it took that step from 4.1 to 3.2 ms, torch 3.7 ms, on 2
-threads, but lost from H = 128 up and adds a second path to every cell.
+an LSTM training step at T=100, B=8, H=64, 1 thread; up to 2.7x slower on 2 threads, where SciPy's
+OpenBLAS is a second thread pool beside NumPy's). With a product written in Numba, four batch rows
+at a time (48 GFLOP/s on one core at B=8, H=64, as fast as OpenBLAS there, 65% of it at H = 256),
+it took that step from 4.1 to 3.2 ms, torch 3.7 ms, on 2 threads, but lost from H = 128 up and
+adds a second path to every cell.
 """
 
 import math
