@@ -24,7 +24,10 @@ from .losses import cross_entropy, mse_loss
 from .optim import SGD, Adam, clip_grad_norm, clip_grad_value
 from .model import Embedding, NonFiniteError, SequenceModel, Trainer, make_model
 from .tasks import make_task
+from .data import ArrayTask, DataError
+from .datafiles import task_from_file
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .predict import TrainedModel, load_model
 
 __version__ = "0.1.0"
 
@@ -34,5 +37,6 @@ __all__ = [
     "SGD", "Adam", "clip_grad_norm", "clip_grad_value",
     "get_backend", "cuda_status", "BACKENDS",
     "SequenceModel", "Trainer", "Embedding", "NonFiniteError", "make_model", "make_task",
+    "ArrayTask", "DataError", "task_from_file", "load_model", "TrainedModel",
     "save_checkpoint", "load_checkpoint", "CheckpointError",
 ]

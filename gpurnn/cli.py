@@ -1,14 +1,17 @@
 """The ``gpurnn`` command: train, measure gradient norms through time, sample text, report runs.
 
     gpurnn train [--task adding|copy|charlm] [--cell rnn|rnn-relu|lstm|gru] ... [--out DIR]
+    gpurnn train --data FILE.npz | --data FILE.csv --target COLUMN [--seq-len T] [--horizon H] ...
     gpurnn train --resume DIR [--steps N]
+    gpurnn predict DIR --data FILE --out PRED.npy
     gpurnn grads [--cell rnn,lstm,gru] [--seq-len T] [--scales 0.5,1,2] [--out DIR]
     gpurnn sample DIR [--length N] [--prime TEXT] [--temperature 0.8]
     gpurnn report DIR [DIR ...]
 
 A training run keeps its files in a run folder (gpurnn/runs.py): config.json (what was run),
 metrics.jsonl (one JSON line per logged step), checkpoint.npz (everything needed to continue
-exactly) and .lock (held while a gpurnn train writes the folder).
+exactly, and to rebuild the model for prediction: gpurnn.load_model) and .lock (held while a
+gpurnn train writes the folder).
 """
 
 import argparse
@@ -22,10 +25,11 @@ import numpy as np
 
 from .backend import BackendUnavailable
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .data import ArrayTask, DataError
 from .model import CELLS, OPTIMIZERS, NonFiniteError, Trainer, make_model
-from .runs import (DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, TASK_SEQ_LEN, RunBusy, RunLock,
-                   carry_metrics, check_config, check_memory, check_vocabulary, config_of_checkpoint,
-                   number_or, read_metrics, window_of)
+from .runs import (DATA_FLAGS, DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, SERIES_DEFAULTS, TASK_SEQ_LEN, RunBusy,
+                   RunLock, carry_metrics, check_config, check_data_file, check_memory, check_vocabulary,
+                   config_of_checkpoint, number_or, read_metrics, window_of)
 from .tasks import TASKS, CharLM, make_task
 
 
@@ -46,11 +50,22 @@ def build_parser():
     t = sub.add_parser("train", help="train a model (with no options: an LSTM on the adding problem, T = 50)",
                        description="Train a recurrent network with BPTT. Every option defaults to a "
                                    "sensible value; with none at all an LSTM learns the adding problem.")
-    t.add_argument("--task", choices=TASKS, help="adding (default), copy or charlm")
+    t.add_argument("--task", choices=TASKS, help="adding (default), copy or charlm; or your data: --data")
+    t.add_argument("--data", metavar="FILE", help="train on your data: a .npz with arrays x (N, T, I), y (N, O) "
+                                                 "or (N, T, O) values or (N,) or (N, T) integer labels, and "
+                                                 "optionally lengths (N,); or a .csv time series (--target)")
+    t.add_argument("--target", metavar="COLUMN", help="CSV series: the column to forecast")
+    t.add_argument("--features", metavar="A,B,...", help="CSV series: the columns read at each step "
+                                                         "(default: every numeric column, the target included)")
+    t.add_argument("--horizon", type=int, help="CSV series: forecast the target this many rows after each "
+                                               "window's last row (default 1)")
+    t.add_argument("--validation", type=float, help="--data: the fraction held out to evaluate on (default 0.2; "
+                                                    "a .npz's drawn by --seed, a series' last windows)")
     t.add_argument("--cell", choices=CELLS, help="rnn (tanh), rnn-relu, lstm (default) or gru")
     t.add_argument("--hidden", type=int, help="hidden units per layer (default 64)")
     t.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
-    t.add_argument("--seq-len", type=int, help="sequence length T (default: adding 50, copy 30, charlm 100)")
+    t.add_argument("--seq-len", type=int, help="sequence length T (default: adding 50, copy 30, charlm 100, "
+                                               "a CSV series' windows 32)")
     t.add_argument("--batch", type=int, help="sequences per step (default 32)")
     t.add_argument("--steps", type=int, help="total updates (default 2000); with --resume, the new total")
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd")
@@ -105,6 +120,17 @@ def build_parser():
     s.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "reference"))
     s.set_defaults(func=cmd_sample)
 
+    q = sub.add_parser("predict", help="predict with a trained model on a data file",
+                       description="Read FILE as the run's training data was read (a .npz's x and lengths; "
+                                   "every window of a CSV series) and write the model's predictions: class "
+                                   "labels, or values in the data's units.")
+    q.add_argument("run", help="a run folder (or its checkpoint.npz)")
+    q.add_argument("--data", required=True, metavar="FILE", help="a .npz with x (and lengths), or a .csv series")
+    q.add_argument("--out", required=True, metavar="PRED.npy", help="where to write the predictions (.npy)")
+    q.add_argument("--proba", action="store_true", help="classification: class probabilities instead of labels")
+    q.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "reference"))
+    q.set_defaults(func=cmd_predict)
+
     r = sub.add_parser("report", help="a Markdown table of finished runs, seeds side by side")
     r.add_argument("runs", nargs="+", help="run folders")
     r.set_defaults(func=cmd_report)
@@ -113,13 +139,20 @@ def build_parser():
 
 # ---------------------------------------------------------------- train
 def resolve_config(args):
-    """The full config of a new run: defaults, then the task's and optimiser's, then the flags given."""
+    """The full config of a new run: defaults, then the task's and optimiser's, then the flags given.
+    A run on a .npz gets its seq_len from the file (prepare_task)."""
     cfg = dict(DEFAULTS)
     for key in DEFAULTS:
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
-    if cfg["seq_len"] is None:
+    if cfg["data"] is not None:
+        cfg["task"] = "data"
+        cfg["data"] = os.path.abspath(cfg["data"])
+        if cfg["data"].lower().endswith(".csv"):
+            for key, value in SERIES_DEFAULTS.items():
+                cfg[key] = value if cfg[key] is None else cfg[key]
+    elif cfg["seq_len"] is None:
         cfg["seq_len"] = TASK_SEQ_LEN[cfg["task"]]
     if cfg["lr"] is None:
         cfg["lr"] = OPTIMIZER_LR[cfg["optimizer"]]
@@ -128,8 +161,26 @@ def resolve_config(args):
     return cfg
 
 
+def data_flag_problem(args):
+    """Why the data flags given do not go together (None when they do): a .npz gives its sequences
+    as they are, and --validation only means something for --data."""
+    if args.data is None:
+        if args.validation is not None:
+            return "--validation applies to --data FILE; leave it out"
+        return None
+    if args.task is not None:
+        return f"--data FILE trains on your data, --task {args.task} on a built-in task: give one of them"
+    if not args.data.lower().endswith(".csv"):
+        for key in DATA_FLAGS:
+            if getattr(args, key) is not None:
+                return (f"--{key.replace('_', '-')} applies to a CSV series; {args.data}'s arrays give the "
+                        f"sequences as they are: leave it out")
+    return None
+
+
 def _default_out(cfg):
-    base = os.path.join("runs", f"{cfg['task']}-{cfg['cell']}")
+    name = cfg["task"] if cfg["data"] is None else os.path.splitext(os.path.basename(cfg["data"]))[0]
+    base = os.path.join("runs", f"{name}-{cfg['cell']}")
     out, n = base, 1
     while os.path.exists(out):
         n += 1
@@ -153,7 +204,7 @@ def cmd_train(args):
                 continue
             if key in RESUME_OVERRIDES:
                 cfg[key] = value
-            elif value != cfg.get(key) and not (key == "text" and os.path.abspath(value) == cfg.get(key)):
+            elif value != cfg.get(key) and not (key in ("text", "data") and os.path.abspath(value) == cfg.get(key)):
                 print(f"gpurnn train: --{key.replace('_', '-')} {value} differs from the resumed run's "
                       f"{cfg.get(key)}; leave it out to resume (only {', '.join(RESUME_OVERRIDES)} may change)",
                       file=sys.stderr)
@@ -168,6 +219,10 @@ def cmd_train(args):
         if not _same_folder(out, args.resume):
             history = os.path.join(args.resume, "metrics.jsonl")
     else:
+        problem = data_flag_problem(args)
+        if problem:
+            print(f"gpurnn train: {problem}", file=sys.stderr)
+            return 2
         cfg = resolve_config(args)
         out = args.out or _default_out(cfg)
     problem = check_config(cfg)
@@ -213,12 +268,32 @@ def _unavailable(command, e):
 
 def prepare_task(cfg, ckpt=None, resumed_from=None):
     """The task of ``cfg``, after the checks that need it and allocate nothing: a resumed charlm
-    run's vocabulary against its text, and the configuration's memory against what is available
-    (MemoryTooSmall)."""
-    task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
+    run's vocabulary against its text, a resumed data run's file against the one it started on, and
+    the configuration's memory against what is available (MemoryTooSmall). A run on a .npz takes
+    its seq_len (T) from the file, into ``cfg``."""
+    if cfg["task"] == "data":
+        task = data_task(cfg)
+        if ckpt is not None:
+            check_data_file(task, ckpt, resumed_from)
+        cfg["seq_len"] = task.seq_len
+    else:
+        task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
     if ckpt is not None and isinstance(task, CharLM):
         check_vocabulary(task, ckpt, resumed_from)
     check_memory(task, cfg)
+    return task
+
+
+def data_task(cfg):
+    """The ArrayTask of a run on your data (a DataError, naming the file, for a file it cannot use)."""
+    from .datafiles import file_format, sha256_of, task_from_file
+
+    series = file_format(cfg["data"]) == "csv"
+    features = None if cfg["features"] is None else [f.strip() for f in cfg["features"].split(",") if f.strip()]
+    task = task_from_file(cfg["data"], seq_len=cfg["seq_len"] if series else None, target=cfg["target"],
+                          horizon=cfg["horizon"], features=features, validation=cfg["validation"],
+                          seed=cfg["seed"])
+    task.data_sha256 = sha256_of(cfg["data"])
     return task
 
 
@@ -326,6 +401,8 @@ def _train(cfg, out, ckpt, progress, log, history, stop, task):
     if isinstance(task, CharLM):
         extra["vocab"] = task.chars
         extra["text_sha256"] = task.text_sha256
+    if isinstance(task, ArrayTask):
+        extra["data_sha256"] = task.data_sha256
 
     def save():
         extra["elapsed"] = elapsed0 + (time.perf_counter() - t0)
@@ -402,8 +479,9 @@ def _train(cfg, out, ckpt, progress, log, history, stop, task):
         loss, m = trainer.evaluate()
         last = {"step": trainer.step, "eval_loss": loss, "eval_metric": m}
     better = "higher" if task.higher_is_better else "lower"
-    log(f"step {trainer.step}: held-out {metric} {last['eval_metric']:.4f} (baseline {task.baseline:.4f}, "
-        f"{better} is better); saved {ckpt_path}")
+    naive = f" ({task.naive_name})" if isinstance(task, ArrayTask) else ""
+    log(f"step {trainer.step}: held-out {metric} {_metric(last['eval_metric'])} (baseline{naive} "
+        f"{_metric(task.baseline)}, {better} is better); saved {ckpt_path}")
     return status
 
 
@@ -564,6 +642,47 @@ def sample_text(model, vocab, prime, length, temperature=1.0, seed=0):
         chosen.append(vocab[nxt])
         out, state = model(xp.asarray(np.array([[nxt]], dtype=np.int64)), state)
     return "".join(chosen)
+
+
+# ---------------------------------------------------------------- predict
+def cmd_predict(args):
+    """Write the predictions of a trained model on a data file, read as its training data was."""
+    from .datafiles import file_format
+    from .predict import load_model
+
+    if not args.out.endswith(".npy"):
+        print(f"gpurnn predict: --out {args.out}: the predictions are written as a .npy file; name it PRED.npy",
+              file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.run, backend=args.backend)
+    except CheckpointError as e:
+        print(f"gpurnn predict: {e}", file=sys.stderr)
+        return 1
+    except BackendUnavailable as e:
+        print(_unavailable("predict", e), file=sys.stderr)
+        return 2
+    try:
+        file_format(args.data)
+        x, lengths = model.read_inputs(args.data)
+        pred = model.predict_proba(x, lengths) if args.proba else model.predict(x, lengths)
+    except (ValueError, TypeError) as e:           # DataError is a ValueError
+        print(f"gpurnn predict: {e}", file=sys.stderr)
+        return 2
+    folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(args.out)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, pred)
+        os.replace(tmp, args.out)             # a failed write leaves no half-written predictions
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    what = "class probabilities" if args.proba else "class labels" if model.kind == "classification" else "values"
+    print(f"gpurnn predict: {len(pred)} predictions ({what}, array {pred.shape} {pred.dtype}) of {model.path} "
+          f"(step {model.step}) written to {args.out}", file=sys.stderr)
+    return 0
 
 
 # ---------------------------------------------------------------- report

@@ -74,6 +74,11 @@ def grad_norms_of_run(run_dir, seq_len=None, batch_size=16, seed=0, backend="aut
         vocab = ckpt["extra"]["vocab"]
         kw = dict(vocab_size=len(vocab))
         out_size = len(vocab)
+    elif cfg["task"] == "data":
+        from .predict import task_of_checkpoint
+        data = task_of_checkpoint(ckpt, cfg, path)
+        kw = dict(input_size=data["input_size"])
+        out_size = data["output_size"]
     else:
         task = make_task(cfg["task"], T, copy_len=cfg.get("copy_len", 10))
         kw = dict(vocab_size=task.input_size) if task.tokens else dict(input_size=task.input_size)
@@ -84,6 +89,8 @@ def grad_norms_of_run(run_dir, seq_len=None, batch_size=16, seed=0, backend="aut
     rng = np.random.default_rng(seed)
     if cfg["task"] == "charlm":
         ids = rng.integers(0, len(vocab), size=(T, batch_size))
+    elif cfg["task"] == "data":        # your data's features were standardised: about N(0, 1)
+        ids = rng.standard_normal((T, batch_size, data["input_size"]))
     else:
         ids = task.batch(rng, batch_size, split="eval").x
     xp = model.backend.xp

@@ -290,8 +290,8 @@ class Trainer:
         return [(a, min(a + k, T)) for a in range(0, T, k)]
 
     def _loss(self, out, batch, a, b, total):
-        """This segment's share of the mean loss over all scored steps, its gradient, and the number
-        of correctly classified scored steps (classification tasks)."""
+        """This segment's share of the mean loss over all scored steps, its gradient, and its
+        ``task.tally`` (for classification, the correctly classified scored steps)."""
         xp = self.model.backend.xp
         mask = xp.asarray(batch.mask[a:b])
         count = float(batch.mask[a:b].sum())
@@ -301,18 +301,16 @@ class Trainer:
         target = xp.asarray(batch.target[a:b])
         if self.task.loss == "mse":
             loss, grad = mse_loss(out, target, mask=xp.broadcast_to(mask[..., None], out.shape))
-            correct = 0.0
         else:
             loss, grad = cross_entropy(out, target, mask=mask)
-            correct = float(((out.argmax(axis=-1) == target) * mask).sum())
-        return loss * share, grad * out.dtype.type(share), correct
+        return loss * share, grad * out.dtype.type(share), self.task.tally(out, target, mask, xp)
 
     def _run(self, batch, train):
         """Forward every segment (and, when training, backward each); returns (loss, metric)."""
         xp = self.model.backend.xp
         T = batch.mask.shape[0]
         total = float(batch.mask.sum())
-        state, loss, correct = None, 0.0, 0.0
+        state, loss, tally = None, 0.0, 0.0
         for a, b in self._segments(T):
             x = xp.asarray(batch.x[a:b])
             try:
@@ -322,16 +320,16 @@ class Trainer:
                 return math.nan, math.nan
             if not bool(xp.isfinite(out).all()):
                 return math.nan, math.nan
-            seg_loss, grad, seg_correct = self._loss(out, batch, a, b, total)
+            seg_loss, grad, seg_tally = self._loss(out, batch, a, b, total)
             loss += seg_loss
-            correct += seg_correct
+            tally += seg_tally
             if train and grad is not None:
                 try:
                     with np.errstate(over="ignore", invalid="ignore"):
                         self.model.backward(grad)
                 except FloatingPointError:
                     return math.nan, math.nan
-        return loss, self.task.score(loss, correct / total)
+        return loss, self.task.score(loss, tally / total)
 
     def train_step(self):
         """One batch and one update. Returns (loss, metric, gradient norm before clipping).
@@ -374,13 +372,13 @@ class Trainer:
     # ------------------------------------------------------------ evaluation
     def evaluate(self):
         """(loss, metric) on the task's fixed held-out set (the same for every call and every run
-        with the same seed)."""
+        with the same seed): means over all its scored steps."""
         if self._eval is None:
             self._eval = self.task.eval_batches(self.seed, self.eval_sequences, 500)
-        n = sum(b.mask.shape[1] for b in self._eval)
+        n = sum(float(b.mask.sum()) for b in self._eval)
         loss = metric = 0.0
         for batch in self._eval:
-            w = batch.mask.shape[1] / n
+            w = float(batch.mask.sum()) / n
             l_, m_ = self._run(batch, train=False)
             loss += w * l_
             metric += w * m_

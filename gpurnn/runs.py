@@ -19,8 +19,11 @@ from .tasks import TASKS
 DEFAULTS = dict(task="adding", cell="lstm", hidden=64, layers=1, seq_len=None, batch=32, steps=2000,
                 optimizer="adam", lr=None, clip=1.0, tbptt=0, backend="auto", seed=0, text=None,
                 embed=None, init_scale=None, copy_len=10, log_every=10, eval_every=100, save_every=100,
-                eval_sequences=1000, dtype="float32")
+                eval_sequences=1000, dtype="float32", data=None, target=None, features=None, horizon=None,
+                validation=0.2)
 TASK_SEQ_LEN = {"adding": 50, "copy": 30, "charlm": 100}
+SERIES_DEFAULTS = dict(seq_len=32, horizon=1)     # a CSV series' windows (a .npz gives its own T)
+DATA_FLAGS = ("seq_len", "target", "features", "horizon")   # how a CSV series is cut; not for a .npz
 OPTIMIZER_LR = {"adam": 1e-2, "sgd": 0.1}
 # What may change when a run is resumed (lr and clip: the remedies for a run that diverged);
 # everything else must match the checkpoint.
@@ -31,9 +34,10 @@ POSITIVE = ("hidden", "layers", "seq_len", "batch", "steps", "log_every", "eval_
 
 
 def check_config(cfg):
-    """A clear message for a flag out of range (None when all are fine)."""
+    """A clear message for a flag out of range (None when all are fine). ``seq_len`` may still be
+    None for a .npz, whose arrays give it."""
     for key in POSITIVE:
-        if cfg[key] < 1:
+        if cfg[key] is not None and cfg[key] < 1:
             return f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}"
     for key in ("clip", "tbptt"):
         if cfg[key] < 0:
@@ -42,18 +46,33 @@ def check_config(cfg):
         return f"--lr must be > 0, got {cfg['lr']}"
     if cfg["embed"] is not None and cfg["embed"] < 1:
         return f"--embed must be at least 1, got {cfg['embed']}"
+    if cfg["horizon"] is not None and cfg["horizon"] < 1:
+        return f"--horizon must be at least 1, got {cfg['horizon']}"
+    if not 0 < cfg["validation"] < 1:
+        return f"--validation must be a fraction between 0 and 1, got {cfg['validation']}"
+    if (cfg["task"] == "data") != (cfg["data"] is not None):
+        return "--data FILE trains on your data; give it without --task" if cfg["data"] is not None \
+            else "task 'data' needs --data FILE"
+    if cfg["data"] is None:
+        for key in DATA_FLAGS[1:]:
+            if cfg[key] is not None:
+                return f"--{key} applies to --data FILE.csv (a time series); leave it out"
+    elif cfg["data"].lower().endswith(".csv") and cfg["target"] is None:
+        return "--data FILE.csv needs --target COLUMN, the column to forecast"
     return None
 
 
 # What each config entry must be, to tell a damaged or crafted checkpoint from a run (the value
 # ranges are check_config's): one of a few names, or a value of one of the types (None: null).
-CONFIG_CHOICES = dict(task=TASKS, cell=CELLS, optimizer=OPTIMIZERS, backend=("auto", "cpu", "cuda", "reference"),
+CONFIG_CHOICES = dict(task=TASKS + ("data",), cell=CELLS, optimizer=OPTIMIZERS, backend=("auto", "cpu", "cuda", "reference"),
                       dtype=("float32", "float64"))
 CONFIG_TYPES = dict(hidden=(int,), layers=(int,), seq_len=(int,), batch=(int,), steps=(int,), tbptt=(int,),
                     seed=(int,), copy_len=(int,), log_every=(int,), eval_every=(int,), save_every=(int,),
                     eval_sequences=(int,), lr=(float,), clip=(float,), embed=(int, None),
-                    init_scale=(float, None), text=(str, None))
-OPTIONAL = ("embed", "init_scale", "text")      # absent from checkpoints of older versions: None
+                    init_scale=(float, None), text=(str, None), data=(str, None), target=(str, None),
+                    features=(str, None), horizon=(int, None), validation=(float,))
+# absent from checkpoints of older versions: their DEFAULTS
+OPTIONAL = ("embed", "init_scale", "text", "data", "target", "features", "horizon", "validation")
 
 
 def _fits(value, kind):
@@ -72,7 +91,7 @@ def config_of_checkpoint(ckpt, path):
     for key in list(CONFIG_CHOICES) + list(CONFIG_TYPES):
         if key not in cfg:
             if key in OPTIONAL:
-                cfg[key] = None
+                cfg[key] = DEFAULTS[key]
                 continue
             raise CheckpointError(f"checkpoint {path}: config field {key!r} is missing; {REMEDY}")
         value = cfg[key]
@@ -168,8 +187,9 @@ def check_memory(task, cfg, available=None):
     (model.training_memory) exceeds the memory available here (the GPU's for a GPU backend)."""
     from .backend import available_memory, get_backend
 
+    n_eval = getattr(task, "eval_size", None) or cfg["eval_sequences"]     # your data: its held-out part
     parts = training_memory(task, cfg["cell"], cfg["hidden"], cfg["layers"], cfg["embed"], cfg["batch"],
-                            cfg["optimizer"], cfg["eval_sequences"], cfg["dtype"], cfg["tbptt"])
+                            cfg["optimizer"], n_eval, cfg["dtype"], cfg["tbptt"])
     need = parts["peak"]
     where = "memory available"
     if available is None:
@@ -220,6 +240,15 @@ def check_vocabulary(task, ckpt, out):
     if digest is not None and digest != task.text_sha256:
         print("gpurnn train: warning: the text has changed since the run started (same characters); training "
               "continues on the new text, so it will not match a run that never stopped", file=sys.stderr)
+
+
+def check_data_file(task, ckpt, out):
+    """A run on your data resumes on the same file: another one would split and scale differently."""
+    digest = ckpt["extra"].get("data_sha256")
+    if digest is not None and digest != task.data_sha256:
+        raise ValueError(f"the data file {task.source['file']} has changed since the run in {out} started (its "
+                         f"SHA-256 differs), so its held-out part and scaling would not be the run's. Resume with "
+                         f"the original file, or start a new run")
 
 
 def read_metrics(path, warn=None):

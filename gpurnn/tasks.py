@@ -68,8 +68,17 @@ class Task:
             left -= b
         return out
 
-    def score(self, loss, correct=None):
-        """The task metric from the mean loss (and, for classification, the fraction correct)."""
+    def tally(self, out, target, mask, xp):
+        """The sum over the scored steps that ``score`` turns into the metric: for classification
+        the correct predictions (argmax of ``out``), else nothing (the metric follows from the loss).
+        out (T, B, O), target (T, B) or (T, B, O), mask (T, B); arrays of the array module ``xp``."""
+        if self.loss != "cross_entropy":
+            return 0.0
+        return float(((out.argmax(axis=-1) == target) * mask).sum())
+
+    def score(self, loss, tally=None):
+        """The task metric from the mean loss and the mean of ``tally`` over the scored steps (for
+        classification the fraction correct)."""
         return loss
 
     def describe(self):
@@ -136,8 +145,8 @@ class Copy(Task):
         mask[T - n:] = 1.0
         return Batch(x, target, mask)
 
-    def score(self, loss, correct=None):
-        return correct
+    def score(self, loss, tally=None):
+        return tally
 
     def describe(self):
         return (f"copy: baseline accuracy {self.baseline:.3f}, "
@@ -184,7 +193,7 @@ class CharLM(Task):
         windows = data[starts[None, :] + np.arange(T + 1)[:, None]]   # (T + 1, B)
         return Batch(windows[:-1], windows[1:].copy(), np.ones((T, B), np.float32))
 
-    def score(self, loss, correct=None):
+    def score(self, loss, tally=None):
         return loss / math.log(2.0)                         # nats -> bits
 
     def encode(self, text):

@@ -1,0 +1,196 @@
+"""A trained model back from its run folder, reading new inputs as training read its data.
+
+Legend: N sequences, T time steps, I features, O outputs, C classes.
+
+    m = gpurnn.load_model("runs/digits")         # the run folder, or its checkpoint.npz
+    labels = m.predict(x)                        # x (N, T, I) -> (N,) classes, or (N, O) values
+    p = m.predict_proba(x)                       # classification: (N, C) probabilities
+
+``gpurnn predict RUN --data FILE --out PRED.npy`` writes ``m.predict(*m.read_inputs(FILE))``.
+
+What comes back follows the task the model was trained on: read at each sequence's last step
+(``lengths[n] - 1``) or at every step; values in the data's own units (the run's normalisation
+undone), or class labels. At every step, the positions past a row's length hold 0 (values) or
+-1 (labels). Runs of the built-in tasks load too: adding predicts its sum (N, 1) from x (N, T, 2);
+copy and charlm take token ids (N, T) and predict the next token at every step.
+"""
+
+import math
+import os
+
+import numpy as np
+
+from .checkpoint import REMEDY, CheckpointError, load_checkpoint
+from .data import READOUTS, check_inputs
+from .model import SequenceModel
+
+BUILTIN = {  # the built-in tasks' readouts: what each predicts, from what
+    "adding": dict(kind="regression", readout="last", input_size=2, output_size=1),
+    "copy": dict(kind="classification", readout="steps", input_size=10, output_size=10),
+}
+
+
+class TrainedModel:
+    """``model`` (a SequenceModel with its trained weights) and the task config that tells how it
+    reads inputs and what its outputs mean (``task``: an ArrayTask's config, or a built-in task's)."""
+
+    def __init__(self, model, task, config=None, step=None, path=None):
+        self.model, self.task, self.config, self.step, self.path = model, task, config or {}, step, path
+        self.kind, self.readout = task["kind"], task["readout"]
+        self.tokens = model.tokens
+        self._x_mean = np.asarray(task.get("x_mean", np.zeros(model.input_size if not self.tokens else 0)))
+        self._x_std = np.asarray(task.get("x_std", np.ones(model.input_size if not self.tokens else 0)))
+        self._y_mean = np.asarray(task["y_mean"]) if task.get("y_mean") is not None else None
+        self._y_std = np.asarray(task["y_std"]) if task.get("y_std") is not None else None
+
+    def __repr__(self):
+        what = f"{self.task['task']}, {self.kind} at {'every step' if self.readout == 'steps' else 'the last step'}"
+        return f"TrainedModel({self.model!r}; {what}; step {self.step})"
+
+    # ------------------------------------------------------------ inputs
+    def read_inputs(self, path):
+        """(x, lengths) from a data file, read as the training data was: a .npz's ``x`` and
+        ``lengths``, or every window of a CSV series' feature columns."""
+        from .datafiles import inputs_from_file
+        return inputs_from_file(path, self.task.get("source"))
+
+    def _outputs(self, x, lengths, batch_size):
+        """The model's outputs (N, T, O) as float64 on the host, and the lengths (N,)."""
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if self.tokens:
+            ids = np.asarray(x)
+            if ids.dtype.kind not in "iu" or ids.ndim != 2:
+                raise ValueError(f"this model reads token ids: x must be (N, T) integers, got shape {ids.shape} "
+                                 f"dtype {ids.dtype}")
+            if ids.size and (ids.min() < 0 or ids.max() >= self.model.input_size):
+                raise ValueError(f"token ids must lie in 0..{self.model.input_size - 1}, got min {ids.min()}, "
+                                 f"max {ids.max()}")
+            if lengths is not None:
+                raise ValueError("lengths apply to feature inputs; token inputs are read to their end")
+            N, T = ids.shape
+            lengths = np.full(N, T, np.int64)
+            inputs = ids.T
+        else:
+            x, lengths, valid = check_inputs(x, lengths, features=self.model.input_size)
+            N, T, _ = x.shape
+            x = np.where(valid[..., None], (x - self._x_mean) / self._x_std, 0).astype(np.float32)
+            inputs = x.transpose(1, 0, 2)                                    # (T, N, I), as training read it
+        backend = self.model.backend
+        out = np.empty((T, N, self.model.output_size))
+        for a in range(0, N, batch_size):
+            chunk, _ = self.model(backend.xp.asarray(np.ascontiguousarray(inputs[:, a:a + batch_size])))
+            out[:, a:a + batch_size] = backend.to_host(chunk)
+        return out.transpose(1, 0, 2), lengths
+
+    def _read_out(self, out, lengths, fill):
+        """The last step's (N, ...) or every step's (N, T, ...), with ``fill`` past each length."""
+        N, T = out.shape[:2]
+        if self.readout == "last":
+            return out[np.arange(N), lengths - 1]
+        past = np.arange(T)[None, :] >= lengths[:, None]
+        out = out.copy()
+        out[past] = fill
+        return out
+
+    # ------------------------------------------------------------ predictions
+    def predict(self, x, lengths=None, batch_size=512):
+        """Class labels (int64: (N,) or (N, T)) or values in the data's units ((N, O) or (N, T, O))."""
+        out, lengths = self._outputs(x, lengths, batch_size)
+        if self.kind == "classification":
+            return self._read_out(out.argmax(axis=-1), lengths, -1)
+        if self._y_std is not None:
+            out = out * self._y_std + self._y_mean
+        return self._read_out(out, lengths, 0.0)
+
+    def predict_proba(self, x, lengths=None, batch_size=512):
+        """Classification: the softmax of the outputs, (N, C) or (N, T, C) (zeros past a length)."""
+        if self.kind != "classification":
+            raise ValueError("predict_proba is for classification; this model predicts values: use predict")
+        out, lengths = self._outputs(x, lengths, batch_size)
+        p = np.exp(out - out.max(axis=-1, keepdims=True))
+        return self._read_out(p / p.sum(axis=-1, keepdims=True), lengths, 0.0)
+
+
+def load_model(run, backend="auto"):
+    """The model trained in ``run`` (a run folder, or a checkpoint.npz) with its weights, as a
+    TrainedModel; a CheckpointError when the file is damaged or says something that does not fit."""
+    from .runs import config_of_checkpoint
+
+    path = os.fspath(run)
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    ckpt = load_checkpoint(path)
+    cfg = config_of_checkpoint(ckpt, path)
+    task = task_of_checkpoint(ckpt, cfg, path)
+    if task["tokens"]:
+        kw = dict(vocab_size=task["input_size"])
+    else:
+        kw = dict(input_size=task["input_size"])
+    model = SequenceModel(cfg["cell"], cfg["hidden"], task["output_size"], embed_size=cfg["embed"],
+                          num_layers=cfg["layers"], backend=backend, dtype=cfg["dtype"], seed=cfg["seed"], **kw)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit its own config ({e}); {REMEDY}") from None
+    return TrainedModel(model, task, cfg, ckpt["step"], path)
+
+
+def task_of_checkpoint(ckpt, cfg, path):
+    """The task config a TrainedModel needs, checked field by field (a checkpoint is not trusted)."""
+    name = cfg["task"]
+    if name == "charlm":
+        vocab = ckpt["extra"].get("vocab")
+        if not isinstance(vocab, str) or not vocab:
+            raise CheckpointError(f"checkpoint {path}: extra field 'vocab' must be a non-empty string; {REMEDY}")
+        return dict(task=name, kind="classification", readout="steps", input_size=len(vocab),
+                    output_size=len(vocab), tokens=True)
+    if name in BUILTIN:
+        return dict(BUILTIN[name], task=name, tokens=name == "copy")
+    task = ckpt["extra"].get("task")
+
+    def bad(field, expected):
+        value = task.get(field) if isinstance(task, dict) else task
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return CheckpointError(f"checkpoint {path}: extra field 'task.{field}' must be {expected}, got {shown}; "
+                               f"{REMEDY}")
+
+    if not isinstance(task, dict):
+        raise bad("", "a JSON object describing the data")
+    if task.get("kind") not in ("regression", "classification"):
+        raise bad("kind", "'regression' or 'classification'")
+    if task.get("readout") not in READOUTS:
+        raise bad("readout", f"one of {', '.join(READOUTS)}")
+    for field in ("input_size", "output_size"):
+        if not _count(task.get(field)):
+            raise bad(field, "a positive integer")
+    sizes = {"x_mean": task["input_size"], "x_std": task["input_size"]}
+    if task["kind"] == "regression":
+        sizes.update(y_mean=task["output_size"], y_std=task["output_size"])
+    for field, n in sizes.items():
+        value = task.get(field)
+        if not (isinstance(value, list) and len(value) == n and all(_finite(v) for v in value)):
+            raise bad(field, f"a list of {n} finite numbers")
+        if field.endswith("std") and not all(v > 0 for v in value):
+            raise bad(field, "positive")
+    source = task.get("source")
+    if source is not None:
+        if not isinstance(source, dict) or source.get("format") not in ("npz", "csv"):
+            raise bad("source", "a JSON object with format 'npz' or 'csv'")
+        if source["format"] == "csv":
+            feats = source.get("features")
+            if not (isinstance(feats, list) and len(feats) == task["input_size"]
+                    and all(isinstance(f, str) for f in feats)):
+                raise bad("source.features", f"a list of {task['input_size']} column names")
+            if not _count(source.get("seq_len")):
+                raise bad("source.seq_len", "a positive integer")
+    return dict(task, tokens=False)
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
