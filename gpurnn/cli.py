@@ -83,7 +83,8 @@ def build_parser():
     t.add_argument("--log-every", type=int, help="steps per metrics.jsonl line (default 10)")
     t.add_argument("--eval-every", type=int, help="steps between evaluations on held-out data (default 100)")
     t.add_argument("--save-every", type=int, help="steps between checkpoints (default 100)")
-    t.add_argument("--eval-sequences", type=int, help="size of the held-out set (default 1000)")
+    t.add_argument("--eval-sequences", type=int, help="size of the held-out set (default 1000; with --data, "
+                                                            "--validation sets it)")
     t.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     t.add_argument("--out", help="run folder (default runs/<task>-<cell>, numbered if taken)")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
@@ -664,8 +665,7 @@ def cmd_predict(args):
         return 2
     try:
         file_format(args.data)
-        x, lengths = model.read_inputs(args.data)
-        pred = model.predict_proba(x, lengths) if args.proba else model.predict(x, lengths)
+        pred = model.predict_file(args.data, proba=args.proba)
     except (ValueError, TypeError) as e:           # DataError is a ValueError
         print(f"gpurnn predict: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ expected. Nothing here writes anything.
 import csv
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
@@ -52,6 +53,8 @@ def sha256_of(path):
 
 def read_npz(path, need_y=True):
     """{"x", "y" (None when absent and not needed), "lengths" (or None)} from a .npz, checked."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a .npz file (a .npz is a zip archive of .npy arrays, as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
@@ -63,14 +66,16 @@ def read_npz(path, need_y=True):
                 if name not in names:
                     raise DataError(f"{path}: array {name!r} is missing (it holds {', '.join(map(repr, names)) or 'none'}); "
                                     f"expected 'x' (N, T, I), 'y' and optionally 'lengths' (N,)")
-            arrays = {name: (z[name] if name in names else None) for name in NPZ_ARRAYS}
+            arrays = dict.fromkeys(NPZ_ARRAYS)
+            for name in names:
+                try:
+                    arrays[name] = z[name]
+                except ValueError:          # an object array: only pickle could read it
+                    raise DataError(f"{path}: array {name!r} holds Python objects, not numbers; save it as a numeric "
+                                    f"array (e.g. x.astype('float32'))") from None
     except DataError:
         raise
-    except ValueError as e:        # object arrays (allow_pickle) and damaged headers
-        raise DataError(f"{path}: not a readable .npz of numeric arrays ({e})") from None
-    except (OSError, EOFError, KeyError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    except Exception as e:          # zipfile.BadZipFile and the like
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
     return arrays
 
@@ -97,7 +102,7 @@ def read_csv_columns(path, columns=None):
         raise DataError(f"{path}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise DataError(f"{path}: line {number} has {len(row)} values, the header {len(header)} columns")
+            raise DataError(f"{path}: line {number} has {len(row)} values, the header has {len(header)} columns")
     wanted = header if columns is None else list(columns)
     for name in wanted:
         if name not in header:

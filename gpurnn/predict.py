@@ -6,7 +6,8 @@ Legend: N sequences, T time steps, I features, O outputs, C classes.
     labels = m.predict(x)                        # x (N, T, I) -> (N,) classes, or (N, O) values
     p = m.predict_proba(x)                       # classification: (N, C) probabilities
 
-``gpurnn predict RUN --data FILE --out PRED.npy`` writes ``m.predict(*m.read_inputs(FILE))``.
+``gpurnn predict RUN --data FILE --out PRED.npy`` writes ``m.predict_file(FILE)``, which is
+``m.predict(*m.read_inputs(FILE))`` with the file named in any error.
 
 What comes back follows the task the model was trained on: read at each sequence's last step
 (``lengths[n] - 1``) or at every step; values in the data's own units (the run's normalisation
@@ -54,8 +55,15 @@ class TrainedModel:
         from .datafiles import inputs_from_file
         return inputs_from_file(path, self.task.get("source"))
 
-    def _outputs(self, x, lengths, batch_size):
-        """The model's outputs (N, T, O) as float64 on the host, and the lengths (N,)."""
+    def predict_file(self, path, proba=False):
+        """``predict`` (or ``predict_proba``) of the inputs in a data file (see ``read_inputs``)."""
+        x, lengths = self.read_inputs(path)
+        out, lengths = self._outputs(x, lengths, 512, source=path)
+        return self._proba(out, lengths) if proba else self._predictions(out, lengths)
+
+    def _outputs(self, x, lengths, batch_size, source=None):
+        """The model's outputs (N, T, O) as float64 on the host, and the lengths (N,); errors in the
+        inputs name ``source`` (the file they came from)."""
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -73,7 +81,7 @@ class TrainedModel:
             lengths = np.full(N, T, np.int64)
             inputs = ids.T
         else:
-            x, lengths, valid = check_inputs(x, lengths, features=self.model.input_size)
+            x, lengths, valid = check_inputs(x, lengths, source, features=self.model.input_size)
             N, T, _ = x.shape
             x = np.where(valid[..., None], (x - self._x_mean) / self._x_std, 0).astype(np.float32)
             inputs = x.transpose(1, 0, 2)                                    # (T, N, I), as training read it
@@ -97,7 +105,9 @@ class TrainedModel:
     # ------------------------------------------------------------ predictions
     def predict(self, x, lengths=None, batch_size=512):
         """Class labels (int64: (N,) or (N, T)) or values in the data's units ((N, O) or (N, T, O))."""
-        out, lengths = self._outputs(x, lengths, batch_size)
+        return self._predictions(*self._outputs(x, lengths, batch_size))
+
+    def _predictions(self, out, lengths):
         if self.kind == "classification":
             return self._read_out(out.argmax(axis=-1), lengths, -1)
         if self._y_std is not None:
@@ -106,9 +116,11 @@ class TrainedModel:
 
     def predict_proba(self, x, lengths=None, batch_size=512):
         """Classification: the softmax of the outputs, (N, C) or (N, T, C) (zeros past a length)."""
+        return self._proba(*self._outputs(x, lengths, batch_size))
+
+    def _proba(self, out, lengths):
         if self.kind != "classification":
             raise ValueError("predict_proba is for classification; this model predicts values: use predict")
-        out, lengths = self._outputs(x, lengths, batch_size)
         p = np.exp(out - out.max(axis=-1, keepdims=True))
         return self._read_out(p / p.sum(axis=-1, keepdims=True), lengths, 0.0)
 
