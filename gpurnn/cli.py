@@ -25,7 +25,7 @@ import numpy as np
 
 from .backend import BackendUnavailable
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .data import ArrayTask, DataError
+from .data import ArrayTask
 from .model import CELLS, OPTIMIZERS, NonFiniteError, Trainer, make_model
 from .runs import (DATA_FLAGS, DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, SERIES_DEFAULTS, TASK_SEQ_LEN, RunBusy,
                    RunLock, carry_metrics, check_config, check_data_file, check_memory, check_vocabulary,
@@ -648,7 +648,6 @@ def sample_text(model, vocab, prime, length, temperature=1.0, seed=0):
 # ---------------------------------------------------------------- predict
 def cmd_predict(args):
     """Write the predictions of a trained model on a data file, read as its training data was."""
-    from .datafiles import file_format
     from .predict import load_model
 
     if not args.out.endswith(".npy"):
@@ -664,7 +663,6 @@ def cmd_predict(args):
         print(_unavailable("predict", e), file=sys.stderr)
         return 2
     try:
-        file_format(args.data)
         pred = model.predict_file(args.data, proba=args.proba)
     except (ValueError, TypeError) as e:           # DataError is a ValueError
         print(f"gpurnn predict: {e}", file=sys.stderr)
@@ -702,8 +700,8 @@ def cmd_report(args):
             recs = read_metrics(os.path.join(run, "metrics.jsonl"),
                                 warn=lambda m: print(f"gpurnn report: warning: {m}", file=sys.stderr))
             kinds = dict(task=str, cell=str, init_scale=float, seq_len=int, hidden=int, steps=int, optimizer=str,
-                         lr=float, clip=float)       # a hand-edited config.json fails here, not below
-            key = tuple((k, None if k in ("init_scale", "clip") and cfg.get(k) is None else kind(cfg[k]))
+                         lr=float, clip=float, data=str)     # a hand-edited config.json fails here, not below
+            key = tuple((k, None if k in ("init_scale", "clip", "data") and cfg.get(k) is None else kind(cfg[k]))
                         for k, kind in kinds.items())
             seed = int(cfg["seed"])
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -732,7 +730,7 @@ def cmd_report(args):
 
     def order(key):
         k = dict(key)
-        return (k["task"], k["seq_len"], CELLS.index(k["cell"]) if k["cell"] in CELLS else len(CELLS),
+        return (k["task"], k["data"] or "", k["seq_len"], CELLS.index(k["cell"]) if k["cell"] in CELLS else len(CELLS),
                 k["init_scale"] or 0, k["clip"] or 0)
     for key, runs in sorted(rows.items(), key=lambda kv: order(kv[0])):
         k = dict(key)
@@ -749,7 +747,8 @@ def cmd_report(args):
         finals = [f["eval_metric"] for f in once.values() if f is not None]
         mean = _metric(sum(finals) / len(finals)) if finals and len(finals) == len(once) else "—"
         cell = k["cell"] + ("" if k["init_scale"] is None else f", W_hh scale {k['init_scale']:g}")
-        print(f"| {k['task']} | {cell} | {k['seq_len']} | {k['hidden']} | {k['steps']} | "
+        task = k["task"] if k["data"] is None else os.path.basename(k["data"])      # your data: its file
+        print(f"| {task} | {cell} | {k['seq_len']} | {k['hidden']} | {k['steps']} | "
               f"{k['optimizer']} {k['lr']:g} | {k['clip'] or 'off'} | {per_seed} | {mean} | "
               f"{max(r[3] for r in runs):.3g} |")
     return 0

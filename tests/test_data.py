@@ -280,6 +280,20 @@ def test_load_model_of_a_builtin_run_predicts_what_the_model_outputs(tmp_path):
         m.predict_proba(batch.x.transpose(1, 0, 2))
 
 
+def test_load_model_of_a_language_model_predicts_the_next_token_at_every_step(tmp_path):
+    from conftest import train_charlm
+    assert train_charlm(tmp_path / "t.txt", tmp_path / "lm", 3) == 0
+    m = gpurnn.load_model(tmp_path / "lm", backend="cpu")
+    ids = np.random.default_rng(0).integers(0, m.model.input_size, (3, 6))
+    out, _ = m.model(ids.T)
+    np.testing.assert_array_equal(m.predict(ids), out.argmax(axis=-1).T)
+    p = m.predict_proba(ids)
+    assert p.shape == (3, 6, m.model.output_size)
+    np.testing.assert_allclose(p.sum(axis=-1), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"token ids must lie in 0\.\."):
+        m.predict(ids + 100)
+
+
 def test_load_model_refuses_a_checkpoint_whose_data_description_does_not_fit(tmp_path):
     x, y, _ = data("values-last", False)
     np.savez(tmp_path / "d.npz", x=x, y=y)

@@ -240,3 +240,15 @@ def test_grads_measures_a_run_on_data(tmp_path, capsys):
     assert cli.main(["grads", "--run", str(tmp_path / "run"), "--seq-len", "10", "--out", str(tmp_path / "g")]) == 0
     result = json.loads((tmp_path / "g" / "grad_norms.json").read_text())["results"][0]
     assert len(result["dh_norms"]) == 10 and all(np.isfinite(result["dh_norms"]))
+
+
+def test_report_keeps_runs_on_different_files_apart(tmp_path, capsys):
+    regression_npz(tmp_path / "a.npz", n=40)
+    regression_npz(tmp_path / "b.npz", n=40, seed=5)
+    for name in ("a", "b"):
+        assert train(tmp_path / name, "--data", str(tmp_path / f"{name}.npz"), "--steps", "2") == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    rows = [line for line in captured.out.splitlines() if line.startswith("| a.npz") or line.startswith("| b.npz")]
+    assert len(rows) == 2 and "same configuration and seed" not in captured.err
