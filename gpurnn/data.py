@@ -159,8 +159,10 @@ def split_indices(n, validation, holdout="random", seed=0):
 
 
 class ArrayTask(Task):
-    """Sequences in arrays as a task (see the module docstring). ``source``: a JSON-able dict that
-    says where the data came from (kept in the task's config and so in checkpoints)."""
+    """Sequences in arrays as a task (see the module docstring). ``naive``: the naive prediction
+    the baseline scores, in y's shape as read ((N, O) for y (N,)) and units (default: the training
+    mean, or the most common class); ``naive_name`` says what it is. ``source``: a JSON-able dict
+    that says where the data came from (kept in the task's config and so in checkpoints)."""
 
     name = "data"
 
@@ -169,6 +171,10 @@ class ArrayTask(Task):
         named = (source or {}).get("file")          # errors name the file the arrays came from
         x, y, lengths, kind, readout, num_classes = check_arrays(x, y, lengths, num_classes, source=named)
         N, T, I = x.shape
+        if naive is not None:
+            naive = np.asarray(naive)
+            if naive.shape != y.shape:
+                raise ValueError(f"naive must have the shape of y as read, {y.shape}, got {naive.shape}")
         super().__init__(T)
         self.kind, self.readout, self.num_sequences = kind, readout, N
         self.lengths = lengths

@@ -87,6 +87,14 @@ def test_the_baseline_is_the_naive_prediction_scored_on_the_held_out_part(kind):
         assert task.baseline == pytest.approx(np.mean((held - train_values.mean(axis=0)) ** 2), rel=1e-12)
 
 
+def test_a_given_naive_prediction_sets_the_baseline():
+    x, y, _ = data("values-1d", False)
+    task = ArrayTask(x, y, naive=np.zeros((N, 1)), naive_name="zero")
+    assert task.baseline == pytest.approx(np.mean(y[task.eval_rows] ** 2)) and "baseline (zero)" in task.describe()
+    with pytest.raises(ValueError, match=r"naive must have the shape of y as read, \(60, 1\), got \(60,\)"):
+        ArrayTask(x, y, naive=np.zeros(N))
+
+
 def test_the_split_is_fixed_by_the_seed_and_holds_every_row_once():
     a_train, a_eval = split_indices(100, 0.2, "random", seed=5)
     b_train, b_eval = split_indices(100, 0.2, "random", seed=5)
