@@ -134,6 +134,12 @@ def check_inputs(x, lengths=None, source=None, features=None):
     return x, lengths, valid
 
 
+def standardise(x, valid, mean, std):
+    """x (N, T, I) scaled by the training part's statistics, zeros past each row's length, in
+    float32: what the model reads, in training (ArrayTask) and in prediction (TrainedModel)."""
+    return np.where(valid[..., None], (x - mean) / std, 0).astype(np.float32)
+
+
 def _check_finite(a, name, source):
     bad = ~np.isfinite(a)
     if bad.any():
@@ -185,32 +191,32 @@ class ArrayTask(Task):
         valid = np.arange(T)[None, :] < lengths[:, None]
         scored = valid if readout == "steps" else (np.arange(T)[None, :] == lengths[:, None] - 1)
         self._scored = scored                                          # (N, T)
-        train_valid = valid[self.train_rows]
+
+        def part(a, rows):
+            """The scored targets of ``rows``: one per row (last step), or every valid step's."""
+            return a[rows] if readout == "last" else a[rows][scored[rows]]
 
         self.x_mean, self.x_std = np.zeros(I), np.ones(I)
         if normalize:
-            steps = x[self.train_rows][train_valid]                    # every valid training step: (S, I)
+            steps = x[self.train_rows][valid[self.train_rows]]         # every valid training step: (S, I)
             self.x_mean, self.x_std = steps.mean(axis=0), _nonzero(steps.std(axis=0))
-        self.x = np.where(valid[..., None], (x - self.x_mean) / self.x_std, 0).astype(np.float32)
+        self.x = standardise(x, valid, self.x_mean, self.x_std)
 
         if kind == "classification":
             self.loss, self.metric, self.higher_is_better = "cross_entropy", "accuracy", True
             self.output_size = self.num_classes = int(num_classes)
             self.y_mean = self.y_std = None
             self.y = y
-            labels = y[self.train_rows][scored[self.train_rows]] if readout == "steps" else y[self.train_rows]
-            common = int(np.bincount(labels, minlength=self.num_classes).argmax())
+            common = int(np.bincount(part(y, self.train_rows), minlength=self.num_classes).argmax())
             if naive is None:
                 naive = np.full(y.shape, common, np.int64)
                 naive_name = "the most common class"
-            held = y[self.eval_rows] if readout == "last" else y[self.eval_rows][scored[self.eval_rows]]
-            guess = naive[self.eval_rows] if readout == "last" else naive[self.eval_rows][scored[self.eval_rows]]
-            self.baseline = float(np.mean(held == guess))
+            self.baseline = float(np.mean(part(y, self.eval_rows) == part(naive, self.eval_rows)))
         else:
             self.loss, self.metric, self.higher_is_better = "mse", "mse", False
             self.num_classes = None
             self.output_size = O = y.shape[-1]
-            target_rows = y[self.train_rows] if readout == "last" else y[self.train_rows][train_valid]
+            target_rows = part(y, self.train_rows)
             self.y_mean, self.y_std = np.zeros(O), np.ones(O)
             if normalize:
                 self.y_mean, self.y_std = target_rows.mean(axis=0), _nonzero(target_rows.std(axis=0))
@@ -218,11 +224,7 @@ class ArrayTask(Task):
             if naive is None:
                 naive = np.broadcast_to(target_rows.mean(axis=0), y.shape)
                 naive_name = "the training mean"
-            if readout == "last":
-                err = (naive[self.eval_rows] - y[self.eval_rows]) ** 2
-            else:
-                err = ((naive[self.eval_rows] - y[self.eval_rows]) ** 2)[scored[self.eval_rows]]
-            self.baseline = float(err.mean())
+            self.baseline = float(np.mean((part(naive, self.eval_rows) - part(y, self.eval_rows)) ** 2))
         self.naive_name = naive_name or "the naive prediction"
         self.normalize = bool(normalize)
 

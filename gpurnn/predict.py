@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint
-from .data import READOUTS, check_inputs
+from .data import READOUTS, check_inputs, standardise
 from .model import SequenceModel
 
 BUILTIN = {  # the built-in tasks' readouts: what each predicts, from what
@@ -83,8 +83,7 @@ class TrainedModel:
         else:
             x, lengths, valid = check_inputs(x, lengths, source, features=self.model.input_size)
             N, T, _ = x.shape
-            x = np.where(valid[..., None], (x - self._x_mean) / self._x_std, 0).astype(np.float32)
-            inputs = x.transpose(1, 0, 2)                                    # (T, N, I), as training read it
+            inputs = standardise(x, valid, self._x_mean, self._x_std).transpose(1, 0, 2)   # (T, N, I)
         backend = self.model.backend
         out = np.empty((T, N, self.model.output_size))
         for a in range(0, N, batch_size):
