@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from .backend import BackendUnavailable
-from .checkpoint import REMEDY, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .data import ArrayTask
 from .model import CELLS, OPTIMIZERS, NonFiniteError, Trainer, make_model
 from .runs import (DATA_FLAGS, DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, SERIES_DEFAULTS, TASK_SEQ_LEN, RunBusy,
@@ -586,38 +586,25 @@ def cmd_grads(args):
 
 # ---------------------------------------------------------------- sample
 def cmd_sample(args):
-    path = args.run if args.run.endswith(".npz") else os.path.join(args.run, "checkpoint.npz")
+    from .predict import load_model
+
     try:
-        ckpt = load_checkpoint(path)
-        cfg = config_of_checkpoint(ckpt, path)
+        trained = load_model(args.run, backend=args.backend)
     except CheckpointError as e:
         print(f"gpurnn sample: {e}", file=sys.stderr)
         return 1
-    vocab = ckpt["extra"].get("vocab")
-    if cfg["task"] != "charlm":
-        print(f"gpurnn sample: {path} was trained on task {cfg['task']!r}; sampling needs a charlm run",
-              file=sys.stderr)
-        return 2
-    if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
-        print(f"gpurnn sample: checkpoint {path}: extra field 'vocab' must be a string of distinct characters; "
-              f"{REMEDY}", file=sys.stderr)
-        return 1
-    if args.temperature <= 0:
-        print("gpurnn sample: --temperature must be > 0", file=sys.stderr)
-        return 2
-    from .model import SequenceModel
-    try:
-        model = SequenceModel(cfg["cell"], cfg["hidden"], len(vocab), vocab_size=len(vocab), embed_size=cfg["embed"],
-                              num_layers=cfg["layers"], backend=args.backend, dtype=cfg["dtype"], seed=cfg["seed"])
-        model.load_state_dict(ckpt["model"])
     except BackendUnavailable as e:
         print(_unavailable("sample", e), file=sys.stderr)
         return 2
-    except ValueError as e:
-        print(f"gpurnn sample: checkpoint {path} does not fit its own config ({e}); {REMEDY}", file=sys.stderr)
-        return 1
+    if trained.config["task"] != "charlm":
+        print(f"gpurnn sample: {trained.path} was trained on task {trained.config['task']!r}; sampling needs a "
+              f"charlm run", file=sys.stderr)
+        return 2
+    if args.temperature <= 0:
+        print("gpurnn sample: --temperature must be > 0", file=sys.stderr)
+        return 2
     try:
-        text = sample_text(model, vocab, args.prime, args.length, args.temperature, args.seed)
+        text = sample_text(trained.model, trained.task["vocab"], args.prime, args.length, args.temperature, args.seed)
     except ValueError as e:
         print(f"gpurnn sample: {e}", file=sys.stderr)
         return 2

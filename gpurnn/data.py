@@ -60,8 +60,8 @@ def check_arrays(x, y, lengths=None, num_classes=None, source=None):
     x, lengths, valid = check_inputs(x, lengths, source)
     N, T, _ = x.shape
     if N < 2:
-        raise _fail(source, f"array 'x' holds 1 sequence; training needs at least 2 (some to train on, some to "
-                            f"hold out)")
+        raise _fail(source, "array 'x' holds 1 sequence; training needs at least 2 (some to train on, some to "
+                            "hold out)")
     y = np.asarray(y)
     if y.dtype.kind in "iu":
         kind = "classification"

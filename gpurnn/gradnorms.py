@@ -61,42 +61,23 @@ def grad_norms_of_run(run_dir, seq_len=None, batch_size=16, seed=0, backend="aut
     drawn from its own task: does training teach a cell to carry the gradient further?"""
     import os
 
-    from .checkpoint import load_checkpoint
-    from .model import SequenceModel
-    from .runs import config_of_checkpoint
+    from .predict import load_model
     from .tasks import make_task
 
-    path = os.path.join(run_dir, "checkpoint.npz")
-    ckpt = load_checkpoint(path)
-    cfg = config_of_checkpoint(ckpt, path)
+    trained = load_model(run_dir, backend=backend, dtype="float64")
+    model, cfg, step = trained.model, trained.config, trained.step
     T = int(seq_len or cfg["seq_len"])
-    if cfg["task"] == "charlm":
-        vocab = ckpt["extra"]["vocab"]
-        kw = dict(vocab_size=len(vocab))
-        out_size = len(vocab)
-    elif cfg["task"] == "data":
-        from .predict import task_of_checkpoint
-        data = task_of_checkpoint(ckpt, cfg, path)
-        kw = dict(input_size=data["input_size"])
-        out_size = data["output_size"]
-    else:
-        task = make_task(cfg["task"], T, copy_len=cfg.get("copy_len", 10))
-        kw = dict(vocab_size=task.input_size) if task.tokens else dict(input_size=task.input_size)
-        out_size = task.output_size
-    model = SequenceModel(cfg["cell"], cfg["hidden"], out_size, embed_size=cfg.get("embed"),
-                          num_layers=cfg["layers"], backend=backend, dtype="float64", **kw)
-    model.load_state_dict(ckpt["model"])
     rng = np.random.default_rng(seed)
     if cfg["task"] == "charlm":
-        ids = rng.integers(0, len(vocab), size=(T, batch_size))
+        ids = rng.integers(0, model.input_size, size=(T, batch_size))
     elif cfg["task"] == "data":        # your data's features were standardised: about N(0, 1)
-        ids = rng.standard_normal((T, batch_size, data["input_size"]))
+        ids = rng.standard_normal((T, batch_size, model.input_size))
     else:
-        ids = task.batch(rng, batch_size, split="eval").x
+        ids = make_task(cfg["task"], T, copy_len=cfg["copy_len"]).batch(rng, batch_size, split="eval").x
     xp = model.backend.xp
     x = model.input(xp.asarray(ids)) if model.input is not None else ids
     result = {"cell": cfg["cell"], "scale": None, "run": os.fspath(run_dir),
-              "label": f"{cfg['cell']}, trained ({cfg['task']}, T={cfg['seq_len']}, {ckpt['step']} steps)"}
+              "label": f"{cfg['cell']}, trained ({cfg['task']}, T={cfg['seq_len']}, {step} steps)"}
     result.update(measure(model.rnn, model.backend.to_host(x), rng))
     return result
 

@@ -16,7 +16,6 @@ undone), or class labels. At every step, the positions past a row's length hold 
 copy and charlm take token ids (N, T) and predict the next token at every step.
 """
 
-import math
 import os
 
 import numpy as np
@@ -24,11 +23,10 @@ import numpy as np
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint
 from .data import READOUTS, check_inputs, standardise
 from .model import SequenceModel
+from .runs import _fits, config_of_checkpoint
+from .tasks import Adding, Copy
 
-BUILTIN = {  # the built-in tasks' readouts: what each predicts, from what
-    "adding": dict(kind="regression", readout="last", input_size=2, output_size=1),
-    "copy": dict(kind="classification", readout="steps", input_size=10, output_size=10),
-}
+BUILTIN = {"adding": Adding, "copy": Copy}      # the built-in tasks whose sizes are fixed
 
 
 class TrainedModel:
@@ -124,13 +122,12 @@ class TrainedModel:
         return self._read_out(p / p.sum(axis=-1, keepdims=True), lengths, 0.0)
 
 
-def load_model(run, backend="auto"):
-    """The model trained in ``run`` (a run folder, or a checkpoint.npz) with its weights, as a
-    TrainedModel; a CheckpointError when the file is damaged or says something that does not fit."""
-    from .runs import config_of_checkpoint
-
+def load_model(run, backend="auto", dtype=None):
+    """The model trained in ``run`` (a run folder, or its checkpoint .npz) with its weights, as a
+    TrainedModel in ``dtype`` (default: the run's); a CheckpointError when the file is damaged or
+    says something that does not fit."""
     path = os.fspath(run)
-    if os.path.isdir(path):
+    if not path.endswith(".npz"):
         path = os.path.join(path, "checkpoint.npz")
     ckpt = load_checkpoint(path)
     cfg = config_of_checkpoint(ckpt, path)
@@ -140,7 +137,7 @@ def load_model(run, backend="auto"):
     else:
         kw = dict(input_size=task["input_size"])
     model = SequenceModel(cfg["cell"], cfg["hidden"], task["output_size"], embed_size=cfg["embed"],
-                          num_layers=cfg["layers"], backend=backend, dtype=cfg["dtype"], seed=cfg["seed"], **kw)
+                          num_layers=cfg["layers"], backend=backend, dtype=dtype or cfg["dtype"], seed=cfg["seed"], **kw)
     try:
         model.load_state_dict(ckpt["model"])
     except ValueError as e:
@@ -153,12 +150,15 @@ def task_of_checkpoint(ckpt, cfg, path):
     name = cfg["task"]
     if name == "charlm":
         vocab = ckpt["extra"].get("vocab")
-        if not isinstance(vocab, str) or not vocab:
-            raise CheckpointError(f"checkpoint {path}: extra field 'vocab' must be a non-empty string; {REMEDY}")
+        if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
+            raise CheckpointError(f"checkpoint {path}: extra field 'vocab' must be a string of distinct characters; "
+                                  f"{REMEDY}")
         return dict(task=name, kind="classification", readout="steps", input_size=len(vocab),
-                    output_size=len(vocab), tokens=True)
+                    output_size=len(vocab), tokens=True, vocab=vocab)
     if name in BUILTIN:
-        return dict(BUILTIN[name], task=name, tokens=name == "copy")
+        cls = BUILTIN[name]
+        return dict(task=name, kind="regression" if cls.loss == "mse" else "classification", readout=cls.readout,
+                    input_size=cls.input_size, output_size=cls.output_size, tokens=cls.tokens)
     task = ckpt["extra"].get("task")
 
     def bad(field, expected):
@@ -181,7 +181,7 @@ def task_of_checkpoint(ckpt, cfg, path):
         sizes.update(y_mean=task["output_size"], y_std=task["output_size"])
     for field, n in sizes.items():
         value = task.get(field)
-        if not (isinstance(value, list) and len(value) == n and all(_finite(v) for v in value)):
+        if not (isinstance(value, list) and len(value) == n and all(_fits(v, float) for v in value)):
             raise bad(field, f"a list of {n} finite numbers")
         if field.endswith("std") and not all(v > 0 for v in value):
             raise bad(field, "positive")
@@ -200,8 +200,4 @@ def task_of_checkpoint(ckpt, cfg, path):
 
 
 def _count(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _finite(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return _fits(v, int) and v > 0

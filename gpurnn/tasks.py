@@ -44,6 +44,7 @@ class Task:
     input_size = None       # features per step (tokens False) or vocabulary size (tokens True)
     output_size = None
     loss = None             # "mse" | "cross_entropy"
+    readout = "steps"       # where targets are scored: "steps" (wherever the mask says) or "last" (the last step)
     metric = None           # what ``score`` returns, e.g. "mse"
     higher_is_better = False
     baseline = None
@@ -90,7 +91,7 @@ class Task:
 
 
 class Adding(Task):
-    name, loss, metric = "adding", "mse", "mse"
+    name, loss, metric, readout = "adding", "mse", "mse", "last"
     input_size, output_size = 2, 1
     baseline = 1.0 / 6.0
 

@@ -91,7 +91,7 @@ def test_predict_writes_what_load_model_predicts(tmp_path, kind, capsys):
         x, y, lengths = classification_npz(tmp_path / "d.npz")
         flags, data = [], tmp_path / "d.npz"
     else:
-        load = series_csv(tmp_path / "d.csv", L=120)
+        series_csv(tmp_path / "d.csv", L=120)
         flags, data = ["--target", "load", "--seq-len", "12", "--horizon", "2"], tmp_path / "d.csv"
     assert train(tmp_path / "run", "--data", str(data), "--steps", "20", *flags) == 0
     out = tmp_path / "pred" / "p.npy"
