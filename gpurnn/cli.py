@@ -26,6 +26,7 @@ import numpy as np
 from .backend import BackendUnavailable
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .data import ArrayTask
+from .datafiles import is_series
 from .model import CELLS, OPTIMIZERS, NonFiniteError, Trainer, make_model
 from .runs import (DATA_FLAGS, DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, SERIES_DEFAULTS, TASK_SEQ_LEN, RunBusy,
                    RunLock, carry_metrics, check_config, check_data_file, check_memory, check_vocabulary,
@@ -150,7 +151,7 @@ def resolve_config(args):
     if cfg["data"] is not None:
         cfg["task"] = "data"
         cfg["data"] = os.path.abspath(cfg["data"])
-        if cfg["data"].lower().endswith(".csv"):
+        if is_series(cfg["data"]):
             for key, value in SERIES_DEFAULTS.items():
                 cfg[key] = value if cfg[key] is None else cfg[key]
     elif cfg["seq_len"] is None:
@@ -171,7 +172,7 @@ def data_flag_problem(args):
         return None
     if args.task is not None:
         return f"--data FILE trains on your data, --task {args.task} on a built-in task: give one of them"
-    if not args.data.lower().endswith(".csv"):
+    if not is_series(args.data):
         for key in DATA_FLAGS:
             if getattr(args, key) is not None:
                 return (f"--{key.replace('_', '-')} applies to a CSV series; {args.data}'s arrays give the "
@@ -287,9 +288,9 @@ def prepare_task(cfg, ckpt=None, resumed_from=None):
 
 def data_task(cfg):
     """The ArrayTask of a run on your data (a DataError, naming the file, for a file it cannot use)."""
-    from .datafiles import file_format, sha256_of, task_from_file
+    from .datafiles import sha256_of, task_from_file
 
-    series = file_format(cfg["data"]) == "csv"
+    series = is_series(cfg["data"])
     features = None if cfg["features"] is None else [f.strip() for f in cfg["features"].split(",") if f.strip()]
     task = task_from_file(cfg["data"], seq_len=cfg["seq_len"] if series else None, target=cfg["target"],
                           horizon=cfg["horizon"], features=features, validation=cfg["validation"],

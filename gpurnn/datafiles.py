@@ -32,6 +32,11 @@ from .data import ArrayTask, DataError
 NPZ_ARRAYS = ("x", "y", "lengths")
 
 
+def is_series(path):
+    """Whether ``path`` names a CSV series (by its extension) rather than arrays."""
+    return str(path).lower().endswith(".csv")
+
+
 def file_format(path):
     """"npz" or "csv", from the name; a DataError for anything else or a missing file."""
     ext = os.path.splitext(str(path))[1].lower()

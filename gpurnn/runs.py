@@ -12,6 +12,7 @@ import os
 import sys
 
 from .checkpoint import REMEDY, CheckpointError
+from .datafiles import is_series
 from .model import CELLS, OPTIMIZERS, training_memory
 from .tasks import TASKS
 
@@ -57,7 +58,7 @@ def check_config(cfg):
         for key in DATA_FLAGS[1:]:
             if cfg[key] is not None:
                 return f"--{key} applies to --data FILE.csv (a time series); leave it out"
-    elif cfg["data"].lower().endswith(".csv") and cfg["target"] is None:
+    elif is_series(cfg["data"]) and cfg["target"] is None:
         return "--data FILE.csv needs --target COLUMN, the column to forecast"
     return None
 
