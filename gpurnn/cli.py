@@ -586,17 +586,25 @@ def cmd_grads(args):
 
 
 # ---------------------------------------------------------------- sample
-def cmd_sample(args):
+def _load_run(command, run, backend):
+    """``load_model`` for a command: (the TrainedModel, None), or (None, the exit status) once the
+    reason is printed: 1 for a checkpoint that cannot be used, 2 for a backend that is not usable."""
     from .predict import load_model
 
     try:
-        trained = load_model(args.run, backend=args.backend)
+        return load_model(run, backend=backend), None
     except CheckpointError as e:
-        print(f"gpurnn sample: {e}", file=sys.stderr)
-        return 1
+        print(f"gpurnn {command}: {e}", file=sys.stderr)
+        return None, 1
     except BackendUnavailable as e:
-        print(_unavailable("sample", e), file=sys.stderr)
-        return 2
+        print(_unavailable(command, e), file=sys.stderr)
+        return None, 2
+
+
+def cmd_sample(args):
+    trained, status = _load_run("sample", args.run, args.backend)
+    if trained is None:
+        return status
     if trained.config["task"] != "charlm":
         print(f"gpurnn sample: {trained.path} was trained on task {trained.config['task']!r}; sampling needs a "
               f"charlm run", file=sys.stderr)
@@ -636,20 +644,13 @@ def sample_text(model, vocab, prime, length, temperature=1.0, seed=0):
 # ---------------------------------------------------------------- predict
 def cmd_predict(args):
     """Write the predictions of a trained model on a data file, read as its training data was."""
-    from .predict import load_model
-
     if not args.out.endswith(".npy"):
         print(f"gpurnn predict: --out {args.out}: the predictions are written as a .npy file; name it PRED.npy",
               file=sys.stderr)
         return 2
-    try:
-        model = load_model(args.run, backend=args.backend)
-    except CheckpointError as e:
-        print(f"gpurnn predict: {e}", file=sys.stderr)
-        return 1
-    except BackendUnavailable as e:
-        print(_unavailable("predict", e), file=sys.stderr)
-        return 2
+    model, status = _load_run("predict", args.run, args.backend)
+    if model is None:
+        return status
     try:
         pred = model.predict_file(args.data, proba=args.proba)
     except (ValueError, TypeError) as e:           # DataError is a ValueError
