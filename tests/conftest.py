@@ -1,5 +1,7 @@
 """Shared helpers: build a model of any cell, run forward + backward, collect every result on the host."""
 
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,15 @@ def pytest_report_header(config):
     """Which gpurnn is under test and whether its cuda backend runs here: a log says what it tested."""
     import os
     return [f"gpurnn from {os.path.dirname(gpurnn.__file__)}; cuda backend: {gpurnn.cuda_status()}"]
+
+
+def run_child(cmd, timeout, **kwargs):
+    """Run a child process to its end; when it fails, the test fails with its exit status and the
+    last of what it printed, stderr included (check=True would show neither)."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert proc.returncode == 0, (f"{' '.join(map(str, cmd))} exited with {proc.returncode}:\n"
+                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
 
 
 def make_model(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,

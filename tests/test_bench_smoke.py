@@ -4,21 +4,23 @@ Nothing here is timed or compared: benchmarks are never assertions (see benchmar
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_child
 
 pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_cpu_quick_writes_json_and_table(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_cpu.py"), "--quick", "--threads", "1",
            "--out", str(tmp_path), "--name", "smoke"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    run_child(cmd, timeout=120)
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert result["threads"] == 1 and result["torch_threads"] == 1
     assert result["machine"]["numpy"] and result["sgemm"]["median_gflops"] > 0

@@ -6,7 +6,6 @@ The cuda cases (ids with "cuda") run in the simulator through tests/test_cuda_si
 
 import os
 import socket
-import subprocess
 import sys
 import textwrap
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from conftest import CELLS, FAST_BACKENDS, SIMULATED
+from conftest import CELLS, FAST_BACKENDS, SIMULATED, run_child
 from gpurnn.backend import get_backend
 
 torch = pytest.importorskip("torch", reason="gpurnn.torch needs torch; pip install '.[test]'")
@@ -351,7 +350,7 @@ def test_gpu_backend_without_a_gpu_says_so():
 
 def test_import_gpurnn_does_not_import_torch():
     code = "import sys, gpurnn; assert 'torch' not in sys.modules, 'torch was imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_child([sys.executable, "-c", code], timeout=60)
 
 
 # ---------------------------------------------------------------- DistributedDataParallel
@@ -415,6 +414,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="this torch has no gloo backend")
 def test_distributed_data_parallel_trains_to_the_weights_of_one_process(tmp_path):
@@ -423,10 +423,8 @@ def test_distributed_data_parallel_trains_to_the_weights_of_one_process(tmp_path
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(script), "single", str(tmp_path / "single.pt")], check=True, env=env,
-                   timeout=300)
-    subprocess.run([sys.executable, str(script), "ddp", str(tmp_path / "ddp.pt"), str(free_port())], check=True,
-                   env=env, timeout=300)
+    run_child([sys.executable, script, "single", tmp_path / "single.pt"], timeout=300, env=env)
+    run_child([sys.executable, script, "ddp", tmp_path / "ddp.pt", free_port()], timeout=300, env=env)
     single = torch.load(tmp_path / "single.pt")
     for rank in (0, 1):
         ranked = torch.load(tmp_path / f"ddp.pt.rank{rank}")
