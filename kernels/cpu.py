@@ -54,6 +54,7 @@ from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic, overload
 
 from . import cells
+from .numba_cache import cached
 from .workspace import Workspace
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -61,6 +62,12 @@ GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 # The per-sequence buffers (xw, the states, gates, gate gradients, dx) are reused between calls
 # once nothing refers to them any more: see kernels/workspace.py for why and how that is safe.
 WORKSPACE = Workspace()
+
+
+def kernel(fn):
+    """A CPU kernel: compiled on first use with NumPy's error model (below), and kept in Numba's
+    on-disk cache outside the installed package (kernels/numba_cache.py says why)."""
+    return cached(njit(error_model="numpy")(fn))
 
 
 # ---------------------------------------------------------------- the cell math, compiled for the CPU
@@ -157,19 +164,19 @@ gru_forward, gru_backward = _cells.gru_forward, _cells.gru_backward
 # that way LLVM sees distinct arrays and vectorises the loop. Rows of one array (hs[r, b], hs[w, b])
 # or gate blocks addressed as g[k*H + j] look to it as if they might overlap, and it gives up.
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def rnn_tanh_row_forward(a, h_new):
     for j in range(h_new.shape[0]):
         h_new[j] = rnn_tanh_forward(a[j])
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def rnn_relu_row_forward(a, h_new):
     for j in range(h_new.shape[0]):
         h_new[j] = rnn_relu_forward(a[j])
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def lstm_row_forward(ai, af, ag, ao, c_prev, i, f, g, o, c_new, h_new):
     """a*: pre-activations with both biases and the recurrent part; i, f, g, o: activated gates."""
     zero = c_prev.dtype.type(0)
@@ -178,7 +185,7 @@ def lstm_row_forward(ai, af, ag, ao, c_prev, i, f, g, o, c_new, h_new):
             ai[j], af[j], ag[j], ao[j], zero, zero, zero, zero, c_prev[j])
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def gru_row_forward(ar, az, xn, hn, h_prev, r, z, n, h_new):
     """ar, az: whole pre-activations; xn = W_in x + b_in; hn = W_hn h + b_hn."""
     zero = h_prev.dtype.type(0)
@@ -190,21 +197,21 @@ def gru_row_forward(ar, az, xn, hn, h_prev, r, z, n, h_new):
 # does not pass through W_hh. dc (H): LSTM, dL/dc in, dL/dc_prev out. d* (H): overwritten with
 # the pre-activation gradient of each gate block.
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def rnn_tanh_row_backward(dh, h_new, da):
     for j in range(dh.shape[0]):
         da[j] = rnn_tanh_backward(dh[j], h_new[j])
         dh[j] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def rnn_relu_row_backward(dh, h_new, da):
     for j in range(dh.shape[0]):
         da[j] = rnn_relu_backward(dh[j], h_new[j])
         dh[j] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def lstm_row_backward(dh, dc, i, f, g, o, c_new, c_prev, dai, daf, dag, dao):
     for j in range(dh.shape[0]):
         dai[j], daf[j], dag[j], dao[j], dc[j] = lstm_backward(dh[j], dc[j], i[j], f[j], g[j], o[j],
@@ -212,7 +219,7 @@ def lstm_row_backward(dh, dc, i, f, g, o, c_new, c_prev, dai, daf, dag, dao):
         dh[j] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def gru_row_backward(dh, r, z, n, hn, h_prev, dar, daz, dan_x, dan_h):
     """dar, daz serve both sides; the candidate's gradient differs: dan_x (input), dan_h (recurrent)."""
     for j in range(dh.shape[0]):
@@ -229,7 +236,7 @@ def gru_row_backward(dh, r, z, n, hn, h_prev, dar, daz, dan_x, dan_h):
 #   gates (T, B, G*H)    activated gates (LSTM, GRU); hn (T, B, H) W_hn h + b_hn (GRU)
 # Rows inactive at t keep their state and leave gates/hn[t] unset: backward never reads them.
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def copy_row(src, dst):
     """dst[:] = src. A loop: Numba takes seconds to compile an array assigned into a slice
     (``y[t, b, :] = hs[w, b]``), a tenth of that for this."""
@@ -237,7 +244,7 @@ def copy_row(src, dst):
         dst[j] = src[j]
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def pre_activation(t, b, n, xw, hw, b_ih, b_hh):
     """hw[b, :n] += xw[t, b, :n] + b_ih[:n] + b_hh[:n], and return the row hw[b].
 
@@ -248,7 +255,7 @@ def pre_activation(t, b, n, xw, hw, b_ih, b_hh):
     return a
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def rnn_step_forward(relu, t, r, w, xw, hw, b_ih, b_hh, active, hs, y):
     """relu: the nonlinearity is relu, else tanh (chosen per row, outside the vectorised loop)."""
     for b in range(hw.shape[0]):
@@ -264,7 +271,7 @@ def rnn_step_forward(relu, t, r, w, xw, hw, b_ih, b_hh, active, hs, y):
             y[t, b, :] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates):
     H = hs.shape[2]
     for b in range(hw.shape[0]):
@@ -279,7 +286,7 @@ def lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates):
             y[t, b, :] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn):
     H = hs.shape[2]
     for b in range(hw.shape[0]):
@@ -306,7 +313,7 @@ def gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn):
 #                      (recurrent) side, zero for inactive rows; one array except for the GRU
 # Inactive rows pass dh (and dc) through unchanged, as in forward they pass the state.
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def sum_dh(t, b, active, dy, dh, dh_rec):
     """dh[b] += dh_rec[b] (+ dy[t, b] when the row is active); returns the row dh[b]."""
     dh_b, rec_b, dy_b = dh[b], dh_rec[b], dy[t, b]
@@ -319,7 +326,7 @@ def sum_dh(t, b, active, dy, dh, dh_rec):
     return dh_b
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def rnn_step_backward(relu, t, w, dy, dh, dh_rec, active, hs, dg):
     for b in range(dh.shape[0]):
         dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
@@ -331,7 +338,7 @@ def rnn_step_backward(relu, t, w, dy, dh, dh_rec, active, hs, dg):
             rnn_tanh_row_backward(dh_b, hs[w, b], dg[t, b])
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, gates, cs, dg):
     H = dh.shape[1]
     for b in range(dh.shape[0]):
@@ -344,7 +351,7 @@ def lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, gates, cs, dg):
             dg[t, b, :] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@kernel
 def gru_step_backward(t, r, dy, dh, dh_rec, active, gates, hn, hs, dg_x, dg_h):
     H = dh.shape[1]
     for b in range(dh.shape[0]):

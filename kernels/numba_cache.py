@@ -1,0 +1,78 @@
+"""Where Numba keeps gpurnn's compiled CPU kernels: outside the installed package.
+
+Numba's ``cache=True`` writes beside the source, into ``kernels/__pycache__``. In a non-editable
+install that is ``site-packages/gpurnn/kernels/__pycache__``, a folder pip does not own: uninstalling
+or a later ``pip install -e .`` leaves ``site-packages/gpurnn/`` behind, Python finds it as a
+namespace package before the editable install, and ``import gpurnn`` gives an empty module. So
+``cached`` points a kernel's cache elsewhere:
+
+- ``NUMBA_CACHE_DIR`` when it is set (Numba's own variable), else
+- the user's cache folder, as Numba names it (``$XDG_CACHE_HOME/numba``, by default
+  ``~/.cache/numba`` on Linux), in a subfolder named after the installed source's path, so two
+  installs never share entries;
+- where neither can be written, nothing is cached and the kernels compile in every process.
+
+A cache entry is also stamped with the content of ``kernels/cells.py``: the CPU kernels inline the
+cell math compiled from it, and Numba alone would check only the kernel's own file.
+"""
+
+import functools
+import hashlib
+import os
+
+from numba.core import caching
+
+_CELLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cells.py")
+
+
+@functools.lru_cache(maxsize=None)
+def _content_hash(path, mtime_ns, size):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _cells_stamp():
+    st = os.stat(_CELLS)
+    return _content_hash(_CELLS, st.st_mtime_ns, st.st_size)
+
+
+class _StampedWithCells:
+    def get_source_stamp(self):
+        return (super().get_source_stamp(), _cells_stamp())
+
+
+def _numba_class(name):
+    """Numba 0.60 spelt its locators with a leading underscore."""
+    return getattr(caching, name, None) or getattr(caching, "_" + name)
+
+
+class _UserProvided(_StampedWithCells, _numba_class("UserProvidedCacheLocator")):
+    pass
+
+
+class _UserWide(_StampedWithCells, _numba_class("UserWideCacheLocator")):
+    pass
+
+
+class _OutsideThePackage(caching.CompileResultCacheImpl):
+    _locator_classes = [_UserProvided, _UserWide]
+
+
+class _FunctionCache(caching.FunctionCache):
+    _impl_class = _OutsideThePackage
+
+
+def cached(dispatcher):
+    """Give a Numba ``@njit`` dispatcher (compiled without ``cache=True``) an on-disk cache outside
+    the package; leave it uncached where no cache folder can be written."""
+    try:
+        dispatcher._cache = _FunctionCache(dispatcher.py_func)
+    except RuntimeError:    # Numba found no writable folder: compile in every process instead
+        pass
+    return dispatcher
+
+
+def cache_path(dispatcher):
+    """The folder ``dispatcher``'s compiled code is kept in, or None when it is not cached."""
+    impl = getattr(dispatcher._cache, "_impl", None)
+    return None if impl is None else impl.locator.get_cache_path()
