@@ -10,8 +10,11 @@ A backend is the array module its arrays live in (``xp``: numpy or cupy) plus th
 that runs a layer (``forward_sequence`` / ``backward_sequence``, same names in each).
 """
 
+import ctypes
+import functools
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -25,9 +28,45 @@ def cuda_simulated():
 
 
 def cuda_status():
-    """(usable, reason): whether the cuda backend can run here, and if not, what is missing."""
+    """(usable, reason): whether the cuda backend can run here, and if not, what is missing.
+    Asked once per process (the answer is kept), except in the simulator, which an environment
+    variable switches."""
     if cuda_simulated():
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+    return _probe_cuda()
+
+
+def _driver_candidates():
+    """Where numba-cuda looks for the CUDA driver's library, in its order
+    (numba.cuda.cudadrv.driver.locate_driver_and_loader; NUMBA_CUDA_DRIVER names it outright)."""
+    if os.environ.get("NUMBA_CUDA_DRIVER"):
+        return [os.environ["NUMBA_CUDA_DRIVER"]]
+    if sys.platform == "win32":
+        dirs, names = ["\\windows\\system32"], ["nvcuda.dll"]
+    elif sys.platform == "darwin":
+        dirs, names = ["/usr/local/cuda/lib"], ["libcuda.dylib"]
+    else:
+        dirs, names = ["/usr/lib", "/usr/lib64"], ["libcuda.so", "libcuda.so.1"]
+    return names + [os.path.join(d, n) for d in dirs for n in names]
+
+
+def _driver_loads():
+    """Whether the CUDA driver's library loads. Without it no GPU can run, and this takes a
+    millisecond where importing numba-cuda to find out takes from a few tenths to seconds."""
+    for path in _driver_candidates():
+        try:
+            ctypes.CDLL(path)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_cuda():
+    if not _driver_loads():
+        return False, ("no CUDA driver was found (its library, libcuda, could not be loaded): "
+                       "this machine has no NVIDIA GPU or driver")
     try:
         from numba import cuda
     except ImportError as e:  # numba-cuda not installed
