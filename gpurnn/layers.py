@@ -229,9 +229,11 @@ class RNNBase(Module):
     ``self.generator`` (a NumPy Generator seeded from ``seed``) on the host, so that every
     backend draws the same masks; backward applies the same mask; ``eval()`` turns it off.
     ``algo`` picks how the cuda backend runs the recursion: "persistent" (one launch for all
-    time steps), "step" (one launch per step) or "auto" (persistent where W_hh fits the GPU,
-    decided per layer from the shapes and the device; kernels/cuda/plan.py). Other backends
-    have one algorithm and accept only "auto".
+    time steps), "step" (one launch per step, replayed from a CUDA graph) or "auto", decided per
+    layer and direction by kernels/cuda/plan.py from the shapes and the device: with CUDA graphs
+    (the default), step from 16 batch rows on, persistent below that where its grid and W_hh fit
+    the GPU; without them, persistent wherever it fits. Other backends have one algorithm and
+    accept only "auto".
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,

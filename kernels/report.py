@@ -34,6 +34,7 @@ the simulator (``NUMBA_ENABLE_CUDASIM=1``) cannot share one.
 """
 
 import argparse
+import math
 import json
 import re
 import sys
@@ -263,7 +264,8 @@ DEVICES = (("sm_80", "A100"), ("sm_90", "H100"))
 def block_threads(name, geo):
     """Threads a block of kernel ``name`` has with geometry ``geo``."""
     if name.startswith("step"):
-        return geo.step_h * geo.step_b
+        from .cuda.step import step_launch
+        return math.prod(step_launch(1, 1, geo, "float32")[1])   # both step kernels' block shape
     if name == "accumulate":
         return geo.acc_threads ** 2
     return geo.persist_threads

@@ -2,6 +2,8 @@
 
 import itertools
 
+import numpy as np
+
 import pytest
 
 pytest.importorskip("numba.cuda")
@@ -120,3 +122,26 @@ def test_plan_describes_itself():
 def test_the_layers_offer_the_algorithms_the_plan_knows():
     from gpurnn.layers import ALGOS
     assert ALGOS == plan.ALGOS
+
+
+def test_the_report_models_the_step_kernels_with_the_block_they_launch():
+    """The report's occupancy of a step kernel is for the (step_h, step_b, step_kz) block that
+    step.step_launch launches: 256 threads by default. A float32 step_forward of 56 registers
+    and 14336 bytes of static shared memory on an H100: 56·32 registers a warp, 8 warps a block,
+    so 4 blocks (65536 // 14336) of 8 warps, 32 of 64 warps: 0.5 (a 64-thread block read 0.469)."""
+    from gpurnn.kernels import report
+    from gpurnn.kernels.cuda.runtime import GPU_GEOMETRY
+    from gpurnn.kernels.cuda.step import step_launch
+    for name in ("step_forward", "step_backward"):
+        assert report.block_threads(name, GPU_GEOMETRY) == 256 == int(np.prod(step_launch(7, 3, GPU_GEOMETRY, "float32")[1]))
+    row = dict(target="sm_90", registers=56, shared=14336)
+    assert report.occupancy(row, "step_forward") == 0.5
+
+
+def test_choose_defaults_to_the_geometry_the_persistent_kernels_run():
+    """choose's default block (threads, rows) is the persistent kernels' default Geometry's: at
+    these shapes 8 rows a thread (the old default) would leave W_hh off-chip, or take the step path."""
+    from gpurnn.kernels.cuda.runtime import GPU_GEOMETRY
+    for cell, B, H in [("lstm", 8, 1220), ("gru", 8, 1460), ("rnn_tanh", 8, 1852)]:
+        assert choose(cell, F32, B, H, H100, "auto", graphs=False) == choose(
+            cell, F32, B, H, H100, "auto", GPU_GEOMETRY.persist_threads, GPU_GEOMETRY.persist_rows, graphs=False)

@@ -33,7 +33,7 @@ step path is chosen.
 
 from dataclasses import dataclass, field, replace
 
-from .runtime import GATES, ceil_div
+from .runtime import GATES, GPU_GEOMETRY, ceil_div
 
 ALGOS = ("auto", "persistent", "step")
 STEP_FROM_BATCH = 16        # with CUDA graphs, auto's step path from this many batch rows on
@@ -130,8 +130,8 @@ def padded(length, split):
     return ceil_div(length, WARP) * WARP + split % WARP
 
 
-def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, cooperative_blocks=None,
-           graphs=True):
+def choose(cell, itemsize, B, H, device, algo="auto", threads=GPU_GEOMETRY.persist_threads,
+           rows=GPU_GEOMETRY.persist_rows, cooperative_blocks=None, graphs=True):
     """The Plan for one layer and direction, for blocks of ``threads`` threads holding ``rows``
     batch rows each (``Geometry.persist_threads``, ``persist_rows``). ``graphs``: whether the
     per-step path replays its launches from CUDA graphs (``graphs.enabled()``).
@@ -183,7 +183,7 @@ def choose(cell, itemsize, B, H, device, algo="auto", threads=256, rows=8, coope
                 bwd_shared=(w_bwd if bwd_on else 0) + (dw_bwd if dw_on else 0))
 
 
-def limits(cell, itemsize, device, threads=256, rows=8, B=8):
+def limits(cell, itemsize, device, threads=GPU_GEOMETRY.persist_threads, rows=GPU_GEOMETRY.persist_rows, B=8):
     """The largest hidden size the persistent path accepts on ``device``, and the largest whose
     W_hh stays on-chip in both directions (with dW_hh on-chip too), for a batch of B rows."""
     largest = on_chip = with_dw = grid = 0

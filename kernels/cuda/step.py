@@ -30,8 +30,9 @@ the limit: 32 x 4 blocks of 8 warps fill an H100's schedulers, and about 30% of 
 instructions are FFMA in forward (the rest: loads, staging the next tile, index arithmetic), about
 30 µs a step at 60 TFLOP/s of FP32 peak. Each step is also a launch through numba-cuda,
 tens of microseconds of host time, unless the plan replays the T launches as a CUDA graph
-(graphs.py); this path is for the shapes whose W_hh the persistent kernels (``persistent.py``)
-cannot hold.
+(graphs.py). With graphs (the default), ``plan.choose`` takes this path from STEP_FROM_BATCH
+batch rows on, and below that wherever the persistent kernels (``persistent.py``) cannot run;
+without graphs, only where they cannot (plan.py says why, as measured).
 
 Kernels are built per (cell, dtype, geometry) by ``build``, because tile sizes and dtypes of shared
 and local arrays must be compile-time constants; ``kernels/report.py`` compiles the very same Python
