@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from conftest import CELLS, SIMULATED
 from gpurnn.kernels.report import MIN_FFMA_PER_LDS, MISSING_TOOLCHAIN, TILED, hot_loop
 
 KERNELS = ("step_forward", "step_backward", "persistent_forward", "persistent_backward")
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "kernel_report.json"
 TARGETS = ("sm_80", "sm_90")
 
 
@@ -35,6 +37,7 @@ def _reports():
         yield p.returncode, err, json.loads(out[start:])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SIMULATED, reason="the compiler cannot run in the simulator's process")
 def test_every_kernel_compiles_without_spills():
     results = list(_reports())
@@ -73,6 +76,17 @@ def test_every_kernel_compiles_without_spills():
         assert 0 < r["largest_hidden_dw_on_chip"] <= r["largest_hidden_w_on_chip"] <= r["largest_hidden"], r
     # The shapes the persistent path is for: float32 LSTMs of H 256-1024 keep W_hh on-chip on an H100.
     assert limits[("H100", "lstm", "float32")]["largest_hidden_w_on_chip"] >= 1024
+
+    # The committed report, which the docs' tables are generated from, is what this toolchain
+    # compiles now (another numba-cuda may allocate registers otherwise: then it is not compared).
+    committed = json.loads(COMMITTED.read_text(encoding="utf-8"))
+    if committed["toolchain"] == results[0][2]["toolchain"]:
+        def key(r):
+            return r["kernel"], r["cell"], r["dtype"], r["target"]
+        fresh = "regenerate it: python -m gpurnn.kernels.report --json > benchmarks/results/kernel_report.json"
+        assert sorted(rows, key=key) == sorted(committed["rows"], key=key), f"{COMMITTED} is stale: {fresh}"
+        assert [r for _, _, res in results for r in res["persistent_limits"]] == committed["persistent_limits"], \
+            f"{COMMITTED} is stale: {fresh}"
 
 
 # A hand-written disassembly in nvdisasm's format: the hottest loop is the inner one with the most
