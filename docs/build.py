@@ -1,0 +1,761 @@
+"""Rewrite the generated regions of README.md and docs/*.md from the results files.
+
+    python docs/build.py            # rewrite every stale region
+    python docs/build.py --check    # exit 1 and name each stale region and its file; write nothing
+
+A region is the Markdown between
+
+    <!-- generated: NAME (by docs/build.py from SOURCE) -->
+    ...
+    <!-- end generated: NAME -->
+
+and its body is whatever the function registered for NAME (``@generates``) returns from the files
+it names: the JSON the benchmarks write in benchmarks/results/ (bench_cpu.py, bench_gpu.py through
+device_run.sh, ``python -m gpurnn.kernels.report --json``) and docs/grad_norms.json (``gpurnn
+grads``). So a table in the docs is never typed by hand: rerun a benchmark, then this script. The
+SOURCE in the opening marker is rewritten too, from the registration.
+
+The GPU figures come from one run on an H200 (``H200``, ``H200_ENV`` below); to show a newer run,
+point them at its files. Importable (``stale()``, ``build()``, ``render()``), each taking the
+results folder (and the folder of docs/grad_norms.json) as parameters, so a test can point them at a
+modified copy (tests/test_docs.py). Standard library and NumPy only.
+"""
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+
+CPU = "benchmarks/results/bench_cpu.json"
+CPU_1THREAD = "benchmarks/results/bench_cpu_1thread.json"
+BRIDGE = ("benchmarks/results/bench_torch_bridge.json",
+          "benchmarks/results/bench_torch_bridge_1thread.json",
+          "benchmarks/results/bench_torch_bridge_omp_passive.json")
+H200 = "benchmarks/results/2026-11-27-nvidia-h200-bench.json"
+H200_ENV = "benchmarks/results/2026-11-27-nvidia-h200-env.txt"
+KERNELS = "benchmarks/results/kernel_report.json"
+GRADS = "docs/grad_norms.json"
+
+SIZE_ORDER = ("small", "medium", "large")
+NAMES = {"rnn_tanh": "RNN", "rnn_relu": "ReLU RNN", "gru": "GRU", "lstm": "LSTM"}   # in prose
+
+REGION = re.compile(
+    r"^<!-- generated: (?P<name>[a-z0-9-]+) \(by docs/build\.py from (?P<source>[^)]*)\) -->\n"
+    r"(?P<body>.*?)"
+    r"^<!-- end generated: (?P=name) -->$", re.S | re.M)
+
+
+# ------------------------------------------------------------------------------------ the registry
+
+@dataclass(frozen=True)
+class Generator:
+    name: str
+    sources: tuple      # repository-relative paths, as the marker names them
+    fn: object          # fn(Sources) -> Markdown
+
+
+GENERATORS = {}
+
+
+def generates(name, *sources):
+    """Register ``fn(src) -> str`` as the body of region ``name``, read from ``sources``."""
+    def register(fn):
+        if name in GENERATORS:
+            raise ValueError(f"region {name!r} is registered twice")
+        GENERATORS[name] = Generator(name, tuple(sources), fn)
+        return fn
+    return register
+
+
+class Sources:
+    """Reads the files a generator names. ``benchmarks/results/...`` resolves under ``results``,
+    ``docs/...`` under ``docs``, so a test can substitute either folder."""
+
+    def __init__(self, results=RESULTS, docs=DOCS):
+        self.results, self.docs, self._cache = Path(results), Path(docs), {}
+
+    def path(self, name):
+        for prefix, folder in (("benchmarks/results/", self.results), ("docs/", self.docs)):
+            if name.startswith(prefix):
+                return folder / name[len(prefix):]
+        raise ValueError(f"no folder for source {name!r}: expected benchmarks/results/... or docs/...")
+
+    def text(self, name):
+        if name not in self._cache:
+            self._cache[name] = self.path(name).read_text(encoding="utf-8")
+        return self._cache[name]
+
+    def json(self, name):
+        return json.loads(self.text(name))
+
+
+# ---------------------------------------------------------------------------------- formatting
+
+def table(header, rows, align):
+    """A Markdown table; ``align`` is one of "l" / "r" per column."""
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    lines = ["| " + " | ".join(str(c) for c in line) + " |" for line in [header] + rows]
+    return "\n".join(lines[:1] + [rule] + lines[1:]) + "\n"
+
+
+def x(ratio):
+    """A speed ratio: two decimals below 10, none above (88x, not 87.99x)."""
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
+def cells_in(rows):
+    """The cells of ``rows`` in the order the benchmark ran them."""
+    return list(dict.fromkeys(r["cell"] for r in rows))
+
+
+def shape(r):
+    """``small 100·8·32·64``: the size name and T·B·I·H of a bench_cpu row."""
+    return f"{r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']}"
+
+
+def span(values, fmt="{:.0f}"):
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+# ------------------------------------------------------------------------------------ the CPU
+
+def cpu_rows(data, mode="train"):
+    """bench_cpu rows of one mode, by cell then small, medium, large."""
+    rows = [r for r in data["rows"] if r["mode"] == mode]
+    order = {c: i for i, c in enumerate(cells_in(rows))}
+    return sorted(rows, key=lambda r: (order[r["cell"]], SIZE_ORDER.index(r["size"])))
+
+
+def row_of(data, cell, size, mode):
+    return next(r for r in data["rows"] if (r["cell"], r["size"], r["mode"]) == (cell, size, mode))
+
+
+def when(data):
+    """``2026-11-27 23:15 UTC`` from ``started_utc``."""
+    return data["started_utc"][:16].replace("T", " ") + " UTC"
+
+
+def blas(data):
+    pools = data["machine"].get("threadpools", [])
+    return next((p for p in pools if p.get("user_api") == "blas"), {})
+
+
+def torch_libraries(data):
+    """What torch's CPU build says it uses, from ``torch.__config__.show()``."""
+    config = data["machine"].get("torch_config", "")
+    found = [name for name, flag in (("MKL", "USE_MKL=ON"), ("oneDNN", "USE_MKLDNN=ON")) if flag in config]
+    return f" ({', '.join(found)})" if found else ""
+
+
+@generates("cpu-run", CPU)
+def cpu_run(src):
+    d = src.json(CPU)
+    m, pool = d["machine"], blas(d)
+    tpc = m.get("lscpu Thread(s) per core", "?")
+    return (f"Measured {when(d)} on an {m.get('lscpu Model name', m.get('processor') or '?')} "
+            f"({m['cpu_count']} cores, {tpc} thread{'s' if tpc != '1' else ''} per core), "
+            f"{d['threads']} thread{'s' if d['threads'] != 1 else ''} on each side, "
+            f"NumPy {m['numpy']} with {pool.get('internal_api', '?').replace('openblas', 'OpenBLAS')} "
+            f"{pool.get('version', '?')} ({pool.get('architecture', '?')} kernels; "
+            f"sgemm {d['sgemm']['median_gflops']:.0f} GFLOP/s in this run), "
+            f"torch {m['torch']}{torch_libraries(d)}, Numba {m['numba']}; "
+            f"load average {d['load_average_before'][0]:.1f} before, {d['load_average_after'][0]:.1f} after.\n")
+
+
+@generates("cpu-table", CPU)
+def cpu_table(src):
+    d = src.json(CPU)
+    rows = []
+    for r in cpu_rows(d):
+        fwd = row_of(d, r["cell"], r["size"], "forward")
+        rows.append([r["cell"], shape(r), f"{r['gpurnn_ms']:.2f}", f"{r['torch_ms']:.2f}",
+                     f"**{x(r['speedup'])}**", f"{r['gpurnn_gflops']:.0f}", f"{r['pct_sgemm']:.0f}%",
+                     f"{r['blas_floor_ms']:.2f}", f"{r['gpurnn_ms'] - r['blas_floor_ms']:.2f}",
+                     x(fwd["speedup"])])
+    return table(["cell", "T·B·I·H", "train: gpurnn ms", "torch ms", "speed-up", "GFLOP/s", "% of sgemm",
+                  "BLAS floor ms", "outside the products ms", "forward speed-up"],
+                 rows, "llrrrrrrrr")
+
+
+def speedups_by_cell(data):
+    """``5.30x, 1.51x, 1.15x (rnn_tanh), ...`` small to large, training step."""
+    rows = cpu_rows(data)
+    parts = [", ".join(x(r["speedup"]) for r in rows if r["cell"] == c) + f" ({c})" for c in cells_in(rows)]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+@generates("cpu-1thread", CPU_1THREAD)
+def cpu_1thread(src):
+    d = src.json(CPU_1THREAD)
+    rows = cpu_rows(d)
+    return (f"On {d['threads']} thread{'s' if d['threads'] != 1 else ''} each ({when(d)[11:]}, sgemm "
+            f"{d['sgemm']['median_gflops']:.0f} GFLOP/s, `benchmarks/results/bench_cpu_1thread.md`) the "
+            f"training-step speed-ups are {speedups_by_cell(d)}, small to large, at "
+            f"{span([r['pct_sgemm'] for r in rows])}% of sgemm.\n")
+
+
+@generates("cold-start", CPU)
+def cold_start(src):
+    d = src.json(CPU)
+    order = {c: i for i, c in enumerate(cells_in(d["cold_start"]))}
+    rows = [[r["cell"], f"{r['empty_cache_s']:.2g} s", f"{r['warm_cache_s']:.2g} s", f"{r['torch_s']:.2g} s"]
+            for r in sorted(d["cold_start"], key=lambda r: order[r["cell"]])]
+    return table(["cell", "empty Numba cache", "warm cache", "torch"], rows, "lrrr")
+
+
+# The targets set for the cpu backend's LSTM: training step, torch ms / gpurnn ms, per size.
+LSTM_TARGETS = {"small": 2.0, "medium": 2.0, "large": 1.2}
+
+
+def target(size):
+    return f"{LSTM_TARGETS[size]:g}x"
+
+
+@generates("lstm-targets", CPU, CPU_1THREAD)
+def lstm_targets(src):
+    """The LSTM targets, what the cells reach, the floor each shape allows (torch ms / BLAS floor
+    ms: what a backend costing nothing beyond the dense products would reach), and the GFLOP/s the
+    targets would take."""
+    two, one = src.json(CPU), src.json(CPU_1THREAD)
+    rows = cpu_rows(two)
+    others = [c for c in cells_in(rows) if c != "lstm"]
+    lstm = [r for r in rows if r["cell"] == "lstm"]
+    missed = [r for r in lstm if r["speedup"] < LSTM_TARGETS[r["size"]]]
+    keep = all(r["speedup"] >= 1 for r in rows if r["cell"] != "lstm")
+    floors = {d["threads"]: [r["torch_ms"] / r["blas_floor_ms"] for r in cpu_rows(d) if r["cell"] == "lstm"]
+              for d in (two, one)}
+    sgemm = two["sgemm"]["median_gflops"]
+
+    def needed(size):
+        """(GFLOP, ms, GFLOP/s) of the LSTM training step at ``size`` if it met its target."""
+        r = row_of(two, "lstm", size, "train")
+        ms = r["torch_ms"] / LSTM_TARGETS[size]
+        return r["flops"] / 1e9, ms, r["flops"] / ms / 1e6
+
+    gflop, ms, medium = needed("medium")
+    _, _, large = needed("large")
+    small = row_of(two, "lstm", "small", "train")
+    f2, f1 = floors[two["threads"]], floors[one["threads"]]
+    return (f"The targets set for this backend (float32, training step, both sides on the same threads): "
+            f"the LSTM at least {target('small')} torch on the small and medium shapes and "
+            f"{target('large')} on the large one; the {' and '.join(NAMES.get(c, c) for c in others)} "
+            f"keep their leads. They {'do' if keep else 'do not all'} "
+            f"({' and '.join(', '.join(x(r['speedup']) for r in rows if r['cell'] == c) for c in others)} here). "
+            f"The LSTM ({', '.join(x(r['speedup']) for r in lstm)}) misses "
+            f"{'all three' if len(missed) == 3 else f'{len(missed)} of {len(lstm)}'}, and the *BLAS floor* "
+            f"column says why: a backend that cost nothing beyond the dense products would be torch ms / floor "
+            f"ms faster than torch, and that is {x(f2[0])} (small), {x(f2[1])} (medium) and {x(f2[2])} (large) "
+            f"on {two['threads']} threads, {x(f1[0])}, {x(f1[1])} and {x(f1[2])} on {one['threads']}.\n\n"
+            f"{target('medium')} at the medium shape would take {medium:.0f} GFLOP/s in this run "
+            f"({gflop:.2f} GFLOP in {ms:.1f} ms), {'above' if medium > sgemm else 'below'} its sgemm rate of "
+            f"{sgemm:.0f}; the large one's {target('large')} would take {large:.0f} GFLOP/s, "
+            f"{100 * large / sgemm:.0f}% of sgemm. On the small shape gpurnn spends "
+            f"{small['gpurnn_ms'] - small['blas_floor_ms']:.1f} ms outside the products.\n")
+
+
+# ------------------------------------------------------------------------ through gpurnn.torch
+
+def threads_label(data):
+    policy = data["machine"].get("env", {}).get("OMP_WAIT_POLICY")
+    return f"{data['threads']}" + (f", `OMP_WAIT_POLICY={policy}`" if policy else "")
+
+
+@generates("bridge-table", *BRIDGE)
+def bridge_table(src):
+    rows = []
+    for name in BRIDGE:
+        d = src.json(name)
+        for r in sorted(d["bridge_rows"], key=lambda r: SIZE_ORDER.index(r["size"])):
+            rows.append([shape(r), threads_label(d), f"{r['model_ms']:.2f}", f"{r['torch_model_ms']:.2f}",
+                         x(r["speedup"]), f"{r['bridge_ms']:.2f}", f"{r['layer_ms']:.2f}"])
+    return table(["shape T·B·I·H", "threads", "model with gpurnn.torch ms", "model with torch.nn ms",
+                  "speed-up", "gpurnn.torch.LSTM ms", "gpurnn.LSTM ms"], rows, "llrrrrr")
+
+
+@generates("bridge-cost", *BRIDGE)
+def bridge_cost(src):
+    """The bridge's cost from the fastest samples (the medians carry the machine's noise)."""
+    runs = [src.json(name) for name in BRIDGE]
+    small, rest = [], []
+    for d in runs:
+        for r in d["bridge_rows"]:
+            fastest = {side: min(s) for side, s in r["samples_ms"].items()}
+            (small if r["size"] == "small" else rest).append((d, r, fastest))
+    def label(d, first):
+        policy = d["machine"].get("env", {}).get("OMP_WAIT_POLICY")
+        if policy:
+            return f"with `{policy}`"
+        return f"on {d['threads']}" + (" threads" if first else "")
+
+    pairs = [f"{f['gpurnn.torch']:.2f} against {f['gpurnn']:.2f}{' ms' if i == 0 else ''} {label(d, i == 0)}"
+             for i, (d, r, f) in enumerate(small)]
+    spreads = [100 * (max(s) - min(s)) / float(np.median(s)) for _, r, _ in rest for s in r["samples_ms"].values()]
+    relative = [100 * (f["gpurnn.torch"] / f["gpurnn"] - 1) for _, _, f in rest]
+    slower = [f["gpurnn.torch"] - f["gpurnn"] for _, _, f in small]
+    n = len(rest[0][1]["samples_ms"]["gpurnn"]) if rest else 0
+
+    def faster_or_slower(pct):
+        return f"{abs(pct):.0f}% {'faster' if pct < 0 else 'slower'}"
+
+    return (f"The fastest of the small LSTM's samples is {span(slower, '{:.1f}')} ms "
+            f"{'slower' if min(slower) >= 0 else 'apart'} through `gpurnn.torch` than as gpurnn's layer "
+            f"({', '.join(pairs)}). At the medium and large shapes each side's {n} samples spread over "
+            f"{span(spreads)}% of their median, and the bridge's fastest is between "
+            f"{faster_or_slower(min(relative))} and {faster_or_slower(max(relative))} than the layer's.\n")
+
+
+@generates("bridge-omp", *BRIDGE)
+def bridge_omp(src):
+    spinning, passive = src.json(BRIDGE[0]), src.json(BRIDGE[2])
+    a = next(r for r in spinning["bridge_rows"] if r["size"] == "small")
+    b = next(r for r in passive["bridge_rows"] if r["size"] == "small")
+    return (f"That makes the small model {x(a['speedup'])} with {spinning['threads']} threads. With "
+            f"`{threads_label(passive).split(', ', 1)[1].strip('`')}` the workers sleep instead: "
+            f"gpurnn.torch's model step goes from {a['model_ms']:.2f} to {b['model_ms']:.2f} ms, but "
+            f"torch.nn's own LSTM, which relies on its spinning workers, from {a['torch_model_ms']:.2f} "
+            f"to {b['torch_model_ms']:.2f} ms.\n")
+
+
+# ------------------------------------------------------------------------------------ the GPU
+
+def gpu_rows(data, mode="train", cell=None, algo=None):
+    return [r for r in data["rows"] if r["mode"] == mode and (cell is None or r["cell"] == cell)
+            and (algo is None or r["algo"] == algo)]
+
+
+def gpu_row(data, cell, mode, T, B, H, algo=None):
+    return next((r for r in gpu_rows(data, mode, cell, algo) if (r["T"], r["B"], r["H"]) == (T, B, H)), None)
+
+
+def cudnn(version):
+    """91900 -> 9.19 (cuDNN's own encoding: major * 10000 + minor * 100 + patch)."""
+    return f"{version // 10000}.{version % 10000 // 100}"
+
+
+def cuda_version(version):
+    """13000 -> 13.0."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def driver(src):
+    """The driver's version from the run's env.txt (the JSON keeps only the CUDA version)."""
+    found = re.search(r"^gpu \(name, driver[^)]*\): [^,]+, ([^,]+),", src.text(H200_ENV), re.M)
+    return found.group(1).strip() if found else "?"
+
+
+def bound_by(r):
+    """What bounds a grid row, by rule (see "On a GPU" in docs/performance.md): a persistent step
+    costs a fixed part plus a part per batch row, so at B = 1 the fixed cost, above it the walk
+    over the batch; the per-step path is bound by its kernels."""
+    if r["algo"] == "persistent":
+        return "the fixed cost of a step" if r["B"] == 1 else "the batch walk"
+    return "the step kernels"
+
+
+@generates("h200-run", H200, H200_ENV)
+def h200_run(src):
+    d = src.json(H200)
+    m = d["machine"]
+    train = gpu_rows(d)
+    algos = sorted({r["algo"] for r in train})
+    launches = sorted({r["numba_launches"] for r in train})
+    dtypes = sorted({r["dtype"] for r in d["rows"]})
+    same_io = all(r["I"] == r["H"] for r in d["rows"])
+    return (f"Measured {d['date'][:10]} on an {m['gpu']} ({m['multiprocessors']} SMs, compute capability "
+            f"{m['compute_capability']}, driver {driver(src)}, CUDA {cuda_version(m['cuda_driver'])}) by "
+            f"`bash benchmarks/device_run.sh`: {m['toolchain'].replace(', ', ' (', 1)}), Numba {m['numba']}, "
+            f"CuPy {m['cupy']}, NumPy {m['numpy']}, torch {m['torch']} with cuDNN {cudnn(m['cudnn'])}; "
+            f"{', '.join(dtypes)}, TF32 {'on' if m['tf32'] else 'off'} on both sides"
+            f"{', I = H' if same_io else ''}, one layer, CUDA events, medians of {d['rounds']} interleaved "
+            f"rounds. Every row ran the {' or '.join(algos)} path (auto's choice when measured): "
+            f"{' or '.join(map(str, launches))} Numba launches per training step.\n")
+
+
+@generates("h200-grid", H200)
+def h200_grid(src):
+    d = src.json(H200)
+    train = gpu_rows(d)
+    cells = cells_in(train)
+    shapes = sorted({(r["T"], r["B"], r["H"]) for r in train}, key=lambda s: (s[2], s[1], s[0]))
+    header = ["T", "B", "H"]
+    for i, c in enumerate(cells):
+        header += [f"{c} ms" + (": gpurnn / torch" if i == 0 else ""), "torch/gpurnn"]
+    forward_cell = "lstm" if "lstm" in cells else cells[-1]
+    header += [f"{forward_cell} forward: µs a step", "what bounds gpurnn"]
+    rows = []
+    for T, B, H in shapes:
+        row = [T, B, H]
+        for c in cells:
+            r = gpu_row(d, c, "train", T, B, H)
+            if r is None:
+                row += ["", ""]
+                continue
+            ratio = f"{r['ratio']:.2f}"
+            row += [f"{r['gpurnn_ms']:.2f} / {r['torch_ms']:.2f}", f"**{ratio}**" if r["ratio"] > 1 else ratio]
+        fwd = gpu_row(d, forward_cell, "forward", T, B, H)
+        row.append(f"{1000 * fwd['gpurnn_ms'] / T:.0f}" if fwd else "")
+        row.append(bound_by(gpu_row(d, forward_cell, "train", T, B, H) or next(
+            r for r in train if (r["T"], r["B"], r["H"]) == (T, B, H))))
+        rows.append(row)
+    return table(header, rows, "rrr" + "rr" * len(cells) + "rl")
+
+
+def where(r):
+    return f"{NAMES.get(r['cell'], r['cell'])}, B = {r['B']}, H = {r['H']}"
+
+
+def wins(train):
+    """``B = 1, H = 256: GRU 1.12x and LSTM 1.18x``: the rows where gpurnn is faster, by shape."""
+    by_shape = {}
+    for r in sorted((r for r in train if r["ratio"] > 1), key=lambda r: r["ratio"]):
+        by_shape.setdefault((r["T"], r["B"], r["H"]), []).append(r)
+    T_differs = len({T for T, _, _ in by_shape}) > 1
+    return "; ".join((f"T = {T}, " if T_differs else "") + f"B = {B}, H = {H}: "
+                     + " and ".join(f"{NAMES.get(r['cell'], r['cell'])} {x(r['ratio'])}" for r in rows)
+                     for (T, B, H), rows in by_shape.items())
+
+
+@generates("h200-verdict", H200)
+def h200_verdict(src):
+    d = src.json(H200)
+    train = gpu_rows(d)
+    won = [r for r in train if r["ratio"] > 1]
+    losses = sorted((r for r in train if r["ratio"] <= 1), key=lambda r: -r["ratio"])
+    text = (f"gpurnn beats cuDNN per training step in {len(won)} of {len(train)} rows"
+            + (f", at {wins(train)}. " if won else ". "))
+    if losses:
+        text += (f"{'Everywhere else' if won else 'Everywhere'} it loses, by {x(1 / losses[0]['ratio'])} "
+                 f"({where(losses[0])}) to {x(1 / losses[-1]['ratio'])} ({where(losses[-1])}); ")
+    return text + f"the median training step is {x(float(np.median([r['ratio'] for r in train])))}.\n"
+
+
+def fit_per_row(rows):
+    """Least squares of forward µs a step against B: (µs at B = 0, µs per batch row)."""
+    B = np.array([r["B"] for r in rows], float)
+    us = np.array([1000 * r["gpurnn_ms"] / r["T"] for r in rows])
+    (fixed, per_row), *_ = np.linalg.lstsq(np.stack([np.ones_like(B), B], 1), us, rcond=None)
+    return fixed, per_row
+
+
+@generates("h200-batch-walk", H200)
+def h200_batch_walk(src):
+    """The persistent forward step as a fixed cost plus a cost per batch row, fitted per H."""
+    d = src.json(H200)
+    rows = gpu_rows(d, "forward", algo="persistent")
+    Hs = sorted({r["H"] for r in rows})
+    lstm = [fit_per_row([r for r in rows if r["cell"] == "lstm" and r["H"] == H]) for H in Hs]
+    rnn = fit_per_row([r for r in rows if r["cell"] == "rnn_tanh" and r["H"] == Hs[0]])
+    b1 = [1000 * r["gpurnn_ms"] / r["T"] for r in rows if r["cell"] == "lstm" and r["B"] == 1]
+    return (f"A persistent forward step costs a fixed part plus a part per batch row (least squares "
+            f"over the rows above, one fit per H: LSTM {span([f for f, _ in lstm])} µs + "
+            f"{span([p for _, p in lstm], '{:.1f}')} µs·B; RNN at H = {Hs[0]} {rnn[1]:.1f} µs·B). "
+            f"At B = 1 an LSTM forward step takes {span(b1)} µs.\n")
+
+
+@generates("h200-launches", H200)
+def h200_launches(src):
+    lo = src.json(H200)["launch_overhead"]
+    s = lo["step_shape"]
+    return (f"Measured host time per launch ({lo['launches_timed']} back to back): an empty Numba kernel "
+            f"{lo['empty_kernel_host_us']:.1f} µs, a `step_forward` {lo['step_forward_host_us']:.1f} µs; a "
+            f"`step_forward`'s device time at B = {s['B']}, H = {s['H']} is {lo['step_forward_device_us']:.1f} µs; "
+            f"a CuPy elementwise operation {lo['cupy_elementwise_host_us']:.0f} µs.\n")
+
+
+@generates("accumulate-table", H200)
+def accumulate_table(src):
+    d = src.json(H200)
+    rows = [[a["T"], a["B"], a["H"], a["N"], a["GH"], f"{a['gpurnn_ms']:.2f}", f"{a['cupy_ms']:.2f}",
+             f"{a['share_of_cublas']:.2f}", f"{a['gpurnn_tflops']:.1f}"] for a in d["accumulate"]]
+    shares = [a["gpurnn_ms"] / r["gpurnn_ms"] for a in d["accumulate"]
+              if (r := gpu_row(d, "lstm", "train", a["T"], a["B"], a["H"], "persistent"))]
+    text = table(["T", "B", "H", "N = T·B", "G·H", "gpurnn ms", "cuBLAS ms", "share of cuBLAS", "gpurnn TFLOP/s"],
+                 rows, "rrrrrrrrr")
+    if shares:
+        text += (f"\nWhere the grid has the same shape, both products together take at most "
+                 f"{100 * max(shares):.0f}% of the persistent LSTM training step.\n")
+    return text
+
+
+@generates("graphs-table", H200)
+def graphs_table(src):
+    d = src.json(H200)
+    rows = []
+    for g in d["graphs"]:
+        p = gpu_row(d, g["cell"], g["mode"], g["T"], g["B"], g["H"], "persistent")
+        rows.append([g["mode"], g["T"], g["B"], g["H"], f"{g['graphs_ms']:.2f}", f"{g['direct_ms']:.2f}",
+                     x(g["speedup"]), f"{p['gpurnn_ms']:.2f}" if p else ""])
+    return table(["mode", "T", "B", "H", "with graphs ms", "without ms", "speed-up", "persistent ms, same shape"],
+                 rows, "lrrrrrrr")
+
+
+@generates("graphs-notes", H200)
+def graphs_notes(src):
+    """The graph-replayed step path against the persistent path and cuDNN: measured where the grid
+    has the shape, else interpolated linearly in B between the grid's nearest rows."""
+    d = src.json(H200)
+    parts = []
+    for g in (g for g in d["graphs"] if g["mode"] == "train"):
+        p = gpu_row(d, g["cell"], "train", g["T"], g["B"], g["H"], "persistent")
+        if p:
+            parts.append(f"At B = {g['B']}, H = {g['H']} it is {x(p['gpurnn_ms'] / g['graphs_ms'])} faster than "
+                         f"the persistent path per training step (torch/gpurnn {p['torch_ms'] / g['graphs_ms']:.2f} "
+                         f"instead of {p['ratio']:.2f}).")
+            continue
+        line = sorted((r for r in gpu_rows(d, "train", g["cell"], "persistent")
+                       if (r["T"], r["H"]) == (g["T"], g["H"])), key=lambda r: r["B"])
+        below = [r for r in line if r["B"] < g["B"]]
+        above = [r for r in line if r["B"] > g["B"]]
+        if below and above:
+            a, b = below[-1], above[0]
+            est = a["gpurnn_ms"] + (b["gpurnn_ms"] - a["gpurnn_ms"]) * (g["B"] - a["B"]) / (b["B"] - a["B"])
+            parts.append(f"At B = {g['B']}, H = {g['H']} its training step takes {g['graphs_ms']:.2f} ms against "
+                         f"about {est:.1f} for the persistent one (between the persistent {a['gpurnn_ms']:.2f} "
+                         f"at B = {a['B']} and {b['gpurnn_ms']:.2f} at B = {b['B']}).")
+    for g in (g for g in d["graphs"] if g["mode"] == "forward"):
+        p = gpu_row(d, g["cell"], "forward", g["T"], g["B"], g["H"])
+        if p:
+            parts.append(f"At B = {g['B']}, H = {g['H']} a graph-replayed forward step takes "
+                         f"{1000 * g['graphs_ms'] / g['T']:.0f} µs against cuDNN's {1000 * p['torch_ms'] / g['T']:.0f}.")
+    return " ".join(parts) + "\n"
+
+
+# -------------------------------------------------------------------------- the README's summaries
+
+@generates("status", CPU, H200)
+def status(src):
+    """Two lines: the cpu backend's training-step speed-up per cell at each shape, and the cuda
+    backend's median against cuDNN with the shapes where it wins."""
+    cpu, gpu = src.json(CPU), src.json(H200)
+    rows, train = cpu_rows(cpu), gpu_rows(gpu)
+    sizes = [s for s in SIZE_ORDER if any(r["size"] == s for r in rows)]
+    level = "level with torch's or faster" if min(r["speedup"] for r in rows) >= 0.9 else "slower than torch's in places"
+    won = f"; it beats cuDNN only at {wins(train)}" if any(r["ratio"] > 1 for r in train) \
+        else "; it is slower than cuDNN at every shape measured"
+    return (f"- **CPU**: the `cpu` backend's training step is {level}: torch ms / gpurnn ms at the "
+            f"{', '.join(sizes[:-1])} and {sizes[-1]} shapes is {speedups_by_cell(cpu)}, float32, on "
+            f"{cpu['threads']} threads of an {cpu['machine'].get('lscpu Model name', '?')} "
+            f"({cpu['started_utc'][:10]}).\n"
+            f"- **GPU**: on an {gpu['machine']['gpu']} the `cuda` backend's training step runs at a median "
+            f"{x(float(np.median([r['ratio'] for r in train])))} of cuDNN's speed over {len(train)} shapes{won}.\n")
+
+
+@generates("gpu-summary", H200)
+def gpu_summary(src):
+    d = src.json(H200)
+    train = gpu_rows(d)
+    body = []
+    for c in cells_in(train):
+        rows = sorted((r for r in train if r["cell"] == c), key=lambda r: r["ratio"])
+        best, worst = rows[-1], rows[0]
+        body.append([c, len(rows), f"{float(np.median([r['ratio'] for r in rows])):.2f}",
+                     f"{best['ratio']:.2f} (T·B·H {best['T']}·{best['B']}·{best['H']})",
+                     f"{worst['ratio']:.2f} (T·B·H {worst['T']}·{worst['B']}·{worst['H']})"])
+    m = d["machine"]
+    algos = sorted({r["algo"] for r in train})
+    launches = sorted({r["numba_launches"] for r in train})
+    return (f"Training step, torch ms / gpurnn ms (above 1: gpurnn is faster), {m['gpu']}, cuDNN "
+            f"{cudnn(m['cudnn'])}, float32, TF32 {'on' if m['tf32'] else 'off'}, {d['date'][:10]}:\n\n"
+            + table(["cell", "shapes", "median", "best", "worst"], body, "lrrll")
+            + f"\nOver all {len(train)} shapes the median is "
+              f"{x(float(np.median([r['ratio'] for r in train])))}. Every row ran the {' or '.join(algos)} "
+              f"path, {' or '.join(map(str, launches))} Numba launches per training step.\n")
+
+
+# ---------------------------------------------------------------------------- the kernel report
+
+def merged(rows, key, value):
+    """Group ``rows`` by ``key``; within a group, cells whose ``value`` agree share one row, named
+    "a, b". Returns [(key, cells, value)] in the order rows first appear."""
+    groups = {}
+    for r in rows:
+        cells = groups.setdefault(key(r), {})
+        cells.setdefault(value(r), []).append(r["cell"])
+    return [(k, cells, v) for k, by_value in groups.items() for v, cells in by_value.items()]
+
+
+def cell_names(cells):
+    return "every cell" if cells == ["*"] else ", ".join(dict.fromkeys(cells))
+
+
+@generates("kernel-report", KERNELS)
+def kernel_report(src):
+    d = src.json(KERNELS)
+    by = {(r["kernel"], r["cell"], r["dtype"], r["target"]): r for r in d["rows"]}
+    targets = ("sm_80", "sm_90")
+    pairs = [dict(kernel=k, cell=c, dtype=t, rows=[by.get((k, c, t, s)) for s in targets])
+             for (k, c, t, s) in by if s == targets[0]]
+    dtypes = list(dict.fromkeys(p["dtype"] for p in pairs))
+    kernels = list(dict.fromkeys(p["kernel"] for p in pairs))
+    pairs.sort(key=lambda p: (dtypes.index(p["dtype"]), kernels.index(p["kernel"])))
+
+    def both(p, field, fmt="{}"):
+        return " / ".join(fmt.format(r[field]) if r else "—" for r in p["rows"])
+
+    def fma(p):
+        values = list(dict.fromkeys(f"{r['ffma_per_lds']:g}" for r in p["rows"] if r))
+        return " / ".join(values)
+
+    def value(p):
+        return (both(p, "registers"), both(p, "shared"), fma(p), both(p, "occupancy", "{:.2f}"))
+
+    out = [[f"`{k}`", cell_names(cells), dtype, *v]
+           for (k, dtype), cells, v in merged(pairs, lambda p: (p["kernel"], p["dtype"]), value)]
+    clean = all(r["spill_stores"] == r["spill_loads"] == r["stack"] == r["local"] == 0 for r in d["rows"])
+    return (f"Compiled by {d['toolchain']}.\n\n"
+            + table(["kernel", "cell", "dtype", "registers sm_80 / sm_90", "static shared bytes sm_80 / sm_90",
+                     "FMA per LDS, hottest loop", "occupancy A100 / H100"], out, "lllllll")
+            + ("\nNo kernel spills, uses local memory or has a stack frame of its own.\n" if clean else
+               "\nSpills, local memory or a stack frame: "
+               + ", ".join(f"`{r['kernel']}` {r['cell']} {r['dtype']} {r['target']}" for r in d["rows"]
+                           if r["spill_stores"] or r["spill_loads"] or r["stack"] or r["local"]) + ".\n"))
+
+
+@generates("persistent-limits", KERNELS)
+def persistent_limits(src):
+    d = src.json(KERNELS)
+    limits = d["persistent_limits"]
+    dtypes = list(dict.fromkeys(r["dtype"] for r in limits))
+    by = {(r["device"], r["cell"], r["dtype"]): r for r in limits}
+    pairs = [dict(device=dev, sms=by[(dev, c, t)]["sms"], cell=c, rows=[by.get((dev, c, s)) for s in dtypes])
+             for (dev, c, t) in by if t == dtypes[0]]
+
+    def value(p):
+        return tuple(" / ".join(str(r[f]) for f in ("largest_hidden", "largest_hidden_w_on_chip",
+                                                      "largest_hidden_dw_on_chip")) if r else "—"
+                     for r in p["rows"])
+
+    rows, last = [], None
+    for (device, sms), cells, v in merged(pairs, lambda p: (p["device"], p["sms"]), value):
+        rows.append([f"{device}, {sms} SMs" if device != last else "", cell_names(cells), *v])
+        last = device
+    grids = {r["device"]: r["largest_grid"] for r in limits}
+    per_sm = all(r["largest_grid"] == r["sms"] for r in limits)
+    batch = sorted({r["B"] for r in limits})
+    return (f"One block of {d['geometry']['persist_threads']} threads per SM, B = {', '.join(map(str, batch))}:\n\n"
+            + table(["device (model)", "cell"] + [f"{t}: largest H / W_hh on-chip / dW_hh on-chip" for t in dtypes],
+                    rows, "ll" + "l" * len(dtypes))
+            + f"\nThe largest cooperative grid is {'one block per SM' if per_sm else 'as listed'} "
+              f"({' and '.join(str(g) for g in grids.values())} blocks), whatever the cell.\n")
+
+
+# ------------------------------------------------------------------------------------- the lesson
+
+def per_step(norms):
+    """(ratio, factor): the gradient's size at the first step over that at the loss, and its
+    geometric mean per step (as gpurnn.gradnorms.per_step_factor)."""
+    ratio = norms[-1] / norms[0]
+    return (0.0, 0.0) if ratio == 0 else (ratio, float(np.exp(np.log(ratio) / (len(norms) - 1))))
+
+
+def verdict(result):
+    """The sentence ``gpurnn grads`` prints for one result (as gpurnn.gradnorms.verdict)."""
+    ratio, factor = per_step(result["dh_norms"])
+    steps = len(result["dh_norms"]) - 1
+    kind = "vanishes" if ratio < 1e-2 else "explodes" if ratio > 1e2 else "survives"
+    head = f"{result['label']} (sigma_max {result['sigma_max']:.2f}): {kind}"
+    if kind == "survives":
+        return f"{head}: {steps} steps back it is {ratio:.3g} times its size at the loss (x{factor:.3f} per step)"
+    how = "shrinks" if kind == "vanishes" else "grows"
+    return f"{head}: it {how} by x{factor:.3f} per step, to {ratio:.3g} times its size at the loss {steps} steps back"
+
+
+@generates("grad-verdicts", GRADS)
+def grad_verdicts(src):
+    return "```\n" + "\n".join(verdict(r) for r in src.json(GRADS)["results"]) + "\n```\n"
+
+
+# ------------------------------------------------------------------------------------- the build
+
+def markdown_files(root=ROOT):
+    return [root / "README.md"] + sorted((root / "docs").glob("*.md"))
+
+
+def render(name, results=RESULTS, docs=DOCS, sources=None):
+    """The full region ``name``, markers included."""
+    gen = GENERATORS[name]
+    body = gen.fn(sources or Sources(results, docs))
+    return (f"<!-- generated: {name} (by docs/build.py from {', '.join(gen.sources)}) -->\n"
+            f"{body}<!-- end generated: {name} -->")
+
+
+def rebuilt(text, sources):
+    """(new text, names of the regions that changed) for one file's text."""
+    changed = []
+
+    def replace(match):
+        name = match["name"]
+        if name not in GENERATORS:
+            raise ValueError(f"region {name!r} has no generator in docs/build.py "
+                             f"(known: {', '.join(sorted(GENERATORS))})")
+        new = render(name, sources=sources)
+        if new != match.group(0):
+            changed.append(name)
+        return new
+
+    return REGION.sub(replace, text), changed
+
+
+def stale(results=RESULTS, docs=DOCS, files=None):
+    """[(file, region)] for every region whose text differs from what the results files give."""
+    sources = Sources(results, docs)
+    out = []
+    for path in files or markdown_files():
+        _, changed = rebuilt(Path(path).read_text(encoding="utf-8"), sources)
+        out += [(Path(path), name) for name in changed]
+    return out
+
+
+def build(results=RESULTS, docs=DOCS, files=None):
+    """Rewrite every stale region in place; returns [(file, region)] rewritten."""
+    sources = Sources(results, docs)
+    out = []
+    for path in files or markdown_files():
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        new, changed = rebuilt(text, sources)
+        if changed:
+            path.write_text(new, encoding="utf-8")
+        out += [(path, name) for name in changed]
+    return out
+
+
+def regions_in(files=None):
+    """{region name: [files]} of every region the Markdown files hold."""
+    found = {}
+    for path in files or markdown_files():
+        for match in REGION.finditer(Path(path).read_text(encoding="utf-8")):
+            found.setdefault(match["name"], []).append(Path(path))
+    return found
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="name the stale regions and exit 1; write nothing")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    def rel(p):
+        return p.relative_to(ROOT) if p.is_relative_to(ROOT) else p
+
+    if args.check:
+        found = stale(args.results)
+        for path, name in found:
+            print(f"{rel(path)}: region {name!r} is stale: run python docs/build.py")
+        return 1 if found else 0
+    for path, name in build(args.results):
+        print(f"{rel(path)}: rewrote region {name!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
