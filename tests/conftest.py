@@ -28,6 +28,13 @@ FAST_BACKENDS = ["cpu"] + ([f"cuda-{a}" for a in CUDA_ALGOS] if gpurnn.cuda_stat
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, otherwise in the order collected: under pytest-xdist they start at
+    once on different workers and the many short tests fill the gaps, instead of a long child
+    process running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_report_header(config):
     """Which gpurnn is under test and whether its cuda backend runs here: a log says what it tested."""
     import os

@@ -25,6 +25,7 @@ def _only(folder, suffix):
     return path
 
 
+@pytest.mark.slow
 @needs_bash
 def test_device_run_sim(tmp_path):
     """Every step runs and leaves its file, named with the date and the GPU, in $OUT."""
@@ -95,6 +96,7 @@ def test_device_run_refuses_unknown_options():
     assert proc.returncode == 2 and "--budget takes whole seconds, got 'soon'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bench_budget_skips_and_lists_what_it_cannot_fit(tmp_path):
     """With no time, no row runs: each is listed as skipped, with its estimate, in JSON and markdown."""
     pytest.importorskip("torch")
