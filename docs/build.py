@@ -42,6 +42,9 @@ BRIDGE = ("benchmarks/results/bench_torch_bridge.json",
 H200 = "benchmarks/results/2026-11-27-nvidia-h200-bench.json"
 H200_ENV = "benchmarks/results/2026-11-27-nvidia-h200-env.txt"
 KERNELS = "benchmarks/results/kernel_report.json"
+STARTUP = "benchmarks/results/bench_startup.json"
+TESTS = "benchmarks/results/bench_tests.json"
+LESSON = "benchmarks/results/lesson.json"
 GRADS = "docs/grad_norms.json"
 
 SIZE_ORDER = ("small", "medium", "large")
@@ -571,6 +574,92 @@ def gpu_summary(src):
               f"path, {' or '.join(map(str, launches))} Numba launches per training step.\n")
 
 
+# ------------------------------------------------------------ set-up, start-up and the test suite
+
+def row_named(data, name, key="command"):
+    """The row of a bench_startup (``command``) or bench_tests (``run``) result called ``name``."""
+    return next(r for r in data["rows"] if r[key] == name)
+
+
+def minutes(seconds):
+    """``6.7 minutes`` above 2 minutes, else ``95 s``."""
+    return f"{seconds / 60:.1f} minutes" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def main_job(data):
+    """(seconds, metric, value, baseline) of the README's `gpurnn train`, from its last line."""
+    r = row_named(data, "train (README)")
+    found = re.search(r"held-out (\S+) (\S+) \(baseline (\S+),", r["last_line"] or "")
+    if not found:
+        raise ValueError(f"{STARTUP}: the main job's last line names no held-out result: {r['last_line']!r}")
+    return (r["median_s"],) + found.groups()
+
+
+@generates("main-job", STARTUP)
+def main_job_sentence(src):
+    seconds, metric, value, baseline = main_job(src.json(STARTUP))
+    return (f"Measured by `python benchmarks/bench_startup.py` on {src.json(STARTUP)['machine']['cores']} CPU "
+            f"cores, it took {seconds:.0f} s, and the held-out {metric.upper()} fell from the {baseline} baseline "
+            f"to {value}.\n")
+
+
+@generates("set-up", STARTUP, TESTS)
+def set_up(src):
+    """What the README's two set-up commands do, with the times measured here, and how soon the
+    commands a user types most start."""
+    start, tests = src.json(STARTUP), src.json(TESTS)
+    seconds, metric, value, baseline = main_job(start)
+    full, fast = row_named(tests, "full", "run"), row_named(tests, "fast", "run")
+    xdist = next((r for r in tests["rows"] if r["run"] == "xdist"), None)
+    cores = tests["machine"]["cores"]
+    return (f"The first line installs gpurnn and trains the default model, an LSTM on the adding problem "
+            f"(2000 steps of 32 sequences; {seconds:.0f} s on {start['machine']['cores']} CPU cores, the "
+            f"held-out {metric.upper()} falling from the {baseline} baseline to {value}). The second installs "
+            f"the test dependencies and runs every test, no GPU needed: {minutes(full['seconds'])} on {cores} "
+            f"cores ({full.get('passed', 0)} passed, {full.get('skipped', 0)} skipped: the cases that need a GPU"
+            + (f"; with pytest-xdist installed, `python -m pytest -n auto` took {minutes(xdist['seconds'])}"
+               if xdist else "") + f"). The fast lane, `{fast['command']}`, leaves out the tests that run "
+            f"the CUDA simulator, the SASS report and the benchmark scripts in child processes: "
+            f"{minutes(fast['seconds'])} ({fast.get('passed', 0)} passed). Measured {tests['started_utc'][:10]}, "
+            f"{tests['machine']['cpu']}.\n\n" + quick_commands(start))
+
+
+def quick_commands(start):
+    """How long the commands a user types most take, whole, from bench_startup."""
+    rows = [r for r in start["rows"] if r["command"] in ("--help", "report", "predict (auto)")]
+    slowest = max(r["median_s"] for r in rows)
+    return (("On a machine without a GPU the commands used most take under a second, their work included: "
+             if slowest < 1 else f"On a machine without a GPU the commands used most take up to {slowest:.1f} s: ")
+            + ", ".join(f"`{r['typed']}` {r['median_s']:.2f} s" for r in rows)
+            + " (medians; [start-up](docs/performance.md#start-up)).\n")
+
+
+@generates("test-times", TESTS)
+def test_times(src):
+    d = src.json(TESTS)
+    full = row_named(d, "full", "run")
+    return (f"Measured {d['started_utc'][:10]} on {d['machine']['cores']} cores ({d['machine']['cpu']}, "
+            f"`python benchmarks/bench_tests.py`), wall-clock:\n\n"
+            + table(["run", "command", "time", "pytest's closing line"],
+                    [[r["run"], f"`{r['command']}`", minutes(r["seconds"]), r["closing_line"]] for r in d["rows"]],
+                    "llrl")
+            + "".join(f"\nWith pytest-xdist the whole suite took {r['seconds'] / full['seconds']:.2f} times as long "
+                      f"as in one process.\n" for r in d["rows"] if r["run"] == "xdist"))
+
+
+@generates("startup", STARTUP)
+def startup(src):
+    d = src.json(STARTUP)
+    rows = [[f"`{r['typed']}`", f"{r['median_s']:.2f}", f"{r['min_s']:.2f}-{r['max_s']:.2f}", len(r["samples"])]
+            for r in d["rows"] if r["command"] != "train (README)"]
+    slowest = max(float(r[1]) for r in rows)
+    return (f"Wall-clock seconds of whole commands, each in a fresh process, Numba's cache warm, "
+            f"{d['machine']['cores']} cores, {d['started_utc'][:10]} (`python benchmarks/bench_startup.py`; "
+            f"cuda_status: {d['machine']['gpurnn_cuda_status'][1]}):\n\n"
+            + table(["command", "median s", "range s", "runs"], rows, "lrrr")
+            + f"\nSo none of them spends more than {slowest:.2f} s before its work: that is the whole command.\n")
+
+
 # ---------------------------------------------------------------------------- the kernel report
 
 def merged(rows, key, value):
@@ -667,6 +756,83 @@ def verdict(result):
         return f"{head}: {steps} steps back it is {ratio:.3g} times its size at the loss (x{factor:.3f} per step)"
     how = "shrinks" if kind == "vanishes" else "grows"
     return f"{head}: it {how} by x{factor:.3f} per step, to {ratio:.3g} times its size at the loss {steps} steps back"
+
+
+def report_rows(markdown):
+    """The rows of a `gpurnn report` table as dicts keyed by its header."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def seeds(row):
+    """The held-out metric of each seed of a report row (none for a run that diverged)."""
+    return [float(v) for v in re.findall(r"([0-9.e+-]+) \(seed \d+\)", row["held-out metric, per seed"])]
+
+
+@generates("lesson-runs", LESSON)
+def lesson_runs(src):
+    """`gpurnn report` of the lesson's runs as benchmarks/lesson.py recorded it, and what it shows."""
+    d = src.json(LESSON)
+    rows = report_rows(d["report"])
+    plain = [v for r in rows if r["cell"] == "rnn" for v in seeds(r)]
+    gated = [v for r in rows if r["cell"] in ("lstm", "gru") for v in seeds(r)]
+    lengths = sorted({int(r["T"]) for r in rows if r["cell"] == "rnn"})
+    return (d["report"].strip() + "\n\n"
+            + f"Measured {d['started_utc'][:10]} by `python benchmarks/lesson.py` (the commands above) on commit "
+              f"{d['commit']}, {d['cpu']}, {d['blas']}, one BLAS thread (`--blas-threads 1`, the default). "
+              f"The metric is the MSE on 1000 held-out sequences after the last step; the mean of the target "
+              f"is worth 0.167. With the same 2000 steps, the tanh RNN ends at {min(plain):.3f}–{max(plain):.3f} "
+              f"at T = {' and '.join(map(str, lengths))}, no better than that guess, while every LSTM and GRU "
+              f"run ends at {max(gated):.2g} or below.\n")
+
+
+@generates("lesson-explode", LESSON)
+def lesson_explode(src):
+    """The two SGD runs from 1.5 times an orthogonal W_hh, without and with clipping."""
+    d = src.json(LESSON)
+    off, on = (next(e for e in d["explode"] if e["clip"] == c) for c in ("off", "1"))
+    windows = off["windows"]
+    clipped = next(r for r in report_rows(d["report"]) if r["cell"].startswith("rnn, W_hh") and r["clip"] != "off")
+    mse = seeds(clipped)[0]
+    reached = " and ".join(f"{w['grad_norm']:.2g} at step {w['step']}" for w in windows)
+    last = windows[-1]
+    since = windows[-2]["step"] + 1 if len(windows) > 1 else 1
+    return (f"In the first two rows the recurrent weights start as an orthogonal matrix times 1.5 and plain "
+            f"SGD takes the steps. Without clipping, each large gradient makes a large step that enlarges W_hh, "
+            f"which makes the next gradient larger still: the gradient norm reached {reached} (the loss "
+            f"averaged {last['loss']:.2g} over steps {since}–{last['step']}). At step {off['stopped_at']} the loss "
+            f"was NaN, so training stopped and kept step {off['kept_step']}, whose W_hh has largest singular "
+            f"value {off['sigma_max']:.3g}. With `--clip 1`, the same run trained for all {on['kept_step']} "
+            f"steps (W_hh ended at {on['sigma_max']:.2f}) to a held-out MSE of {mse:.2g}"
+            + (", better than the baseline, but a T = 20 tanh RNN does not solve the task in this budget.\n"
+               if mse < 0.15 else ", no better than the baseline.\n"))
+
+
+@generates("grad-prose", GRADS, LESSON)
+def grad_prose(src):
+    """What the gradient norms through time show, from gpurnn grads' results (docs/grad_norms.json)
+    and the gated cells with random weights (benchmarks/results/lesson.json)."""
+    results = src.json(GRADS)["results"]
+    scaled = {r["scale"]: per_step(r["dh_norms"]) for r in results if r["scale"] is not None}
+    trained = {r["cell"]: r for r in results if r["scale"] is None}
+    rnn = trained["rnn"]
+    rnn_ratio, rnn_factor = per_step(rnn["dh_norms"])
+    steps = len(rnn["dh_norms"]) - 1
+    lost = [1 / per_step(trained[c]["dh_norms"])[0] for c in ("lstm", "gru")]
+    random = [per_step(r["dh_norms"])[1] for r in src.json(LESSON)["untrained_gated"]]
+    return (f"A tanh RNN whose W_hh has largest singular value σ ≤ 1 loses the gradient geometrically: by "
+            f"×{scaled[0.5][1]:.2f} per step at σ = 0.5 and by ×{scaled[1.0][1]:.2f} at σ = 1, since tanh' ≤ 1 "
+            f"can only shrink it further. Above 1 it can grow: ×{scaled[2.0][1]:.2f} per step at σ = 2. "
+            f"Training does not rescue the plain RNN: its W_hh grew to σ = {rnn['sigma_max']:.1f}, yet the "
+            f"gradient {'shrinks' if rnn_factor < 1 else 'changes'} by ×{rnn_factor:.2f} per step, because its "
+            f"tanh units saturate (tanh' near 0). {steps} steps back the gradient is {rnn_ratio:.0e} of its size "
+            f"at the loss. Over the same distance the trained LSTM and GRU lose only a factor of "
+            f"{lost[0]:.0f} and {lost[1]:.0f}, which is why they learn the task. With random weights the gated "
+            f"cells' gradient shrinks too, because their gates start half open: `gpurnn grads --cell lstm,gru "
+            f"--scales 1` measures ×{random[0]:.2f} and ×{random[1]:.2f} per step. Training is what opens the "
+            f"gates. The verdict counts a gradient as vanished or exploded when it ends below 1/100 or above "
+            f"100 times its size at the loss.\n")
 
 
 @generates("grad-verdicts", GRADS)

@@ -76,6 +76,11 @@ CHANGES = [
     ("benchmarks/results/kernel_report.json", lambda d: d["persistent_limits"][4], "largest_hidden",
      "persistent-limits"),
     ("docs/grad_norms.json", lambda d: d["results"][0], "sigma_max", "grad-verdicts"),
+    ("benchmarks/results/bench_startup.json", lambda d: d["rows"][3], "median_s", "startup"),
+    ("benchmarks/results/bench_tests.json", lambda d: d["rows"][0], "seconds", "set-up"),
+    ("benchmarks/results/bench_tests.json", lambda d: d["rows"][2], "seconds", "test-times"),
+    ("benchmarks/results/lesson.json", lambda d: d["explode"][0], "sigma_max", "lesson-explode"),
+    ("docs/grad_norms.json", lambda d: d["results"][4], "sigma_max", "grad-prose"),
 ]
 
 
@@ -172,3 +177,13 @@ def test_every_relative_link_points_to_an_existing_file():
 def test_the_docs_pages_are_linked_from_the_readme():
     linked = {(README.parent / link.partition("#")[0]).resolve() for link in _links(README)}
     assert set(p.resolve() for p in markdown_files()[1:]) <= linked
+
+
+def test_ci_runs_the_readmes_two_set_up_commands_in_the_order_printed():
+    """.ci/run runs exactly the README's two commands, install and main job first, then the tests."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    first, second = SETUP.splitlines()
+    assert first in lines and second in lines, ".ci/run no longer runs the README's set-up commands"
+    assert lines.index(first) < lines.index(second)
+    assert not any("|" in line for line in lines if "pytest" in line and not line.startswith("#")), \
+        "a pipe would hide pytest's exit status"
