@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_tests import cpu_model      # benchmarks/ is on the path when this script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lesson.json"
 COMMON = ["--eval-every", "500", "--no-progress"]
@@ -68,14 +70,6 @@ def blas():
         pools = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
         return ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')})" for p in pools)
     except ImportError:
-        return "?"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
         return "?"
 
 
