@@ -45,6 +45,7 @@ KERNELS = "benchmarks/results/kernel_report.json"
 STARTUP = "benchmarks/results/bench_startup.json"
 TESTS = "benchmarks/results/bench_tests.json"
 LESSON = "benchmarks/results/lesson.json"
+OWN_DATA = "benchmarks/results/own_data.json"
 GRADS = "docs/grad_norms.json"
 
 SIZE_ORDER = ("small", "medium", "large")
@@ -658,6 +659,39 @@ def startup(src):
             f"cuda_status: {d['machine']['gpurnn_cuda_status'][1]}):\n\n"
             + table(["command", "median s", "range s", "runs"], rows, "lrrr")
             + f"\nSo none of them spends more than {slowest:.2f} s before its work: that is the whole command.\n")
+
+
+# ------------------------------------------------------------------------------ your own data
+
+def closing(example):
+    """(metric, value, baseline's name, baseline) from the closing line of a `gpurnn train` run."""
+    found = re.search(r"held-out (\S+) (\S+) \(baseline \(([^)]*)\) (\S+),", example["last_line"])
+    if not found:
+        raise ValueError(f"{OWN_DATA}: no held-out result in {example['last_line']!r}")
+    metric, value, name, baseline = found.groups()
+    return metric, float(value), name, float(baseline)
+
+
+@generates("own-data-digits", OWN_DATA)
+def own_data_digits(src):
+    d = src.json(OWN_DATA)
+    e = d["examples"]["digits"]
+    _, accuracy, _, baseline = closing(e)
+    return (f"With every other setting at its default (an LSTM of 64 units, 2000 steps of 32 sequences), the "
+            f"held-out accuracy was {accuracy:.3f} against {baseline:.3f} for the naive baseline, always answering "
+            f"the most common training class ({e['seconds']:.1f} s, {d['cpu']}, `python benchmarks/own_data.py`). "
+            f"`digits-pred.npy` holds the {e['predicted']} predicted labels; the {e['eval_rows']} held-out ones "
+            f"score {e['held_out_accuracy_of_predict']:.3f}.\n")
+
+
+@generates("own-data-sunspots", OWN_DATA)
+def own_data_sunspots(src):
+    e = src.json(OWN_DATA)["examples"]["sunspots"]
+    _, mse, name, baseline = closing(e)
+    after = ("rose after: it overfits" if mse > e["best_metric"] else "did not rise after")
+    return (f"The held-out MSE was {mse:.0f} against {baseline:.0f} for the naive forecast, {name}. The held-out "
+            f"part is the last {e['eval_rows']} windows. With only {e['train_rows']} windows to train on, the "
+            f"held-out MSE bottomed at {e['best_metric']:.0f} (step {e['best_step']}) and {after}.\n")
 
 
 # ---------------------------------------------------------------------------- the kernel report

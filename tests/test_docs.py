@@ -81,6 +81,7 @@ CHANGES = [
     ("benchmarks/results/bench_tests.json", lambda d: d["rows"][2], "seconds", "test-times"),
     ("benchmarks/results/lesson.json", lambda d: d["explode"][0], "sigma_max", "lesson-explode"),
     ("docs/grad_norms.json", lambda d: d["results"][4], "sigma_max", "grad-prose"),
+    ("benchmarks/results/own_data.json", lambda d: d["examples"]["sunspots"], "best_metric", "own-data-sunspots"),
 ]
 
 
