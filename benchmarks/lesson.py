@@ -56,7 +56,8 @@ def sigma_max(run):
 
 
 def explode_facts(run, clip):
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from gpurnn.runs import read_metrics
+    lines = read_metrics(run / "metrics.jsonl")
     sigma, kept = sigma_max(run)
     stopped = next((line["step"] for line in lines if "stopped" in line), None)
     return dict(clip=clip, windows=[dict(step=w["step"], loss=w["loss"], grad_norm=w["grad_norm"],

@@ -50,8 +50,8 @@ def run(args, cwd):
 
 def evaluations(folder):
     """[(step, held-out metric)] of a run's evaluations, from its metrics.jsonl."""
-    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [(line["step"], line["eval_metric"]) for line in lines if "eval_metric" in line]
+    from gpurnn.runs import read_metrics
+    return [(r["step"], r["eval_metric"]) for r in read_metrics(folder / "metrics.jsonl") if "eval_metric" in r]
 
 
 def main(argv=None):
@@ -59,7 +59,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=OUT, help="where to write (default benchmarks/results/own_data.json)")
     args = ap.parse_args(argv)
     import gpurnn
-    examples = {}
+    examples, tasks = {}, {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         for code in EXPORT.values():
@@ -68,7 +68,7 @@ def main(argv=None):
             seconds, last = run(["-m", "gpurnn", "train", *flags], work)
             # The split the run trained on: the file read as the checkpoint says it was (seed 0, a fifth held out).
             source = gpurnn.load_model(work / "runs" / name).task["source"]
-            task = gpurnn.task_from_file(work / flags[1], seq_len=source.get("seq_len"), target=source.get("target"),
+            task = tasks[name] = gpurnn.task_from_file(work / flags[1], seq_len=source.get("seq_len"), target=source.get("target"),
                                          horizon=source.get("horizon"), features=source.get("features"))
             evals = evaluations(work / "runs" / name)
             best = (min if name == "sunspots" else max)(evals, key=lambda e: e[1])
@@ -78,7 +78,7 @@ def main(argv=None):
         run(["-m", "gpurnn", "predict", "runs/digits", "--data", "digits.npz", "--out", "digits-pred.npy"], work)
         labels = np.load(work / "digits-pred.npy")
         y = np.load(work / "digits.npz")["y"]
-        held = gpurnn.task_from_file(work / "digits.npz").eval_rows
+        held = tasks["digits"].eval_rows
         examples["digits"].update(predicted=int(labels.shape[0]),
                                   held_out_accuracy_of_predict=float(np.mean(labels[held] == y[held])))
     result = dict(started_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -587,13 +587,21 @@ def minutes(seconds):
     return f"{seconds / 60:.1f} minutes" if seconds >= 120 else f"{seconds:.0f} s"
 
 
+def closing(line, source):
+    """(metric, value, the baseline's name or None, baseline) from the last line `gpurnn train`
+    prints, e.g. "held-out mse 0.000501 (baseline 0.1667, ..." or "held-out accuracy 0.9944
+    (baseline (the most common class) 0.0585, ..."."""
+    found = re.search(r"held-out (\S+) (\S+) \(baseline (?:\(([^)]*)\) )?(\S+),", line or "")
+    if not found:
+        raise ValueError(f"{source}: no held-out result in {line!r}")
+    return found.groups()
+
+
 def main_job(data):
     """(seconds, metric, value, baseline) of the README's `gpurnn train`, from its last line."""
     r = row_named(data, "train (README)")
-    found = re.search(r"held-out (\S+) (\S+) \(baseline (\S+),", r["last_line"] or "")
-    if not found:
-        raise ValueError(f"{STARTUP}: the main job's last line names no held-out result: {r['last_line']!r}")
-    return (r["median_s"],) + found.groups()
+    metric, value, _, baseline = closing(r["last_line"], STARTUP)
+    return r["median_s"], metric, value, baseline
 
 
 @generates("main-job", STARTUP)
@@ -663,20 +671,12 @@ def startup(src):
 
 # ------------------------------------------------------------------------------ your own data
 
-def closing(example):
-    """(metric, value, baseline's name, baseline) from the closing line of a `gpurnn train` run."""
-    found = re.search(r"held-out (\S+) (\S+) \(baseline \(([^)]*)\) (\S+),", example["last_line"])
-    if not found:
-        raise ValueError(f"{OWN_DATA}: no held-out result in {example['last_line']!r}")
-    metric, value, name, baseline = found.groups()
-    return metric, float(value), name, float(baseline)
-
-
 @generates("own-data-digits", OWN_DATA)
 def own_data_digits(src):
     d = src.json(OWN_DATA)
     e = d["examples"]["digits"]
-    _, accuracy, _, baseline = closing(e)
+    _, accuracy, _, baseline = closing(e["last_line"], OWN_DATA)
+    accuracy, baseline = float(accuracy), float(baseline)
     return (f"With every other setting at its default (an LSTM of 64 units, 2000 steps of 32 sequences), the "
             f"held-out accuracy was {accuracy:.3f} against {baseline:.3f} for the naive baseline, always answering "
             f"the most common training class ({e['seconds']:.1f} s, {d['cpu']}, `python benchmarks/own_data.py`). "
@@ -687,7 +687,8 @@ def own_data_digits(src):
 @generates("own-data-sunspots", OWN_DATA)
 def own_data_sunspots(src):
     e = src.json(OWN_DATA)["examples"]["sunspots"]
-    _, mse, name, baseline = closing(e)
+    _, mse, name, baseline = closing(e["last_line"], OWN_DATA)
+    mse, baseline = float(mse), float(baseline)
     after = ("rose after: it overfits" if mse > e["best_metric"] else "did not rise after")
     return (f"The held-out MSE was {mse:.0f} against {baseline:.0f} for the naive forecast, {name}. The held-out "
             f"part is the last {e['eval_rows']} windows. With only {e['train_rows']} windows to train on, the "
