@@ -62,8 +62,8 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gpurnn  # noqa: E402
+from gpurnn.kernels.vocabulary import GATES  # noqa: E402
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 # (label, T, B, I, H): launch/overhead bound -> compute bound.
 GRID = [
     ("small", 100, 8, 32, 64),

@@ -12,7 +12,6 @@ that runs a layer (``forward_sequence`` / ``backward_sequence``, same names in e
 
 import ctypes
 import functools
-import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -20,11 +19,8 @@ from types import ModuleType
 
 import numpy as np
 
-BACKENDS = ("auto", "reference", "cpu", "cuda")
-
-
-def cuda_simulated():
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+from .kernels import cuda_simulated
+from .kernels.vocabulary import BACKENDS
 
 
 def cuda_status():
@@ -99,7 +95,8 @@ def available_memory(on_gpu=False):
     process's address-space limit when one is set. None when it cannot be told."""
     if on_gpu:
         try:
-            return int(importlib.import_module("cupy").cuda.runtime.memGetInfo()[0])
+            import cupy
+            return int(cupy.cuda.runtime.memGetInfo()[0])
         except Exception:
             return None
     found = None
@@ -174,17 +171,26 @@ def get_backend(name="auto"):
         raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
     if name == "auto":
         name = "cuda" if cuda_status()[0] else "cpu"
+    # Each backend's kernels are imported when first asked for: the cuda ones import numba-cuda.
     if name == "cuda":
         usable, reason = cuda_status()
         if not usable:
             raise BackendUnavailable("cuda", reason)
-        xp = np if cuda_simulated() else importlib.import_module("cupy")
-        return Backend("cuda", xp, importlib.import_module("gpurnn.kernels.cuda"))
-    return Backend(name, np, importlib.import_module(f"gpurnn.kernels.{name}"))
+        from .kernels import cuda as kernels
+        if cuda_simulated():
+            return Backend("cuda", np, kernels)
+        import cupy
+        return Backend("cuda", cupy, kernels)
+    if name == "cpu":
+        from .kernels import cpu as kernels
+    else:
+        from .kernels import reference as kernels
+    return Backend(name, np, kernels)
 
 
 def array_module(a):
     """numpy or cupy, whichever ``a`` lives in."""
     if hasattr(a, "__cuda_array_interface__") and not cuda_simulated():
-        return importlib.import_module("cupy")
+        import cupy
+        return cupy
     return np

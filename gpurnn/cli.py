@@ -27,7 +27,8 @@ from .backend import BackendUnavailable
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .data import ArrayTask
 from .datafiles import is_series
-from .model import CELLS, OPTIMIZERS, NonFiniteError, Trainer, make_model
+from .kernels.vocabulary import BACKENDS, MODEL_CELLS
+from .model import OPTIMIZERS, NonFiniteError, Trainer, make_model
 from .runs import (DATA_FLAGS, DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, SERIES_DEFAULTS, TASK_SEQ_LEN, RunBusy,
                    RunLock, carry_metrics, check_config, check_data_file, check_memory, check_vocabulary,
                    config_of_checkpoint, number_or, read_metrics, window_of)
@@ -62,7 +63,7 @@ def build_parser():
                                                "window's last row (default 1)")
     t.add_argument("--validation", type=float, help="--data: the fraction held out to evaluate on (default 0.2; "
                                                     "a .npz's drawn by --seed, a series' last windows)")
-    t.add_argument("--cell", choices=CELLS, help="rnn (tanh), rnn-relu, lstm (default) or gru")
+    t.add_argument("--cell", choices=MODEL_CELLS, help="rnn (tanh), rnn-relu, lstm (default) or gru")
     t.add_argument("--hidden", type=int, help="hidden units per layer (default 64)")
     t.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
     t.add_argument("--seq-len", type=int, help="sequence length T (default: adding 50, copy 30, charlm 100, "
@@ -73,7 +74,7 @@ def build_parser():
     t.add_argument("--lr", type=float, help="learning rate (default: adam 0.01, sgd 0.1)")
     t.add_argument("--clip", type=float, help="clip the gradient norm to this value; 0 turns clipping off (default 1)")
     t.add_argument("--tbptt", type=int, help="truncated BPTT segment length k; 0 = full BPTT (default)")
-    t.add_argument("--backend", choices=("auto", "cpu", "cuda", "reference"), help="default auto")
+    t.add_argument("--backend", choices=BACKENDS, help="default auto")
     t.add_argument("--seed", type=int, help="seed of the weights and of the data (default 0)")
     t.add_argument("--text", help="charlm: a UTF-8 text file (default: Python standard library docstrings)")
     t.add_argument("--embed", type=int, help="size of the input embedding / projection (default: tokens "
@@ -105,7 +106,7 @@ def build_parser():
     g.add_argument("--hidden", type=int, default=64)
     g.add_argument("--batch", type=int, default=16)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "reference"))
+    g.add_argument("--backend", default="auto", choices=BACKENDS)
     g.add_argument("--run", action="append", default=[], metavar="DIR",
                    help="also measure the trained recurrent layers of this run, on its own task's inputs "
                         "(repeatable)")
@@ -119,7 +120,7 @@ def build_parser():
     s.add_argument("--prime", default="\n", help="text the model reads first (default a newline)")
     s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default 0.8)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "reference"))
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.set_defaults(func=cmd_sample)
 
     q = sub.add_parser("predict", help="predict with a trained model on a data file",
@@ -130,7 +131,7 @@ def build_parser():
     q.add_argument("--data", required=True, metavar="FILE", help="a .npz with x (and lengths), or a .csv series")
     q.add_argument("--out", required=True, metavar="PRED.npy", help="where to write the predictions (.npy)")
     q.add_argument("--proba", action="store_true", help="classification: class probabilities instead of labels")
-    q.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "reference"))
+    q.add_argument("--backend", default="auto", choices=BACKENDS)
     q.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("report", help="a Markdown table of finished runs, seeds side by side")
@@ -542,8 +543,8 @@ def cmd_grads(args):
         args.cell = "" if args.run else "rnn,lstm,gru"
     cells = [c.strip() for c in args.cell.split(",") if c.strip()]
     for c in cells:
-        if c not in CELLS:
-            print(f"gpurnn grads: unknown cell {c!r}; expected some of {', '.join(CELLS)}", file=sys.stderr)
+        if c not in MODEL_CELLS:
+            print(f"gpurnn grads: unknown cell {c!r}; expected some of {', '.join(MODEL_CELLS)}", file=sys.stderr)
             return 2
     try:
         scales = [float(s) for s in args.scales.split(",") if s.strip()]
@@ -719,7 +720,8 @@ def cmd_report(args):
 
     def order(key):
         k = dict(key)
-        return (k["task"], k["data"] or "", k["seq_len"], CELLS.index(k["cell"]) if k["cell"] in CELLS else len(CELLS),
+        cells = list(MODEL_CELLS)
+        return (k["task"], k["data"] or "", k["seq_len"], cells.index(k["cell"]) if k["cell"] in cells else len(cells),
                 k["init_scale"] or 0, k["clip"] or 0)
     for key, runs in sorted(rows.items(), key=lambda kv: order(kv[0])):
         k = dict(key)

@@ -21,19 +21,15 @@ import math
 
 import numpy as np
 
-from .layers import GRU, LSTM, RNN
+from .kernels.vocabulary import MODEL_CELLS
+from .layers import recurrent_layer
 from .model import orthogonal
 
 INPUT_SIZE = 8
 
 
 def _layer(cell, hidden_size, seed, backend):
-    kw = dict(backend=backend, dtype="float64", seed=seed)
-    if cell == "lstm":
-        return LSTM(INPUT_SIZE, hidden_size, **kw)
-    if cell == "gru":
-        return GRU(INPUT_SIZE, hidden_size, **kw)
-    return RNN(INPUT_SIZE, hidden_size, nonlinearity="relu" if cell == "rnn-relu" else "tanh", **kw)
+    return recurrent_layer(MODEL_CELLS[cell], INPUT_SIZE, hidden_size, backend=backend, dtype="float64", seed=seed)
 
 
 def grad_norms_through_time(cell, seq_len, scale, hidden_size=64, batch_size=16, seed=0, backend="auto"):

@@ -14,8 +14,8 @@ import numpy as np
 
 from . import _checks
 from .backend import get_backend
-
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+from .kernels import vocabulary
+from .kernels.vocabulary import GATES
 
 
 class Module:
@@ -92,9 +92,6 @@ class Module:
         return self.forward(*args, **kwargs)
 
 
-ALGOS = ("auto", "persistent", "step")
-
-
 def layer_names(layer, direction, bias=True):
     """torch.nn's parameter names of one layer and direction, keyed by the kernels' names."""
     suffix = f"l{layer}" + ("_reverse" if direction else "")
@@ -106,8 +103,7 @@ def layer_names(layer, direction, bias=True):
 
 def check_algo(algo, backend):
     """``algo`` is one of ALGOS, and only the cuda backend (or "auto", which may become it) has a choice."""
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
+    vocabulary.check_algo(algo)
     if algo != "auto" and backend not in ("auto", "cuda"):
         raise ValueError(f"algo={algo!r} is an algorithm of the cuda backend; the {backend!r} backend has one "
                          "algorithm: leave algo='auto'")
@@ -379,6 +375,16 @@ class LSTM(RNNBase):
         dh_n, dc_n = _pair(dstate, "dstate")
         dx, dh0, dc0 = self._backward(dy, dh_n, dc_n)
         return dx, (dh0, dc0)
+
+
+def recurrent_layer(cell, input_size, hidden_size, **kwargs):
+    """The RNN, LSTM or GRU of ``cell`` (a name of vocabulary.CELLS), with torch.nn's other arguments."""
+    vocabulary.check_cell(cell)
+    if cell == "lstm":
+        return LSTM(input_size, hidden_size, **kwargs)
+    if cell == "gru":
+        return GRU(input_size, hidden_size, **kwargs)
+    return RNN(input_size, hidden_size, nonlinearity=cell[len("rnn_"):], **kwargs)
 
 
 def _pair(state, name):

@@ -21,11 +21,11 @@ import math
 import numpy as np
 
 from . import _checks
-from .layers import GRU, LSTM, RNN, Linear, Module
+from .kernels.vocabulary import MODEL_CELLS
+from .layers import Linear, Module, recurrent_layer
 from .losses import cross_entropy, mse_loss
 from .optim import SGD, Adam, clip_grad_norm, grad_norm
 
-CELLS = ("rnn", "rnn-relu", "lstm", "gru")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -86,8 +86,8 @@ class SequenceModel:
 
     def __init__(self, cell, hidden_size, output_size, input_size=None, vocab_size=None, embed_size=None,
                  num_layers=1, recurrent_scale=None, backend="auto", dtype="float32", seed=0):
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
+        if cell not in MODEL_CELLS:
+            raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(MODEL_CELLS)}")
         if (input_size is None) == (vocab_size is None):
             raise ValueError("give exactly one of input_size (features) and vocab_size (token ids)")
         self.cell = cell
@@ -103,12 +103,7 @@ class SequenceModel:
         else:
             rnn_in = input_size
         kw = dict(num_layers=num_layers, backend=backend, dtype=dtype, seed=seeds[1])
-        if cell == "lstm":
-            self.rnn = LSTM(rnn_in, hidden_size, **kw)
-        elif cell == "gru":
-            self.rnn = GRU(rnn_in, hidden_size, **kw)
-        else:
-            self.rnn = RNN(rnn_in, hidden_size, nonlinearity="relu" if cell == "rnn-relu" else "tanh", **kw)
+        self.rnn = recurrent_layer(MODEL_CELLS[cell], rnn_in, hidden_size, **kw)
         if recurrent_scale is not None:
             rng = np.random.default_rng(seeds[1])
             sd = self.rnn.state_dict()

@@ -13,7 +13,8 @@ import sys
 
 from .checkpoint import REMEDY, CheckpointError
 from .datafiles import is_series
-from .model import CELLS, OPTIMIZERS, training_memory
+from .kernels.vocabulary import BACKENDS, MODEL_CELLS
+from .model import OPTIMIZERS, training_memory
 from .tasks import TASKS
 
 # Everything that defines a run; None means "the task's or the optimiser's default".
@@ -65,7 +66,7 @@ def check_config(cfg):
 
 # What each config entry must be, to tell a damaged or crafted checkpoint from a run (the value
 # ranges are check_config's): one of a few names, or a value of one of the types (None: null).
-CONFIG_CHOICES = dict(task=TASKS + ("data",), cell=CELLS, optimizer=OPTIMIZERS, backend=("auto", "cpu", "cuda", "reference"),
+CONFIG_CHOICES = dict(task=TASKS + ("data",), cell=tuple(MODEL_CELLS), optimizer=OPTIMIZERS, backend=BACKENDS,
                       dtype=("float32", "float64"))
 CONFIG_TYPES = dict(hidden=(int,), layers=(int,), seq_len=(int,), batch=(int,), steps=(int,), tbptt=(int,),
                     seed=(int,), copy_len=(int,), log_every=(int,), eval_every=(int,), save_every=(int,),

@@ -55,9 +55,8 @@ from numba.extending import intrinsic, overload
 
 from . import cells
 from .numba_cache import cached
+from .vocabulary import GATES
 from .workspace import Workspace
-
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 # The per-sequence buffers (xw, the states, gates, gate gradients, dx) are reused between calls
 # once nothing refers to them any more: see kernels/workspace.py for why and how that is safe.

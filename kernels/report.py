@@ -227,7 +227,8 @@ def parse_log(log, name):
 def kernel_list():
     """(kernel name, cell, dtype, pyfunc, signature) for every kernel the cuda backend launches.
     The accumulation kernel does not depend on the cell: it is listed once per dtype (cell "*")."""
-    from .cuda import CELLS, GPU_GEOMETRY, build_kernels
+    from .cuda import GPU_GEOMETRY, build_kernels
+    from .vocabulary import CELLS
     out = []
     for dtype in DTYPES:
         for cell in CELLS:
@@ -286,7 +287,8 @@ def occupancy(row, name):
 def persistent_limits(rows, batch=8):
     """Per modelled device, cell and dtype: the persistent kernels' registers (the larger of
     forward and backward) and what ``plan.choose`` accepts with them at a batch of ``batch``."""
-    from .cuda import CELLS, GPU_GEOMETRY, plan
+    from .cuda import GPU_GEOMETRY, plan
+    from .vocabulary import CELLS
     out = []
     for target, model in DEVICES:
         if not any(r["target"] == target for r in rows):
@@ -322,7 +324,7 @@ def main(argv=None):
     parser.add_argument("--target", action="append", choices=[f"sm_{a}{b}" for a, b in TARGETS],
                         help="compile for this target only (repeatable; default: all of them)")
     args = parser.parse_args(argv)
-    from ..backend import cuda_simulated
+    from . import cuda_simulated
     if cuda_simulated():
         sys.exit("the report compiles real kernels: unset NUMBA_ENABLE_CUDASIM")
     missing = missing_toolchain()

@@ -6,12 +6,12 @@ import pytest
 
 import gpurnn
 from conftest import make_model
-from gpurnn.backend import cuda_simulated
+from gpurnn.kernels import cuda_simulated
 
-BACKENDS = ["reference", "cpu"]
+HOST_BACKENDS = ["reference", "cpu"]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=HOST_BACKENDS)
 def lstm(request):
     return make_model("lstm", 3, 4, num_layers=2, backend=request.param, seed=0)
 

@@ -112,8 +112,8 @@ def test_bench_budget_skips_and_lists_what_it_cannot_fit(tmp_path):
 
 
 def test_bench_plan_runs_cheapest_rows_first():
-    cases = bench_gpu.plan(bench_gpu.GRID, bench_gpu.CELLS, 5, 5)
-    assert len(cases) == len(bench_gpu.GRID) * len(bench_gpu.CELLS) == len(set(cases))
+    cases = bench_gpu.plan(bench_gpu.GRID, bench_gpu.MEASURED_CELLS, 5, 5)
+    assert len(cases) == len(bench_gpu.GRID) * len(bench_gpu.MEASURED_CELLS) == len(set(cases))
     cost = [bench_gpu.case_seconds(*c, 5, 5) for c in cases]
     assert cost == sorted(cost)
     # The napkin model itself: more steps, wider layers and bigger batches never cost less.

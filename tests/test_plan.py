@@ -119,11 +119,6 @@ def test_plan_describes_itself():
     assert text.startswith("persistent (128 blocks x 256 threads, 2 units a block; W_hh on-chip forward"), text
 
 
-def test_the_layers_offer_the_algorithms_the_plan_knows():
-    from gpurnn.layers import ALGOS
-    assert ALGOS == plan.ALGOS
-
-
 def test_the_report_models_the_step_kernels_with_the_block_they_launch():
     """The report's occupancy of a step kernel is for the (step_h, step_b, step_kz) block that
     step.step_launch launches: 256 threads by default. A float32 step_forward of 56 registers

@@ -282,19 +282,6 @@ def test_report_prints_small_metrics_with_significant_digits():
     assert cli._metric(2.1e-5) == "2.1e-05" and cli._metric(0.1699) == "0.1699" and cli._metric(0.0) == "0.0000"
 
 
-# ---------------------------------------------------------------- importing from a checkout
-def test_importing_an_uninstalled_checkout_says_what_to_do(tmp_path):
-    """Python puts the current folder first: from inside a checkout, ``import gpurnn`` finds the
-    source folder, whose kernels/ is a sibling (gpurnn.kernels only once installed)."""
-    import shutil
-    shutil.copytree(os.path.dirname(gpurnn.__file__), tmp_path / "gpurnn",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    done = subprocess.run([sys.executable, "-S", "-c", "import gpurnn"], cwd=tmp_path, capture_output=True,
-                          text=True)
-    assert done.returncode == 1
-    assert "gpurnn.kernels was not found" in done.stderr and "pip install -e ." in done.stderr
-
-
 @pytest.mark.parametrize("field, value, message", [("hidden", "64", "config field 'hidden' must be int, got '64'"),
                                                    ("cell", "lstm2", "config field 'cell' must be one of"),
                                                    ("lr", None, "config field 'lr' must be float, got None"),

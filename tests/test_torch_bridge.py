@@ -22,8 +22,8 @@ gt = pytest.importorskip("gpurnn.torch")
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 F64 = torch.float64
-BACKENDS = ["reference"] + FAST_BACKENDS
-CUDA_BACKENDS = [b for b in BACKENDS if b.startswith("cuda")]
+TESTED_BACKENDS = ["reference"] + FAST_BACKENDS
+CUDA_BACKENDS = [b for b in TESTED_BACKENDS if b.startswith("cuda")]
 CLASS = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 ON_GPU = not SIMULATED and gpurnn.cuda_status()[0]     # the cuda backend on a real GPU
 
@@ -100,7 +100,7 @@ def config_id(c):
 
 
 def cases():
-    for backend in BACKENDS:
+    for backend in TESTED_BACKENDS:
         for c in (CONFIGS if not backend.startswith("cuda") else CONFIGS[1::2]):   # fewer in the simulator
             yield pytest.param(backend, c, id=f"{backend}-{config_id(c)}")
 

@@ -45,18 +45,17 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
-from ...backend import cuda_simulated
+from .. import cuda_simulated
+from ..vocabulary import ALGOS, CELLS, GATES  # noqa: F401  (the backend's words, for its users)
 from . import accumulate as _accumulate
 from . import graphs, persistent, plan, step
 from . import runtime as rt
-from .runtime import (CELLS, GATES, GPU_GEOMETRY, SIM_GEOMETRY, Geometry, ceil_div,  # noqa: F401
+from .runtime import (GPU_GEOMETRY, SIM_GEOMETRY, Geometry, ceil_div,  # noqa: F401  (the API of the backend)
                       default_geometry, launch_config, recording, toolchain)
 
 if cuda_simulated():
     from . import simulator
     simulator.install()
-
-ALGOS = plan.ALGOS
 
 
 def build_kernels(cell, dtype, geo):

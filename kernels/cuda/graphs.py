@@ -7,7 +7,7 @@ whatever the GPU does; a graph replay is one driver call, and the GPU runs the c
 back to back (about 1-2 µs apart instead of the host's pace).
 
 How. A graph bakes in the device pointers it was captured with, so a plan owns its workspace: one
-set of the recursion's arrays (``Workspace``) for its shapes. A call copies its inputs into the
+set of the recursion's arrays (``RecursionArrays``) for its shapes. A call copies its inputs into the
 workspace (x·W_ihᵀ + b_ih, h_0 and c_0, W_hh, b_hh, lengths; backward: dy, dh_n, dc_n and the saved
 activations), replays the graph, and copies the results out into arrays of its own, so that what a
 caller keeps (the saved activations, y, dx) is never overwritten by a later call with the same
@@ -50,7 +50,7 @@ def enabled():
     return value == "1"
 
 
-class Workspace:
+class RecursionArrays:
     """The arrays of one layer's recursion for one set of shapes, owned by its plan: every pointer
     a captured graph reads or writes. Shapes as in ``__init__.py``; an array the cell lacks is a
     placeholder of its rank, so that nothing is allocated while capturing."""
@@ -91,7 +91,7 @@ class Workspace:
                     lengths=self.lengths)
 
 
-class Plan:
+class Recursion:
     """A layer's recursion for one key: its workspace and its two graphs (made when first needed)."""
 
     def __init__(self, key):
@@ -152,7 +152,7 @@ def plan_for(cell, dtype, T, B, H, has_lengths, rev, geo, device):
     if not enabled():
         return None
     key = (cell, str(dtype), T, B, H, bool(has_lengths), int(rev), geo, device)
-    p = _plans.pop(key, None) or Plan(key)
+    p = _plans.pop(key, None) or Recursion(key)
     _plans[key] = p
     while len(_plans) > MAX_PLANS:
         _plans.popitem(last=False)
@@ -185,7 +185,7 @@ def forward(p, cell, kernels, s, xw, y, w_hh, b_hh, stream):
     T, B, H = y.shape
     first = T if s["reverse"] else 0
     if p.workspace is None:
-        p.workspace = Workspace(cell, y.dtype, T, B, H, xw.shape[2] // H)
+        p.workspace = RecursionArrays(cell, y.dtype, T, B, H, xw.shape[2] // H)
     ws = p.workspace
     p.use(stream)
     for dst, src in ((ws.xw, xw), (ws.w_hh, w_hh), (ws.b_hh, b_hh), (ws.lengths, s["lengths"]),

@@ -55,7 +55,8 @@ from numba import cuda
 
 from . import pointwise
 from . import runtime as rt
-from .runtime import GATES, device_function
+from ..vocabulary import GATES
+from .runtime import device_function
 
 
 # ================================================================ kernels

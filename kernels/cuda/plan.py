@@ -33,9 +33,9 @@ step path is chosen.
 
 from dataclasses import dataclass, field, replace
 
-from .runtime import GATES, GPU_GEOMETRY, ceil_div
+from ..vocabulary import GATES, check_algo
+from .runtime import GPU_GEOMETRY, ceil_div
 
-ALGOS = ("auto", "persistent", "step")
 STEP_FROM_BATCH = 16        # with CUDA graphs, auto's step path from this many batch rows on
 KIB = 1024
 WARP = 32
@@ -138,8 +138,7 @@ def choose(cell, itemsize, B, H, device, algo="auto", threads=GPU_GEOMETRY.persi
     ``cooperative_blocks(kernel, threads, static, dyn)`` defaults to the device model's; on a GPU
     it is the driver's answer for the compiled kernel. A forced "persistent" whose grid cannot be co-resident raises ValueError with the reason; one
     whose W_hh is too large for the L2 runs anyway (reading W_hh from memory every step)."""
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
+    check_algo(algo)
     if algo == "step":
         return Plan("step", "asked for")
     if algo == "auto" and graphs and B >= STEP_FROM_BATCH:

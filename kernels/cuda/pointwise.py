@@ -15,7 +15,8 @@ import numba
 import numpy as np
 
 from . import runtime as rt
-from .runtime import GATES, device_function
+from ..vocabulary import GATES, check_cell
+from .runtime import device_function
 from ..cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_relu_backward,
                      rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
 
@@ -110,7 +111,7 @@ def build(cell, dtype, rows):
             dg_h[t, b, 2 * H + k] = dan_h
             return direct
     else:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(GATES)}")
+        check_cell(cell)
 
     @device_function
     def step_point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b, j, src, dst):

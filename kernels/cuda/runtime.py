@@ -17,10 +17,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ...backend import cuda_simulated
-
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-CELLS = tuple(GATES)
+from .. import cuda_simulated
 
 
 @dataclass(frozen=True)

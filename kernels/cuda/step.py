@@ -45,7 +45,8 @@ from numba import cuda
 
 from . import pointwise, tiles
 from . import runtime as rt
-from .runtime import GATES, ceil_div, device_function, time_steps
+from ..vocabulary import GATES
+from .runtime import ceil_div, device_function, time_steps
 
 
 
