@@ -7,7 +7,8 @@
     "auto"       "cuda" when a GPU is usable, else "cpu"
 
 A backend is the array module its arrays live in (``xp``: numpy or cupy) plus the kernel module
-that runs a layer (``forward_sequence`` / ``backward_sequence``, same names in each).
+that runs a layer: ``forward_sequence`` / ``backward_sequence``, the same arguments in each
+(kernels/contract.py, ``BackendKernels``).
 """
 
 import ctypes
@@ -20,6 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from .kernels import cuda_simulated
+from .kernels.contract import BackendKernels
 from .kernels.vocabulary import BACKENDS
 
 
@@ -127,7 +129,7 @@ def available_memory(on_gpu=False):
 class Backend:
     name: str           # "reference", "cpu" or "cuda"
     xp: ModuleType      # numpy or cupy: where this backend's arrays live
-    kernels: ModuleType  # forward_sequence / backward_sequence for one layer and direction
+    kernels: BackendKernels  # forward_sequence / backward_sequence of one layer and direction
 
     @property
     def on_gpu(self):

@@ -10,11 +10,15 @@ direction) with the backend's ``forward_sequence`` and, for BPTT, ``backward_seq
 classes here add input checks, and gpurnn.torch runs the same two functions under torch's autograd.
 """
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 
 from . import _checks
 from .backend import get_backend
 from .kernels import vocabulary
+from .kernels.contract import Saved, one_algorithm
 from .kernels.vocabulary import GATES
 
 
@@ -104,9 +108,8 @@ def layer_names(layer, direction, bias=True):
 def check_algo(algo, backend):
     """``algo`` is one of ALGOS, and only the cuda backend (or "auto", which may become it) has a choice."""
     vocabulary.check_algo(algo)
-    if algo != "auto" and backend not in ("auto", "cuda"):
-        raise ValueError(f"algo={algo!r} is an algorithm of the cuda backend; the {backend!r} backend has one "
-                         "algorithm: leave algo='auto'")
+    if backend not in ("auto", "cuda"):
+        one_algorithm(backend, algo)
     return algo
 
 
@@ -145,6 +148,26 @@ def parameter_shapes(cell, input_size, hidden_size, num_layers, bidirectional, b
 # modules both run them. They take backend arrays that are already checked (shapes, dtype,
 # contiguous) and never copy an input.
 
+@dataclass
+class StackSaved:
+    """What ``stack_forward`` keeps for ``stack_backward``: each layer and direction's ``Saved``
+    (kernels/contract.py), index layer*D + direction, and the stack's sizes and dropout masks."""
+    cell: str
+    saved: list[Saved]      # L*D of them
+    num_layers: int
+    D: int                  # directions: 1, or 2 when bidirectional
+    bias: bool
+    masks: Optional[list]   # None, or L-1 arrays (T, B, D*H): dropout between layers
+    T: int
+    B: int
+    H: int
+
+    @property
+    def plans(self):
+        """The cuda backend's plan of each layer and direction (none on the other backends)."""
+        return [s.plan for s in self.saved if getattr(s, "plan", None) is not None]
+
+
 def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirectional, masks=None,
                   algo="auto"):
     """Forward through ``num_layers`` layers of ``cell``, each one or two directions.
@@ -157,12 +180,12 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
     needs.
     """
     xp = backend.xp
+    T, B, _ = x.shape
     G, H, D = GATES[cell], h0.shape[2], 2 if bidirectional else 1
     bias = "bias_ih_l0" in params
     zero_bias = None if bias else xp.zeros(G * H, x.dtype)
     h_n = xp.empty_like(h0)
     c_n = xp.empty_like(h0) if cell == "lstm" else None
-    kw = {"algo": algo} if backend.name == "cuda" else {}
     saved, layer_input = [], x
     for layer in range(num_layers):
         outputs = []
@@ -171,7 +194,7 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
             p = {key: params[n] for key, n in names.items()}
             y, h, c, s = backend.kernels.forward_sequence(
                 cell, layer_input, h0[k], None if c0 is None else c0[k], p["w_ih"], p["w_hh"],
-                p.get("b_ih", zero_bias), p.get("b_hh", zero_bias), lengths, bool(d), **kw)
+                p.get("b_ih", zero_bias), p.get("b_hh", zero_bias), lengths, bool(d), algo)
             h_n[k] = h
             if c_n is not None:
                 c_n[k] = c
@@ -180,9 +203,7 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
         layer_input = outputs[0] if D == 1 else xp.concatenate(outputs, axis=2)
         if masks is not None and layer < num_layers - 1:
             layer_input = layer_input * masks[layer]
-    state = dict(cell=cell, saved=saved, num_layers=num_layers, D=D, bias=bias, masks=masks,
-                 T=x.shape[0], B=x.shape[1], H=H)
-    return layer_input, h_n, c_n, state
+    return layer_input, h_n, c_n, StackSaved(cell, saved, num_layers, D, bias, masks, T, B, H)
 
 
 def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
@@ -192,18 +213,18 @@ def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
     dy (T, B, D*H), dh_n, dc_n (L*D, B, H): the loss's gradients, each None for zero.
     """
     xp = backend.xp
-    cell, saved, D, H, masks = state["cell"], state["saved"], state["D"], state["H"], state["masks"]
-    shape = (state["num_layers"] * D, state["B"], H)
+    cell, saved, D, H, masks, L = state.cell, state.saved, state.D, state.H, state.masks, state.num_layers
+    shape = (L * D, state.B, H)
     dt = params["weight_hh_l0"].dtype
     dh0 = xp.zeros(shape, dt)
     dc0 = xp.zeros(shape, dt) if cell == "lstm" else None
     dx = None
-    for layer in reversed(range(state["num_layers"])):
-        if masks is not None and layer < state["num_layers"] - 1 and dy is not None:
+    for layer in reversed(range(L)):
+        if masks is not None and layer < L - 1 and dy is not None:
             dy = dy * masks[layer]          # dropout's mask, as forward applied it
         dx = None
         for d in range(D):
-            names, k = layer_names(layer, d, state["bias"]), layer * D + d
+            names, k = layer_names(layer, d, state.bias), layer * D + d
             dy_d = None if dy is None else xp.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
             dx_d, dh, dc = backend.kernels.backward_sequence(
                 cell, saved[k], dy_d, None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
@@ -296,7 +317,7 @@ class RNNBase(Module):
                      for _ in range(self.num_layers - 1)]
         y, h_n, c_n, self._saved = stack_forward(be, self.cell, self.params, x, h0, c0, lens, self.num_layers,
                                                  self.bidirectional, masks, self.algo)
-        self.plans = [s["plan"] for s in self._saved["saved"] if "plan" in s]
+        self.plans = self._saved.plans
         return (y.swapaxes(0, 1) if self.batch_first else y), h_n, c_n
 
     # ------------------------------------------------------------ backward (BPTT)
@@ -304,7 +325,7 @@ class RNNBase(Module):
         if self._saved is None:
             raise ValueError("backward() called before forward(): run the model on an input first")
         be = self.backend
-        T, B = self._saved["T"], self._saved["B"]
+        T, B = self._saved.T, self._saved.B
         DH = self.num_directions * self.hidden_size
         shape = self._state_shape(B)
         if dy is not None:

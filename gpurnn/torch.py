@@ -27,6 +27,7 @@ gpurnn's kernels. Swap one import and train as usual::
 """
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
@@ -340,26 +341,50 @@ class _Slot(int):
 
 
 def _split(obj, arrays, be):
-    """``obj`` (dicts, lists, tuples of anything) with every backend array replaced by a _Slot,
-    the arrays appended to ``arrays``."""
+    """``obj`` (dataclasses, dicts, lists, tuples of anything) with every backend array replaced by
+    a _Slot, the arrays appended to ``arrays``."""
     if isinstance(obj, be.xp.ndarray):
         arrays.append(obj)
         return _Slot(len(arrays) - 1)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _replace_fields(obj, lambda v: _split(v, arrays, be))
     if isinstance(obj, dict):
         return {k: _split(v, arrays, be) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_split(v, arrays, be) for v in obj)
+        return _same_sequence(obj, [_split(v, arrays, be) for v in obj])
     return obj
+
+
+def _same_sequence(obj, items):
+    """``items`` as a sequence of ``obj``'s type (a list, a tuple, a named tuple); ``obj`` itself
+    when every item is the one it held."""
+    if all(new is old for new, old in zip(items, obj)):
+        return obj
+    return obj._make(items) if hasattr(obj, "_make") else type(obj)(items)
+
+
+def _replace_fields(obj, fn):
+    """A dataclass ``obj`` with ``fn`` applied to its fields; ``obj`` itself where nothing changed
+    (a plan, the geometry: records with no arrays in them)."""
+    changed = {}
+    for f in dataclasses.fields(obj):
+        old = getattr(obj, f.name)
+        new = fn(old)
+        if new is not old:
+            changed[f.name] = new
+    return dataclasses.replace(obj, **changed) if changed else obj
 
 
 def _join(obj, arrays):
     """The inverse of _split."""
     if isinstance(obj, _Slot):
         return arrays[obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _replace_fields(obj, lambda v: _join(v, arrays))
     if isinstance(obj, dict):
         return {k: _join(v, arrays) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_join(v, arrays) for v in obj)
+        return _same_sequence(obj, [_join(v, arrays) for v in obj])
     return obj
 
 

@@ -1,5 +1,5 @@
 """Every kernel of gpurnn, one module a backend, each offering ``forward_sequence`` and
-``backward_sequence`` for one recurrent layer and direction (contract in ``reference.py``).
+``backward_sequence`` for one recurrent layer and direction, with the same arguments (``contract.py``).
 
     cells.py      the pointwise math of each cell, written once, shared by the CPU and CUDA kernels
     reference.py  plain NumPy, the oracle

@@ -1,7 +1,7 @@
 """CPU backend: BLAS for every dense product, Numba @njit kernels for the fused pointwise cell math.
 
 Legend: T time steps, B batch rows, I input features, H hidden units, G gates (RNN 1, LSTM 4, GRU 3).
-The contract of ``forward_sequence`` / ``backward_sequence`` is written in kernels/reference.py.
+The contract of ``forward_sequence`` / ``backward_sequence`` is written in kernels/contract.py.
 
 Forward, one layer and direction:
     XW = x (T*B, I) @ W_ihᵀ                           one GEMM for all time steps
@@ -54,6 +54,7 @@ from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic, overload
 
 from . import cells
+from .contract import Saved, dims_of, one_algorithm, steps
 from .numba_cache import cached
 from .vocabulary import GATES
 from .workspace import Workspace
@@ -366,13 +367,6 @@ def gru_step_backward(t, r, dy, dh, dh_rec, active, gates, hn, hs, dg_x, dg_h):
 
 
 # ---------------------------------------------------------------- sequences
-def steps(T, reverse):
-    """(t, r, w) of every step in the order it runs: time, state index read, state index written."""
-    if reverse:
-        return [(t, t + 1, t) for t in range(T - 1, -1, -1)]
-    return [(t, t, t + 1) for t in range(T)]
-
-
 def active_mask(lengths, T, B):
     """(T, B) uint8: 1 where row b takes a step at time t."""
     if lengths is None:
@@ -380,9 +374,11 @@ def active_mask(lengths, T, B):
     return (np.arange(T)[:, None] < np.asarray(lengths)[None, :]).astype(np.uint8)
 
 
-def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
-    T, B, I = x.shape
-    GH, H = w_hh.shape
+def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto"):
+    one_algorithm("cpu", algo)
+    dims = dims_of(cell, x, w_hh)
+    T, B, I, H, G = dims
+    GH = G * H
     dt = x.dtype
     empty = WORKSPACE.empty
     xw = empty((T, B, GH), dt)                                  # input projection of every step
@@ -410,14 +406,15 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
         else:
             gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn)
     last = 0 if reverse else T
-    saved = dict(x=x, hs=hs, cs=cs, gates=gates, hn=hn, active=active, reverse=reverse)
+    saved = Saved(cell, dims, x, hs, cs, gates, hn, lengths, bool(reverse))
     return y, hs[last].copy(), (cs[last].copy() if cell == "lstm" else None), saved
 
 
 def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
-    x, hs, active, reverse = saved["x"], saved["hs"], saved["active"], saved["reverse"]
-    T, B, I = x.shape
-    GH, H = w_hh.shape
+    x, hs, reverse = saved.x, saved.hs, saved.reverse
+    T, B, I, H, G = saved.dims
+    GH = G * H
+    active = active_mask(saved.lengths, T, B)
     dt = x.dtype
     empty, zeros = WORKSPACE.empty, WORKSPACE.zeros
     dg_x = empty((T, B, GH), dt)
@@ -431,9 +428,9 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
         if cell in ("rnn_tanh", "rnn_relu"):
             rnn_step_backward(cell == "rnn_relu", t, w, dy, dh, dh_rec, active, hs, dg_x)
         elif cell == "lstm":
-            lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, saved["gates"], saved["cs"], dg_x)
+            lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, saved.gates, saved.cs, dg_x)
         else:
-            gru_step_backward(t, r, dy, dh, dh_rec, active, saved["gates"], saved["hn"], hs, dg_x, dg_h)
+            gru_step_backward(t, r, dy, dh, dh_rec, active, saved.gates, saved.hn, hs, dg_x, dg_h)
         np.dot(dg_h[t], w_hh, out=dh_rec)                       # dh_{t-1} through W_hh
     dh += dh_rec
     # BPTT accumulation over all T*B rows at once: deterministic, no per-step products.

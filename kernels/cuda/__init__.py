@@ -15,7 +15,7 @@ picks one per layer and direction.
 
 Legend: T time steps, B batch rows, I input features, H hidden units, G gates (RNN 1, LSTM 4, GRU 3),
 N = T*B rows of the flattened sequence, s = bytes per element (4 float32, 8 float64).
-The contract of ``forward_sequence`` / ``backward_sequence`` is written in kernels/reference.py.
+The contract of ``forward_sequence`` / ``backward_sequence`` is written in kernels/contract.py.
 
 Forward, one layer and direction:
     XW = x (N, I) @ W_ihᵀ + b_ih                cuBLAS, all time steps at once
@@ -40,16 +40,20 @@ packing copies. Both algorithms write and read the same saved arrays.
 """
 
 import warnings
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Optional
 
 import numpy as np
 from numba import cuda
 
 from .. import cuda_simulated
+from ..contract import Array, Saved, dims_of
 from ..vocabulary import ALGOS, CELLS, GATES  # noqa: F401  (the backend's words, for its users)
 from . import accumulate as _accumulate
 from . import graphs, persistent, plan, step
 from . import runtime as rt
+from .plan import Plan
 from .runtime import (GPU_GEOMETRY, SIM_GEOMETRY, Geometry, ceil_div,  # noqa: F401  (the API of the backend)
                       default_geometry, launch_config, recording, toolchain)
 
@@ -177,12 +181,28 @@ def _choose_plan(cell, dtype, B, H, algo, geo, device, with_graphs):
 ALGORITHMS = {"step": step, "persistent": persistent}
 
 
+@dataclass
+class CudaSaved(Saved):
+    """``contract.Saved``, and what the cuda backend's backward needs besides: ``row_lengths``,
+    the (B,) int32 lengths the kernels read (T for every row when ``lengths`` is None), the
+    geometry and plan the forward ran with, the stream it ran on, and its graphs' plan (graphs.py;
+    None when it launched directly), whose workspace holds its activations while ``graph_token``
+    is the plan's ``holds``."""
+    row_lengths: Array = None
+    geometry: Optional[Geometry] = None
+    stream: Any = None
+    plan: Optional[Plan] = None
+    graph: Any = None
+    graph_token: Optional[object] = None
+
+
 # ---------------------------------------------------------------- one layer and direction
 def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", geometry=None):
     geo = geometry or default_geometry()
     xp = rt.xp_of()
-    T, B, I = x.shape
-    GH, H = w_hh.shape
+    dims = dims_of(cell, x, w_hh)
+    T, B, I, H, G = dims
+    GH = G * H
     dt = x.dtype
     rev = int(bool(reverse))
     the_plan = choose_plan(cell, dt.name, B, H, algo, geo, current_device())
@@ -206,8 +226,8 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     graph = None
     if the_plan.algo == "step":
         graph = graphs.plan_for(cell, dt.name, T, B, H, lengths is not None, rev, geo, _device_key())
-    saved = dict(x=x, hs=hs, cs=cs, gates=gates, hn=hn, lengths=lens, reverse=rev, geometry=geo,
-                 stream=stream, plan=the_plan, graph=graph)
+    saved = CudaSaved(cell, dims, x, hs, cs, gates, hn, lengths, bool(rev), row_lengths=lens, geometry=geo,
+                      stream=stream, plan=the_plan, graph=graph)
     if graph is not None:
         graphs.forward(graph, cell, k, saved, xw, y, w_hh, b_hh, stream)
     else:
@@ -219,14 +239,14 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
 
 
 def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
-    x, hs, rev, geo = (saved[k] for k in ("x", "hs", "reverse", "geometry"))
+    x, hs, rev, geo = saved.x, saved.hs, int(saved.reverse), saved.geometry
     xp = rt.xp_of()
-    T, B, I = x.shape
-    GH, H = w_hh.shape
+    T, B, I, H, G = saved.dims
+    GH = G * H
     dt = x.dtype
     k = compiled_kernels(cell, dt.name, geo)
     stream = rt.current_stream()
-    rt.wait(stream, saved["stream"])      # the caller may have switched streams since forward
+    rt.wait(stream, saved.stream)      # the caller may have switched streams since forward
     dg_x = xp.empty((T, B, GH), dt)
     dg_h = xp.empty((T, B, GH), dt) if cell == "gru" else dg_x
     dy = xp.zeros((T, B, H), dt) if dy is None else xp.ascontiguousarray(dy)
@@ -234,17 +254,17 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     dc = None
     if cell == "lstm":
         dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
-    if saved["graph"] is not None:
-        hidden_done = graphs.backward(saved["graph"], cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh, stream)
+    if saved.graph is not None:
+        hidden_done = graphs.backward(saved.graph, cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh, stream)
     else:
-        hidden_done = ALGORITHMS[saved["plan"].algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh,
+        hidden_done = ALGORITHMS[saved.plan.algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh,
                                                               grads, stream)
     _accumulate.accumulate_grads(k, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
                                  hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done)
     dx = (dg_x.reshape(T * B, GH) @ w_ih).reshape(T, B, I)
     # The saved arrays came from forward's stream's memory pool, which may hand their memory out
     # again once they are freed: only after this backward has read them.
-    rt.wait(saved["stream"], stream)
+    rt.wait(saved.stream, stream)
     return dx, dh, dc
 
 

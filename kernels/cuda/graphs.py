@@ -34,6 +34,7 @@ plans. A replay is recorded as one launch (``runtime.recording``), named "graph 
 
 import os
 from collections import OrderedDict
+from dataclasses import replace
 
 from . import runtime as rt
 from . import step
@@ -83,12 +84,12 @@ class RecursionArrays:
         self.dc = xp.empty((B, H), dtype) if cell == "lstm" else rt.placeholder(dtype, 2)
 
     def saved(self, like):
-        """The workspace as the saved arrays of a layer (``__init__.py``), placeholders where the
-        cell lacks an array."""
+        """The saved record ``like`` (``__init__.CudaSaved``) with the workspace's arrays in place of
+        its own, placeholders where the cell lacks an array."""
         p = self.placeholder3
-        return dict(like, hs=self.hs, cs=self.cs if self.cs is not None else p,
-                    gates=self.gates if self.gates is not None else p, hn=self.hn if self.hn is not None else p,
-                    lengths=self.lengths)
+        return replace(like, hs=self.hs, cs=self.cs if self.cs is not None else p,
+                       gates=self.gates if self.gates is not None else p, hn=self.hn if self.hn is not None else p,
+                       row_lengths=self.lengths)
 
 
 class Recursion:
@@ -183,23 +184,23 @@ def forward(p, cell, kernels, s, xw, y, w_hh, b_hh, stream):
         step.forward(cell, kernels, s, xw, y, w_hh, b_hh, stream)
         return False
     T, B, H = y.shape
-    first = T if s["reverse"] else 0
+    first = T if s.reverse else 0
     if p.workspace is None:
         p.workspace = RecursionArrays(cell, y.dtype, T, B, H, xw.shape[2] // H)
     ws = p.workspace
     p.use(stream)
-    for dst, src in ((ws.xw, xw), (ws.w_hh, w_hh), (ws.b_hh, b_hh), (ws.lengths, s["lengths"]),
-                     (ws.hs[first], s["hs"][first])):
+    for dst, src in ((ws.xw, xw), (ws.w_hh, w_hh), (ws.b_hh, b_hh), (ws.lengths, s.row_lengths),
+                     (ws.hs[first], s.hs[first])):
         _copy(dst, src)
     if cell == "lstm":
-        _copy(ws.cs[first], s["cs"][first])
+        _copy(ws.cs[first], s.cs[first])
     wsaved = ws.saved(s)
     p.replay("forward", lambda st: step.forward(cell, kernels, wsaved, ws.xw, ws.y, ws.w_hh, ws.b_hh, st), stream)
     _copy(y, ws.y)
     for name in ("hs", "cs", "gates", "hn"):
-        if s[name] is not None:
-            _copy(s[name], getattr(ws, name))
-    p.holds = s["graph_token"] = object()
+        if getattr(s, name) is not None:
+            _copy(getattr(s, name), getattr(ws, name))
+    p.holds = s.graph_token = object()
     return True
 
 
@@ -213,11 +214,12 @@ def backward(p, cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, stream):
     ws = p.workspace
     ws.for_backward(cell)
     p.use(stream)
-    token = s.get("graph_token")          # None: its forward launched directly
+    token = s.graph_token                 # None: its forward launched directly
     if token is None or p.holds is not token:
-        for name in ("hs", "cs", "gates", "hn", "lengths"):
-            if s[name] is not None:
-                _copy(getattr(ws, name), s[name])
+        for name in ("hs", "cs", "gates", "hn"):
+            if getattr(s, name) is not None:
+                _copy(getattr(ws, name), getattr(s, name))
+        _copy(ws.lengths, s.row_lengths)
         p.holds = token
     for dst, src in ((ws.dy, dy), (ws.dh, dh), (ws.w_hh, w_hh)):
         _copy(dst, src)

@@ -286,7 +286,7 @@ def build(cell, dtype, geo):
 # ================================================================ host side
 def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     """The recursion of forward: one launch of ``persistent_forward``."""
-    plan, rev = s["plan"], s["reverse"]
+    plan, rev = s.plan, int(s.reverse)
     arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh)
     kern = rt.configure("persistent_forward", kernels["persistent_forward"], plan.blocks, plan.threads,
                         stream, plan.fwd_shared)
@@ -296,7 +296,7 @@ def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
 def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
     """The BPTT recursion: one launch of ``persistent_backward``, which also adds dW_hh and db_hh
     into grads when its plan keeps them on-chip. Returns whether it did."""
-    plan, rev = s["plan"], s["reverse"]
+    plan, rev = s.plan, int(s.reverse)
     has_bias = "b_hh" in grads
     w_t = rt.xp_of().ascontiguousarray(w_hh.T)   # (H, G*H): a block reads rows of it
     arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_t, dy, dh, dc) + (

@@ -142,18 +142,18 @@ def build(cell, dtype, rows):
 
 def forward_arrays(s, xw, y, w_hh, b_hh):
     """The array arguments of a forward kernel of either algorithm, in order:
-    (xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y), from the saved arrays ``s`` of the layer
-    (``__init__.py``), placeholders for those the cell lacks."""
-    return (xw, s["hs"], _or_placeholder(s["cs"], y), _or_placeholder(s["gates"], y),
-            _or_placeholder(s["hn"], y), w_hh, b_hh, s["lengths"], y)
+    (xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y), from the saved record ``s`` of the layer
+    (``__init__.CudaSaved``), placeholders for those the cell lacks."""
+    return (xw, s.hs, _or_placeholder(s.cs, y), _or_placeholder(s.gates, y),
+            _or_placeholder(s.hn, y), w_hh, b_hh, s.row_lengths, y)
 
 
 def backward_arrays(s, dg_x, dg_h, w, dy, dh, dc):
     """The array arguments of a backward kernel of either algorithm, in order:
     (dg_x, dg_h, w, dy, dh, dc, gates, cs, hn, hs, lengths), placeholders for those the cell
     lacks; ``w`` is W_hh for the step path, W_hhᵀ for the persistent one."""
-    return (dg_x, dg_h, w, dy, dh, _or_placeholder(dc, dh), _or_placeholder(s["gates"], dy),
-            _or_placeholder(s["cs"], dy), _or_placeholder(s["hn"], dy), s["hs"], s["lengths"])
+    return (dg_x, dg_h, w, dy, dh, _or_placeholder(dc, dh), _or_placeholder(s.gates, dy),
+            _or_placeholder(s.cs, dy), _or_placeholder(s.hn, dy), s.hs, s.row_lengths)
 
 
 def _or_placeholder(a, like):

@@ -262,7 +262,7 @@ def step_launch(H, B, geo, dtype):
 def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     """The recursion of forward: T launches of ``step_forward``, writing the saved arrays of ``s``
     (hs, cs, gates, hn) and y."""
-    geo, rev = s["geometry"], s["reverse"]
+    geo, rev = s.geometry, int(s.reverse)
     T, B, H = y.shape
     arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh)
     args = tuple(map(rt.dev, arrays))
@@ -276,7 +276,7 @@ def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
     """The BPTT recursion: T + 1 launches of ``step_backward``, writing dg_x and dg_h (the same
     array but for the GRU) and leaving dL/dh_0 (dL/dc_0) in dh (dc). Returns False: the weight
     gradients are left to the accumulation kernel."""
-    geo, rev = s["geometry"], s["reverse"]
+    geo, rev = s.geometry, int(s.reverse)
     T, B, H = dy.shape
     arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_hh, dy, dh, dc)
     args = tuple(map(rt.dev, arrays))
