@@ -145,3 +145,25 @@ def positive_int(value, name, minimum=1):
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def keyword(key, value=None):
+    """How the library's messages name a setting: as the Python keyword (``hidden``), with its
+    value when one is given (``resume='runs/a'``)."""
+    return key if value is None else f"{key}={value!r}"
+
+
+class Worded:
+    """Mixed into an exception whose message names settings that a caller may name otherwise:
+    ``str(e)`` names them as Python keywords (``hidden must be at least 1``), ``e.worded(name)``
+    through ``name(key, value=None)`` (the command line's gives ``--hidden must be at least 1``).
+    ``message`` is the message, or a function of the naming function that returns it; ``key`` is
+    the setting at fault, when there is one."""
+
+    def __init__(self, message, key=None):
+        self._message = message if callable(message) else (lambda name: message)
+        self.key = key
+        super().__init__(self._message(keyword))
+
+    def worded(self, name):
+        return self._message(name)

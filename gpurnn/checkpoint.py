@@ -36,7 +36,7 @@ FORMAT = "gpurnn-checkpoint"
 VERSION = 2            # 2 adds the manifest; version 1 files (no manifest) still load
 META_LIMIT = 16 << 20  # bytes: the meta holds a config, a vocabulary and an RNG state, never this much
 ARRAY_DTYPES = ("<f4", "<f8")   # what the model and the optimiser state are stored in
-REMEDY = "restore it from a copy, or start a new run without --resume"
+REMEDY = "restore it from a copy, or start a new run"
 TEMP_PREFIX, TEMP_SUFFIX = ".checkpoint-", ".tmp"     # a write in progress (or killed before its rename)
 
 
@@ -70,9 +70,11 @@ def _flatten(state, config, extra):
 
 
 def save_checkpoint(path, state, config=None, extra=None):
-    """Write ``state`` (``Trainer.state()``: model, optimizer, step, rng) with ``config`` and
-    ``extra`` (JSON-able dicts) to ``path``, atomically."""
+    """Write ``state`` (``Trainer.state()``: model, optimizer, step, rng and the description of
+    the model, which goes into the extra) with ``config`` and ``extra`` (JSON-able dicts) to
+    ``path``, atomically. ``gpurnn.load_model(path)`` rebuilds the model of a Trainer's state."""
     path = os.fspath(path)
+    extra = dict(state.get("description") or {}, **(extra or {}))
     arrays = _flatten(state, config or {}, extra)
     arrays["checksum"] = np.frombuffer(_digest(arrays).encode(), dtype=np.uint8)
     folder = os.path.dirname(os.path.abspath(path))

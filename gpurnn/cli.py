@@ -8,31 +8,30 @@
     gpurnn sample DIR [--length N] [--prime TEXT] [--temperature 0.8]
     gpurnn report DIR [DIR ...]
 
-A training run keeps its files in a run folder (gpurnn/runs.py): config.json (what was run),
-metrics.jsonl (one JSON line per logged step), checkpoint.npz (everything needed to continue
-exactly, and to rebuild the model for prediction: gpurnn.load_model) and .lock (held while a
-gpurnn train writes the folder).
+``gpurnn train`` is one call of gpurnn.fit (gpurnn/training.py), the training run, which keeps its
+files in a run folder (gpurnn/runs.py): config.json (what was run), metrics.jsonl (one JSON line per
+logged step), checkpoint.npz (everything needed to continue exactly, and to rebuild the model for
+prediction: gpurnn.load_model) and .lock (held while the run writes the folder). The library names
+config entries by their keys (``seq_len``); this module names them as flags (``--seq-len``, ``flag``)
+and turns what the library raises into one line and an exit status (``said``, TRAIN_EXIT_STATUS).
 """
 
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 
 import numpy as np
 
+from ._checks import Worded
 from .backend import BackendUnavailable
-from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .data import ArrayTask
-from .datafiles import is_series
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import DataError
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
-from .model import OPTIMIZERS, NonFiniteError, Trainer, make_model
-from .runs import (DATA_FLAGS, DEFAULTS, OPTIMIZER_LR, RESUME_OVERRIDES, SERIES_DEFAULTS, TASK_SEQ_LEN, RunBusy,
-                   RunLock, carry_metrics, check_config, check_data_file, check_memory, check_vocabulary,
-                   config_of_checkpoint, number_or, read_metrics, window_of)
-from .tasks import TASKS, CharLM, make_task
+from .model import OPTIMIZERS
+from .runs import DEFAULTS, ConfigError, MemoryTooSmall, RunBusy, format_metric, read_metrics
+from .tasks import TASKS
+from .training import AlreadyFinished, fit
 
 
 def main(argv=None):
@@ -141,387 +140,46 @@ def build_parser():
 
 
 # ---------------------------------------------------------------- train
-def resolve_config(args):
-    """The full config of a new run: defaults, then the task's and optimiser's, then the flags given.
-    A run on a .npz gets its seq_len from the file (prepare_task)."""
-    cfg = dict(DEFAULTS)
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            cfg[key] = value
-    if cfg["data"] is not None:
-        cfg["task"] = "data"
-        cfg["data"] = os.path.abspath(cfg["data"])
-        if is_series(cfg["data"]):
-            for key, value in SERIES_DEFAULTS.items():
-                cfg[key] = value if cfg[key] is None else cfg[key]
-    elif cfg["seq_len"] is None:
-        cfg["seq_len"] = TASK_SEQ_LEN[cfg["task"]]
-    if cfg["lr"] is None:
-        cfg["lr"] = OPTIMIZER_LR[cfg["optimizer"]]
-    if cfg["text"] is not None:
-        cfg["text"] = os.path.abspath(cfg["text"])
-    return cfg
-
-
-def data_flag_problem(args):
-    """Why the data flags given do not go together (None when they do): a .npz gives its sequences
-    as they are, and --validation only means something for --data."""
-    if args.data is None:
-        if args.validation is not None:
-            return "--validation applies to --data FILE; leave it out"
-        return None
-    if args.task is not None:
-        return f"--data FILE trains on your data, --task {args.task} on a built-in task: give one of them"
-    if not is_series(args.data):
-        for key in DATA_FLAGS:
-            if getattr(args, key) is not None:
-                return (f"--{key.replace('_', '-')} applies to a CSV series; {args.data}'s arrays give the "
-                        f"sequences as they are: leave it out")
-    return None
-
-
-def _default_out(cfg):
-    name = cfg["task"] if cfg["data"] is None else os.path.splitext(os.path.basename(cfg["data"]))[0]
-    base = os.path.join("runs", f"{name}-{cfg['cell']}")
-    out, n = base, 1
-    while os.path.exists(out):
-        n += 1
-        out = f"{base}-{n}"
-    return out
-
-
 def cmd_train(args):
+    """The flags given, as gpurnn.fit's config; its outcome, or what stopped it, as the exit status."""
     limit_blas_threads(args.blas_threads)
-    ckpt, history = None, None
-    if args.resume:
-        try:
-            ckpt = load_checkpoint(os.path.join(args.resume, "checkpoint.npz"))
-            cfg = config_of_checkpoint(ckpt, os.path.join(args.resume, "checkpoint.npz"))
-        except CheckpointError as e:
-            print(f"gpurnn train: {e}", file=sys.stderr)
-            return 1
-        for key in DEFAULTS:
-            value = getattr(args, key, None)
-            if value is None:
-                continue
-            if key in RESUME_OVERRIDES:
-                cfg[key] = value
-            elif value != cfg.get(key) and not (key in ("text", "data") and os.path.abspath(value) == cfg.get(key)):
-                print(f"gpurnn train: --{key.replace('_', '-')} {value} differs from the resumed run's "
-                      f"{cfg.get(key)}; leave it out to resume (only {', '.join(RESUME_OVERRIDES)} may change)",
-                      file=sys.stderr)
-                return 2
-        if cfg["steps"] <= ckpt["step"]:
-            what = "already finished" if cfg["steps"] == ckpt["step"] else "already past that"
-            print(f"gpurnn train: the run in {args.resume} is at step {ckpt['step']}, {what} (--steps "
-                  f"{cfg['steps']}); give --steps above {ckpt['step']} to train further. Nothing was changed.",
-                  file=sys.stderr)
-            return 2 if cfg["steps"] < ckpt["step"] else 0
-        out = args.out or args.resume
-        if not _same_folder(out, args.resume):
-            history = os.path.join(args.resume, "metrics.jsonl")
-    else:
-        problem = data_flag_problem(args)
-        if problem:
-            print(f"gpurnn train: {problem}", file=sys.stderr)
-            return 2
-        cfg = resolve_config(args)
-        out = args.out or _default_out(cfg)
-    problem = check_config(cfg)
-    if problem:
-        print(f"gpurnn train: {problem}", file=sys.stderr)
-        return 2
+    given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key, None) is not None}
     try:
-        task = prepare_task(cfg, ckpt, args.resume)      # before anything is allocated or written
-        with RunLock(out):
-            problem = _out_problem(out, ckpt, history)
-            if problem:
-                print(f"gpurnn train: {problem}", file=sys.stderr)
-                return 2
-            return train(cfg, out, ckpt, progress=not args.no_progress, history=history, task=task)
-    except RunBusy as e:
-        print(f"gpurnn train: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:       # a second Ctrl-C: stop now; the last checkpoint written is intact
-        ckpt_path = os.path.join(out, "checkpoint.npz")
-        if os.path.exists(ckpt_path):
-            print(f"\ngpurnn train: stopped at once; {ckpt_path} holds the last saved step. Continue with: "
-                  f"gpurnn train --resume {out}", file=sys.stderr)
-        else:
-            print("\ngpurnn train: stopped at once, before the first checkpoint: nothing was saved; "
-                  "run the same command again to start over", file=sys.stderr)
-        return 130
-    except BackendUnavailable as e:
-        print(_unavailable("train", e), file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, OSError) as e:       # MemoryTooSmall is a ValueError
-        print(f"gpurnn train: {e}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print("gpurnn train: out of memory; use a smaller --hidden, --layers, --batch or --eval-sequences",
-              file=sys.stderr)
-        return 2
-
-
-def _unavailable(command, e):
-    """A BackendUnavailable as the command line says it."""
-    return f"gpurnn {command}: backend {e.name!r} is not usable here: {e.reason}; use --backend cpu"
-
-
-def prepare_task(cfg, ckpt=None, resumed_from=None):
-    """The task of ``cfg``, after the checks that need it and allocate nothing: a resumed charlm
-    run's vocabulary against its text, a resumed data run's file against the one it started on, and
-    the configuration's memory against what is available (MemoryTooSmall). A run on a .npz takes
-    its seq_len (T) from the file, into ``cfg``."""
-    if cfg["task"] == "data":
-        task = data_task(cfg)
-        if ckpt is not None:
-            check_data_file(task, ckpt, resumed_from)
-        cfg["seq_len"] = task.seq_len
-    else:
-        task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
-    if ckpt is not None and isinstance(task, CharLM):
-        check_vocabulary(task, ckpt, resumed_from)
-    check_memory(task, cfg)
-    return task
-
-
-def data_task(cfg):
-    """The ArrayTask of a run on your data (a DataError, naming the file, for a file it cannot use)."""
-    from .datafiles import sha256_of, task_from_file
-
-    series = is_series(cfg["data"])
-    features = None if cfg["features"] is None else [f.strip() for f in cfg["features"].split(",") if f.strip()]
-    task = task_from_file(cfg["data"], seq_len=cfg["seq_len"] if series else None, target=cfg["target"],
-                          horizon=cfg["horizon"], features=features, validation=cfg["validation"],
-                          seed=cfg["seed"])
-    task.data_sha256 = sha256_of(cfg["data"])
-    return task
-
-
-def _same_folder(a, b):
-    return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _out_problem(out, ckpt, history):
-    """Why ``out`` may not take this run (None when it may); called while holding its lock."""
-    if ckpt is None:
-        if os.path.exists(os.path.join(out, "checkpoint.npz")):
-            return (f"{out} already holds a run (checkpoint.npz); continue it with --resume {out}, "
-                    f"or choose another --out")
-    elif history is not None:
-        taken = sorted(n for n in os.listdir(out) if n != RunLock.NAME)
-        if taken:
-            return (f"--out {out} is not empty (it holds {', '.join(taken[:4])}); a resumed run continues "
-                    f"in its own folder, or in a new or empty one: choose another --out")
-    return None
-
-
-class _StopFlag:
-    """The first Ctrl-C (SIGINT), SIGTERM or SIGHUP asks the loop to stop after the current step; a
-    second one stops at once (KeyboardInterrupt)."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-    def __init__(self):
-        self.signum = None             # the signal once one has arrived
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:       # not the main thread: no signal can reach this loop anyway
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        for sig in self._previous:
-            signal.signal(sig, _interrupt_now)
-
-    @property
-    def requested(self):
-        """The name of the signal received (None before one arrives)."""
-        return None if self.signum is None else signal.Signals(self.signum).name
-
-    @property
-    def status(self):
-        """The exit status for the signal received: 128 + its number (130 for Ctrl-C)."""
-        return 128 + int(self.signum)
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)   # None: set outside Python
-        return False
-
-
-def _interrupt_now(signum, frame):
-    raise KeyboardInterrupt
-
-
-def train(cfg, out, ckpt=None, progress=True, log=None, history=None, task=None):
-    """Run (or continue, from the loaded checkpoint ``ckpt``) the training described by ``cfg``,
-    keeping ``out``/config.json, metrics.jsonl and checkpoint.npz current (``history``: the
-    metrics.jsonl of the resumed run when it continues in a new folder; ``task``: the task of
-    ``cfg``, when the caller has made it already). Returns the exit status:
-    0 done, 1 stopped on a non-finite value, 128 + the signal's number when stopped by Ctrl-C
-    (130), SIGTERM (143) or SIGHUP (129). Raises MemoryTooSmall, before allocating, for a
-    configuration that cannot fit here. The caller holds the folder's RunLock (cmd_train does)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    with _StopFlag() as stop:
-        return _train(cfg, out, ckpt, progress, log, history, stop, task)
-
-
-def _train(cfg, out, ckpt, progress, log, history, stop, task):
-    from tqdm import tqdm
-
-    if task is None:
-        task = prepare_task(cfg, ckpt, out)
-    trainer = build_trainer(task, cfg)
-    os.makedirs(out, exist_ok=True)
-    removed = remove_stale_temporaries(out)
-    if removed:
-        log(f"gpurnn train: removed {len(removed)} temporary file(s) of checkpoint writes that were killed "
-            f"({', '.join(removed[:3])})")
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    ckpt_path = os.path.join(out, "checkpoint.npz")
-    elapsed0, window = 0.0, dict(loss=0.0, metric=0.0, n=0, gmax=0.0)
-    if ckpt is not None:
-        trainer.load_state(ckpt)
-        trainer.opt.lr = float(cfg["lr"])          # the checkpoint's, unless --lr changed it
-        elapsed0 = number_or(ckpt["extra"].get("elapsed", 0.0))
-        window.update(window_of(ckpt["extra"].get("window")))
-        carry_metrics(history or metrics_path, metrics_path, trainer.step, log)
-    elif os.path.exists(metrics_path):
-        os.remove(metrics_path)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(dict(cfg, backend_used=trainer.model.backend.name), f, indent=2, sort_keys=True)
-        f.write("\n")
-
-    extra = {"task": task.config()}
-    if isinstance(task, CharLM):
-        extra["vocab"] = task.chars
-        extra["text_sha256"] = task.text_sha256
-    if isinstance(task, ArrayTask):
-        extra["data_sha256"] = task.data_sha256
-
-    def save():
-        extra["elapsed"] = elapsed0 + (time.perf_counter() - t0)
-        extra["window"] = {k: window[k] for k in ("loss", "metric", "n", "gmax")}   # the open log line
-        save_checkpoint(ckpt_path, trainer.state(), cfg, extra)
-
-    metric = task.metric
-    log(f"{task.describe()}")
-    log(f"model: {trainer.model!r}, {trainer.model.num_parameters():,} parameters; "
-        f"{cfg['optimizer']} lr {cfg['lr']:g}, clip {cfg['clip'] or 'off'}, "
-        f"{'truncated BPTT k=' + str(trainer.tbptt) if trainer.tbptt else 'full BPTT'}; run folder {out}")
-    steps, first = int(cfg["steps"]), trainer.step
-    compile_kernels(trainer.model, log)     # before the bar, so that its rate and ETA are the steps'
-    t0 = time.perf_counter()
-    window.update(t=t0, timed=0)          # the sequences-per-second window: this process's steps only
-    status, last = 0, None
-    bar = tqdm(total=steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True,
-               file=sys.stderr)
-    with open(metrics_path, "a") as metrics:
-        while trainer.step < steps:
-            if stop.requested:
-                status = stop.status
-                break
-            try:
-                loss, m, norm = trainer.train_step()
-            except NonFiniteError as e:
-                save()
-                bar.close()
-                metrics.write(json.dumps({"step": e.step, "stopped": str(e)}) + "\n")
-                log(f"gpurnn train: {e} The last good state (step {trainer.step}) is saved in {ckpt_path}. "
-                    f"Start again with --clip 1 or a lower --lr, or, if its weights have not grown too "
-                    f"large yet, continue it with: gpurnn train --resume {out} --clip 1")
-                return 1
-            step = trainer.step
-            window["loss"] += loss
-            window["metric"] += m
-            window["n"] += 1
-            window["timed"] += 1
-            window["gmax"] = max(window["gmax"], norm)
-            bar.update(1)
-            if step % cfg["log_every"] == 0 or step == steps:
-                now = time.perf_counter()
-                rec = {"step": step, "loss": window["loss"] / window["n"],
-                       "metric": window["metric"] / window["n"], "grad_norm": norm,
-                       "grad_norm_max": window["gmax"],
-                       "elapsed": round(elapsed0 + now - t0, 3),
-                       "sequences_per_s": round(window["timed"] * cfg["batch"] / max(now - window["t"], 1e-9), 1)}
-                if step % cfg["eval_every"] == 0 or step == steps:
-                    rec["eval_loss"], rec["eval_metric"] = trainer.evaluate()
-                    last = rec
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                postfix = f"loss {rec['loss']:.4f}, {metric} {rec['metric']:.4f}, |g| {norm:.3g}, " \
-                          f"{rec['sequences_per_s']:.0f} seq/s"
-                if last is not None:
-                    postfix += f", eval {metric} {last['eval_metric']:.4f}"
-                bar.set_postfix_str(postfix, refresh=False)
-                window = dict(loss=0.0, metric=0.0, n=0, gmax=0.0, t=time.perf_counter(), timed=0)
-            if step % cfg["save_every"] == 0:
-                save()
-        if status and trainer.step == first and ckpt is None:
-            bar.close()
-            log(f"gpurnn train: interrupted ({stop.requested}) before the first step; nothing was saved. "
-                f"Run the same command again to start.")
-            return status
-        if trainer.step > first or not os.path.exists(ckpt_path):
-            save()
-    bar.close()
-    if status:
-        log(f"gpurnn train: interrupted ({stop.requested}); step {trainer.step} saved in {ckpt_path}. "
-            f"Continue with: gpurnn train --resume {out}")
+        return fit(args.out, resume=args.resume, progress=not args.no_progress, **given).exit_status
+    except TRAIN_FAILURES as e:
+        status = next(status for kind, status in TRAIN_EXIT_STATUS if isinstance(e, kind))
+        if not isinstance(e, KeyboardInterrupt):        # after a second signal fit has said where the run stands
+            print(said("train", e), file=sys.stderr)
         return status
-    if last is None or last["step"] != trainer.step:
-        loss, m = trainer.evaluate()
-        last = {"step": trainer.step, "eval_loss": loss, "eval_metric": m}
-    better = "higher" if task.higher_is_better else "lower"
-    naive = f" ({task.naive_name})" if isinstance(task, ArrayTask) else ""
-    log(f"step {trainer.step}: held-out {metric} {_metric(last['eval_metric'])} (baseline{naive} "
-        f"{_metric(task.baseline)}, {better} is better); saved {ckpt_path}")
-    return status
 
 
-def compile_kernels(model, log, announce_after=1.0):
-    """Compile the cpu backend's kernels for the model's cell and dtype before the first step.
-
-    With an empty Numba cache that takes seconds (a first run, or the first after an install or an
-    upgrade); a cache hit takes a few tenths. The message goes out only once it has taken
-    ``announce_after`` seconds, so a cached run prints nothing."""
-    if model.backend.name != "cpu":
-        return
-    import threading
-
-    from .kernels import cpu
-    what = f"{model.rnn.cell}, {model.rnn.dtype}"
-    timer = threading.Timer(announce_after, log, [f"compiling the CPU kernels for {what} (first run only: "
-                                                  f"Numba keeps them in its cache for later runs) ..."])
-    timer.daemon = True
-    start = time.perf_counter()
-    timer.start()
-    try:
-        cpu.compile_kernels(model.rnn.cell, model.rnn.dtype)
-    finally:
-        timer.cancel()
-    took = time.perf_counter() - start
-    if took >= announce_after:
-        log(f"compiled the CPU kernels for {what} in {took:.1f} s")
+# What gpurnn train exits with when gpurnn.fit raises, the first kind that matches (once it has run,
+# RunResult.exit_status: 0 done, 1 diverged, 128 + the signal's number interrupted).
+TRAIN_EXIT_STATUS = (
+    (AlreadyFinished, 0),       # the resumed run is at --steps already: nothing to do
+    (CheckpointError, 1),       # the run to resume is damaged
+    (KeyboardInterrupt, 130),   # a second signal: stopped at once
+    (ConfigError, 2), (RunBusy, 2), (MemoryTooSmall, 2), (BackendUnavailable, 2), (DataError, 2),
+    (MemoryError, 2),
+    (ValueError, 2), (TypeError, 2), (OSError, 2))     # a damaged metrics.jsonl, an unreadable text, ...
+TRAIN_FAILURES = tuple(kind for kind, _ in TRAIN_EXIT_STATUS)
 
 
-def build_trainer(task, cfg):
-    """The Trainer (and its model) of a config, for its task."""
-    model = make_model(task, cfg["cell"], cfg["hidden"], cfg["layers"], embed_size=cfg["embed"],
-                       recurrent_scale=cfg.get("init_scale"), backend=cfg["backend"], dtype=cfg["dtype"],
-                       seed=cfg["seed"])
-    return Trainer(model, task, optimizer=cfg["optimizer"], lr=cfg["lr"], clip=cfg["clip"],
-                   tbptt=cfg["tbptt"], batch_size=cfg["batch"], seed=cfg["seed"],
-                   eval_sequences=cfg["eval_sequences"])
+def flag(key, value=None):
+    """How the command line names a config entry: as its flag (``--seq-len``), with its value when
+    one is given (``--seq-len 50``)."""
+    name = "--" + key.replace("_", "-")
+    return name if value is None else f"{name} {value}"
+
+
+def said(command, e):
+    """The one line that ``gpurnn COMMAND`` prints for the library's exception ``e``: config entries
+    named as flags, a backend that is not usable with the flag that avoids it."""
+    if isinstance(e, BackendUnavailable):
+        return f"gpurnn {command}: backend {e.name!r} is not usable here: {e.reason}; use --backend cpu"
+    if isinstance(e, MemoryError):
+        return f"gpurnn {command}: out of memory; use a smaller --hidden, --layers, --batch or --eval-sequences"
+    return f"gpurnn {command}: {e.worded(flag) if isinstance(e, Worded) else e}"
 
 
 def limit_blas_threads(n):
@@ -561,10 +219,10 @@ def cmd_grads(args):
             results.append(grad_norms_of_run(run, args.seq_len, batch_size=args.batch, seed=args.seed,
                                              backend=args.backend))
     except CheckpointError as e:
-        print(f"gpurnn grads: {e}", file=sys.stderr)
+        print(said("grads", e), file=sys.stderr)
         return 1
     except BackendUnavailable as e:
-        print(_unavailable("grads", e), file=sys.stderr)
+        print(said("grads", e), file=sys.stderr)
         return 2
     if not results:
         print("gpurnn grads: nothing to measure (give --cell and --scales, or --run)", file=sys.stderr)
@@ -595,10 +253,10 @@ def _load_run(command, run, backend):
     try:
         return load_model(run, backend=backend), None
     except CheckpointError as e:
-        print(f"gpurnn {command}: {e}", file=sys.stderr)
+        print(said(command, e), file=sys.stderr)
         return None, 1
     except BackendUnavailable as e:
-        print(_unavailable(command, e), file=sys.stderr)
+        print(said(command, e), file=sys.stderr)
         return None, 2
 
 
@@ -616,7 +274,7 @@ def cmd_sample(args):
     try:
         text = sample_text(trained.model, trained.task["vocab"], args.prime, args.length, args.temperature, args.seed)
     except ValueError as e:
-        print(f"gpurnn sample: {e}", file=sys.stderr)
+        print(said("sample", e), file=sys.stderr)
         return 2
     sys.stdout.write(args.prime + text + "\n")
     return 0
@@ -655,7 +313,7 @@ def cmd_predict(args):
     try:
         pred = model.predict_file(args.data, proba=args.proba)
     except (ValueError, TypeError) as e:           # DataError is a ValueError
-        print(f"gpurnn predict: {e}", file=sys.stderr)
+        print(said("predict", e), file=sys.stderr)
         return 2
     folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(folder, exist_ok=True)
@@ -709,10 +367,10 @@ def cmd_report(args):
         if recs and "stopped" in recs[-1]:
             value, final = f"diverged at step {recs[-1]['step']}", None
         elif reached < dict(key)["steps"]:
-            shown = "" if final is None else f"{_metric(final['eval_metric'])} at "
+            shown = "" if final is None else f"{format_metric(final['eval_metric'])} at "
             value, final = f"{shown}step {reached} of {dict(key)['steps']}, unfinished", None
         else:
-            value = "—" if final is None else _metric(final["eval_metric"])
+            value = "—" if final is None else format_metric(final["eval_metric"])
         rows.setdefault(key, []).append((seed, value, final, gmax, run))
     print("| task | cell | T | hidden | steps | optimizer, lr | clip | held-out metric, per seed | mean "
           "| largest gradient norm |")
@@ -736,15 +394,10 @@ def cmd_report(args):
         for s, _, final, _, _ in runs:
             once.setdefault(s, final)
         finals = [f["eval_metric"] for f in once.values() if f is not None]
-        mean = _metric(sum(finals) / len(finals)) if finals and len(finals) == len(once) else "—"
+        mean = format_metric(sum(finals) / len(finals)) if finals and len(finals) == len(once) else "—"
         cell = k["cell"] + ("" if k["init_scale"] is None else f", W_hh scale {k['init_scale']:g}")
         task = k["task"] if k["data"] is None else os.path.basename(k["data"])      # your data: its file
         print(f"| {task} | {cell} | {k['seq_len']} | {k['hidden']} | {k['steps']} | "
               f"{k['optimizer']} {k['lr']:g} | {k['clip'] or 'off'} | {per_seed} | {mean} | "
               f"{max(r[3] for r in runs):.3g} |")
     return 0
-
-
-def _metric(v):
-    """Four decimals, or three significant digits where four decimals would show nothing (2.1e-05)."""
-    return f"{v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3g}"

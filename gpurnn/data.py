@@ -36,14 +36,16 @@ The baseline is the score of a naive prediction on the held-out part: the traini
 
 import numpy as np
 
+from ._checks import Worded
 from .tasks import Batch, Task
 
 READOUTS = ("last", "steps")
 HOLDOUTS = ("random", "last")
 
 
-class DataError(ValueError):
-    """Data that cannot be trained on: the message names the file or array and what was expected."""
+class DataError(Worded, ValueError):
+    """Data that cannot be trained on: the message names the file or array and what was expected
+    (and the settings that read it, as ``Worded`` says)."""
 
 
 def _fail(source, message):

@@ -69,7 +69,8 @@ def read_npz(path, need_y=True):
                                 f"'x', 'y' and optionally 'lengths'")
             for name in ("x", "y") if need_y else ("x",):
                 if name not in names:
-                    raise DataError(f"{path}: array {name!r} is missing (it holds {', '.join(map(repr, names)) or 'none'}); "
+                    held = ", ".join(map(repr, names)) or "none"
+                    raise DataError(f"{path}: array {name!r} is missing (it holds {held}); "
                                     f"expected 'x' (N, T, I), 'y' and optionally 'lengths' (N,)")
             arrays = dict.fromkeys(NPZ_ARRAYS)
             for name in names:
@@ -148,18 +149,20 @@ def csv_series(path, target, seq_len, horizon=1, features=None):
     {"x" (N, T, I), "y" (N, 1), "naive" (N, 1): the last value, "features": names}."""
     seq_len, horizon = int(seq_len), int(horizon)
     if target is None:
-        raise DataError(f"{path}: a CSV series needs --target, the column to forecast")
-    header, columns = read_csv_columns(path, None if features is None else list(dict.fromkeys(list(features) + [target])))
+        raise DataError(lambda name: f"{path}: a CSV series needs {name('target')}, the column to forecast", "target")
+    wanted = None if features is None else list(dict.fromkeys(list(features) + [target]))
+    header, columns = read_csv_columns(path, wanted)
     if target not in header:
-        raise DataError(f"{path}: no column {target!r} (--target); the columns are {', '.join(map(repr, header))}")
+        raise DataError(lambda name: f"{path}: no column {target!r} ({name('target')}); the columns are "
+                                     f"{', '.join(map(repr, header))}", "target")
     if target not in columns:
         read_csv_columns(path, [target])             # raises, naming the first value that is not a number
     names = list(features) if features is not None else [h for h in header if h in columns]
     L = len(columns[target])
     if L < seq_len + horizon + 1:
-        raise DataError(f"{path}: {L} rows are too few for --seq-len {seq_len} and --horizon {horizon}: two "
-                        f"windows (one to train on, one to hold out) need at least seq_len + horizon + 1 = "
-                        f"{seq_len + horizon + 1}")
+        raise DataError(lambda name: f"{path}: {L} rows are too few for {name('seq_len', seq_len)} and "
+                                     f"{name('horizon', horizon)}: two windows (one to train on, one to hold out) "
+                                     f"need at least seq_len + horizon + 1 = {seq_len + horizon + 1}", "seq_len")
     series = np.stack([columns[n] for n in names], axis=1)                   # (L, I)
     x = series_windows(series, seq_len, horizon)
     N = len(x)
@@ -176,11 +179,10 @@ def task_from_file(path, seq_len=None, target=None, horizon=None, features=None,
     fmt = file_format(path)
     source = {"file": os.path.abspath(path), "format": fmt}
     if fmt == "npz":
-        for flag, value in (("--seq-len", seq_len), ("--target", target), ("--horizon", horizon),
-                            ("--features", features)):
+        for key, value in (("seq_len", seq_len), ("target", target), ("horizon", horizon), ("features", features)):
             if value is not None:
-                raise DataError(f"{path}: {flag} applies to a CSV series; a .npz file's arrays give the sequences "
-                                f"as they are: leave it out")
+                raise DataError(lambda name, key=key: f"{path}: {name(key)} applies to a CSV series; a .npz file's "
+                                                      f"arrays give the sequences as they are: leave it out", key)
         a = read_npz(path)
         return ArrayTask(a["x"], a["y"], a["lengths"], validation=validation, seed=seed, source=source)
     seq_len = 32 if seq_len is None else int(seq_len)
@@ -204,6 +206,6 @@ def inputs_from_file(path, source):
     _, columns = read_csv_columns(path, source["features"])
     series = np.stack([columns[n] for n in source["features"]], axis=1)
     if len(series) < source["seq_len"]:
-        raise DataError(f"{path}: {len(series)} rows are fewer than the model's window of {source['seq_len']} "
-                        f"(--seq-len)")
+        raise DataError(lambda name: f"{path}: {len(series)} rows are fewer than the model's window of "
+                                     f"{source['seq_len']} ({name('seq_len')})", "seq_len")
     return series_windows(series, source["seq_len"]), None

@@ -357,10 +357,10 @@ class Trainer:
     def _advice(self, step, what):
         remedy = []
         if self.clip is None:
-            remedy.append("clip gradients (e.g. --clip 1.0)")
+            remedy.append("clip gradients (e.g. at a norm of 1.0)")
         else:
-            remedy.append(f"clip harder (now --clip {self.clip:g})")
-        remedy.append(f"lower the learning rate (now --lr {self.opt.lr:g}, try {self.opt.lr / 10:g})")
+            remedy.append(f"clip harder (now at a norm of {self.clip:g})")
+        remedy.append(f"lower the learning rate (now {self.opt.lr:g}, try {self.opt.lr / 10:g})")
         return (f"step {step}: {what}, so training stopped. The weights were left as they were after "
                 f"step {step - 1}. Remedy: {' or '.join(remedy)}.")
 
@@ -395,9 +395,29 @@ class Trainer:
         self.model.zero_grad()
 
     def state(self):
-        """Everything needed to continue exactly: host arrays and JSON-able values."""
+        """Everything needed to continue exactly: host arrays and JSON-able values, and the
+        ``description`` that lets gpurnn.load_model rebuild the model from a saved state."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "step": self.step, "rng": self.rng.bit_generator.state}
+                "step": self.step, "rng": self.rng.bit_generator.state, "description": self.description()}
+
+    def description(self):
+        """What rebuilds this trainer's model around its weights and reads inputs as its task does,
+        JSON-able: ``model`` (its task's name, cell, hidden size, layers, input stage and dtype,
+        named as a run's config names them), ``task`` (``task.config()``: the sequence length,
+        an ArrayTask's sizes and scaling) and, for a character model, ``vocab`` (its characters
+        in id order). gpurnn.save_checkpoint stores it; gpurnn.load_model reads it."""
+        m, task = self.model, self.task
+        if m.input is None:
+            embed = None
+        else:
+            embed = m.input.embedding_dim if m.tokens else m.input.out_features
+        described = {"model": dict(task=getattr(task, "name", None), cell=m.cell, hidden=m.hidden_size,
+                                   layers=m.num_layers, embed=embed, dtype=m.rnn.dtype.name)}
+        if hasattr(task, "config"):
+            described["task"] = task.config()
+        if getattr(task, "chars", None) is not None:
+            described["vocab"] = task.chars
+        return described
 
     def load_state(self, state):
         self.model.load_state_dict(state["model"])

@@ -1,10 +1,14 @@
-"""A trained model back from its run folder, reading new inputs as training read its data.
+"""A trained model back from its run folder (or from a file saved from Python), reading new
+inputs as training read its data.
 
 Legend: N sequences, T time steps, I features, O outputs, C classes.
 
     m = gpurnn.load_model("runs/digits")         # the run folder, or its checkpoint.npz
     labels = m.predict(x)                        # x (N, T, I) -> (N,) classes, or (N, O) values
     p = m.predict_proba(x)                       # classification: (N, C) probabilities
+
+    gpurnn.save_checkpoint("model.npz", trainer.state())   # a model trained from Python (gpurnn.Trainer)
+    m = gpurnn.load_model("model.npz")                     # comes back the same way
 
 ``gpurnn predict RUN --data FILE --out PRED.npy`` writes ``m.predict_file(FILE)``, which is
 ``m.predict(*m.read_inputs(FILE))`` with the file named in any error.
@@ -23,15 +27,21 @@ import numpy as np
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint
 from .data import READOUTS, check_inputs, standardise
 from .model import SequenceModel
-from .runs import _fits, config_of_checkpoint
-from .tasks import Adding, Copy
+from .runs import DEFAULTS, ConfigError, check_entries, config_of_checkpoint, fits
+from .tasks import TASKS, Adding, Copy
 
 BUILTIN = {"adding": Adding, "copy": Copy}      # the built-in tasks whose sizes are fixed
+# The config entries that rebuild a model and tell what its inputs and outputs are: a run's config
+# holds them; a Trainer's state describes them for a model trained from Python, which has no run
+# config (Trainer.description).
+MODEL_KEYS = ("task", "cell", "hidden", "layers", "embed", "dtype", "seq_len")
 
 
 class TrainedModel:
     """``model`` (a SequenceModel with its trained weights) and the task config that tells how it
-    reads inputs and what its outputs mean (``task``: an ArrayTask's config, or a built-in task's)."""
+    reads inputs and what its outputs mean (``task``: an ArrayTask's config, or a built-in task's).
+    ``config``: the run's config, or, for a model saved from Python, its MODEL_KEYS entries
+    (and the task's own: copy_len, text)."""
 
     def __init__(self, model, task, config=None, step=None, path=None):
         self.model, self.task, self.config, self.step, self.path = model, task, config or {}, step, path
@@ -123,26 +133,64 @@ class TrainedModel:
 
 
 def load_model(run, backend="auto", dtype=None):
-    """The model trained in ``run`` (a run folder, or its checkpoint .npz) with its weights, as a
-    TrainedModel in ``dtype`` (default: the run's); a CheckpointError when the file is damaged or
-    says something that does not fit."""
+    """The model trained in ``run`` (a run folder, its checkpoint .npz, or a Trainer's state saved
+    with gpurnn.save_checkpoint) with its weights, as a TrainedModel in ``dtype`` (default: the one it was trained
+    in); a CheckpointError when the file is damaged, says something that does not fit, or does not
+    say what model its weights belong to."""
     path = os.fspath(run)
     if not path.endswith(".npz"):
         path = os.path.join(path, "checkpoint.npz")
     ckpt = load_checkpoint(path)
-    cfg = config_of_checkpoint(ckpt, path)
+    cfg = config_of_checkpoint(ckpt, path) if ckpt["config"] else saved_model_config(ckpt, path)
     task = task_of_checkpoint(ckpt, cfg, path)
     if task["tokens"]:
         kw = dict(vocab_size=task["input_size"])
     else:
         kw = dict(input_size=task["input_size"])
     model = SequenceModel(cfg["cell"], cfg["hidden"], task["output_size"], embed_size=cfg["embed"],
-                          num_layers=cfg["layers"], backend=backend, dtype=dtype or cfg["dtype"], seed=cfg["seed"], **kw)
+                          num_layers=cfg["layers"], backend=backend, dtype=dtype or cfg["dtype"], **kw)
     try:
         model.load_state_dict(ckpt["model"])
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path}: its weights do not fit its own config ({e}); {REMEDY}") from None
     return TrainedModel(model, task, cfg, ckpt["step"], path)
+
+
+def saved_model_config(ckpt, path):
+    """The config entries (MODEL_KEYS, and the task's own) of a checkpoint without a run config:
+    the description of a Trainer's state (Trainer.description), checked; a CheckpointError that
+    says what to do when it has none."""
+    described = ckpt["extra"].get("model")
+    if described is None:
+        raise CheckpointError(f"checkpoint {path} does not say what model its weights belong to (it has no run "
+                              f"config and no model description); save a Trainer's state whole, "
+                              f"gpurnn.save_checkpoint(path, trainer.state()), to load it with load_model, or "
+                              f"rebuild the model and continue with trainer.load_state(gpurnn.load_checkpoint(path))")
+    if not isinstance(described, dict):
+        raise CheckpointError(f"checkpoint {path}: extra field 'model' must be a JSON object, got "
+                              f"{type(described).__name__}; {REMEDY}")
+    task = ckpt["extra"].get("task")
+    if isinstance(task, dict):      # the task's own entries of a run config: seq_len, copy_len, text
+        described = dict({k: v for k, v in task.items() if k in DEFAULTS and k != "task"}, **described)
+    if described.get("task") not in TASKS + ("data",):
+        raise CheckpointError(f"checkpoint {path}: its model was trained on a task of its own "
+                              f"({described.get('task')!r}), whose inputs load_model cannot read (it reads those of "
+                              f"{', '.join(TASKS)} and of an ArrayTask); rebuild the model and load its weights with "
+                              f"model.load_state_dict(gpurnn.load_checkpoint(path)['model'])")
+    needed = MODEL_KEYS + (("copy_len",) if described.get("task") == "copy" else ())
+    for key in needed:
+        if key not in described:
+            raise CheckpointError(f"checkpoint {path}: extra field 'model.{key}' is missing; {REMEDY}")
+    try:
+        check_entries(described)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: {e.worded(_model_field)}; {REMEDY}") from None
+    return described
+
+
+def _model_field(key, value=None):
+    """How saved_model_config's errors name an entry: ``extra field 'model.hidden'``."""
+    return f"extra field 'model.{key}'"
 
 
 def task_of_checkpoint(ckpt, cfg, path):
@@ -181,7 +229,7 @@ def task_of_checkpoint(ckpt, cfg, path):
         sizes.update(y_mean=task["output_size"], y_std=task["output_size"])
     for field, n in sizes.items():
         value = task.get(field)
-        if not (isinstance(value, list) and len(value) == n and all(_fits(v, float) for v in value)):
+        if not (isinstance(value, list) and len(value) == n and all(fits(v, float) for v in value)):
             raise bad(field, f"a list of {n} finite numbers")
         if field.endswith("std") and not all(v > 0 for v in value):
             raise bad(field, "positive")
@@ -200,4 +248,4 @@ def task_of_checkpoint(ckpt, cfg, path):
 
 
 def _count(v):
-    return _fits(v, int) and v > 0
+    return fits(v, int) and v > 0

@@ -2,16 +2,20 @@
 metrics log, and whether a configuration fits in memory before anything is allocated.
 
 A run folder holds config.json (what was run), metrics.jsonl (one JSON line per logged step),
-checkpoint.npz (everything needed to continue exactly) and .lock (held by the gpurnn train that
-writes the folder).
+checkpoint.npz (everything needed to continue exactly) and .lock (held by the training run that
+writes the folder: gpurnn.fit, which gpurnn train calls).
+
+Errors name config entries by their keys (``hidden must be at least 1, got 0``); they are ``Worded``
+(gpurnn/_checks.py), so the command line can name them as its flags (``--hidden``) instead.
 """
 
 import json
 import math
 import os
-import sys
 
+from ._checks import Worded
 from .checkpoint import REMEDY, CheckpointError
+from .data import DataError
 from .datafiles import is_series
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS, training_memory
@@ -25,47 +29,16 @@ DEFAULTS = dict(task="adding", cell="lstm", hidden=64, layers=1, seq_len=None, b
                 validation=0.2)
 TASK_SEQ_LEN = {"adding": 50, "copy": 30, "charlm": 100}
 SERIES_DEFAULTS = dict(seq_len=32, horizon=1)     # a CSV series' windows (a .npz gives its own T)
-DATA_FLAGS = ("seq_len", "target", "features", "horizon")   # how a CSV series is cut; not for a .npz
+DATA_KEYS = ("seq_len", "target", "features", "horizon")   # how a CSV series is cut; not for a .npz
 OPTIMIZER_LR = {"adam": 1e-2, "sgd": 0.1}
 # What may change when a run is resumed (lr and clip: the remedies for a run that diverged);
 # everything else must match the checkpoint.
 RESUME_OVERRIDES = ("steps", "lr", "clip", "backend", "log_every", "eval_every", "save_every")
 
 POSITIVE = ("hidden", "layers", "seq_len", "batch", "steps", "log_every", "eval_every", "save_every",
-            "eval_sequences", "copy_len")
+            "eval_sequences", "copy_len", "embed", "horizon")
 
-
-def check_config(cfg):
-    """A clear message for a flag out of range (None when all are fine). ``seq_len`` may still be
-    None for a .npz, whose arrays give it."""
-    for key in POSITIVE:
-        if cfg[key] is not None and cfg[key] < 1:
-            return f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}"
-    for key in ("clip", "tbptt"):
-        if cfg[key] < 0:
-            return f"--{key} must be >= 0 (0 turns it off), got {cfg[key]}"
-    if not cfg["lr"] > 0:
-        return f"--lr must be > 0, got {cfg['lr']}"
-    if cfg["embed"] is not None and cfg["embed"] < 1:
-        return f"--embed must be at least 1, got {cfg['embed']}"
-    if cfg["horizon"] is not None and cfg["horizon"] < 1:
-        return f"--horizon must be at least 1, got {cfg['horizon']}"
-    if not 0 < cfg["validation"] < 1:
-        return f"--validation must be a fraction between 0 and 1, got {cfg['validation']}"
-    if (cfg["task"] == "data") != (cfg["data"] is not None):
-        return "--data FILE trains on your data; give it without --task" if cfg["data"] is not None \
-            else "task 'data' needs --data FILE"
-    if cfg["data"] is None:
-        for key in DATA_FLAGS[1:]:
-            if cfg[key] is not None:
-                return f"--{key} applies to --data FILE.csv (a time series); leave it out"
-    elif is_series(cfg["data"]) and cfg["target"] is None:
-        return "--data FILE.csv needs --target COLUMN, the column to forecast"
-    return None
-
-
-# What each config entry must be, to tell a damaged or crafted checkpoint from a run (the value
-# ranges are check_config's): one of a few names, or a value of one of the types (None: null).
+# What each config entry must be: one of a few names, or a value of one of the types (None: unset).
 CONFIG_CHOICES = dict(task=TASKS + ("data",), cell=tuple(MODEL_CELLS), optimizer=OPTIMIZERS, backend=BACKENDS,
                       dtype=("float32", "float64"))
 CONFIG_TYPES = dict(hidden=(int,), layers=(int,), seq_len=(int,), batch=(int,), steps=(int,), tbptt=(int,),
@@ -77,7 +50,14 @@ CONFIG_TYPES = dict(hidden=(int,), layers=(int,), seq_len=(int,), batch=(int,), 
 OPTIONAL = ("embed", "init_scale", "text", "data", "target", "features", "horizon", "validation")
 
 
-def _fits(value, kind):
+class ConfigError(Worded, ValueError):
+    """A config entry that is unknown, of the wrong kind, out of range, or at odds with another;
+    ``key`` names it."""
+
+
+def fits(value, kind):
+    """Whether a config value (from Python, or from a checkpoint's JSON) is of ``kind``: int (not a
+    bool), float (any finite int or float), str, or None."""
     if kind is None:
         return value is None
     if isinstance(value, bool):
@@ -87,38 +67,148 @@ def _fits(value, kind):
     return isinstance(value, kind)
 
 
+def _shown(value):
+    return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+
+
+def _bad(key, says):
+    """A ConfigError whose message is ``key``, named, then ``says``."""
+    return ConfigError(lambda name: f"{name(key)} {says}", key)
+
+
+def check_entries(entries):
+    """Raise ConfigError naming the first of ``entries`` (config keys and their values) that is not
+    one of its choices, not of its type, or out of range."""
+    for key, value in entries.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"unknown config key {key!r}; the keys are {', '.join(DEFAULTS)}", key)
+        if key in CONFIG_CHOICES and not (isinstance(value, str) and value in CONFIG_CHOICES[key]):
+            raise _bad(key, f"must be one of {', '.join(CONFIG_CHOICES[key])}, got {_shown(value)}")
+        if key in CONFIG_TYPES and not any(fits(value, kind) for kind in CONFIG_TYPES[key]):
+            expected = " or ".join("None" if k is None else k.__name__ for k in CONFIG_TYPES[key])
+            raise _bad(key, f"must be {expected}, got {_shown(value)}")
+    for key in POSITIVE:
+        if entries.get(key) is not None and entries[key] < 1:
+            raise _bad(key, f"must be at least 1, got {entries[key]}")
+    for key in ("clip", "tbptt"):
+        if key in entries and entries[key] < 0:
+            raise _bad(key, f"must be >= 0 (0 turns it off), got {entries[key]}")
+    if "lr" in entries and not entries["lr"] > 0:
+        raise _bad("lr", f"must be > 0, got {entries['lr']}")
+    if "validation" in entries and not 0 < entries["validation"] < 1:
+        raise _bad("validation", f"must be a fraction between 0 and 1, got {entries['validation']}")
+
+
+def check_config(cfg):
+    """Raise ConfigError naming the first entry of a run's config (every key of DEFAULTS) that
+    check_entries refuses or that does not go with the others. ``seq_len`` may still be None for a
+    .npz, whose arrays give it."""
+    check_entries({key: cfg[key] for key in DEFAULTS
+                   if not (key == "seq_len" and cfg[key] is None and cfg["data"] is not None)})
+    if cfg["data"] is not None and cfg["task"] != "data":
+        raise ConfigError(lambda name: f"{name('data')} trains on your data, {name('task', cfg['task'])} on a "
+                                       f"built-in task: give one of them", "task")
+    if cfg["task"] == "data" and cfg["data"] is None:
+        raise ConfigError(lambda name: f"{name('task', 'data')} needs {name('data')}, the file to train on", "data")
+    if cfg["data"] is None:
+        for key in DATA_KEYS[1:]:
+            if cfg[key] is not None:
+                raise ConfigError(lambda name, key=key: f"{name(key)} applies to {name('data')} FILE.csv (a time "
+                                                        f"series); leave it out", key)
+    elif is_series(cfg["data"]) and cfg["target"] is None:
+        raise ConfigError(lambda name: f"{name('data')} FILE.csv needs {name('target')} COLUMN, the column to "
+                                       f"forecast", "target")
+
+
+def check_given(given):
+    """Raise ConfigError when the entries given for a new run do not go together: a .npz gives its
+    sequences as they are, and ``validation`` only means something with ``data``."""
+    check_entries(given)
+    data = given.get("data")
+    if data is None:
+        if "validation" in given:
+            raise ConfigError(lambda name: f"{name('validation')} applies to {name('data')} FILE; leave it out",
+                              "validation")
+        return
+    if "task" in given:
+        raise ConfigError(lambda name: f"{name('data')} FILE trains on your data, {name('task', given['task'])} on "
+                                       f"a built-in task: give one of them", "task")
+    if not is_series(data):
+        for key in DATA_KEYS:
+            if key in given:
+                raise ConfigError(lambda name, key=key: f"{name(key)} applies to a CSV series; {data}'s arrays give "
+                                                        f"the sequences as they are: leave it out", key)
+
+
+def resolve_config(given):
+    """The full config of a new run from the entries given (config keys and values, as plain_entries
+    returns them): defaults, then the task's and optimiser's, then those given, checked
+    (ConfigError). A run on a .npz gets its seq_len from the file (gpurnn.training.prepare_task)."""
+    check_given(given)
+    cfg = dict(DEFAULTS, **given)
+    if cfg["data"] is not None:
+        cfg["task"] = "data"
+        cfg["data"] = os.path.abspath(cfg["data"])
+        if is_series(cfg["data"]):
+            for key, value in SERIES_DEFAULTS.items():
+                cfg[key] = value if cfg[key] is None else cfg[key]
+    elif cfg["seq_len"] is None:
+        cfg["seq_len"] = TASK_SEQ_LEN[cfg["task"]]
+    if cfg["lr"] is None:
+        cfg["lr"] = OPTIMIZER_LR[cfg["optimizer"]]
+    if cfg["text"] is not None:
+        cfg["text"] = os.path.abspath(cfg["text"])
+    check_config(cfg)
+    return cfg
+
+
+def plain_entries(given):
+    """The entries given, None (not given) left out, paths (os.PathLike) as strings and NumPy
+    scalars as Python numbers, so that they compare, check and write to JSON as the command
+    line's do."""
+    plain = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        elif hasattr(value, "item") and getattr(value, "shape", None) == ():      # a NumPy scalar
+            value = value.item()
+        plain[key] = value
+    return plain
+
+
 def config_of_checkpoint(ckpt, path):
     """The run's config from a loaded checkpoint, every entry checked (CheckpointError naming it)."""
+    if not ckpt["config"]:
+        raise CheckpointError(f"checkpoint {path} holds no run config: it was saved from Python "
+                              f"(gpurnn.save_checkpoint), not by a training run, so there is "
+                              f"no run to continue; start a new one")
     cfg = dict(ckpt["config"])
-    for key in list(CONFIG_CHOICES) + list(CONFIG_TYPES):
+    for key in DEFAULTS:
         if key not in cfg:
             if key in OPTIONAL:
                 cfg[key] = DEFAULTS[key]
                 continue
             raise CheckpointError(f"checkpoint {path}: config field {key!r} is missing; {REMEDY}")
-        value = cfg[key]
-        if key in CONFIG_CHOICES:
-            ok = isinstance(value, str) and value in CONFIG_CHOICES[key]
-            expected = f"one of {', '.join(CONFIG_CHOICES[key])}"
-        else:
-            ok = any(_fits(value, kind) for kind in CONFIG_TYPES[key])
-            expected = " or ".join("null" if k is None else k.__name__ for k in CONFIG_TYPES[key])
-        if not ok:
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise CheckpointError(f"checkpoint {path}: config field {key!r} must be {expected}, got {shown}; "
-                                  f"{REMEDY}")
-    problem = check_config(cfg)
-    if problem:
-        raise CheckpointError(f"checkpoint {path}: its config is out of range ({problem}); {REMEDY}")
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: {e.worded(config_field)}; {REMEDY}") from None
     return cfg
 
 
-class RunBusy(RuntimeError):
-    """Another gpurnn train holds the run folder."""
+def config_field(key, value=None):
+    """How a checkpoint's errors name a config entry: ``config field 'hidden'``."""
+    return f"config field {key!r}"
+
+
+class RunBusy(Worded, RuntimeError):
+    """Another training run holds the run folder."""
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held for the whole run, so that two ``gpurnn train`` on one
+    """An exclusive lock on a run folder, held for the whole run, so that two training runs on one
     folder cannot mix their checkpoints, configs and metrics: the second one refuses. The lock is
     the operating system's (released when the process ends, however it ends) on the file
     ``.lock`` in the folder, which also records the holder's process id."""
@@ -137,8 +227,8 @@ class RunLock:
             f.seek(0)
             holder = f.read().strip() or "unknown"
             f.close()
-            raise RunBusy(f"another gpurnn train is running in {self.folder} (process {holder}); wait for it "
-                          f"to finish, or choose another --out") from None
+            raise RunBusy(lambda name: f"another gpurnn train is running in {self.folder} (process {holder}); wait "
+                                       f"for it to finish, or choose another {name('out')}", "out") from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -174,14 +264,16 @@ except ImportError:            # Windows
         msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-class MemoryTooSmall(ValueError):
+class MemoryTooSmall(Worded, ValueError):
     """The configuration needs more memory than this machine has available."""
 
 
-PART_FLAGS = {  # what a part of training_memory holds, and the flags that shrink it
-    "weights": ("weights, gradients and optimiser state", "--hidden, --layers or --embed"),
-    "activations": ("one training step's activations", "--batch, --seq-len (or --tbptt), --hidden or --layers"),
-    "held_out": ("the held-out set and its evaluation", "--eval-sequences, --hidden or --layers")}
+PARTS = {  # what a part of training_memory holds, and the config entries that shrink it
+    "weights": ("weights, gradients and optimiser state", lambda n: f"{n('hidden')}, {n('layers')} or {n('embed')}"),
+    "activations": ("one training step's activations",
+                    lambda n: f"{n('batch')}, {n('seq_len')} (or {n('tbptt')}), {n('hidden')} or {n('layers')}"),
+    "held_out": ("the held-out set and its evaluation",
+                 lambda n: f"{n('eval_sequences')}, {n('hidden')} or {n('layers')}")}
 
 
 def check_memory(task, cfg, available=None):
@@ -200,10 +292,11 @@ def check_memory(task, cfg, available=None):
         where = "GPU memory free" if on_gpu else where
     if available is None or need <= available:
         return parts
-    largest = max(PART_FLAGS, key=parts.get)
-    detail = "; ".join(f"{what} {_gib(parts[k])}" for k, (what, _) in PART_FLAGS.items())
-    raise MemoryTooSmall(f"this configuration needs about {_gib(need)} at its peak ({detail}), more than the "
-                         f"{_gib(available)} of {where} here; lower {PART_FLAGS[largest][1]}")
+    largest = max(PARTS, key=parts.get)
+    detail = "; ".join(f"{what} {_gib(parts[k])}" for k, (what, _) in PARTS.items())
+    lower = PARTS[largest][1]
+    raise MemoryTooSmall(lambda name: f"this configuration needs about {_gib(need)} at its peak ({detail}), more "
+                                      f"than the {_gib(available)} of {where} here; lower {lower(name)}")
 
 
 def _gib(n):
@@ -229,28 +322,30 @@ def window_of(saved):
             "gmax": number_or(saved.get("gmax"))}
 
 
-def check_vocabulary(task, ckpt, out):
-    """A charlm run resumes on the text it was trained on: its characters must map to the same ids."""
+def check_vocabulary(task, ckpt, out, log):
+    """A charlm run resumes on the text it was trained on: its characters must map to the same ids
+    (a DataError if not); the same characters in another text are a warning, through ``log``."""
     vocab = ckpt["extra"].get("vocab")
     if vocab is not None and vocab != task.chars:
         old, new = set(vocab), set(task.chars)
-        raise ValueError(f"the text {task.text_path or '(standard library docstrings)'} has changed since the run "
-                         f"in {out} started: its characters differ (added {sorted(new - old)[:10]}, removed "
-                         f"{sorted(old - new)[:10]}), so every id would mean another character. Resume with the "
-                         f"original text, or start a new run")
+        raise DataError(f"the text {task.text_path or '(standard library docstrings)'} has changed since the run "
+                        f"in {out} started: its characters differ (added {sorted(new - old)[:10]}, removed "
+                        f"{sorted(old - new)[:10]}), so every id would mean another character. Resume with the "
+                        f"original text, or start a new run")
     digest = ckpt["extra"].get("text_sha256")
     if digest is not None and digest != task.text_sha256:
-        print("gpurnn train: warning: the text has changed since the run started (same characters); training "
-              "continues on the new text, so it will not match a run that never stopped", file=sys.stderr)
+        log("gpurnn train: warning: the text has changed since the run started (same characters); training "
+            "continues on the new text, so it will not match a run that never stopped")
 
 
 def check_data_file(task, ckpt, out):
-    """A run on your data resumes on the same file: another one would split and scale differently."""
+    """A run on your data resumes on the same file: another one would split and scale differently
+    (a DataError if it has changed)."""
     digest = ckpt["extra"].get("data_sha256")
     if digest is not None and digest != task.data_sha256:
-        raise ValueError(f"the data file {task.source['file']} has changed since the run in {out} started (its "
-                         f"SHA-256 differs), so its held-out part and scaling would not be the run's. Resume with "
-                         f"the original file, or start a new run")
+        raise DataError(f"the data file {task.source['file']} has changed since the run in {out} started (its "
+                        f"SHA-256 differs), so its held-out part and scaling would not be the run's. Resume with "
+                        f"the original file, or start a new run")
 
 
 def read_metrics(path, warn=None):
@@ -288,3 +383,7 @@ def carry_metrics(source, path, step, log):
         f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(tmp, path)
 
+
+def format_metric(v):
+    """Four decimals, or three significant digits where four decimals would show nothing (2.1e-05)."""
+    return f"{v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3g}"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import gpurnn
-from gpurnn import cli
+from gpurnn import cli, training
 from gpurnn.checkpoint import load_checkpoint
 from gpurnn.model import Trainer, make_model, training_memory
-from gpurnn.runs import RunLock, check_memory
+from gpurnn.runs import RunLock, check_memory, format_metric
 from gpurnn.tasks import make_task
 
 from conftest import TINY_RUN, run_metrics, train_charlm, train_tiny
@@ -133,16 +133,16 @@ def test_sigterm_and_sighup_save_and_stop_like_ctrl_c(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert f"interrupted ({signal.Signals(sig).name}); step 3 saved" in err and f"--resume {out}" in err
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        assert signal.getsignal(s) is not cli._interrupt_now    # the handlers are put back
+        assert signal.getsignal(s) is not training._interrupt_now    # the handlers are put back
 
 
 def test_a_signal_before_the_first_step_saves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
-    real_build = cli.build_trainer
+    real_build = training.build_trainer
 
     def build_then_interrupt(task, cfg):
         os.kill(os.getpid(), signal.SIGTERM)       # while the model is being built (and compiled)
         return real_build(task, cfg)
-    monkeypatch.setattr(cli, "build_trainer", build_then_interrupt)
+    monkeypatch.setattr(training, "build_trainer", build_then_interrupt)
     out = tmp_path / "run"
     assert train_tiny(out, "--steps", "5") == 143
     assert "before the first step; nothing was saved" in capsys.readouterr().err
@@ -253,7 +253,7 @@ def test_check_memory_says_what_to_lower():
                dtype="float32", tbptt=0, backend="cpu")
     task = make_task("adding", 50)
     assert check_memory(task, cfg, available=1 << 40)["peak"] > 0
-    with pytest.raises(ValueError, match=r"needs about .* MiB at its peak .* than the 1 MiB .* lower --eval-sequences"):
+    with pytest.raises(ValueError, match=r"needs about .* MiB at its peak .* than the 1 MiB .* lower eval_sequences"):
         check_memory(task, cfg, available=1 << 20)
 
 
@@ -272,20 +272,20 @@ def test_report_marks_unfinished_runs_and_counts_a_repeated_seed_once(tmp_path, 
     assert f"(seed 0, {runs[0]})" in row and f"(seed 0, {runs[1]})" in row and "same configuration and seed" in err
     finals = {r: run_metrics(r)[-1]["eval_metric"] for r in runs}
     mean = (finals[runs[0]] + finals[runs[2]]) / 2
-    assert f"| {cli._metric(mean)} |" in row
+    assert f"| {format_metric(mean)} |" in row
     assert cli.main(["report", runs[0], str(tmp_path / "s2")]) == 0
     row = capsys.readouterr().out.splitlines()[2]
     assert "step 2 of 4, unfinished (seed 2)" in row and "| — |" in row
 
 
 def test_report_prints_small_metrics_with_significant_digits():
-    assert cli._metric(2.1e-5) == "2.1e-05" and cli._metric(0.1699) == "0.1699" and cli._metric(0.0) == "0.0000"
+    assert format_metric(2.1e-5) == "2.1e-05" and format_metric(0.1699) == "0.1699" and format_metric(0.0) == "0.0000"
 
 
 @pytest.mark.parametrize("field, value, message", [("hidden", "64", "config field 'hidden' must be int, got '64'"),
                                                    ("cell", "lstm2", "config field 'cell' must be one of"),
                                                    ("lr", None, "config field 'lr' must be float, got None"),
-                                                   ("batch", 0, "--batch must be at least 1")])
+                                                   ("batch", 0, "config field 'batch' must be at least 1, got 0")])
 def test_a_crafted_config_in_a_checkpoint_is_refused_naming_the_field(tmp_path, capsys, field, value, message):
     """The checkpoint's checksum is recomputed, as anyone can: the config itself must be checked."""
     from gpurnn import checkpoint as ck

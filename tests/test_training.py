@@ -1,6 +1,10 @@
 """The model and trainer: embedding gradient, truncated BPTT, learning, exact resume, non-finite stops."""
 
+import json
 import math
+import os
+import re
+import signal
 
 import numpy as np
 import pytest
@@ -156,7 +160,8 @@ def test_non_finite_loss_stops_with_the_step_named_and_leaves_the_last_good_stat
             tr.train_step()
     e = err.value
     assert e.step == tr.step + 1 == good[0] + 1
-    assert f"step {e.step}:" in str(e) and "--clip" in str(e) and "learning rate" in str(e)
+    assert f"step {e.step}:" in str(e) and "clip gradients" in str(e) and "learning rate" in str(e)
+    assert "--" not in str(e)          # the library's words: the command line adds its flags
     for k, v in model.state_dict().items():          # untouched by the failing step
         assert np.array_equal(v, good[1][k]) and np.isfinite(v).all()
     assert tr.rng.bit_generator.state == good[2]
@@ -201,3 +206,175 @@ def test_recurrent_scale_starts_each_gate_block_orthogonal_times_the_scale(cell,
             np.testing.assert_allclose(block @ block.T, 1.5 ** 2 * np.eye(H), atol=1e-12)
     again = make_model(Adding(5), cell, H, num_layers=2, recurrent_scale=1.5, backend="cpu", dtype="float64", seed=0)
     assert all(np.array_equal(v, again.state_dict()[k]) for k, v in m.state_dict().items())
+
+
+# ---------------------------------------------------------------- gpurnn.fit: the training run from Python
+TINY = dict(task="adding", cell="gru", hidden=8, seq_len=6, steps=4, batch=4, eval_sequences=8, backend="cpu")
+
+
+def _metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fit_writes_the_run_folder_and_returns_where_the_run_ended(tmp_path):
+    said = []
+    run = gpurnn.fit(tmp_path / "run", **TINY, log_every=2, progress=False, log=said.append)
+    assert isinstance(run, gpurnn.RunResult)
+    assert (run.folder, run.status, run.step, run.signal) == (str(tmp_path / "run"), "done", 4, None)
+    assert run.exit_status == 0
+    assert run.metric == "mse" and run.baseline == pytest.approx(1 / 6)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {k: cfg[k] for k in TINY} == TINY and cfg["lr"] == 0.01 and cfg["backend_used"] == "cpu"
+    recs = _metrics(tmp_path / "run")
+    assert [r["step"] for r in recs] == [2, 4]
+    assert (run.eval_loss, run.eval_metric) == (recs[-1]["eval_loss"], recs[-1]["eval_metric"])
+    assert load_checkpoint(run.checkpoint)["step"] == 4
+    assert said[-1].startswith(f"step 4: held-out mse {run.eval_metric:.4f} (baseline 0.1667")
+
+    # the trained model comes back with load_model and scores what the run reported on the held-out set
+    m = gpurnn.load_model(run.folder)
+    held_out = Adding(6).eval_batches(0, 8, 500)
+    x = np.concatenate([b.x for b in held_out], axis=1).transpose(1, 0, 2)          # (N, T, 2)
+    y = np.concatenate([b.target[-1] for b in held_out])                             # (N, 1)
+    assert np.mean((m.predict(x) - y) ** 2) == pytest.approx(run.eval_metric, rel=1e-5)
+
+
+def test_fit_resumed_logs_what_a_run_that_never_stopped_logs(tmp_path):
+    straight = gpurnn.fit(tmp_path / "straight", **dict(TINY, steps=8), log_every=1, progress=False, log=print)
+    gpurnn.fit(tmp_path / "split", **TINY, log_every=1, progress=False, log=print)
+    resumed = gpurnn.fit(resume=tmp_path / "split", steps=8, progress=False, log=print)
+    assert (resumed.status, resumed.step, resumed.folder) == ("done", 8, str(tmp_path / "split"))
+    assert resumed.eval_metric == straight.eval_metric
+    a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "split")
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in a] == [(r["step"], r["loss"], r["grad_norm"]) for r in b]
+
+    elsewhere = gpurnn.fit(tmp_path / "more", resume=tmp_path / "split", steps=9, progress=False, log=print)
+    assert elsewhere.step == 9 and [r["step"] for r in _metrics(tmp_path / "more")] == list(range(1, 10))
+
+    with pytest.raises(gpurnn.AlreadyFinished, match=r"is at step 8, already finished \(steps=8\); give steps above 8"):
+        gpurnn.fit(resume=tmp_path / "split", progress=False, log=print)
+    with pytest.raises(gpurnn.ConfigError, match="already past that") as e:
+        gpurnn.fit(resume=tmp_path / "split", steps=5, progress=False, log=print)
+    assert e.value.key == "steps"
+    with pytest.raises(gpurnn.ConfigError, match=r"hidden=16 differs from the resumed run's 8") as e:
+        gpurnn.fit(resume=tmp_path / "split", steps=12, hidden=16, progress=False, log=print)
+    assert e.value.key == "hidden"
+
+
+@pytest.mark.parametrize("given, key, message", [
+    (dict(hidden=0), "hidden", "hidden must be at least 1, got 0"),
+    (dict(clip=-1.0), "clip", "clip must be >= 0 (0 turns it off), got -1.0"),
+    (dict(cell="lstmm"), "cell", "cell must be one of rnn, rnn-relu, lstm, gru, got 'lstmm'"),
+    (dict(hidden="8"), "hidden", "hidden must be int, got '8'"),
+    (dict(hiden=8), "hiden", "unknown config key 'hiden'"),
+    (dict(validation=0.3), "validation", "validation applies to data FILE; leave it out"),
+    (dict(target="load"), "target", "target applies to data FILE.csv (a time series); leave it out"),
+])
+def test_fit_refuses_a_bad_config_naming_the_key_before_writing_anything(tmp_path, given, key, message):
+    with pytest.raises(gpurnn.ConfigError) as e:
+        gpurnn.fit(tmp_path / "run", **dict(TINY, **given), progress=False)
+    assert isinstance(e.value, ValueError) and e.value.key == key
+    assert message in str(e.value) and "--" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_will_not_overwrite_a_run_and_says_how_to_continue_it(tmp_path):
+    gpurnn.fit(tmp_path / "run", **TINY, progress=False, log=print)
+    taken = f"continue it with resume='{tmp_path / 'run'}', or choose another out"
+    with pytest.raises(gpurnn.ConfigError, match=re.escape(taken)):
+        gpurnn.fit(tmp_path / "run", **TINY, progress=False)
+
+
+def test_fit_stopped_by_a_signal_or_a_non_finite_step_says_so_in_its_result(tmp_path, monkeypatch):
+    real_step = Trainer.train_step
+
+    def step_then_sigterm(self):
+        result = real_step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    run = gpurnn.fit(tmp_path / "run", **dict(TINY, steps=50), progress=False, log=print)
+    assert (run.status, run.signal, run.step, run.eval_metric) == ("interrupted", "SIGTERM", 2, None)
+    assert run.exit_status == 143
+    assert load_checkpoint(run.checkpoint)["step"] == 2
+    monkeypatch.undo()
+
+    run = gpurnn.fit(tmp_path / "diverged", task="adding", cell="rnn", hidden=16, seq_len=20, batch=8, init_scale=3.0,
+                     optimizer="sgd", lr=1.0, clip=0.0, steps=100, backend="cpu", progress=False, log=print)
+    assert (run.status, run.exit_status) == ("diverged", 1)
+    assert _metrics(tmp_path / "diverged")[-1]["step"] == run.step + 1 == load_checkpoint(run.checkpoint)["step"] + 1
+
+
+# ---------------------------------------------------------------- a model trained from Python, saved and loaded
+def _trained_from_python(kind):
+    if kind == "adding":
+        task = Adding(7)
+    elif kind == "charlm":
+        task = CharLM(8, text="the cat sat on the mat. " * 20)
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((60, 5, 3)) * [1.0, 4.0, 0.5] + [0.0, 10.0, -2.0]
+        task = gpurnn.ArrayTask(x, 30.0 * x[:, :, :1].mean(axis=1) + 100.0, seed=0)
+    model = make_model(task, "lstm", 8, embed_size=4 if kind != "charlm" else None, backend="cpu", seed=3)
+    trainer = Trainer(model, task, lr=1e-2, clip=1.0, batch_size=4, seed=1)
+    for _ in range(3):
+        trainer.train_step()
+    return trainer
+
+
+def _outputs(model, x):
+    """The model's outputs (N, T, O), float64, for x (N, T, ...) as the model reads it."""
+    inputs = x.T if x.ndim == 2 else x.transpose(1, 0, 2)
+    out, _ = model(np.ascontiguousarray(inputs))
+    return np.asarray(out, np.float64).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("kind", ["adding", "charlm", "data"])
+def test_a_model_saved_from_python_loads_and_predicts_what_it_predicted(tmp_path, kind):
+    trainer = _trained_from_python(kind)
+    gpurnn.save_checkpoint(tmp_path / "model.npz", trainer.state())       # as docs/training.md shows
+    m = gpurnn.load_model(tmp_path / "model.npz")
+    assert m.step == 3 and m.config["cell"] == "lstm" and m.config["task"] == trainer.task.name
+    rng = np.random.default_rng(5)
+    if kind == "charlm":
+        ids = rng.integers(0, trainer.task.input_size, size=(6, 8))
+        out = _outputs(trainer.model, ids)
+        p = np.exp(out - out.max(axis=-1, keepdims=True))
+        np.testing.assert_allclose(m.predict_proba(ids), p / p.sum(axis=-1, keepdims=True), rtol=1e-6, atol=0)
+        np.testing.assert_array_equal(m.predict(ids), out.argmax(axis=-1))
+        return
+    x = rng.standard_normal((6, trainer.task.seq_len, trainer.task.input_size))
+    if kind == "adding":
+        expected = _outputs(trainer.model, x.astype(np.float32))[:, -1]
+    else:                # your data: standardised as training was, the values back in the data's units
+        task = trainer.task
+        expected = _outputs(trainer.model, ((x - task.x_mean) / task.x_std).astype(np.float32))[:, -1]
+        expected = expected * task.y_std + task.y_mean
+    np.testing.assert_allclose(m.predict(x), expected, rtol=1e-6, atol=1e-6)
+    # the file is also a checkpoint that continues the training
+    again = _trained_from_python(kind)
+    again.load_state(load_checkpoint(tmp_path / "model.npz"))
+    assert again.train_step() == trainer.train_step()
+
+
+def test_a_state_without_a_description_is_refused_with_what_to_do_instead(tmp_path):
+    """A state saved without its model's description (a dict built by hand, or a file of an older
+    version) cannot be rebuilt: the error says, in Python's terms, how to save one that can."""
+    state = _trained_from_python("adding").state()
+    del state["description"]
+    gpurnn.save_checkpoint(tmp_path / "state.npz", state)
+    with pytest.raises(gpurnn.CheckpointError) as e:
+        gpurnn.load_model(tmp_path / "state.npz")
+    assert "gpurnn.save_checkpoint(path, trainer.state())" in str(e.value) and "--" not in str(e.value)
+
+
+def test_a_model_of_a_task_of_its_own_says_how_to_load_its_weights(tmp_path):
+    trainer = _trained_from_python("adding")
+
+    class Doubled(Adding):
+        name = "doubled"
+    trainer.task = Doubled(7)
+    gpurnn.save_checkpoint(tmp_path / "own.npz", trainer.state())
+    with pytest.raises(gpurnn.CheckpointError, match="a task of its own \\('doubled'\\).*load_state_dict"):
+        gpurnn.load_model(tmp_path / "own.npz")

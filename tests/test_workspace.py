@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from gpurnn import cli
+from gpurnn import training
 from gpurnn.kernels import cpu
 from gpurnn.kernels.workspace import Workspace
 
@@ -49,8 +49,7 @@ def test_reuse_never_overwrites_what_a_caller_or_a_saved_forward_still_holds(cel
     T, B, I, H = 6, 3, 4, 5
 
     def layer():
-        kw = dict(backend="cpu", dtype="float64", seed=1)
-        return gpurnn.RNN(I, H, **kw) if cell == "rnn_tanh" else {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](I, H, **kw)
+        return gpurnn.layers.recurrent_layer(cell, I, H, backend="cpu", dtype="float64", seed=1)
 
     xs = [rng.standard_normal((T, B, I)) for _ in range(2)]
     dys = [rng.standard_normal((T, B, H)) for _ in range(2)]
@@ -93,11 +92,11 @@ class _Model:
 def test_a_slow_compile_is_announced_and_a_fast_one_is_not(monkeypatch):
     said = []
     monkeypatch.setattr(cpu, "compile_kernels", lambda cell, dtype: time.sleep(0.3))
-    cli.compile_kernels(_Model, said.append, announce_after=0.05)
+    training.compile_kernels(_Model, said.append, announce_after=0.05)
     assert len(said) == 2
     assert said[0].startswith("compiling the CPU kernels for lstm, float32 (first run only")
     assert said[1].startswith("compiled the CPU kernels for lstm, float32 in 0.")
     said.clear()
     monkeypatch.setattr(cpu, "compile_kernels", lambda cell, dtype: None)
-    cli.compile_kernels(_Model, said.append, announce_after=0.5)
+    training.compile_kernels(_Model, said.append, announce_after=0.5)
     assert said == []
