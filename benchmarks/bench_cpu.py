@@ -400,7 +400,8 @@ def markdown(result):
     if result.get("cold_start"):
         lines += ["", "| cell | first training step, empty Numba cache | warm cache | torch |", "|---|---:|---:|---:|"]
         for c in result["cold_start"]:
-            lines.append(f"| {c['cell']} | {c['empty_cache_s']:.2f} s | {c['warm_cache_s']:.2f} s | {c['torch_s']:.2f} s |")
+            lines.append(f"| {c['cell']} | {c['empty_cache_s']:.2f} s | {c['warm_cache_s']:.2f} s "
+                         f"| {c['torch_s']:.2f} s |")
     return "\n".join(lines) + "\n"
 
 

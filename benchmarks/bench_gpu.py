@@ -404,10 +404,10 @@ def accumulate_rows(sim, rounds, max_reps):
         grads = dict(w_ih=xp.zeros((GH, I), np.float32), w_hh=xp.zeros((GH, H), np.float32),
                      b_ih=xp.zeros(GH, np.float32), b_hh=xp.zeros(GH, np.float32))
 
-        def ours():
+        def ours(dg_x=dg_x, x=x, hp=hp, grads=grads):
             kc.accumulate_grads("lstm", dg_x, x, dg_x, hp, grads, geo)
 
-        def cublas():
+        def cublas(dg_x=dg_x, x=x, hp=hp):
             xp.matmul(dg_x.T, x)
             xp.matmul(dg_x.T, hp)
         for fn in (ours, cublas, ours, cublas):
@@ -440,12 +440,12 @@ def graph_rows(sim, rounds, max_reps):
         x = xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32))
         dy = xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32))
 
-        def train():
+        def train(m=m, x=x, dy=dy):
             m.zero_grad()
             m(x)
             m.backward(dy)
 
-        def forward():
+        def forward(m=m, x=x):
             m(x)
 
         for mode, fn in (("forward", forward), ("train", train)):
@@ -509,7 +509,8 @@ def markdown(result):
     m, lo = result["machine"], result["launch_overhead"]
     lines = [f"# gpurnn cuda backend vs torch (cuDNN) on {m['gpu']}", "",
              f"{result['date']}; {m['toolchain']}; torch {m['torch']}; tests: {result['tests']}; "
-             f"geometry {result['geometry']}; gpurnn algo {result['algo']}; medians of {result['rounds']} interleaved rounds of up to "
+             f"geometry {result['geometry']}; gpurnn algo {result['algo']}; "
+             f"medians of {result['rounds']} interleaved rounds of up to "
              f"{result['reps']} calls per side; budget {result['budget_s']:.0f} s, "
              f"{result['elapsed_s']:.0f} s used.", "",
              *([f"**{m['note']}**", ""] if "note" in m else [])]
@@ -620,7 +621,8 @@ def main(argv=None):
     cases = plan(grid, MEASURED_CELLS, rounds, max_reps, args.algo)
     now = datetime.datetime.now(datetime.timezone.utc)
     info = machine(args.sim)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="gpurnn-bench-gpu-")) if args.sim else ROOT / "benchmarks" / "results")
+    scratch = Path(tempfile.mkdtemp(prefix="gpurnn-bench-gpu-")) if args.sim else None
+    out = args.out or scratch or ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or (f"{now:%Y-%m-%d}-{slug(info['gpu'])}-bench"
                          + (f"-g{slug(args.geometry)}" if args.geometry else ""))

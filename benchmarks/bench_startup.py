@@ -94,7 +94,8 @@ def main(argv=None):
              f"{result['machine']['cores']} cores, Python {result['machine']['python']}; "
              f"cuda_status: {result['machine']['gpurnn_cuda_status'][1]}.", "",
              "| command | as typed | median s | min s | max s | runs |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['command']} | `{r['typed']}` | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | {len(r['samples'])} |"
+    lines += [f"| {r['command']} | `{r['typed']}` | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} "
+              f"| {len(r['samples'])} |"
               for r in result["rows"]]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

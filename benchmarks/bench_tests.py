@@ -59,8 +59,8 @@ def main(argv=None):
             print(proc.stdout[-6000:] + proc.stderr[-3000:], file=sys.stderr)
             return 1
         counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed|deselected)", closing)}
-        rows.append(dict(run=name, command=" ".join(["python -m pytest"] + [f'"{a}"' if " " in a else a for a in extra]),
-                         seconds=seconds, closing_line=closing, **counts))
+        command = " ".join(["python -m pytest"] + [f'"{a}"' if " " in a else a for a in extra])
+        rows.append(dict(run=name, command=command, seconds=seconds, closing_line=closing, **counts))
     result = dict(started_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   machine=dict(cpu=cpu_model(), cores=os.cpu_count(), python=platform.python_version()),
                   rows=rows)

@@ -68,8 +68,9 @@ def main(argv=None):
             seconds, last = run(["-m", "gpurnn", "train", *flags], work)
             # The split the run trained on: the file read as the checkpoint says it was (seed 0, a fifth held out).
             source = gpurnn.load_model(work / "runs" / name).task["source"]
-            task = tasks[name] = gpurnn.task_from_file(work / flags[1], seq_len=source.get("seq_len"), target=source.get("target"),
-                                         horizon=source.get("horizon"), features=source.get("features"))
+            task = tasks[name] = gpurnn.task_from_file(work / flags[1], seq_len=source.get("seq_len"),
+                                                       target=source.get("target"), horizon=source.get("horizon"),
+                                                       features=source.get("features"))
             evals = evaluations(work / "runs" / name)
             best = (min if name == "sunspots" else max)(evals, key=lambda e: e[1])
             examples[name] = dict(command="gpurnn train " + " ".join(flags), seconds=seconds, last_line=last,

@@ -529,7 +529,8 @@ def graphs_notes(src):
         p = gpu_row(d, g["cell"], "forward", g["T"], g["B"], g["H"])
         if p:
             parts.append(f"At B = {g['B']}, H = {g['H']} a graph-replayed forward step takes "
-                         f"{1000 * g['graphs_ms'] / g['T']:.0f} µs against cuDNN's {1000 * p['torch_ms'] / g['T']:.0f}.")
+                         f"{1000 * g['graphs_ms'] / g['T']:.0f} µs against cuDNN's "
+                         f"{1000 * p['torch_ms'] / g['T']:.0f}.")
     return " ".join(parts) + "\n"
 
 
@@ -542,7 +543,8 @@ def status(src):
     cpu, gpu = src.json(CPU), src.json(H200)
     rows, train = cpu_rows(cpu), gpu_rows(gpu)
     sizes = [s for s in SIZE_ORDER if any(r["size"] == s for r in rows)]
-    level = "level with torch's or faster" if min(r["speedup"] for r in rows) >= 0.9 else "slower than torch's in places"
+    slowest = min(r["speedup"] for r in rows)
+    level = "level with torch's or faster" if slowest >= 0.9 else "slower than torch's in places"
     won = f"; it beats cuDNN only at {wins(train)}" if any(r["ratio"] > 1 for r in train) \
         else "; it is slower than cuDNN at every shape measured"
     return (f"- **CPU**: the `cpu` backend's training step is {level}: torch ms / gpurnn ms at the "

@@ -41,14 +41,14 @@ class Dims(NamedTuple):
     """The sizes of one layer and direction, read once from its arrays (``dims_of``)."""
     T: int
     B: int
-    I: int  # noqa: E741  (the legend's name for the input features)
+    I: int
     H: int
     G: int
 
 
 def dims_of(cell, x, w_hh):
     """Dims of a layer of ``cell`` from x (T, B, I) and w_hh (G*H, H)."""
-    T, B, I = x.shape  # noqa: E741
+    T, B, I = x.shape
     return Dims(int(T), int(B), int(I), int(w_hh.shape[1]), GATES[cell])
 
 

@@ -189,7 +189,7 @@ def gru_backward_reference(saved, dy, dh_n, w_ih, w_hh, grads):
     x, hs, hns, gates = saved.x, saved.hs, saved.hn, saved.gates
     T, B, _, H, _ = saved.dims
     dy, dh, dx = _start_backward(saved, dy, dh_n)
-    for t, before, after in reversed(steps(T, saved.reverse)):
+    for t, before, _after in reversed(steps(T, saved.reverse)):
         act = active_rows(t, saved.lengths, B)
         r, z, n = (gates[t][:, k * H:(k + 1) * H] for k in range(3))
         dh_t = dh + dy[t]

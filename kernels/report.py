@@ -135,8 +135,8 @@ def hot_loop(sass, name, fma="FFMA"):
     unrolled) whose body has the most ``fma`` instructions (FFMA; DFMA for float64), or where no
     innermost loop has any, the loop whose body has the most (a loop around the pointwise part of
     a step, with the activations' polynomials, is not innermost and so does not compete with the
-    dot products inside it); ``lds`` counts the shared-memory loads of any width in that body. A kernel without a loop of multiply-adds gives
-    zeros and a ratio of None."""
+    dot products inside it); ``lds`` counts the shared-memory loads of any width in that body. A
+    kernel without a loop of multiply-adds gives zeros and a ratio of None."""
     instructions, labels = kernel_sass(sass, name)
     loops = set()
     for address, op, operands in instructions:
@@ -181,7 +181,8 @@ def link(ptx, cc):
             size = nvjitlink.get_error_log_size(handle)
             log = bytearray(size)
             nvjitlink.get_error_log(handle, log)
-            raise RuntimeError(f"nvJitLink failed for sm_{cc[0]}{cc[1]}: {e}\n{bytes(log).decode(errors='replace')}")
+            detail = bytes(log).decode(errors="replace")
+            raise RuntimeError(f"nvJitLink failed for sm_{cc[0]}{cc[1]}: {e}\n{detail}") from e
         size = nvjitlink.get_info_log_size(handle)
         log = bytearray(size)
         nvjitlink.get_info_log(handle, log)

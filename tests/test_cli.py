@@ -114,7 +114,8 @@ def test_non_finite_training_saves_the_last_good_step_and_names_the_failing_one(
 def test_resume_may_change_the_learning_rate_and_clipping(tmp_path):
     out = tmp_path / "run"
     assert train_tiny(out, "--steps", "3", "--lr", "0.1", "--clip", "0") == 0
-    assert cli.main(["train", "--resume", str(out), "--clip", "1", "--lr", "0.01", "--steps", "6", "--no-progress"]) == 0
+    resumed = ["train", "--resume", str(out), "--clip", "1", "--lr", "0.01", "--steps", "6", "--no-progress"]
+    assert cli.main(resumed) == 0
     cfg = json.loads((out / "config.json").read_text())
     ck = load_checkpoint(out / "checkpoint.npz")
     assert cfg["clip"] == 1 and cfg["lr"] == 0.01 and ck["config"]["lr"] == 0.01
@@ -145,7 +146,8 @@ def test_grads_measures_a_trained_run_on_its_own_task(tmp_path, capsys):
     assert cli.main(["grads", "--run", str(run), "--seq-len", "6", "--batch", "3", "--backend", "cpu",
                      "--out", str(out)]) == 0
     (result,) = json.loads((out / "grad_norms.json").read_text())["results"]
-    assert result["cell"] == "lstm" and result["run"] == str(run) and "trained (adding, T=6, 2 steps)" in result["label"]
+    assert result["cell"] == "lstm" and result["run"] == str(run)
+    assert "trained (adding, T=6, 2 steps)" in result["label"]
     assert len(result["dh_norms"]) == len(result["dc_norms"]) == 6 and result["dh_norms"][0] == 1.0
     assert all(n > 0 for n in result["dh_norms"])
     assert "lstm, trained" in capsys.readouterr().out

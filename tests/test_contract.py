@@ -13,7 +13,7 @@ from gpurnn.kernels import contract
 from gpurnn.kernels.vocabulary import GATES
 
 HOST = ["reference", "cpu"]
-BACKENDS = HOST + (["cuda"] if gpurnn.cuda_status()[0] else [])
+TESTED = HOST + (["cuda"] if gpurnn.cuda_status()[0] else [])
 
 
 def kernels_of(name):
@@ -57,7 +57,7 @@ def forward(name, cell, p, reverse, algo="auto"):
                                        a["lengths"], reverse, algo)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", TESTED)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [False, True])
@@ -87,7 +87,7 @@ def test_forward_saves_the_contracts_record(name, cell, reverse, lengths, rng):
             assert value.shape == shapes[field]
 
 
-@pytest.mark.parametrize("name", BACKENDS[1:])
+@pytest.mark.parametrize("name", TESTED[1:])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_every_backend_saves_the_same_values(name, cell, reverse, rng):

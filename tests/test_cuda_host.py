@@ -50,8 +50,8 @@ class _Kernel:
 
     def __getitem__(self, config):
         warnings.warn(NumbaPerformanceWarning("Grid size 4 will likely result in GPU under-utilization "
-                                              "due to low occupancy."))
-        warnings.warn(UserWarning("something else"))
+                                              "due to low occupancy."), stacklevel=2)
+        warnings.warn(UserWarning("something else"), stacklevel=2)
         return config
 
 

@@ -62,8 +62,8 @@ def test_cuda_geometry_is_a_parameter(cell, backend, monkeypatch):
     problem = random_problem(rng, cell, T, B, I, H, 1, 2, True)
     ref = make_model(cell, I, H, 1, True, backend="reference", seed=2)
     want = run_model(ref, **problem)
-    odd = kc.Geometry(step_h=3, step_rh=3, step_rh64=3, step_b=2, step_rb=3, step_k=5, step_kz=3, acc_threads=2, acc_regs=3,
-                      acc_k=5, vec=3, persist_threads=8, persist_rows=3)
+    odd = kc.Geometry(step_h=3, step_rh=3, step_rh64=3, step_b=2, step_rb=3, step_k=5, step_kz=3, acc_threads=2,
+                      acc_regs=3, acc_k=5, vec=3, persist_threads=8, persist_rows=3)
     monkeypatch.setattr(kc, "default_geometry", lambda: odd)
     got = run_model(make_model(cell, I, H, 1, True, backend=backend, seed=2), **problem)
     for key in want:

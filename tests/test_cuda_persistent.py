@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 cuda = pytest.importorskip("numba.cuda")   # module level: the simulator swaps this global in kernels
-from conftest import CELLS, SIMULATED, make_model, needs_cuda, random_problem, run_model
+from conftest import CELLS, SIMULATED, make_model, needs_cuda, random_problem, run_model  # noqa: E402
 
 pytestmark = needs_cuda
 
@@ -126,7 +126,8 @@ def test_cuda_persistent_training_step_launches_do_not_grow_with_T(cell, monkeyp
     monkeypatch.setenv("GPURNN_GRAPHS", "1")
     for T in (1, 4, 9):
         names = _train_launches(cell, T, "cuda-persistent", L, D)
-        assert sorted(names) == sorted(["persistent_forward", "persistent_backward", "accumulate"] * (L * D)), (T, names)
+        expected = ["persistent_forward", "persistent_backward", "accumulate"] * (L * D)
+        assert sorted(names) == sorted(expected), (T, names)
         assert len(names) / (L * D) <= 4
         if T == 9:
             continue                  # the step path: T = 1 and 4 show what grows (one layer, two directions)

@@ -3,7 +3,6 @@ import statements a reader and a tool can follow; one checkout's gpurnn/ never r
 kernels/; each word of the vocabulary is defined in one place."""
 
 import ast
-import os
 import shutil
 import subprocess
 import sys

@@ -128,7 +128,8 @@ def test_the_report_models_the_step_kernels_with_the_block_they_launch():
     from gpurnn.kernels.cuda.runtime import GPU_GEOMETRY
     from gpurnn.kernels.cuda.step import step_launch
     for name in ("step_forward", "step_backward"):
-        assert report.block_threads(name, GPU_GEOMETRY) == 256 == int(np.prod(step_launch(7, 3, GPU_GEOMETRY, "float32")[1]))
+        launched = int(np.prod(step_launch(7, 3, GPU_GEOMETRY, "float32")[1]))
+        assert report.block_threads(name, GPU_GEOMETRY) == 256 == launched
     row = dict(target="sm_90", registers=56, shared=14336)
     assert report.occupancy(row, "step_forward") == 0.5
 

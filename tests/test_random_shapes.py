@@ -30,7 +30,8 @@ def test_random_shapes_match_reference(backend, case):
     D = 2 if c["bidirectional"] else 1
     rng = np.random.default_rng(c["seed"])
     problem = random_problem(rng, c["cell"], c["T"], c["B"], c["I"], c["H"], c["L"], D, c["with_lengths"])
-    ref = make_model(c["cell"], c["I"], c["H"], c["L"], c["bidirectional"], c["bias"], backend="reference", seed=c["seed"])
+    ref = make_model(c["cell"], c["I"], c["H"], c["L"], c["bidirectional"], c["bias"], backend="reference",
+                     seed=c["seed"])
     fast = make_model(c["cell"], c["I"], c["H"], c["L"], c["bidirectional"], c["bias"], backend=backend, seed=c["seed"])
     want, got = run_model(ref, **problem), run_model(fast, **problem)
     assert set(got) == set(want)

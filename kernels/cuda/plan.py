@@ -136,8 +136,9 @@ def choose(cell, itemsize, B, H, device, algo="auto", threads=GPU_GEOMETRY.persi
     batch rows each (``Geometry.persist_threads``, ``persist_rows``). ``graphs``: whether the
     per-step path replays its launches from CUDA graphs (``graphs.enabled()``).
     ``cooperative_blocks(kernel, threads, static, dyn)`` defaults to the device model's; on a GPU
-    it is the driver's answer for the compiled kernel. A forced "persistent" whose grid cannot be co-resident raises ValueError with the reason; one
-    whose W_hh is too large for the L2 runs anyway (reading W_hh from memory every step)."""
+    it is the driver's answer for the compiled kernel. A forced "persistent" whose grid cannot be
+    co-resident raises ValueError with the reason; one whose W_hh is too large for the L2 runs
+    anyway (reading W_hh from memory every step)."""
     check_algo(algo)
     if algo == "step":
         return Plan("step", "asked for")

@@ -31,8 +31,8 @@ class Geometry:
     staged in tiles of step_k columns, whose columns step_kz slices of the block's threads
     (threadIdx.z) share out: step_kz times the threads for the same register tile, so that a grid
     of few blocks (small B·H) still fills the GPU's schedulers. A float64 value takes two
-    registers: float64 kernels give a thread step_rh64 units instead (``step_units``), which keeps the float64 LSTM's G·units·rows
-    accumulators in registers. The accumulation kernel's block is (acc_threads,
+    registers: float64 kernels give a thread step_rh64 units instead (``step_units``), which keeps
+    the float64 LSTM's G·units·rows accumulators in registers. The accumulation kernel's block is (acc_threads,
     acc_threads) threads, each owning acc_regs x acc_regs outputs in runs of ``vec`` consecutive
     rows and columns (one vector load each), and stages acc_k rows of the N = T*B reduction at a
     time. Persistent path: persist_threads threads per block (a power of two), one block per SM;
@@ -57,8 +57,8 @@ class Geometry:
         if t < 1 or t & (t - 1) or self.persist_rows < 1:
             raise ValueError(f"persist_threads must be a power of two and persist_rows >= 1, got {t} and "
                              f"{self.persist_rows}")
-        if min(self.step_h, self.step_rh, self.step_rh64, self.step_b, self.step_kz, self.step_rb, self.step_k, self.acc_threads,
-               self.acc_regs, self.acc_k, self.vec) < 1:
+        if min(self.step_h, self.step_rh, self.step_rh64, self.step_b, self.step_kz, self.step_rb, self.step_k,
+               self.acc_threads, self.acc_regs, self.acc_k, self.vec) < 1:
             raise ValueError(f"every size of a Geometry must be at least 1, got {self}")
         if self.acc_regs % self.vec:
             raise ValueError(f"acc_regs ({self.acc_regs}) must be a multiple of vec ({self.vec})")
