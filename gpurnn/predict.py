@@ -27,7 +27,7 @@ import numpy as np
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint
 from .data import READOUTS, check_inputs, standardise
 from .model import SequenceModel
-from .runs import DEFAULTS, ConfigError, check_entries, config_of_checkpoint, fits
+from .runs import DEFAULTS, check_entries, checked_in_checkpoint, config_of_checkpoint, fits
 from .tasks import TASKS, Adding, Copy
 
 BUILTIN = {"adding": Adding, "copy": Copy}      # the built-in tasks whose sizes are fixed
@@ -178,14 +178,7 @@ def saved_model_config(ckpt, path):
                               f"{', '.join(TASKS)} and of an ArrayTask); rebuild the model and load its weights with "
                               f"model.load_state_dict(gpurnn.load_checkpoint(path)['model'])")
     needed = MODEL_KEYS + (("copy_len",) if described.get("task") == "copy" else ())
-    for key in needed:
-        if key not in described:
-            raise CheckpointError(f"checkpoint {path}: extra field 'model.{key}' is missing; {REMEDY}")
-    try:
-        check_entries(described)
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path}: {e.worded(_model_field)}; {REMEDY}") from None
-    return described
+    return checked_in_checkpoint(described, needed, check_entries, path, _model_field)
 
 
 def _model_field(key, value=None):

@@ -185,22 +185,28 @@ def config_of_checkpoint(ckpt, path):
                               f"(gpurnn.save_checkpoint), not by a training run, so there is "
                               f"no run to continue; start a new one")
     cfg = dict(ckpt["config"])
-    for key in DEFAULTS:
-        if key not in cfg:
-            if key in OPTIONAL:
-                cfg[key] = DEFAULTS[key]
-                continue
-            raise CheckpointError(f"checkpoint {path}: config field {key!r} is missing; {REMEDY}")
-    try:
-        check_config(cfg)
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path}: {e.worded(config_field)}; {REMEDY}") from None
-    return cfg
+    for key in OPTIONAL:
+        cfg.setdefault(key, DEFAULTS[key])
+    return checked_in_checkpoint(cfg, DEFAULTS, check_config, path, config_field)
 
 
 def config_field(key, value=None):
     """How a checkpoint's errors name a config entry: ``config field 'hidden'``."""
     return f"config field {key!r}"
+
+
+def checked_in_checkpoint(entries, required, check, path, field):
+    """``entries`` read from a checkpoint (its run config, or a model's description), once each key
+    of ``required`` is there and ``check(entries)`` raises no ConfigError; otherwise a
+    CheckpointError that names the entry as ``field(key)`` does."""
+    for key in required:
+        if key not in entries:
+            raise CheckpointError(f"checkpoint {path}: {field(key)} is missing; {REMEDY}")
+    try:
+        check(entries)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: {e.worded(field)}; {REMEDY}") from None
+    return entries
 
 
 class RunBusy(Worded, RuntimeError):
