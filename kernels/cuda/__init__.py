@@ -185,9 +185,9 @@ ALGORITHMS = {"step": step, "persistent": persistent}
 class CudaSaved(Saved):
     """``contract.Saved``, and what the cuda backend's backward needs besides: ``row_lengths``,
     the (B,) int32 lengths the kernels read (T for every row when ``lengths`` is None), the
-    geometry and plan the forward ran with, the stream it ran on, and its graphs' plan (graphs.py;
-    None when it launched directly), whose workspace holds its activations while ``graph_token``
-    is the plan's ``holds``."""
+    geometry and plan the forward ran with, the stream it ran on, and the CUDA graphs it replayed
+    (a graphs.Recursion; None when it launched directly), whose workspace still holds its
+    activations while ``graph_token`` is the Recursion's ``holds``."""
     row_lengths: Array = None
     geometry: Optional[Geometry] = None
     stream: Any = None

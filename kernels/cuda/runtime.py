@@ -32,8 +32,8 @@ class Geometry:
     (threadIdx.z) share out: step_kz times the threads for the same register tile, so that a grid
     of few blocks (small B·H) still fills the GPU's schedulers. A float64 value takes two
     registers: float64 kernels give a thread step_rh64 units instead (``step_units``), which keeps
-    the float64 LSTM's G·units·rows accumulators in registers. The accumulation kernel's block is (acc_threads,
-    acc_threads) threads, each owning acc_regs x acc_regs outputs in runs of ``vec`` consecutive
+    the float64 LSTM's G·units·rows accumulators in registers. The accumulation kernel's block is
+    (acc_threads, acc_threads) threads, each owning acc_regs x acc_regs outputs in runs of ``vec`` consecutive
     rows and columns (one vector load each), and stages acc_k rows of the N = T*B reduction at a
     time. Persistent path: persist_threads threads per block (a power of two), one block per SM;
     each thread holds persist_rows batch rows of its hidden unit in registers.
