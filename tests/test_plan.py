@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("numba.cuda")
 from gpurnn.kernels.cuda import plan  # noqa: E402
 from gpurnn.kernels.cuda.plan import A100, H100, choose  # noqa: E402
+from gpurnn.kernels.vocabulary import GATES  # noqa: E402
 
 F32, F64 = 4, 8
 
@@ -24,7 +25,7 @@ def test_the_target_shapes_run_persistent_with_w_hh_on_chip_on_an_h100(cell, H, 
     assert p.fwd_w_on_chip and p.bwd_w_on_chip, p
     assert p.blocks == min(H, H100.sms) or p.blocks == -(-H // p.units)
     assert p.blocks <= H100.sms and p.units * p.blocks >= H > p.units * (p.blocks - 1)
-    assert p.fwd_shared + 4 * p.threads * plan.GATES[cell] <= H100.smem_per_block
+    assert p.fwd_shared + 4 * p.threads * GATES[cell] <= H100.smem_per_block
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])

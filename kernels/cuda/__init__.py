@@ -49,7 +49,6 @@ from numba import cuda
 
 from .. import cuda_simulated
 from ..contract import Array, Saved, dims_of
-from ..vocabulary import ALGOS, CELLS, GATES  # noqa: F401  (the backend's words, for its users)
 from . import accumulate as _accumulate
 from . import graphs, persistent, plan, step
 from . import runtime as rt
