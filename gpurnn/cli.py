@@ -31,7 +31,7 @@ from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS
 from .runs import DEFAULTS, ConfigError, MemoryTooSmall, RunBusy, format_metric, read_metrics
 from .tasks import TASKS
-from .training import AlreadyFinished, fit
+from .training import AlreadyFinished, Voice, fit
 
 
 def main(argv=None):
@@ -145,7 +145,8 @@ def cmd_train(args):
     limit_blas_threads(args.blas_threads)
     given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key, None) is not None}
     try:
-        return fit(args.out, resume=args.resume, progress=not args.no_progress, **given).exit_status
+        return fit(args.out, resume=args.resume, progress=not args.no_progress, voice=COMMAND_LINE,
+                   **given).exit_status
     except TRAIN_FAILURES as e:
         status = next(status for kind, status in TRAIN_EXIT_STATUS if isinstance(e, kind))
         if not isinstance(e, KeyboardInterrupt):        # after a second signal fit has said where the run stands
@@ -170,6 +171,11 @@ def flag(key, value=None):
     one is given (``--seq-len 50``)."""
     name = "--" + key.replace("_", "-")
     return name if value is None else f"{name} {value}"
+
+
+# How gpurnn train's log lines name the run and its settings (gpurnn.fit's are Python's).
+COMMAND_LINE = Voice("gpurnn train", flag, lambda named: " ".join(["gpurnn train"] + named),
+                     "run the same command again")
 
 
 def said(command, e):

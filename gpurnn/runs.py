@@ -328,9 +328,9 @@ def window_of(saved):
             "gmax": number_or(saved.get("gmax"))}
 
 
-def check_vocabulary(task, ckpt, out, log):
+def check_vocabulary(task, ckpt, out, warn):
     """A charlm run resumes on the text it was trained on: its characters must map to the same ids
-    (a DataError if not); the same characters in another text are a warning, through ``log``."""
+    (a DataError if not); the same characters in another text are a warning, through ``warn``."""
     vocab = ckpt["extra"].get("vocab")
     if vocab is not None and vocab != task.chars:
         old, new = set(vocab), set(task.chars)
@@ -340,8 +340,8 @@ def check_vocabulary(task, ckpt, out, log):
                         f"original text, or start a new run")
     digest = ckpt["extra"].get("text_sha256")
     if digest is not None and digest != task.text_sha256:
-        log("gpurnn train: warning: the text has changed since the run started (same characters); training "
-            "continues on the new text, so it will not match a run that never stopped")
+        warn("the text has changed since the run started (same characters); training continues on the new "
+             "text, so it will not match a run that never stopped")
 
 
 def check_data_file(task, ckpt, out):
@@ -377,13 +377,13 @@ def read_metrics(path, warn=None):
     return records
 
 
-def carry_metrics(source, path, step, log):
+def carry_metrics(source, path, step, warn):
     """Rewrite ``path`` as the records of ``source`` up to the resumed checkpoint's ``step``, so that
-    the file reads as one run (lines logged after the checkpoint are dropped)."""
+    the file reads as one run (lines logged after the checkpoint are dropped); a damaged last line
+    of ``source`` is dropped with a warning through ``warn``."""
     if not os.path.exists(source):
         return
-    records = [r for r in read_metrics(source, warn=lambda m: log(f"gpurnn train: warning: {m}"))
-               if r["step"] <= step]
+    records = [r for r in read_metrics(source, warn=warn) if r["step"] <= step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)

@@ -29,8 +29,9 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
-from ._checks import Worded
+from ._checks import Worded, keyword
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .data import ArrayTask
 from .datafiles import is_series
@@ -78,7 +79,27 @@ class RunResult:
         return {"done": 0, "diverged": 1}[self.status]
 
 
-def fit(out=None, *, resume=None, progress=True, log=None, **config):
+@dataclass(frozen=True)
+class Voice:
+    """How a run's log lines name the run and its settings, so that what they advise (continue
+    with..., start again with...) can be done where the run was started: from Python (PYTHON,
+    the default: ``gpurnn.fit``, ``clip=1``) or from the command line, whose Voice gpurnn/cli.py
+    passes (``gpurnn train``, ``--clip 1``)."""
+    who: str                                    # what runs it: the prefix of its lines
+    name: Callable                              # a setting, given its key and optionally its value
+    call: Callable                              # the call that starts a run, given named settings
+    same: str                                   # how to start the same run over
+
+    def again(self, **entries):
+        """The call that starts a run with ``entries`` (``resume`` first, to continue one)."""
+        return self.call([self.name(key, value) for key, value in entries.items()])
+
+
+PYTHON = Voice("gpurnn.fit", keyword, lambda named: f"gpurnn.fit({', '.join(named)})",
+               "call gpurnn.fit again with the same arguments")
+
+
+def fit(out=None, *, resume=None, progress=True, log=None, voice=PYTHON, **config):
     """Train (or, with ``resume``, a run folder, continue) the run that ``config`` describes, in the
     folder ``out``, and return its RunResult (see the module docstring).
 
@@ -86,7 +107,8 @@ def fit(out=None, *, resume=None, progress=True, log=None, **config):
     ``clip``, ``backend`` and the logging intervals may change, other entries must match. With
     ``out`` another folder (new or empty), the run continues there, its metrics carried over.
     ``progress``: a progress bar on stderr. ``log``: a function that takes each line the run
-    reports (default: print it to stderr)."""
+    reports (default: print it to stderr). ``voice``: how those lines name the run and its
+    settings (a Voice; Python's by default)."""
     log = log or _stderr
     given = plain_entries(config)
     out = None if out is None else os.fspath(out)
@@ -105,20 +127,25 @@ def fit(out=None, *, resume=None, progress=True, log=None, **config):
         cfg = resolve_config(given)
         out = out or default_out(cfg)
     try:
-        task = prepare_task(cfg, ckpt, resume, log)      # before anything is allocated or written
+        task = prepare_task(cfg, ckpt, resume, _warner(voice, log))   # before anything is allocated or written
         with RunLock(out):
             check_out(out, ckpt, history)
             with _StopFlag() as stop:
-                return _train(cfg, out, ckpt, task, history, progress, log, stop)
+                return _train(cfg, out, ckpt, task, history, progress, log, voice, stop)
     except KeyboardInterrupt:       # a second signal: stop now; the last checkpoint written is intact
         ckpt_path = os.path.join(out, "checkpoint.npz")
         if os.path.exists(ckpt_path):
-            log(f"\ngpurnn train: stopped at once; {ckpt_path} holds the last saved step. Continue with: "
-                f"gpurnn train --resume {out}")
+            log(f"\n{voice.who}: stopped at once; {ckpt_path} holds the last saved step. Continue with: "
+                f"{voice.again(resume=out)}")
         else:
-            log("\ngpurnn train: stopped at once, before the first checkpoint: nothing was saved; "
-                "run the same command again to start over")
+            log(f"\n{voice.who}: stopped at once, before the first checkpoint: nothing was saved; {voice.same} "
+                f"to start over")
         raise
+
+
+def _warner(voice, log):
+    """A function that logs a warning (a line of its own, prefixed as the run's lines are)."""
+    return lambda message: log(f"{voice.who}: warning: {message}")
 
 
 def _stderr(msg):
@@ -182,11 +209,11 @@ def check_out(out, ckpt, history):
                                            f"choose another {name('out')}", "out")
 
 
-def prepare_task(cfg, ckpt=None, resumed_from=None, log=_stderr):
+def prepare_task(cfg, ckpt, resumed_from, warn):
     """The task of ``cfg``, after the checks that need it and allocate nothing: a resumed charlm
     run's vocabulary against its text, a resumed data run's file against the one it started on, and
     the configuration's memory against what is available (MemoryTooSmall). A run on a .npz takes
-    its seq_len (T) from the file, into ``cfg``."""
+    its seq_len (T) from the file, into ``cfg``. ``warn`` takes a warning (a changed text)."""
     if cfg["task"] == "data":
         task = data_task(cfg)
         if ckpt is not None:
@@ -195,7 +222,7 @@ def prepare_task(cfg, ckpt=None, resumed_from=None, log=_stderr):
     else:
         task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
     if ckpt is not None and isinstance(task, CharLM):
-        check_vocabulary(task, ckpt, resumed_from, log)
+        check_vocabulary(task, ckpt, resumed_from, warn)
     check_memory(task, cfg)
     return task
 
@@ -287,7 +314,7 @@ def _interrupt_now(signum, frame):
     raise KeyboardInterrupt
 
 
-def _train(cfg, out, ckpt, task, history, progress, log, stop):
+def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
     """The training loop of ``fit``, in ``out`` (whose lock the caller holds), from the loaded
     checkpoint ``ckpt`` when resuming (``history``: the resumed run's metrics.jsonl when it
     continues in another folder)."""
@@ -297,7 +324,7 @@ def _train(cfg, out, ckpt, task, history, progress, log, stop):
     os.makedirs(out, exist_ok=True)
     removed = remove_stale_temporaries(out)
     if removed:
-        log(f"gpurnn train: removed {len(removed)} temporary file(s) of checkpoint writes that were killed "
+        log(f"{voice.who}: removed {len(removed)} temporary file(s) of checkpoint writes that were killed "
             f"({', '.join(removed[:3])})")
     metrics_path = os.path.join(out, "metrics.jsonl")
     ckpt_path = os.path.join(out, "checkpoint.npz")
@@ -307,7 +334,7 @@ def _train(cfg, out, ckpt, task, history, progress, log, stop):
         trainer.opt.lr = float(cfg["lr"])          # the checkpoint's, unless the resume changed it
         elapsed0 = number_or(ckpt["extra"].get("elapsed", 0.0))
         window.update(window_of(ckpt["extra"].get("window")))
-        carry_metrics(history or metrics_path, metrics_path, trainer.step, log)
+        carry_metrics(history or metrics_path, metrics_path, trainer.step, _warner(voice, log))
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -351,9 +378,9 @@ def _train(cfg, out, ckpt, task, history, progress, log, stop):
                 save()
                 bar.close()
                 metrics.write(json.dumps({"step": e.step, "stopped": str(e)}) + "\n")
-                log(f"gpurnn train: {e} The last good state (step {trainer.step}) is saved in {ckpt_path}. "
-                    f"Start again with --clip 1 or a lower --lr, or, if its weights have not grown too "
-                    f"large yet, continue it with: gpurnn train --resume {out} --clip 1")
+                log(f"{voice.who}: {e} The last good state (step {trainer.step}) is saved in {ckpt_path}. "
+                    f"Start again with {voice.name('clip', 1)} or a lower {voice.name('lr')}, or, if its weights "
+                    f"have not grown too large yet, continue it with: {voice.again(resume=out, clip=1)}")
                 return result("diverged")
             step = trainer.step
             window["loss"] += loss
@@ -384,15 +411,15 @@ def _train(cfg, out, ckpt, task, history, progress, log, stop):
                 save()
         if interrupted and trainer.step == first and ckpt is None:
             bar.close()
-            log(f"gpurnn train: interrupted ({interrupted}) before the first step; nothing was saved. "
-                f"Run the same command again to start.")
+            log(f"{voice.who}: interrupted ({interrupted}) before the first step; nothing was saved. "
+                f"{voice.same[0].upper() + voice.same[1:]} to start.")
             return result("interrupted")
         if trainer.step > first or not os.path.exists(ckpt_path):
             save()
     bar.close()
     if interrupted:
-        log(f"gpurnn train: interrupted ({interrupted}); step {trainer.step} saved in {ckpt_path}. "
-            f"Continue with: gpurnn train --resume {out}")
+        log(f"{voice.who}: interrupted ({interrupted}); step {trainer.step} saved in {ckpt_path}. "
+            f"Continue with: {voice.again(resume=out)}")
         return result("interrupted")
     if last is None or last["step"] != trainer.step:
         loss, m = trainer.evaluate()

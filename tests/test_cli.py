@@ -108,7 +108,8 @@ def test_non_finite_training_saves_the_last_good_step_and_names_the_failing_one(
     assert last["step"] == ck["step"] + 1 and f"step {last['step']}:" in last["stopped"]
     assert f"step {last['step']}:" in err and "--clip" in err and "lower the learning rate" in err
     assert all(np.isfinite(v).all() for v in ck["model"].values())
-    assert "--clip 1" in err
+    assert "gpurnn train: step" in err and "Start again with --clip 1 or a lower --lr" in err
+    assert f"continue it with: gpurnn train --resume {out} --clip 1" in err      # the command line's words
 
 
 def test_resume_may_change_the_learning_rate_and_clipping(tmp_path):

@@ -108,7 +108,8 @@ def test_a_cut_last_line_of_the_log_is_dropped_with_a_warning(tmp_path, capsys):
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "loss": 0.')                 # a write cut short by a full disk
     assert _resume(out, "--steps", "6") == 0
-    assert "line 5 is incomplete" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "gpurnn train: warning: " in err and "line 5 is incomplete" in err
     assert [r["step"] for r in run_metrics(out)] == [1, 2, 3, 4, 5, 6]
 
 
@@ -131,7 +132,8 @@ def test_sigterm_and_sighup_save_and_stop_like_ctrl_c(tmp_path, monkeypatch, cap
     assert train_tiny(out, "--steps", "50") == status
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 3
     err = capsys.readouterr().err
-    assert f"interrupted ({signal.Signals(sig).name}); step 3 saved" in err and f"--resume {out}" in err
+    assert f"gpurnn train: interrupted ({signal.Signals(sig).name}); step 3 saved" in err
+    assert f"Continue with: gpurnn train --resume {out}\n" in err
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         assert signal.getsignal(s) is not training._interrupt_now    # the handlers are put back
 

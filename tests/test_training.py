@@ -294,15 +294,23 @@ def test_fit_stopped_by_a_signal_or_a_non_finite_step_says_so_in_its_result(tmp_
             os.kill(os.getpid(), signal.SIGTERM)
         return result
     monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
-    run = gpurnn.fit(tmp_path / "run", **dict(TINY, steps=50), progress=False, log=print)
+    said = []
+    run = gpurnn.fit(tmp_path / "run", **dict(TINY, steps=50), progress=False, log=said.append)
     assert (run.status, run.signal, run.step, run.eval_metric) == ("interrupted", "SIGTERM", 2, None)
     assert run.exit_status == 143
     assert load_checkpoint(run.checkpoint)["step"] == 2
+    # advice a Python caller can follow, in Python's words
+    assert said[-1].startswith("gpurnn.fit: interrupted (SIGTERM); step 2 saved in ")
+    assert said[-1].endswith(f"Continue with: gpurnn.fit(resume='{tmp_path / 'run'}')")
     monkeypatch.undo()
 
+    said = []
     run = gpurnn.fit(tmp_path / "diverged", task="adding", cell="rnn", hidden=16, seq_len=20, batch=8, init_scale=3.0,
-                     optimizer="sgd", lr=1.0, clip=0.0, steps=100, backend="cpu", progress=False, log=print)
+                     optimizer="sgd", lr=1.0, clip=0.0, steps=100, backend="cpu", progress=False, log=said.append)
     assert (run.status, run.exit_status) == ("diverged", 1)
+    assert "Start again with clip=1 or a lower lr" in said[-1]
+    assert said[-1].endswith(f"continue it with: gpurnn.fit(resume='{tmp_path / 'diverged'}', clip=1)")
+    assert "--" not in said[-1]
     assert _metrics(tmp_path / "diverged")[-1]["step"] == run.step + 1 == load_checkpoint(run.checkpoint)["step"] + 1
 
 
