@@ -33,9 +33,15 @@ from collections import namedtuple
 
 import numpy as np
 
+from ._checks import Worded
+
 Batch = namedtuple("Batch", ["x", "target", "mask"])
 
 TASKS = ("adding", "copy", "charlm")
+
+
+class TaskError(Worded, ValueError):
+    """A task that cannot be made from the arguments given; ``key`` names the one to change."""
 
 
 class Task:
@@ -180,9 +186,10 @@ class CharLM(Task):
         self.train_data, self.eval_data = self.data[:split], self.data[split:]
         for part, name in ((self.train_data, "training"), (self.eval_data, "held-out")):
             if len(part) < self.seq_len + 1:
-                raise ValueError(f"the text has {len(text)} characters: too few for seq_len {self.seq_len} "
-                                 f"(its {name} part needs at least seq_len + 1); use a longer text or a "
-                                 f"shorter --seq-len")
+                raise TaskError(lambda say, part=name: f"the text has {len(text)} characters: too few for "
+                                                       f"{say('seq_len', self.seq_len)} (its {part} part needs "
+                                                       f"at least seq_len + 1); use a longer text or a shorter "
+                                                       f"{say('seq_len')}", "seq_len")
         counts = np.bincount(self.train_data, minlength=len(self.chars)).astype(np.float64)
         p = counts[counts > 0] / counts.sum()
         self.baseline = float(-(p * np.log2(p)).sum())     # unigram entropy, bits per character

@@ -85,8 +85,20 @@ def test_charlm_reads_a_file_and_predicts_the_next_character(tmp_path):
 def test_charlm_rejects_a_text_shorter_than_a_window(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("abc", encoding="utf-8")
-    with pytest.raises(ValueError, match="too few"):
+    with pytest.raises(ValueError, match="too few") as e:
         CharLM(16, text_path=str(path))
+    assert "shorter seq_len" in str(e.value) and "--" not in str(e.value)      # the argument's name
+
+
+def test_a_charlm_run_on_a_short_text_names_the_flag(tmp_path, capsys):
+    from gpurnn import cli
+    path = tmp_path / "tiny.txt"
+    path.write_text("abc", encoding="utf-8")
+    assert cli.main(["train", "--task", "charlm", "--text", str(path), "--seq-len", "16", "--backend", "cpu",
+                     "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpurnn train: the text has 3 characters: too few for --seq-len 16") and \
+        err.rstrip().endswith("shorter --seq-len"), err
 
 
 def test_default_corpus_is_standard_library_docstrings_the_same_on_every_call():
