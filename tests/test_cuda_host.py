@@ -9,10 +9,10 @@ import warnings
 import pytest
 
 pytest.importorskip("numba.cuda")
-from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
+from numba.core.errors import NumbaPerformanceWarning
 
-from conftest import FakeStream  # noqa: E402
-from gpurnn.kernels.cuda import runtime as rt  # noqa: E402
+from conftest import FakeStream
+from gpurnn.kernels.cuda import runtime as rt
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("numba.cuda")
-from gpurnn.kernels.cuda import plan  # noqa: E402
-from gpurnn.kernels.cuda.plan import A100, H100, choose  # noqa: E402
-from gpurnn.kernels.vocabulary import GATES  # noqa: E402
+from gpurnn.kernels.cuda import plan
+from gpurnn.kernels.cuda.plan import A100, H100, choose
+from gpurnn.kernels.vocabulary import GATES
 
 F32, F64 = 4, 8
 

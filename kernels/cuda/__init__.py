@@ -142,7 +142,7 @@ def _allow_dynamic_shared(kernel, nbytes):
     attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     try:
         driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
-    except Exception as e:     # noqa: BLE001  (reported; the plan then keeps W_hh in L2)
+    except Exception as e:     # whatever the driver refuses with: reported; the plan then keeps W_hh in L2
         warnings.warn(f"gpurnn: could not allow {nbytes} bytes of dynamic shared memory ({e}); "
                       "the persistent kernels read W_hh from L2 instead", RuntimeWarning, stacklevel=3)
         return False
