@@ -356,6 +356,14 @@ def driver(src):
     return found.group(1).strip() if found else "?"
 
 
+def paths_run(train):
+    """The algorithms the training rows ran and their Numba launches per training step, each as
+    the text of its values ("persistent or step", "3 or 258")."""
+    algos = sorted({r["algo"] for r in train})
+    launches = sorted({r["numba_launches"] for r in train})
+    return " or ".join(algos), " or ".join(map(str, launches))
+
+
 def bound_by(r):
     """What bounds a grid row, by rule (see "On a GPU" in docs/performance.md): a persistent step
     costs a fixed part plus a part per batch row, so at B = 1 the fixed cost, above it the walk
@@ -369,9 +377,7 @@ def bound_by(r):
 def h200_run(src):
     d = src.json(H200)
     m = d["machine"]
-    train = gpu_rows(d)
-    algos = sorted({r["algo"] for r in train})
-    launches = sorted({r["numba_launches"] for r in train})
+    algos, launches = paths_run(gpu_rows(d))
     dtypes = sorted({r["dtype"] for r in d["rows"]})
     same_io = all(r["I"] == r["H"] for r in d["rows"])
     return (f"Measured {d['date'][:10]} on an {m['gpu']} ({m['multiprocessors']} SMs, compute capability "
@@ -380,8 +386,8 @@ def h200_run(src):
             f"CuPy {m['cupy']}, NumPy {m['numpy']}, torch {m['torch']} with cuDNN {cudnn(m['cudnn'])}; "
             f"{', '.join(dtypes)}, TF32 {'on' if m['tf32'] else 'off'} on both sides"
             f"{', I = H' if same_io else ''}, one layer, CUDA events, medians of {d['rounds']} interleaved "
-            f"rounds. Every row ran the {' or '.join(algos)} path (auto's choice when measured): "
-            f"{' or '.join(map(str, launches))} Numba launches per training step.\n")
+            f"rounds. Every row ran the {algos} path (auto's choice when measured): "
+            f"{launches} Numba launches per training step.\n")
 
 
 @generates("h200-grid", H200)
@@ -567,14 +573,13 @@ def gpu_summary(src):
                      f"{best['ratio']:.2f} (T·B·H {best['T']}·{best['B']}·{best['H']})",
                      f"{worst['ratio']:.2f} (T·B·H {worst['T']}·{worst['B']}·{worst['H']})"])
     m = d["machine"]
-    algos = sorted({r["algo"] for r in train})
-    launches = sorted({r["numba_launches"] for r in train})
+    algos, launches = paths_run(train)
     return (f"Training step, torch ms / gpurnn ms (above 1: gpurnn is faster), {m['gpu']}, cuDNN "
             f"{cudnn(m['cudnn'])}, float32, TF32 {'on' if m['tf32'] else 'off'}, {d['date'][:10]}:\n\n"
             + table(["cell", "shapes", "median", "best", "worst"], body, "lrrll")
             + f"\nOver all {len(train)} shapes the median is "
-              f"{x(float(np.median([r['ratio'] for r in train])))}. Every row ran the {' or '.join(algos)} "
-              f"path, {' or '.join(map(str, launches))} Numba launches per training step.\n")
+              f"{x(float(np.median([r['ratio'] for r in train])))}. Every row ran the {algos} "
+              f"path, {launches} Numba launches per training step.\n")
 
 
 # ------------------------------------------------------------ set-up, start-up and the test suite
