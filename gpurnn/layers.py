@@ -151,16 +151,26 @@ def parameter_shapes(cell, input_size, hidden_size, num_layers, bidirectional, b
 @dataclass
 class StackSaved:
     """What ``stack_forward`` keeps for ``stack_backward``: each layer and direction's ``Saved``
-    (kernels/contract.py), index layer*D + direction, and the stack's sizes and dropout masks."""
+    (kernels/contract.py), index layer*D + direction, and the stack's shape and dropout masks; T,
+    B and H are the first layer's (every layer has them)."""
     cell: str
     saved: list[Saved]      # L*D of them
     num_layers: int
     D: int                  # directions: 1, or 2 when bidirectional
     bias: bool
     masks: Optional[list]   # None, or L-1 arrays (T, B, D*H): dropout between layers
-    T: int
-    B: int
-    H: int
+
+    @property
+    def T(self):
+        return self.saved[0].dims.T
+
+    @property
+    def B(self):
+        return self.saved[0].dims.B
+
+    @property
+    def H(self):
+        return self.saved[0].dims.H
 
     @property
     def plans(self):
@@ -180,7 +190,6 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
     needs.
     """
     xp = backend.xp
-    T, B, _ = x.shape
     G, H, D = GATES[cell], h0.shape[2], 2 if bidirectional else 1
     bias = "bias_ih_l0" in params
     zero_bias = None if bias else xp.zeros(G * H, x.dtype)
@@ -203,7 +212,7 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
         layer_input = outputs[0] if D == 1 else xp.concatenate(outputs, axis=2)
         if masks is not None and layer < num_layers - 1:
             layer_input = layer_input * masks[layer]
-    return layer_input, h_n, c_n, StackSaved(cell, saved, num_layers, D, bias, masks, T, B, H)
+    return layer_input, h_n, c_n, StackSaved(cell, saved, num_layers, D, bias, masks)
 
 
 def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
