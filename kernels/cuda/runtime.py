@@ -91,10 +91,6 @@ def launch_config(cols, rows, threads):
     return (ceil_div(cols, tx), ceil_div(rows, ty)), (tx, ty)
 
 
-def time_steps(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
-
-
 # ---------------------------------------------------------------- compiling
 # NumPy aliases that NumPy 2.5 removed and numba-cuda (0.30) still registers overloads for: its
 # first kernel compile imports numba/cuda/np/arrayobj.py, whose ``overload(np.row_stack)`` then

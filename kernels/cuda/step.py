@@ -45,8 +45,9 @@ from numba import cuda
 
 from . import pointwise, tiles
 from . import runtime as rt
+from ..contract import steps
 from ..vocabulary import GATES
-from .runtime import ceil_div, device_function, time_steps
+from .runtime import ceil_div, device_function
 
 
 
@@ -268,8 +269,8 @@ def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     args = tuple(map(rt.dev, arrays))
     kern = rt.configure("step_forward", kernels["step_forward"],
                         *step_launch(H, B, geo, y.dtype), stream)
-    for t in time_steps(T, rev):
-        kern(*args, t, t + rev, t + 1 - rev)
+    for t, before, after in steps(T, rev):
+        kern(*args, t, before, after)
 
 
 def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
@@ -284,7 +285,7 @@ def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
                         *step_launch(H, B, geo, dy.dtype), stream)
     # Launch p does the product of step p-1 and the pointwise part of step p: T + 1 launches.
     t_prod = -1
-    for t in list(time_steps(T, not rev)) + [-1]:
+    for t in [t for t, _, _ in reversed(steps(T, rev))] + [-1]:
         kern(*args, t_prod, t, rev)
         t_prod = t
     return False
