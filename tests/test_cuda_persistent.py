@@ -2,13 +2,15 @@
 
 tests/test_backends.py and tests/test_random_shapes.py already run every cuda case with the
 persistent path forced and with auto; these check what a layer test could hide: that the
-simulator really runs cooperative grids (the patch of kernels/cuda/simulator.py), that a training
-step is a fixed number of launches whatever T, that every on-chip / L2 regime of the plan gives the
-reference's results on grids of several blocks whose last block is partial, and determinism.
+simulator really runs cooperative grids, warp shuffles and flag waits (the patch of
+kernels/cuda/simulator.py) and catches a missing exchange, that a training step is a fixed number
+of launches whatever T, that every regime of the plan (one block, groups, slices, W_hh in
+registers or in shared memory too) gives the reference's results, and determinism.
 """
 
 import re
 
+import numba
 import numpy as np
 import pytest
 
@@ -139,68 +141,178 @@ def test_cuda_persistent_training_step_launches_do_not_grow_with_T(cell, monkeyp
 
 
 # ---------------------------------------------------------------- every regime of the plan
-def _device_for(cell, dtype, B, H, regime):
-    """A modelled device on which the plan of this layer lands in ``regime`` with the simulator's
-    small blocks (SIM_GEOMETRY): the shared memory per block is the smallest that gives the wanted
-    flags. With the GPU's blocks of 256 threads, the partial sums' static arrays outweigh the
-    weights of H = 7 so much that the LSTM and the GRU never land in the middle regimes."""
+REGIMES = {
+    "one block": lambda p: p.slices == 1 and p.groups == 1,
+    "groups of one slice": lambda p: p.slices == 1 and p.groups > 1,
+    "slices, W_hh in registers forward": lambda p: p.slices > 1 and p.groups == 1 and p.fwd_registers_only,
+    "slices, W_hh in shared memory too": lambda p: p.slices > 1 and not p.fwd_registers_only,
+    "groups of slices": lambda p: p.slices > 1 and p.groups > 1,
+}
+# A modelled GPU of 8 SMs: room for several groups of several slices with the simulator's blocks.
+EIGHT_SMS = dict(name="modelled (8 SMs)", sms=8, smem_per_sm=12 * 1024, smem_per_block=6 * 1024, l2_bytes=1 << 20,
+               registers=64)
+
+
+def _shape_for(cell, dtype, regime):
+    """(B, H, plan) of the smallest shape whose plan, with the simulator's blocks (SIM_GEOMETRY)
+    on the eight-SM model, is in ``regime``."""
     from gpurnn.kernels.cuda import SIM_GEOMETRY, plan
-    want = {"on-chip": lambda p: p.fwd_w_on_chip and p.bwd_w_on_chip and p.dw_on_chip,
-            "dW after the loop": lambda p: p.bwd_w_on_chip and not p.dw_on_chip,
-            "L2": lambda p: not (p.fwd_w_on_chip or p.bwd_w_on_chip or p.dw_on_chip)}[regime]
+    device = plan.Device(**EIGHT_SMS)
     itemsize = np.dtype(dtype).itemsize
-    for smem in range(64, 64 * 1024, 8):
-        device = plan.Device(f"model with {smem} B of shared memory a block", sms=3, smem_per_sm=4 * smem + 4096,
-                             smem_per_block=smem, l2_bytes=1 << 30, registers=64)
-        try:
-            geo = SIM_GEOMETRY
-            p = plan.choose(cell, itemsize, B, H, device, "persistent", geo.persist_threads, geo.persist_rows)
-        except ValueError:      # too little shared memory for even the static arrays
-            continue
-        if want(p):
-            return device, p
-    raise AssertionError(f"no modelled device gives {regime} for {cell} H={H}")
+    for H in range(1, 13):
+        for B in range(1, 7):
+            p = plan.choose(cell, itemsize, B, H, device, "persistent", SIM_GEOMETRY)
+            if REGIMES[regime](p):
+                return B, H, p
+    raise AssertionError(f"no shape gives {regime} for {cell}")
 
 
-@pytest.mark.parametrize("regime", ["on-chip", "dW after the loop", "L2"])
+@pytest.mark.parametrize("regime", list(REGIMES))
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_persistent_regimes_match_reference(cell, regime, monkeypatch):
-    """H = 7 on 3 SMs: blocks of 3, 3 and 1 units; bidirectional, ragged lengths, given states.
-    On a GPU too the kernels run with the simulator's small blocks, which the modelled device's
-    regimes were chosen for."""
+    """Each regime of the plan against the reference, float64 to 1e-12: a stack of two
+    bidirectional layers, ragged lengths, given states. On a GPU too the kernels run with the
+    simulator's small blocks on the modelled device, which the regimes were found for."""
     kc = _kc()
-    T, B, I, H = 5, 3, 2, 7
-    device, expected = _device_for(cell, "float64", B, H, regime)
-    assert expected.blocks == 3 and expected.units == 3
-    monkeypatch.setattr(kc, "current_device", lambda: device)
+    B, H, expected = _shape_for(cell, "float64", regime)
+    monkeypatch.setattr(kc, "current_device", lambda: kc.plan.Device(**EIGHT_SMS))
     monkeypatch.setattr(kc, "default_geometry", lambda: kc.SIM_GEOMETRY)
+    T, I = 4, 2
     rng = np.random.default_rng(8)
-    problem = random_problem(rng, cell, T, B, I, H, 1, 2, True)
-    want = run_model(make_model(cell, I, H, 1, True, backend="reference", seed=3), **problem)
-    m = make_model(cell, I, H, 1, True, backend="cuda-persistent", seed=3)
+    problem = random_problem(rng, cell, T, B, I, H, 2, 2, True)
+    want = run_model(make_model(cell, I, H, 2, True, backend="reference", seed=3), **problem)
+    m = make_model(cell, I, H, 2, True, backend="cuda-persistent", seed=3)
     got = run_model(m, **problem)
-    assert [p.algo for p in m.plans] == ["persistent", "persistent"] and m.plans[0] == expected
+    assert m.plans[0] == expected and all(p.algo == "persistent" for p in m.plans), m.plans
     for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-11, err_msg=f"{regime} {key}")
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=f"{regime} {key}")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_cuda_persistent_is_deterministic(cell):
-    """Two runs, identical bits: every sum of the kernels has one owner and one order."""
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_persistent_is_deterministic(cell, monkeypatch):
+    """float32, groups of several slices: two runs give identical bits (every sum of the kernels
+    has one owner and one order), and both agree with the reference to float32 rounding."""
+    kc = _kc()
+    monkeypatch.setattr(kc, "current_device", lambda: kc.plan.Device(**EIGHT_SMS))
+    monkeypatch.setattr(kc, "default_geometry", lambda: kc.SIM_GEOMETRY)
     rng = np.random.default_rng(4)
-    problem = random_problem(rng, cell, 6, 5, 3, 8, 2, 2, True, np.float32)
-    m = make_model(cell, 3, 8, 2, True, backend="cuda-persistent", dtype="float32", seed=6)
+    problem = random_problem(rng, cell, 5, 5, 3, 4, 1, 2, True, np.float32)
+    m = make_model(cell, 3, 4, 1, True, backend="cuda-persistent", dtype="float32", seed=6)
     a, b = run_model(m, **problem), run_model(m, **problem)
-    assert all(p.algo == "persistent" and p.blocks > 1 for p in m.plans), m.plans
+    assert all(p.algo == "persistent" and p.slices > 1 and p.groups > 1 for p in m.plans), m.plans
+    want = run_model(make_model(cell, 3, 4, 1, True, backend="reference", dtype="float32", seed=6), **problem)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+        np.testing.assert_allclose(a[key], want[key], rtol=2e-4, atol=2e-5, err_msg=key)
+
+
+# ---------------------------------------------------------------- the exchange is what makes it right
+def _one_layer(cell, monkeypatch, B=1, H=6):
+    """A forward and backward of one layer whose plan has several slices, and the reference's."""
+    kc = _kc()
+    monkeypatch.setattr(kc, "current_device", lambda: kc.plan.Device(**EIGHT_SMS))
+    monkeypatch.setattr(kc, "default_geometry", lambda: kc.SIM_GEOMETRY)
+    rng = np.random.default_rng(2)
+    problem = random_problem(rng, cell, 4, B, 2, H, 1, 1, False)
+    want = run_model(make_model(cell, 2, H, backend="reference", seed=1), **problem)
+    m = make_model(cell, 2, H, backend="cuda-persistent", seed=1)
+    return m, problem, want
+
+
+@pytest.mark.skipif(not SIMULATED, reason="patches the kernels' Python code, which only the simulator runs")
+def test_cuda_simulator_catches_a_block_that_reads_h_before_its_producer_wrote_it(monkeypatch):
+    """Without the wait for the group's flags, a block reads the slices of h_{t-1} that slower
+    blocks have not written yet: the simulator runs the blocks at once, so the results go wrong
+    (here the last slice is made slow, so that they always do)."""
+    import threading
+    import time
+    from gpurnn.kernels.cuda import persistent
+    m, problem, want = _one_layer("lstm", monkeypatch)
+    slow = None
+
+    def no_wait(flags, n, slices, count):
+        if threading.current_thread().blockIdx.x == slices - 1:
+            time.sleep(0.05)
+    got = run_model(m, **problem)
+    slow = m.plans[0].slices
+    assert slow > 1, m.plans
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(persistent, "wait_for_group", no_wait)
+    got = run_model(m, **problem)
+    assert not np.allclose(got["y"], want["y"], rtol=1e-6, atol=1e-6), "the missing wait went unnoticed"
+
+
+@pytest.mark.skipif(not SIMULATED, reason="patches the kernels' Python code, which only the simulator runs")
+def test_cuda_simulated_flag_wait_that_can_never_be_satisfied_raises(monkeypatch):
+    """A block that never publishes leaves the others polling forever: on a GPU a hang, in the
+    simulator a RuntimeError that names the waiting blocks."""
+    from gpurnn.kernels.cuda import persistent
+    m, problem, _want = _one_layer("gru", monkeypatch)
+    monkeypatch.setattr(persistent, "publish", lambda flags, n, s, count: None)
+    with pytest.raises(RuntimeError, match="a flag wait can never be satisfied: block"):
+        run_model(m, **problem)
+
+
+def butterfly_sum(a, out, lanes):
+    """Each team of ``lanes`` lanes sums its values with shuffles: every lane ends with the sum."""
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    v = a[i]
+    off = lanes // 2
+    while off > 0:
+        v += cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+        off //= 2
+    out[i] = v
+
+
+def shift_down(a, out):
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    out[i] = cuda.shfl_down_sync(0xFFFFFFFF, a[i], 3)
+
+
+def _launch(kernel, blocks, threads, *arrays):
+    if SIMULATED:
+        kernel[blocks, threads](*arrays)
+        return arrays[-1] if len(arrays) == 2 else arrays[1]
+    import cupy
+    dev = [cupy.asarray(x) if isinstance(x, np.ndarray) else x for x in arrays]
+    kernel[blocks, threads](*dev)
+    return dev[1].get()
+
+
+def test_cuda_warp_shuffles_exchange_lane_values():
+    """The shuffles the kernels use, against NumPy: a butterfly over teams of 4 lanes in blocks
+    of one warp, and shfl_down_sync (a lane past the warp's end keeps its own value)."""
+    a = np.arange(64, dtype=np.float64) ** 1.5
+    got = _launch(cuda.jit(butterfly_sum), 2, 32, a, np.zeros(64), 4)
+    np.testing.assert_allclose(got, np.repeat(a.reshape(16, 4).sum(1), 4), rtol=1e-14)
+    got = _launch(cuda.jit(shift_down), 2, 32, a, np.zeros(64))
+    want = a.copy().reshape(2, 32)
+    want[:, :29] = want[:, 3:]
+    np.testing.assert_array_equal(got, want.ravel())
+
+
+def reads_unwritten_shared(out):
+    sm = cuda.shared.array(4, numba.float64)
+    if cuda.threadIdx.x == 0:
+        sm[0] = 1.0
+    cuda.syncthreads()
+    out[cuda.threadIdx.x] = sm[cuda.threadIdx.x]
+
+
+@pytest.mark.skipif(not SIMULATED, reason="about the simulator's shared memory")
+def test_cuda_simulated_shared_memory_starts_poisoned():
+    """A kernel that reads shared memory it never wrote sees NaN, not the simulator's zeros."""
+    out = np.zeros(4)
+    cuda.jit(reads_unwritten_shared)[1, 4](out)
+    assert out[0] == 1.0 and np.isnan(out[1:]).all(), out
 
 
 def test_cuda_repr_names_the_algorithm_of_the_last_forward():
     m = make_model("gru", 3, 7, backend="cuda-auto", seed=0)
     assert "algo='auto')" in repr(m) and "last forward" not in repr(m)
     m(np.zeros((2, 2, 3)))
-    assert re.search(r"\[last forward: (persistent \(\d+ blocks x \d+ threads|step \()", repr(m)), repr(m)
+    assert re.search(r"\[last forward: (persistent \(\d+ groups x \d+ slices = \d+ blocks x \d+ threads|step \()",
+                     repr(m)), repr(m)
     s = make_model("gru", 3, 7, backend="cuda-step", seed=0)
     s(np.zeros((2, 2, 3)))
     assert repr(s).endswith("algo='step') [last forward: step (asked for)]"), repr(s)

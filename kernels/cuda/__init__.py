@@ -173,8 +173,7 @@ def choose_plan(cell, dtype, B, H, algo, geo, device):
 def _choose_plan(cell, dtype, B, H, algo, geo, device, with_graphs):
     """Cached: the same shapes get the same plan."""
     coop = None if cuda_simulated() else _driver_cooperative_blocks(cell, dtype, geo)
-    return plan.choose(cell, np.dtype(dtype).itemsize, B, H, device, algo, geo.persist_threads,
-                       geo.persist_rows, coop, graphs=with_graphs)
+    return plan.choose(cell, np.dtype(dtype).itemsize, B, H, device, algo, geo, coop, graphs=with_graphs)
 
 
 ALGORITHMS = {"step": step, "persistent": persistent}

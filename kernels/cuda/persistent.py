@@ -1,52 +1,69 @@
 """The persistent algorithm: one cooperative launch runs all T steps of a layer and direction,
-another the whole BPTT recursion, with dW_hh and db_hh accumulated on-chip across the steps.
+another the whole BPTT recursion; the blocks of a batch shard hand each step's result to each
+other through per-block step flags, never a grid barrier.
 
-Legend: T time steps, B batch rows, H hidden units, G gates (RNN 1, LSTM 4, GRU 3), NT threads a
-block, RB batch rows a thread holds (``Geometry.persist_threads``, ``persist_rows``), U units a
-block and S threads a unit (``plan.units``, ``plan.split``), s bytes per element. The layer around
-it (input projection, buffers, dW_ih, dx) is in ``__init__.py``; the choice of this path and of its
-sizes in ``plan.py``.
+Legend: T time steps, B batch rows, H hidden units, G gates (RNN 1, LSTM 4, GRU 3), s bytes per
+element; NT threads a block, RB batch rows a pass, WR values of W_hh a thread keeps in registers
+(``Geometry.persist_threads``, ``persist_rows``, ``w_registers``); the plan's (``plan.py``) groups,
+slices S, units U = ceil(H / S), rows BG = ceil(B / groups) and lanes L. The layer around it
+(input projection, buffers, dW_ih, dW_hh, dx) is in ``__init__.py``.
 
-What each block holds. The grid has ceil(H/U) blocks, one per SM, and block n owns the hidden units
-[nU, nU + U). Forward keeps the G·U rows g·H + j of W_hh of its units in shared memory for the whole
-sequence (or reads them from L2 when they do not fit); backward keeps the U columns of W_hh of its
-units (rows of W_hhᵀ) and, beside them, its U columns of dW_hh and G·U entries of db_hh, summed
-over all steps and added to the gradients once at the end. Each unit gets S threads; thread ks of
-a unit walks the elements ks, ks + S, ... of the unit's dot products for RB batch rows at a time,
-holding G·RB (forward) or RB (backward) accumulators in registers, so a W value it loads serves RB
-rows and an h value all G gates. A fixed tree in shared memory adds the S partial sums.
+The grid. Batch rows are independent, so the grid is groups x slices: block (n, s) serves the
+BG batch rows [n·BG, (n+1)·BG) and owns the hidden units [s·U, (s+1)·U), all G gate rows of
+them, so a unit's pointwise step never leaves its block. The S blocks of a group exchange each
+step's result through global memory (L2) and flags; groups never talk to each other. S = 1 needs
+no exchange at all.
 
-How a forward step flows: every thread reads h_{t-1} (global memory, i.e. L2, where the other
-blocks wrote it) and forms Σ_k h_{t-1}[b, k] W_hh[g·H + j, k] for its unit j, its rows and every
-gate; the unit's first thread does the cell's pointwise math and writes h_t (c_t, the saved gates)
-and y_t; then ``cuda.cg.this_grid().sync()``, so that every block's h_t is visible before anyone
-reads it in step t+1.
+What a thread holds. The NT threads form NT/L teams of L lanes (a team within one warp). Forward:
+a team owns units u = team, team + NT/L, ...; lane l of it walks the columns k = l, l + L, ... of
+the G gate rows of its units (ceil(H / L) columns), so a unit's G dot products are split over the
+team's L lanes and summed by a butterfly of warp shuffles (``shfl_xor_sync``, a fixed order). The
+values of W_hh a lane uses for the team's first unit, for its first WR/G columns, sit in a local
+array indexed by constants only (registers); the rest of the block's slice of W_hh sits in
+dynamic shared memory, laid out so that the threads of a warp read consecutive words. Backward
+uses the same W_hh (no transpose) from the other side: a team owns columns k = team,
+team + NT/L, ...; lane l walks the block's own gate rows m = l, l + L, ... of them, W_hh[m, k] for
+the team's first column and its first WR rows in registers, the rest in shared memory.
 
-How a BPTT step flows: after the grid barrier that made dG_{t+1} (all G·H gate rows, written by
-every block) visible, the threads of unit k walk m over the G·H gate rows: each dG_{t+1}[b, m]
-loaded serves dh[b, k] += dG·W_hh[m, k] and dW_hh[m, k] += dG·h_t[b, k]; the unit's first thread
-adds the gradient arriving from the output and runs the cell's backward for step t (dG_t[b, g·H + k]
-for its own unit, dc, the direct part of dh); then the grid barrier again.
+How a forward step flows (step t, state h_{t-1} in hs[src], written to hs[dst]):
+  1. wait: one thread per slice of the group polls that slice's flag (``ldcv``) until it has
+     published h_{t-1}; a fence; a block barrier;
+  2. stage: the group's BG rows of h_{t-1} (every unit, ``ldcg``: past L1, which may hold
+     stale lines) into shared memory, once; it serves every row and every unit of the block;
+  3. products: per unit and RB rows, each lane sums its columns for G x RB accumulators, the
+     butterfly gives every lane the sums, lane r runs the cell's pointwise math of row r: RB
+     lanes of every team at once;
+  4. publish: a fence, a block barrier, thread 0 stores the step count into the block's flag.
+How a BPTT pass flows (pass p runs the cell backward of step t_p; the last pass, t = -1, only
+adds the product, leaving dL/dh_0 in dh):
+  1. wait for the group's partial products of pass p - 1, as forward waits;
+  2. pointwise: every (unit, row) pair of the block on its own thread: the slices' partial sums
+     of dh = dG_{t_{p-1}} W_hh, read in the fixed order s = 0, 1, ..., the gradient arriving from
+     the output, the cell backward: dG_t for the block's own gate rows (into dg_x, dg_h) and dc;
+  3. stage the block's own columns of dG_t into shared memory;
+  4. partial product: P_s[b, k] = Σ_{m own} dG_t[b, m] W_hh[m, k] for every column k, a butterfly
+     over the lanes, written to the slot p mod 2 of a two-slot ring in global memory;
+  5. publish, as forward.
+dW_hh and db_hh are one weight-gradient product after the loop (``accumulate.py``).
 
-Why deterministic: every sum has one owner and one order. A dot product's partial sums are
-combined by a fixed tree; each dW_hh[m, k] belongs to the thread of unit k that walks m, each
-db_hh entry to one thread, and they gather time steps in order and batch rows in order; nothing is
-atomic. Two runs give the same bits (tested); the per-step path sums in another order, so the two
-agree to rounding, not to the bit.
+Why the ring needs two slots only: a block writes slot p mod 2 at pass p only after it has seen
+every flag of pass p - 1, and a block publishes pass p - 1 only after it has read slot p mod 2
+(pass p - 2's partials) in its own step 2.
 
-Napkin math of a step (float32 LSTM on an H100: 132 SMs, NT = 256, RB = 4, about 1.75 GHz). One
-block per SM is 8 warps, 2 per scheduler, so an inner-loop iteration of I instructions costs about
-2·I issue cycles; a block barrier about 30 cycles; the grid barrier about 1.5 µs whatever the
-shape. H = 1024, B = 8: U = 8 units a block, S = 32 threads a unit. Forward: 2 row groups x 32
-iterations of 4 loads of h, 4 shared-memory loads of W and 16 FMAs (28 instructions), then one
-tree of 5 levels a row group: about 4.3 K cycles, 2.5 µs, 4 µs a step with the grid barrier.
-Backward: 2 x 128 iterations over the 4096 gate rows of 1 load of W, 4 of dG and 4 FMAs (dW_hh is
-too large for shared memory beside W_hh here and is left to the accumulation kernel): about 7.5 K
-cycles, 5.8 µs a step. H = 256, B = 8: U = 2, S = 128; forward 2 x 2 iterations, backward 2 x 8,
-with dW_hh on-chip: well under a microsecond of work, so the grid barrier dominates: about 2.1 and
-2.4 µs. B = 64, H = 1024: 16 row groups, 512 forward iterations a thread: about 32 K cycles, 20 µs
-a step, FMA-issue bound; backward about 34 µs. cuDNN runs a GEMM and a pointwise kernel per step
-and direction, a few microseconds each at small batch; the GPU run measures both sides.
+Why deterministic: every sum has one owner and one order: a butterfly of fixed offsets, the
+slices' partials added s = 0, 1, ..., nothing atomic. Two runs give the same bits (tested); the
+per-step path sums in another order, so the two agree to rounding, not to the bit.
+
+Why it cannot deadlock: the launch is cooperative (``cuda.cg.this_grid()``), so the driver runs it
+only when every block is resident at once, and a block waits only for blocks of its own group,
+each of which publishes every step whatever its rows' lengths.
+
+Napkin of a step (labelled napkin until measured; the inputs are ``napkin`` below and the
+calibration run's primitives, ``benchmarks/calibrate.py``): the critical path of a forward step
+is the flag wait, the staging of BG x H values, the hottest loop (ceil(H / L) iterations of RB
+shared-memory loads and G·RB FMAs per unit, ceil(U·L / NT) units a team), log2(L) shuffle levels
+of G·RB values and the pointwise math; ``kernels/report.py`` counts the instructions of that
+loop in the compiled SASS and ``napkin`` turns them into microseconds.
 """
 
 import numba
@@ -58,6 +75,31 @@ from . import runtime as rt
 from ..vocabulary import GATES
 from .runtime import device_function
 
+FULL = 0xFFFFFFFF           # every lane of a warp takes part in a shuffle
+
+
+# ================================================================ the exchange between the blocks of a group
+@device_function
+def publish(flags, n, s, count):
+    """Make this block's writes of the step visible to the grid, then say so: flags[n, s] = count.
+    Every thread of the block calls it."""
+    cuda.threadfence()
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        cuda.stcg(flags, (n, s), numba.int32(count))
+
+
+@device_function
+def wait_for_group(flags, n, slices, count):
+    """Return when every slice of group n has published ``count`` steps: one thread polls each
+    slice's flag (``ldcv``: never from a stale cache line), then a fence and a block barrier.
+    Every thread of the block calls it."""
+    for s in range(cuda.threadIdx.x, slices, cuda.blockDim.x):
+        while cuda.ldcv(flags, (n, s)) < count:
+            pass
+    cuda.threadfence()
+    cuda.syncthreads()
+
 
 # ================================================================ kernels
 def build(cell, dtype, geo):
@@ -66,40 +108,26 @@ def build(cell, dtype, geo):
     G = GATES[cell]
     dt = numba.from_dtype(np.dtype(dtype))
     NT, RB = geo.persist_threads, geo.persist_rows
-    GRB = G * RB                             # a thread's accumulators: G gates x RB batch rows
+    WR = geo.w_registers(np.dtype(dtype).itemsize)
+    KF = max(WR // G, 1)             # forward: columns of each of the G gate rows in registers
+    KB = max(WR, 1)                  # backward: gate rows of the team's first column in registers
+    WF, GRB = G * KF, G * RB
 
     point_forward, point_backward = pointwise.build(cell, dtype, RB)
 
-    # ------------------------------------------------------------ the split dot products' sum
-    def split_sum_of(n):
-        """A device function that sums ``part[0:n]`` over the ``split`` threads of a unit, in a
-        fixed tree through ``red`` (n·NT elements): on return the unit's first thread (ks == 0)
-        holds the sums in ``part``. Every thread of the block must call it (it synchronises the
-        block)."""
-        @device_function
-        def split_sum(red, part, tid, ks, split):
-            for i in range(n):
-                red[i * NT + tid] = part[i]
-            cuda.syncthreads()
-            half = split // 2
-            while half > 0:
-                if ks < half:
-                    for i in range(n):
-                        red[i * NT + tid] += red[i * NT + tid + half]
-                cuda.syncthreads()
-                half //= 2
-            if ks == 0:
-                for i in range(n):
-                    part[i] = red[i * NT + tid]
-            cuda.syncthreads()      # red is written again by the next call
-        return split_sum
-
-    gate_sum, row_sum = split_sum_of(GRB), split_sum_of(RB)
-    FWD_RED, BWD_RED = GRB * NT, RB * NT     # static shared memory of the partial sums, in elements
+    @device_function
+    def butterfly(acc, n, lanes):
+        """Sum acc[0:n] over the ``lanes`` lanes of each team (lanes a power of two), in the same
+        fixed order on every lane: afterwards every lane holds the team's sums."""
+        off = lanes // 2
+        while off > 0:
+            for q in range(n):
+                acc[q] += cuda.shfl_xor_sync(FULL, acc[q], off)
+            off //= 2
 
     # ------------------------------------------------------------ forward: all T steps
-    def persistent_forward(xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y, rev, units, split, stride,
-                           w_on_chip):
+    def persistent_forward(xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y, flags, rev, slices, units, rows,
+                           lanes):
         """Every step of h_t = cell(XW[t] + h_{t-1} @ W_hhᵀ + b_hh), one cooperative launch.
 
         xw (T, B, G*H) input projections, b_ih included; hs (T+1, B, H) [and cs for the LSTM]: the
@@ -107,178 +135,200 @@ def build(cell, dtype, geo):
         the state through); w_hh (G*H, H); b_hh (G*H,); lengths (B,) int32; y (T, B, H) written,
         zero for inactive rows; gates (T, B, G*H) [LSTM, GRU] and hn (T, B, H) [GRU] written for
         active rows: what backward needs. Placeholders (1, 1, 1) stand for arrays a cell lacks.
-        rev 0/1; units U hidden units a block; split S threads a unit (a power of two dividing
-        NT); stride the padded row of the W slice in dynamic shared memory; w_on_chip 0 reads
-        W_hh from global memory (L2) instead.
-        Grid (ceil(H/U),) blocks of NT threads, cooperative; dynamic shared memory
-        G·U·stride·s bytes when w_on_chip. A thread holds G x RB accumulators: every gate of its
-        unit for RB batch rows, so each W value it loads serves RB rows and each h value G gates.
-        FLOPs 2·T·B·G·H² + O(T·B·H); bytes from L2 per step ≈ s·B·H per block (h_{t-1}).
+        flags (groups, slices) int32, zero on entry: the steps each block has published.
+        rev 0/1; slices S, units U, rows BG and lanes L as the plan says (module docstring).
+        Grid (groups·S,) blocks of NT threads, cooperative. Dynamic shared memory, elements:
+        ceil(BG/RB)·RB x ceil(H/L)·L (h_{t-1} staged) + the W_hh values not in registers
+        (``plan.shared_elements``). FLOPs 2·T·B·G·H² + O(T·B·H).
         """
-        red = cuda.shared.array(FWD_RED, dt)     # partial sums of the split dot products
-        sw = cuda.shared.array(0, dt)            # this block's rows of W_hh, row g*nj + jl
+        cuda.cg.this_grid()                      # a cooperative launch: every block resident at once
+        sm = cuda.shared.array(0, dt)
+        wr = cuda.local.array(WF, dt)        # registers: W_hh of the team's first unit, first KF columns
         acc = cuda.local.array(GRB, dt)
         hk = cuda.local.array(RB, dt)
-        grid = cuda.cg.this_grid()
         T, B, H = y.shape
         tid = cuda.threadIdx.x
-        ks, slot, slots = tid % split, tid // split, NT // split
-        j0 = cuda.blockIdx.x * units
-        nj = min(units, H - j0)
+        lane, team, teams = tid % lanes, tid // lanes, NT // lanes
+        n = cuda.blockIdx.x // slices
+        s = cuda.blockIdx.x - n * slices
+        b0, j0 = n * rows, s * units
+        nb, nj = min(rows, B - b0), min(units, H - j0)
+        KC = (H + lanes - 1) // lanes            # columns a lane walks
+        HP = KC * lanes                          # a staged row of h, zero past H
+        RP = (rows + RB - 1) // RB * RB          # staged rows, zero past nb
+        UT = (units + teams - 1) // teams        # units a team walks
+        KX = max(KC - KF, 0)                     # columns of the first unit in shared memory
+        wbase = RP * HP
         zero = dt(0)
-        if w_on_chip:
-            for idx in range(tid, G * nj * H, NT):
-                row = idx // H
-                k = idx - row * H
-                g = row // nj
-                sw[row * stride + k] = w_hh[g * H + j0 + row - g * nj, k]
-        cuda.syncthreads()
+        # this block's slice of W_hh: registers first, shared memory for the rest; zero past H and nj
+        for g in range(G):
+            for i in range(KF):
+                k = lane + i * lanes
+                wr[g * KF + i] = w_hh[g * H + j0 + team, k] if team < nj and i < KC and k < H else zero
+        for v in range(UT):
+            u = team + v * teams
+            at = wbase + tid - KF * NT if v == 0 else wbase + tid + (G * KX + (v - 1) * G * KC) * NT
+            gstep = (KX if v == 0 else KC) * NT
+            for g in range(G):
+                for i in range(KF if v == 0 else 0, KC):
+                    k = lane + i * lanes
+                    sm[at + i * NT + g * gstep] = w_hh[g * H + j0 + u, k] if u < nj and k < H else zero
         for step in range(T):
             t = T - 1 - step if rev else step
             src, dst = t + rev, t + 1 - rev
-            for u0 in range(0, nj, slots):
-                u = u0 + slot                    # this thread's unit; past nj it only syncs
-                jl = min(u, nj - 1)
-                for q0 in range(0, B, RB):
-                    for i in range(GRB):
-                        acc[i] = zero
-                    for k in range(ks, H, split):
+            if step > 0 and slices > 1:
+                wait_for_group(flags, n, slices, step)
+            cuda.syncthreads()                   # also: every thread is done with the last step's h
+            for e in range(tid, RP * HP, NT):
+                r = e // HP
+                k = e - r * HP
+                sm[e] = cuda.ldcg(hs, (src, b0 + r, k)) if r < nb and k < H else zero
+            cuda.syncthreads()
+            for v in range(UT):
+                u = team + v * teams
+                for r0 in range(0, RP, RB):
+                    for q in range(GRB):
+                        acc[q] = zero
+                    first = 0
+                    if v == 0:
+                        first = min(KF, KC)
+                        for i in range(KF):      # constant trip count: wr stays in registers
+                            if i < KC:
+                                k = lane + i * lanes
+                                for r in range(RB):
+                                    hk[r] = sm[(r0 + r) * HP + k]
+                                for g in range(G):
+                                    w = wr[g * KF + i]
+                                    for r in range(RB):
+                                        acc[g * RB + r] += w * hk[r]
+                    # the rest from shared memory: W value (v, g, i) at at + i·NT + g·gstep
+                    at = wbase + tid - KF * NT if v == 0 else wbase + tid + (G * KX + (v - 1) * G * KC) * NT
+                    gstep = (KX if v == 0 else KC) * NT
+                    for i in range(first, KC):
+                        k = lane + i * lanes
                         for r in range(RB):
-                            hk[r] = hs[src, min(q0 + r, B - 1), k]
+                            hk[r] = sm[(r0 + r) * HP + k]
                         for g in range(G):
-                            if w_on_chip:
-                                w = sw[(g * nj + jl) * stride + k]
-                            else:
-                                w = w_hh[g * H + j0 + jl, k]
+                            w = sm[at + i * NT + g * gstep]
                             for r in range(RB):
                                 acc[g * RB + r] += w * hk[r]
-                    if split > 1:
-                        gate_sum(red, acc, tid, ks, split)
-                    if ks == 0 and u < nj:
+                    butterfly(acc, GRB, lanes)
+                    if u < nj:
                         for r in range(RB):
-                            if q0 + r < B:
-                                point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, q0 + r,
-                                              j0 + jl, src, dst)
-            if step < T - 1:
-                grid.sync()
+                            if r % lanes == lane and r0 + r < nb:
+                                point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b0 + r0 + r,
+                                              j0 + u, src, dst)
+            if slices > 1:
+                publish(flags, n, s, step + 1)
 
     # ------------------------------------------------------------ backward: the whole recursion
-    def persistent_backward(dg_x, dg_h, w_t, dy, dh, dc, gates, cs, hn, hs, lengths, dw_hh, db_hh,
-                            rev, units, split, stride, w_on_chip, dw_on_chip, has_bias):
+    def persistent_backward(dg_x, dg_h, w_hh, dy, dh, dc, gates, cs, hn, hs, lengths, parts, flags, rev,
+                            slices, units, rows, lanes):
         """BPTT through all T steps, one cooperative launch, in the order of the per-step path:
         pass p adds dG_{t_{p-1}} @ W_hh into dh, then runs the cell backward of step t_p; the last
         pass (t = -1) only adds the product, leaving dL/dh_0 in dh.
 
         dg_x, dg_h (T, B, G*H) written (the same array but for the GRU; zero for inactive rows);
-        w_t (H, G*H) = W_hhᵀ; dy (T, B, H); dh (B, H) in/out and dc (B, H) in/out [LSTM]: dL/dh_T,
+        w_hh (G*H, H); dy (T, B, H); dh (B, H) in/out and dc (B, H) in/out [LSTM]: dL/dh_T,
         dL/dc_T on entry, dL/dh_0, dL/dc_0 on exit; gates, cs, hn, hs: saved by forward;
-        lengths (B,) int32; dw_hh (G*H, H), db_hh (G*H,): ADDED into when dw_on_chip (db_hh also
-        needs has_bias), untouched otherwise; placeholders stand for arrays a cell lacks.
-        units, split, stride, w_on_chip as forward's (the W slice: U rows of W_hhᵀ of stride
-        padded G*H); dw_on_chip 1: the block's U columns of dW_hh and G·U entries of db_hh live in
-        dynamic shared memory after the W slice, summed over every step, added out at the end.
-        Grid (ceil(H/U),) blocks of NT threads, cooperative. A thread holds RB batch rows of its
-        unit k: each dG[t+1, b, m] it loads serves both dh[b, k] (times W_hh[m, k]) and
-        dW_hh[m, k] (times h_t[b, k]), which it owns for its m ≡ ks (mod split).
-        FLOPs 2·T·B·G·H² (dh) + 2·T·B·G·H² (dW_hh, when on-chip); bytes from L2 per step ≈
-        s·B·G·H per block (dG_{t+1}).
+        lengths (B,) int32; parts (2, S, B, H): the ring of the slices' partial products;
+        flags (groups, S) int32, zero on entry; placeholders stand for arrays a cell lacks.
+        Grid (groups·S,) blocks of NT threads, cooperative. Dynamic shared memory, elements:
+        ceil(BG/RB)·RB x ceil(G·U/L)·L (the block's dG_t) + the W_hh values not in registers.
+        FLOPs 2·T·B·G·H² + O(T·B·G·H).
         """
-        red = cuda.shared.array(BWD_RED, dt)
-        sm = cuda.shared.array(0, dt)     # [W_hhᵀ rows of the block's units][dW_hhᵀ rows][db_hh]
-        rec = cuda.local.array(RB, dt)
-        hp = cuda.local.array(RB, dt)
-        grid = cuda.cg.this_grid()
+        cuda.cg.this_grid()
+        sm = cuda.shared.array(0, dt)
+        wr = cuda.local.array(KB, dt)            # registers: W_hh of the team's first column, first KB own rows
+        acc = cuda.local.array(RB, dt)
         T, B, H = dy.shape
-        GH = w_t.shape[1]
         tid = cuda.threadIdx.x
-        ks, slot, slots = tid % split, tid // split, NT // split
-        k0 = cuda.blockIdx.x * units
-        nk = min(units, H - k0)
+        lane, team, teams = tid % lanes, tid // lanes, NT // lanes
+        n = cuda.blockIdx.x // slices
+        s = cuda.blockIdx.x - n * slices
+        b0, j0 = n * rows, s * units
+        nb, nj = min(rows, B - b0), min(units, H - j0)
+        GU = G * units                           # own gate rows m = g·U + jl: W_hh row g·H + j0 + jl
+        KM = (GU + lanes - 1) // lanes           # own rows a lane walks
+        MP = KM * lanes                          # a staged row of dG, zero past GU
+        RP = (rows + RB - 1) // RB * RB
+        CT = (H + teams - 1) // teams            # columns a team walks
+        KX = max(KM - KB, 0)
+        wbase = RP * MP
         zero = dt(0)
-        dw_base = units * stride if w_on_chip else 0
-        db_base = dw_base + units * stride
-        if w_on_chip:
-            for idx in range(tid, nk * GH, NT):
-                row = idx // GH
-                m = idx - row * GH
-                sm[row * stride + m] = w_t[k0 + row, m]
-        if dw_on_chip:
-            for idx in range(tid, units * stride + G * units, NT):
-                sm[dw_base + idx] = zero
-        cuda.syncthreads()
-        tp = -1
-        for step in range(T + 1):
+        for i in range(KB):
+            m = lane + i * lanes
+            g = m // units
+            jl = m - g * units
+            wr[i] = w_hh[g * H + j0 + jl, team] if team < H and i < KM and g < G and jl < nj else zero
+        for c in range(CT):
+            k = team + c * teams
+            at = wbase + tid - KB * NT if c == 0 else wbase + tid + (KX + (c - 1) * KM) * NT
+            for i in range(KB if c == 0 else 0, KM):
+                m = lane + i * lanes
+                g = m // units
+                jl = m - g * units
+                sm[at + i * NT] = w_hh[g * H + j0 + jl, k] if k < H and g < G and jl < nj else zero
+        for p in range(T + 1):
             t = -1
-            if step < T:
-                t = step if rev else T - 1 - step
-            for u0 in range(0, nk, slots):
-                u = u0 + slot                    # this thread's unit; past nk it only syncs
-                kl = min(u, nk - 1)
-                k = k0 + kl
-                owner = u < nk and dw_on_chip != 0
-                for q0 in range(0, B, RB):
+            if p < T:
+                t = p if rev else T - 1 - p
+            if p > 0 and slices > 1:
+                wait_for_group(flags, n, slices, p)
+            # pointwise: every (unit, row) of the block on its own thread
+            for e in range(tid, nj * nb, NT):
+                r = e // nj
+                jl = e - r * nj
+                b = b0 + r
+                rec = zero
+                if p > 0:
+                    for q in range(slices):
+                        rec += cuda.ldcg(parts, ((p - 1) % 2, q, b, j0 + jl))
+                point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec, t, b, j0 + jl, rev)
+            if p == T:
+                break
+            cuda.syncthreads()                   # dG_t of the block's rows is written
+            for e in range(tid, RP * MP, NT):
+                r = e // MP
+                m = e - r * MP
+                g = m // units
+                jl = m - g * units
+                sm[e] = dg_h[t, b0 + r, g * H + j0 + jl] if r < nb and g < G and jl < nj else zero
+            cuda.syncthreads()
+            for c in range(CT):
+                k = team + c * teams
+                for r0 in range(0, RP, RB):
                     for r in range(RB):
-                        rec[r] = zero
-                        hp[r] = zero      # rows past B add nothing to dW_hh
-                    if tp >= 0 and owner:
-                        # dh[b, k] += Σ_m dG[tp, b, m] W_hh[m, k];  dW_hh[m, k] += Σ_b dG[tp, b, m] h_tp[b, k]
+                        acc[r] = zero
+                    first = 0
+                    if c == 0:
+                        first = min(KB, KM)
+                        for i in range(KB):      # constant trip count: wr stays in registers
+                            if i < KM:
+                                w = wr[i]
+                                m = lane + i * lanes
+                                for r in range(RB):
+                                    acc[r] += sm[(r0 + r) * MP + m] * w
+                    at = wbase + tid - KB * NT if c == 0 else wbase + tid + (KX + (c - 1) * KM) * NT
+                    for i in range(first, KM):
+                        m = lane + i * lanes
+                        w = sm[at + i * NT]
                         for r in range(RB):
-                            if q0 + r < B:
-                                hp[r] = hs[tp + rev, q0 + r, k]
-                        for m in range(ks, GH, split):
-                            if w_on_chip:
-                                w = sm[kl * stride + m]
-                            else:
-                                w = w_t[k, m]
-                            dw = zero
-                            for r in range(RB):
-                                g = dg_h[tp, min(q0 + r, B - 1), m]
-                                rec[r] += g * w
-                                dw += g * hp[r]
-                            sm[dw_base + kl * stride + m] += dw
-                    elif tp >= 0:
-                        # dh only: dW_hh is not on-chip (or this thread has no unit)
-                        for m in range(ks, GH, split):
-                            if w_on_chip:
-                                w = sm[kl * stride + m]
-                            else:
-                                w = w_t[k, m]
-                            for r in range(RB):
-                                rec[r] += dg_h[tp, min(q0 + r, B - 1), m] * w
-                    if split > 1:
-                        row_sum(red, rec, tid, ks, split)
-                    if ks == 0 and u < nk:
+                            acc[r] += sm[(r0 + r) * MP + m] * w
+                    butterfly(acc, RB, lanes)
+                    if k < H:
                         for r in range(RB):
-                            if q0 + r < B:
-                                point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec[r], t,
-                                               q0 + r, k, rev)
-            # db_hh[g*H + k] += Σ_b dG[tp, b, g*H + k] for this block's units
-            if dw_on_chip and has_bias and tp >= 0:
-                for e in range(tid, G * nk, NT):
-                    g = e // nk
-                    m = g * H + k0 + e - g * nk
-                    s = zero
-                    for b in range(B):
-                        s += dg_h[tp, b, m]
-                    sm[db_base + e] += s
-            if step < T:
-                grid.sync()        # dG[t] of every block is written
-            tp = t
-        cuda.syncthreads()     # the last step's dW_hh additions, by their owners, are in shared memory
-        if dw_on_chip:
-            for e in range(tid, nk * GH, NT):
-                kl = e // GH
-                m = e - kl * GH
-                dw_hh[m, k0 + kl] += sm[dw_base + kl * stride + m]
-            if has_bias:
-                for e in range(tid, G * nk, NT):
-                    g = e // nk
-                    db_hh[g * H + k0 + e - g * nk] += sm[db_base + e]
+                            if r % lanes == lane and r0 + r < nb:
+                                parts[p % 2, s, b0 + r0 + r, k] = acc[r]
+            if slices > 1:
+                publish(flags, n, s, p + 1)
+            else:
+                cuda.syncthreads()               # the block's own partials are written
 
-    a3, a2, a1 = dt[:, :, ::1], dt[:, ::1], dt[::1]
-    i32, i64 = numba.int32[::1], numba.int64
-    fsig = (a3, a3, a3, a3, a3, a2, a1, i32, a3) + (i64,) * 5
-    bsig = (a3, a3, a2, a3, a2, a2, a3, a3, a3, a3, i32, a2, a1) + (i64,) * 7
+    a4, a3, a2, a1 = dt[:, :, :, ::1], dt[:, :, ::1], dt[:, ::1], dt[::1]
+    i32, f2, i64 = numba.int32[::1], numba.int32[:, ::1], numba.int64
+    fsig = (a3, a3, a3, a3, a3, a2, a1, i32, a3, f2) + (i64,) * 5
+    bsig = (a3, a3, a2, a3, a2, a2, a3, a3, a3, a3, i32, a4, f2) + (i64,) * 5
     return {"persistent_forward": (persistent_forward, numba.void(*fsig)),
             "persistent_backward": (persistent_backward, numba.void(*bsig))}
 
@@ -287,22 +337,24 @@ def build(cell, dtype, geo):
 def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
     """The recursion of forward: one launch of ``persistent_forward``."""
     plan, rev = s.plan, int(s.reverse)
-    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh)
+    xp = rt.xp_of()
+    flags = xp.zeros((plan.groups, plan.slices), np.int32)
+    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh) + (flags,)
     kern = rt.configure("persistent_forward", kernels["persistent_forward"], plan.blocks, plan.threads,
                         stream, plan.fwd_shared)
-    kern(*map(rt.dev, arrays), rev, plan.units, plan.split, plan.fwd_stride, int(plan.fwd_w_on_chip))
+    kern(*map(rt.dev, arrays), rev, plan.slices, plan.units, plan.rows, plan.fwd_lanes)
 
 
 def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream):
-    """The BPTT recursion: one launch of ``persistent_backward``, which also adds dW_hh and db_hh
-    into grads when its plan keeps them on-chip. Returns whether it did."""
+    """The BPTT recursion: one launch of ``persistent_backward``. dW_hh and db_hh are left to the
+    accumulation kernel: returns False."""
     plan, rev = s.plan, int(s.reverse)
-    has_bias = "b_hh" in grads
-    w_t = rt.xp_of().ascontiguousarray(w_hh.T)   # (H, G*H): a block reads rows of it
-    arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_t, dy, dh, dc) + (
-        grads["w_hh"], grads["b_hh"] if has_bias else rt.placeholder(dy.dtype, 1))
+    xp = rt.xp_of()
+    T, B, H = dy.shape
+    flags = xp.zeros((plan.groups, plan.slices), np.int32)
+    parts = xp.empty((2, plan.slices, B, H), dy.dtype)
+    arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_hh, dy, dh, dc) + (parts, flags)
     kern = rt.configure("persistent_backward", kernels["persistent_backward"], plan.blocks, plan.threads,
                         stream, plan.bwd_shared)
-    kern(*map(rt.dev, arrays), rev, plan.units, plan.split, plan.bwd_stride, int(plan.bwd_w_on_chip),
-         int(plan.dw_on_chip), int(has_bias))
-    return plan.dw_on_chip
+    kern(*map(rt.dev, arrays), rev, plan.slices, plan.units, plan.rows, plan.bwd_lanes)
+    return False

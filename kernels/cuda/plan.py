@@ -1,34 +1,39 @@
-"""The one place that picks the algorithm of a layer on the GPU: ``choose``.
+"""The one place that picks the algorithm of a layer on the GPU, and its sizes: ``choose``.
 
     "persistent"  one cooperative launch runs all T steps (persistent.py); another the whole BPTT
     "step"        one launch per time step (step.py)
 
-``choose`` is a pure function of the cell, dtype, batch, hidden size, the device's resources and
-whether CUDA graphs are on, so it is tested without a GPU on modelled devices (an A100, an H100,
-the simulator's). On a GPU the resources come from the driver, and the co-residency of a
-cooperative grid from the driver's own occupancy calculator for the compiled kernel.
+``choose`` is a pure function of the cell, dtype, batch, hidden size, the device's resources, the
+block geometry and whether CUDA graphs are on, so it is tested without a GPU on modelled devices
+(an A100, an H100, the simulator's). On a GPU the resources come from the driver, and the
+co-residency of a cooperative grid from the driver's own occupancy calculator for the compiled
+kernel.
 
-Which one, as measured on an H200 (benchmarks/results/2026-11-27-nvidia-h200-bench.md, float32).
-A persistent step costs about 20 µs plus 0.8-5 µs per batch row (RNN at H = 64 to LSTM at
-H = 1024): each block walks its batch 4 rows at a time, each group ending in a block-wide tree sum
-of its split dot products, with one block of 8 warps per SM to hide the latency. The per-step path
-pays a launch per step (64 µs of host time for a step_forward through numba-cuda) unless its
-launches are replayed from CUDA graphs (graphs.py), and then costs what its tiled kernels take,
-which cover 16 batch rows a block whatever B. LSTM forward per step, graphs against persistent:
-B = 8, H = 256: 30 µs against about 40 (between the persistent 20 at B = 1 and 56 at B = 16);
-B = 16, H = 512: 45 µs against more than 56 (the persistent kernel's at H = 256); B = 64, H = 1024:
-96 µs against 332, and 3.1x faster per training step. The training steps tie at B = 8. So, with
-graphs (the default), auto takes the step path from STEP_FROM_BATCH rows and the persistent path
-below it, whose B = 1 training steps beat cuDNN's at H = 256. Without graphs the step path is
-bound by its launches and auto keeps the persistent path wherever it fits.
+The persistent sizes (persistent.py's docstring draws them). The grid is ``groups`` batch shards
+x ``slices`` blocks; a block owns ``units`` = ceil(H / slices) hidden units, all G gate rows of
+them, for ``rows`` = ceil(B / groups) batch rows; its threads form teams of ``fwd_lanes``
+(forward) and ``bwd_lanes`` (backward) lanes. The rule:
+  - slices: the fewest with which every value of the forward slice of W_hh sits in registers (a
+    team per unit, at most WR/G columns a lane); when no slice count up to the SMs gives that,
+    the one with the least work a block (units x rows) whose rest fits in shared memory; never
+    fewer than ceil(MIN_LANES·H / NT);
+  - lanes: forward, NT / units rounded down to a power of two (at most a warp), so a team walks
+    one unit; backward, NT / H so rounded (at least 1), so a team walks one column when it can;
+  - groups: one block per SM, at most ceil(B / RB) shards, so that a shard's rows fill the RB
+    accumulators of a pass;
+  - everything on-chip or nothing: W_hh's slice in registers and dynamic shared memory beside the
+    staged rows (``layout``); a layer whose blocks cannot all be resident at once runs the step
+    path (a forced "persistent" raises ValueError with the reason).
 
-What fits: one block per SM (``units`` = ceil(H / SMs) hidden units a block), all blocks co-resident
-(the driver's ``max_cooperative_grid_blocks``). A block keeps on-chip, in dynamic shared memory:
-forward the G·units rows of W_hh of its units; backward the units columns of W_hh (rows of W_hhᵀ)
-and, when there is room, its columns of dW_hh and its rows of db_hh, accumulated over all T steps.
-Whatever does not fit is read from L2 each step (W_hh) or left to the accumulation kernel after
-the recursion (dW_hh, db_hh); past half the L2, W_hh would stream from HBM every step and the
-step path is chosen.
+Which algorithm auto takes. As measured on an H200 with the first persistent kernels
+(benchmarks/results/2026-11-27-nvidia-h200-bench.md, float32; a step cost 20 µs plus 0.8-5 µs
+per batch row), the per-step path replayed from CUDA graphs won from 16 batch rows on (LSTM,
+B = 64, H = 1024: 3.1x per training step) and tied at B = 8; so, with graphs (the default), auto
+takes the step path from STEP_FROM_BATCH rows and the persistent path below it. The kernels
+these plans size now replace those first ones; their napkin says they win wherever they fit,
+but a napkin is not a measurement, and the rule stays the measured one until a GPU run of these
+kernels replaces it. Without graphs the step path is bound by its launches and auto keeps the
+persistent path wherever it fits.
 """
 
 from dataclasses import dataclass, field, replace
@@ -37,6 +42,7 @@ from ..vocabulary import GATES, check_algo
 from .runtime import GPU_GEOMETRY, ceil_div
 
 STEP_FROM_BATCH = 16        # with CUDA graphs, auto's step path from this many batch rows on
+MIN_LANES = 4               # lanes of a forward dot product at least: units a block <= threads / 4
 KIB = 1024
 WARP = 32
 
@@ -76,128 +82,141 @@ class Device:
 MB = 1000 * 1000
 A100 = Device("A100 (sm_80)", sms=108, smem_per_sm=164 * KIB, smem_per_block=163 * KIB, l2_bytes=40 * MB)
 H100 = Device("H100 SXM (sm_90)", sms=132, smem_per_sm=228 * KIB, smem_per_block=227 * KIB, l2_bytes=50 * MB)
-# The simulator's modelled GPU: a few SMs, so that small test shapes run grids of several blocks.
-# Its shared memory and L2 are tiny, so that the test shapes (H up to 13) meet every case: W_hh and
-# dW_hh on-chip, W_hh on-chip but dW_hh after the loop, W_hh read from L2, and (auto) the step path.
-SIMULATED = Device("simulated (3 SMs)", sms=3, smem_per_sm=3 * KIB, smem_per_block=3 * KIB // 2, l2_bytes=8 * KIB,
+# The simulator's modelled GPU: a few SMs, so that small test shapes run grids of several blocks,
+# and little shared memory, so that they meet W_hh beyond registers and (auto) the step path.
+SIMULATED = Device("simulated (3 SMs)", sms=3, smem_per_sm=12 * KIB, smem_per_block=6 * KIB, l2_bytes=8 * KIB,
                    registers=64)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How one layer and direction runs. For "persistent": ``blocks`` blocks of ``threads``
-    threads, ``units`` hidden units a block, each dot product split over ``split`` threads; the
-    on-chip flags and dynamic shared memory of each kernel; the padded row length (``*_stride``) of
-    the W slices in shared memory. ``why``: the reason, in words (shown by repr and benchmarks)."""
+    """How one layer and direction runs. For "persistent": ``blocks`` = ``groups`` x ``slices``
+    blocks of ``threads`` threads, ``units`` hidden units and ``rows`` batch rows a block, teams
+    of ``fwd_lanes`` / ``bwd_lanes`` lanes; the bytes of dynamic shared memory each kernel takes;
+    whether all of W_hh sits in registers in each kernel. ``why``: the reason, in words (shown by
+    repr and benchmarks)."""
     algo: str
     why: str
     blocks: int = 0
     threads: int = 0
+    groups: int = 0
+    slices: int = 0
     units: int = 0
-    split: int = 1
-    fwd_w_on_chip: bool = False
-    bwd_w_on_chip: bool = False
-    dw_on_chip: bool = False
-    fwd_stride: int = 0
-    bwd_stride: int = 0
+    rows: int = 0
+    fwd_lanes: int = 0
+    bwd_lanes: int = 0
     fwd_shared: int = 0
     bwd_shared: int = 0
+    fwd_registers_only: bool = False
+    bwd_registers_only: bool = False
     notes: tuple = field(default=())
 
     def describe(self):
         if self.algo == "step":
             return f"step ({self.why})"
-        where = lambda flag: "on-chip" if flag else "L2"   # noqa: E731
-        return (f"persistent ({self.blocks} blocks x {self.threads} threads, {self.units} units a block; "
-                f"W_hh {where(self.fwd_w_on_chip)} forward, {where(self.bwd_w_on_chip)} backward; "
-                f"dW_hh {'on-chip' if self.dw_on_chip else 'after the loop'})")
+        where = lambda only: "registers" if only else "registers + shared memory"   # noqa: E731
+        return (f"persistent ({self.groups} groups x {self.slices} slices = {self.blocks} blocks x {self.threads} "
+                f"threads, {self.units} units x {self.rows} rows a block; W_hh in {where(self.fwd_registers_only)} "
+                f"forward, {where(self.bwd_registers_only)} backward)")
 
 
-def split_for(units, threads):
-    """Threads per hidden unit of a block (each walks every split-th element of the unit's dot
-    products): the largest power of two that still gives every unit of the block its threads in
-    one pass; 1 when the units outnumber the threads."""
-    split = 1
-    while 2 * split * units <= threads:
-        split *= 2
-    return split
+def pow2_floor(n):
+    """The largest power of two <= n (n >= 1)."""
+    p = 1
+    while 2 * p <= n:
+        p *= 2
+    return p
 
 
-def padded(length, split):
-    """A row length for W slices in shared memory. The threads of a warp read ``split``
-    consecutive elements of 32/split different rows (split < 32) or 32 consecutive elements of
-    one row: rows ``split`` words apart (mod 32) never share a bank."""
-    return ceil_div(length, WARP) * WARP + split % WARP
+def lanes_for(kernel, units, H, threads):
+    """Lanes of a team (module docstring): forward one unit a team, backward one column a team,
+    as far as the block's threads go; a power of two, at most a warp."""
+    want = threads // units if kernel == "persistent_forward" else threads // H
+    return min(pow2_floor(max(want, 1)), WARP, threads)
 
 
-def choose(cell, itemsize, B, H, device, algo="auto", threads=GPU_GEOMETRY.persist_threads,
-           rows=GPU_GEOMETRY.persist_rows, cooperative_blocks=None, graphs=True):
-    """The Plan for one layer and direction, for blocks of ``threads`` threads holding ``rows``
-    batch rows each (``Geometry.persist_threads``, ``persist_rows``). ``graphs``: whether the
-    per-step path replays its launches from CUDA graphs (``graphs.enabled()``).
-    ``cooperative_blocks(kernel, threads, static, dyn)`` defaults to the device model's; on a GPU
-    it is the driver's answer for the compiled kernel. A forced "persistent" whose grid cannot be
-    co-resident raises ValueError with the reason; one whose W_hh is too large for the L2 runs
-    anyway (reading W_hh from memory every step)."""
+def layout(kernel, G, H, units, rows, lanes, geo, itemsize):
+    """What a thread of ``kernel`` walks with these sizes: (registers_only, elements of dynamic
+    shared memory). Forward: ceil(units / teams) units a team, ceil(H / lanes) columns a lane,
+    the first unit's first WR/G columns in registers. Backward: ceil(H / teams) columns a team,
+    ceil(G·units / lanes) own gate rows a lane, the first column's first WR rows in registers.
+    The shared memory holds the staged rows (h_{t-1} forward, dG_t backward: RB-padded rows x
+    lane-padded length) and the values of W_hh not in registers, laid out as persistent.py does."""
+    NT, RB, WR = geo.persist_threads, geo.persist_rows, geo.w_registers(itemsize)
+    teams = NT // lanes
+    RP = ceil_div(rows, RB) * RB
+    if kernel == "persistent_forward":
+        KF, KC, UT = max(WR // G, 1), ceil_div(H, lanes), ceil_div(units, teams)
+        rest = G * max(KC - KF, 0) + (UT - 1) * G * KC
+        return rest == 0, RP * KC * lanes + NT * rest
+    KB, KM, CT = max(WR, 1), ceil_div(G * units, lanes), ceil_div(H, teams)
+    rest = max(KM - KB, 0) + (CT - 1) * KM
+    return rest == 0, RP * KM * lanes + NT * rest
+
+
+def choose(cell, itemsize, B, H, device, algo="auto", geo=GPU_GEOMETRY, cooperative_blocks=None, graphs=True):
+    """The Plan for one layer and direction with block geometry ``geo`` (``runtime.Geometry``:
+    persist_threads, persist_rows, w_registers). ``graphs``: whether the per-step path replays
+    its launches from CUDA graphs (``graphs.enabled()``). ``cooperative_blocks(kernel, threads,
+    static, dyn)`` defaults to the device model's; on a GPU it is the driver's answer for the
+    compiled kernel. A forced "persistent" that cannot run raises ValueError with the reason."""
     check_algo(algo)
     if algo == "step":
         return Plan("step", "asked for")
     if algo == "auto" and graphs and B >= STEP_FROM_BATCH:
         return Plan("step", f"B = {B} >= {STEP_FROM_BATCH} rows, with CUDA graphs")
     coop = cooperative_blocks or device.cooperative_blocks
-    G, s = GATES[cell], itemsize
-    units = ceil_div(H, device.sms)
-    blocks = ceil_div(H, units)
-    split = split_for(units, threads)
-    fwd_stride, bwd_stride = padded(H, split), padded(G * H, split)
-    fwd_static, bwd_static = G * rows * threads * s, rows * threads * s    # partial sums of the split products
-    w_fwd = G * units * fwd_stride * s          # the forward W_hh slice
-    w_bwd = units * bwd_stride * s              # the backward W_hhᵀ slice
-    dw_bwd = w_bwd + G * units * s              # dW_hhᵀ beside it, and db_hh
-
-    def fits(kernel, static, dyn):
-        return static + dyn <= device.smem_per_block and coop(kernel, threads, static, dyn) >= blocks
-
-    if not fits("persistent_forward", fwd_static, 0) or not fits("persistent_backward", bwd_static, 0):
-        problem = (f"{blocks} blocks of {threads} threads cannot all be resident on {device.name} "
-                   f"({coop('persistent_forward', threads, fwd_static, 0)} can)")
+    G, NT, RB = GATES[cell], geo.persist_threads, geo.persist_rows
+    fitting, seen = [], set()
+    for tried in range(min(ceil_div(MIN_LANES * H, NT), device.sms), device.sms + 1):
+        units = ceil_div(H, max(tried, 1))
+        slices = ceil_div(H, units)
+        if units in seen:
+            continue
+        seen.add(units)
+        groups = max(min(ceil_div(B, RB), device.sms // slices), 1)
+        rows = ceil_div(B, groups)
+        groups = ceil_div(B, rows)
+        sizes = {}
+        for kernel in ("persistent_forward", "persistent_backward"):
+            lanes = lanes_for(kernel, units, H, NT)
+            only, elements = layout(kernel, G, H, units, rows, lanes, geo, itemsize)
+            sizes[kernel] = (lanes, only, elements * itemsize)
+        if all(nbytes <= device.smem_per_block and coop(kernel, NT, 0, nbytes) >= groups * slices
+               for kernel, (_lanes, _only, nbytes) in sizes.items()):
+            fitting.append((slices, units, groups, rows, sizes))
+            if sizes["persistent_forward"][1]:
+                break              # the fewest slices whose forward W_hh sits in registers
+    if not fitting:
+        problem = (f"no split of H = {H} into at most {device.sms} blocks of {NT} threads keeps W_hh on-chip "
+                   f"with every block resident at once on {device.name}")
         if algo == "persistent":
             raise ValueError(f"algo='persistent' cannot run {cell} with H={H}, B={B}: {problem}; "
                              "use algo='step' or 'auto'")
         return Plan("step", problem)
-    fwd_on = fits("persistent_forward", fwd_static, w_fwd)
-    bwd_on = fits("persistent_backward", bwd_static, w_bwd)
-    dw_on = bwd_on and fits("persistent_backward", bwd_static, w_bwd + dw_bwd)
-    w_bytes = G * H * H * s
+    in_registers = [f for f in fitting if f[4]["persistent_forward"][1]]
+    least_work = min(fitting, key=lambda f: (f[1] * f[3], f[0]))      # units x rows a block, then fewer slices
+    slices, units, groups, rows, sizes = in_registers[0] if in_registers else least_work
+    (fl, fonly, fbytes), (bl, bonly, bbytes) = sizes["persistent_forward"], sizes["persistent_backward"]
     why = "asked for" if algo == "persistent" else "fits on " + device.name
-    if not (fwd_on and bwd_on) and 2 * w_bytes > device.l2_bytes:
-        beyond = (f"W_hh ({w_bytes / 2**10:.0f} KiB) fits neither in the shared memory of {blocks} blocks "
-                  f"nor in half the L2 ({device.l2_bytes / 2**10:.0f} KiB) of {device.name}")
-        if algo == "auto":
-            return Plan("step", beyond)
-        why = f"asked for, although {beyond}"
-    return Plan("persistent", why, blocks=blocks, threads=threads, units=units, split=split,
-                fwd_w_on_chip=fwd_on, bwd_w_on_chip=bwd_on, dw_on_chip=dw_on,
-                fwd_stride=fwd_stride, bwd_stride=bwd_stride,
-                fwd_shared=w_fwd if fwd_on else 0,
-                bwd_shared=(w_bwd if bwd_on else 0) + (dw_bwd if dw_on else 0))
+    return Plan("persistent", why, blocks=groups * slices, threads=NT, groups=groups, slices=slices, units=units,
+                rows=rows, fwd_lanes=fl, bwd_lanes=bl, fwd_shared=fbytes, bwd_shared=bbytes,
+                fwd_registers_only=fonly, bwd_registers_only=bonly)
 
 
-def limits(cell, itemsize, device, threads=GPU_GEOMETRY.persist_threads, rows=GPU_GEOMETRY.persist_rows, B=8):
-    """The largest hidden size the persistent path accepts on ``device``, and the largest whose
-    W_hh stays on-chip in both directions (with dW_hh on-chip too), for a batch of B rows."""
-    largest = on_chip = with_dw = grid = 0
-    for H in range(1, 8193):
-        p = choose(cell, itemsize, B, H, device, "auto", threads, rows)
+def limits(cell, itemsize, device, geo=GPU_GEOMETRY, B=8):
+    """For a batch of B rows on ``device``: the largest hidden size the persistent path accepts,
+    the largest grid it plans, and the largest hidden size whose W_hh sits all in registers in
+    both kernels."""
+    largest = in_registers = grid = 0
+    for H in range(1, 4097):
+        p = choose(cell, itemsize, B, H, device, "auto", geo, graphs=False)
         if p.algo != "persistent":
             continue
         largest, grid = H, max(grid, p.blocks)
-        if p.fwd_w_on_chip and p.bwd_w_on_chip:
-            on_chip = H
-            if p.dw_on_chip:
-                with_dw = H
-    return dict(largest_grid=grid, largest_hidden=largest, largest_hidden_w_on_chip=on_chip,
-                largest_hidden_dw_on_chip=with_dw)
+        if p.fwd_registers_only and p.bwd_registers_only:
+            in_registers = H
+    return dict(largest_grid=grid, largest_hidden=largest, largest_hidden_w_in_registers=in_registers)
 
 
 def with_registers(device, registers):

@@ -35,8 +35,9 @@ class Geometry:
     the float64 LSTM's G·units·rows accumulators in registers. The accumulation kernel's block is
     (acc_threads, acc_threads) threads, each owning acc_regs x acc_regs outputs in runs of ``vec`` consecutive
     rows and columns (one vector load each), and stages acc_k rows of the N = T*B reduction at a
-    time. Persistent path: persist_threads threads per block (a power of two), one block per SM;
-    each thread holds persist_rows batch rows of its hidden unit in registers.
+    time. Persistent path: persist_threads threads per block (a power of two, at least a warp
+    on a GPU), one block per SM; a thread sums persist_rows batch rows at a time and keeps
+    persist_wregs float32 values of W_hh (half as many float64) in registers (``w_registers``).
     """
     step_h: int = 16
     step_rh: int = 2
@@ -51,18 +52,24 @@ class Geometry:
     vec: int = 4
     persist_threads: int = 256
     persist_rows: int = 4
+    persist_wregs: int = 32
 
     def __post_init__(self):
         t = self.persist_threads
-        if t < 1 or t & (t - 1) or self.persist_rows < 1:
-            raise ValueError(f"persist_threads must be a power of two and persist_rows >= 1, got {t} and "
-                             f"{self.persist_rows}")
+        if t < 1 or t & (t - 1) or self.persist_rows < 1 or self.persist_wregs < 1:
+            raise ValueError(f"persist_threads must be a power of two and persist_rows, persist_wregs >= 1, "
+                             f"got {t}, {self.persist_rows} and {self.persist_wregs}")
         if min(self.step_h, self.step_rh, self.step_rh64, self.step_b, self.step_kz, self.step_rb, self.step_k,
                self.acc_threads, self.acc_regs, self.acc_k, self.vec) < 1:
             raise ValueError(f"every size of a Geometry must be at least 1, got {self}")
         if self.acc_regs % self.vec:
             raise ValueError(f"acc_regs ({self.acc_regs}) must be a multiple of vec ({self.vec})")
 
+
+    def w_registers(self, itemsize):
+        """Values of W_hh a thread of a persistent kernel keeps in registers, for elements of
+        ``itemsize`` bytes (a float64 takes two registers)."""
+        return max(self.persist_wregs * 4 // itemsize, 1)
 
     def step_units(self, dtype):
         """Hidden units a thread of a step kernel owns, for arrays of ``dtype``."""
@@ -74,7 +81,8 @@ GPU_GEOMETRY = Geometry()
 # make tests cross tile boundaries in H, B and N, split dot products across threads, and give a
 # thread several outputs (two runs of vec in the accumulation kernel).
 SIM_GEOMETRY = Geometry(step_h=2, step_rh=2, step_rh64=2, step_b=2, step_rb=2, step_k=4, step_kz=2,
-                        acc_threads=2, acc_regs=4, acc_k=4, vec=2, persist_threads=4, persist_rows=2)
+                        acc_threads=2, acc_regs=4, acc_k=4, vec=2, persist_threads=8, persist_rows=2,
+                        persist_wregs=2)
 
 
 def default_geometry():
