@@ -63,14 +63,16 @@ MEASURED_CELLS = tuple(c for c in CELLS if c != "rnn_relu")   # relu costs what 
 GRID = ([(128, B, H) for H in (64, 256, 1024) for B in (1, 16, 64, 256)]
         + [(T, 64, H) for H in (256, 1024) for T in (32, 512)])
 QUICK_GRID = [(32, 16, 64), (128, 64, 256), (128, 256, 1024)]
-SIM_GRID = [(3, 2, 5)]
+# In the simulator (3 modelled SMs, blocks of 8 threads), the persistent plan's grid shapes: one block,
+# groups of one slice, one group of slices.
+SIM_GRID = [(3, 1, 2), (3, 5, 2), (3, 2, 5)]
 
 # Napkin figures of the time estimate, before the first row measures anything (see ``estimate``).
 LAUNCH_S = 50e-6        # host seconds per Numba launch (numba-cuda's launch path)
 CALL_S = 0.5e-3         # CuPy work per gpurnn call outside the step kernels (products, fills, checks)
 OURS_FLOPS = 4e12       # FLOP/s of gpurnn's float32 kernels: well under an H100's 60 TFLOP/s FMA peak
 PEER_STEP_S = 10e-6     # cuDNN per time step and direction of the recursion
-PERSIST_STEP_S = 3e-6   # gpurnn's persistent kernels per time step: a grid barrier and the step's latency
+PERSIST_STEP_S = 3e-6   # gpurnn's persistent kernels per time step: an exchange between blocks and the step's latency
 PEER_FLOPS = 15e12
 COMPILE_S = 20.0        # the first row of a cell compiles its three kernels
 BUILD_S = 1.0           # models, inputs, the agreement check
@@ -94,6 +96,8 @@ def parse_args(argv=None):
                    help="at most this many timed calls per side per round (default 5; sim 1)")
     p.add_argument("--tests", default="not run by this script",
                    help="the outcome of the cuda tests before it, recorded in the results")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="the calibration JSON of the same run (benchmarks/calibrate.py), named in the results")
     p.add_argument("--geometry", default=None, metavar="FIELD=N,...",
                    help="block geometry of the cuda kernels, the fields of kernels.cuda.Geometry to change "
                         "(e.g. step_rb=2,acc_regs=4), to sweep it; threads a block <= 1024, static shared "
@@ -513,7 +517,10 @@ def markdown(result):
              f"medians of {result['rounds']} interleaved rounds of up to "
              f"{result['reps']} calls per side; budget {result['budget_s']:.0f} s, "
              f"{result['elapsed_s']:.0f} s used.", "",
-             *([f"**{m['note']}**", ""] if "note" in m else [])]
+             *([f"**{m['note']}**", ""] if "note" in m else []),
+             *([f"The primitives a persistent step is built from (grid sync, flag and tagged exchange, L2 "
+                f"round trip, register array), measured in the same run: `{result['calibration']}`.", ""]
+               if result.get("calibration") else [])]
     if lo:
         device = lo["step_forward_device_us"]
         lines += ["## Launch overhead", "",
@@ -627,7 +634,7 @@ def main(argv=None):
     name = args.name or (f"{now:%Y-%m-%d}-{slug(info['gpu'])}-bench"
                          + (f"-g{slug(args.geometry)}" if args.geometry else ""))
     stem = out / name
-    result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=args.tests,
+    result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=args.tests, calibration=args.calibration,
                   geometry=cuda_kernels.default_geometry().__dict__, algo=args.algo, budget_s=args.budget,
                   rounds=rounds,
                   reps=max_reps, launch_overhead=None, rows=[], skipped=[],

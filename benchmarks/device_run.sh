@@ -8,18 +8,22 @@
 #
 # In order, each step within what is left of the budget; a step that fails is logged and the next
 # one still runs:
-#   1. environment: GPU, driver, compute capability, package versions, where NVVM was found  -> <stem>-env.txt
-#   2. offline install: pip install --no-deps --no-build-isolation --no-index -e . ; if that fails
+#   1. calibration, within CALIBRATE_LIMIT seconds (under a minute on a GPU): the primitives a
+#      persistent step is built from (grid sync, flag and tagged-word exchange at 8, 32 and 132
+#      blocks, an L2 round trip, a 128-float register array's FMA rate), with this checkout's
+#      kernels before it is installed                                            -> <stem>-calibrate.json
+#   2. environment: GPU, driver, compute capability, package versions, where NVVM was found  -> <stem>-env.txt
+#   3. offline install: pip install --no-deps --no-build-isolation --no-index -e . ; if that fails
 #      (and always in the simulator, whose environment must stay as it is), a folder of links to the
 #      checkout's gpurnn/ and kernels/ goes on PYTHONPATH; then gpurnn.cuda_status() and the
 #      toolchain that compiles the kernels                                       -> <stem>-env.txt
-#   3. the cuda test cases on the device: -k cuda over the backend, random-shape, kernel and persistent tests,
+#   4. the cuda test cases on the device: -k cuda over the backend, random-shape, kernel and persistent tests,
 #      with pytest-xdist when present (never the simulator or compile tests: CI runs those)
 #                                                                                -> <stem>-tests.log
-#   4. the benchmark against torch.nn (cuDNN): launch overhead first, then rows cheapest first,
-#      JSON and markdown rewritten after every row, rows that would overrun skipped and listed
-#                                                                                -> <stem>-bench.json, .md
-#   5. when time remains, ncu on one step_forward of a mid-size LSTM, then on the three launches of
+#   5. the benchmark against torch.nn (cuDNN): launch overhead first, then rows cheapest first,
+#      JSON and markdown rewritten after every row, rows that would overrun skipped and listed; the
+#      JSON names the calibration file                                           -> <stem>-bench.json, .md
+#   6. when time remains, ncu on one step_forward of a mid-size LSTM, then on the three launches of
 #      its persistent training step (persistent_forward, persistent_backward, accumulate)
 #                                                                                -> <stem>-ncu.txt
 # Everything printed also goes to <stem>-run.log. Files land in $OUT, or without it in
@@ -55,8 +59,9 @@ export NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0   # small grids are what small shapes
 unset NUMBA_ENABLE_CUDASIM
 SIMENV=()
 [ "$SIM" = 1 ] && SIMENV=(env NUMBA_ENABLE_CUDASIM=1)
-NCU_RESERVE=60                               # seconds kept for step 5
+NCU_RESERVE=60                               # seconds kept for step 6
 [ "$SIM" = 1 ] && NCU_RESERVE=20
+CALIBRATE_LIMIT=90                           # seconds at most for step 1 (and at most a quarter of what is left)
 
 if [ "$SIM" = 1 ]; then
     GPU=simulator
@@ -73,8 +78,21 @@ STEM=$DIR/$NAME
 
 left() { echo $((BUDGET - SECONDS)); }
 
+step_calibrate() {
+    local limit=$(($(left) / 4)) sim=()
+    [ "$limit" -gt "$CALIBRATE_LIMIT" ] && limit=$CALIBRATE_LIMIT
+    [ "$limit" -lt 20 ] && limit=20
+    [ "$SIM" = 1 ] && sim=(--sim)
+    echo "== 1. calibration ($(left) s left, $limit s for it)"
+    timeout -k 5 "$limit" "$PY" benchmarks/calibrate.py "${sim[@]}" --out "$STEM-calibrate.json"
+    local rc=$?
+    [ "$rc" = 124 ] && echo "calibration stopped after $limit s; the JSON keeps the figures measured before"
+    echo "calibration figures: $STEM-calibrate.json"
+    return "$rc"
+}
+
 step_env() {
-    echo "== 1. environment ($(left) s left)"
+    echo "== 2. environment ($(left) s left)"
     "$PY" benchmarks/device_env.py 2>&1 | tee "$STEM-env.txt"
 }
 
@@ -88,7 +106,7 @@ link_checkout() {
 }
 
 step_install() {
-    echo "== 2. install ($(left) s left)"
+    echo "== 3. install ($(left) s left)"
     if [ "$SIM" = 1 ]; then
         echo "install: skipped in the simulator, whose environment stays as it is; the fallback runs instead" | tee -a "$STEM-env.txt"
         link_checkout || return 1
@@ -107,7 +125,7 @@ step_install() {
 }
 
 step_tests() {
-    echo "== 3. cuda tests ($(left) s left)"
+    echo "== 4. cuda tests ($(left) s left)"
     local files=(tests/test_backends.py tests/test_random_shapes.py tests/test_cuda_kernels.py
                  tests/test_cuda_persistent.py tests/test_cuda_graphs.py tests/test_layers_api.py
                  tests/test_torch_bridge.py)
@@ -136,7 +154,7 @@ step_tests() {
 
 step_bench() {
     local budget=$(($(left) - NCU_RESERVE))
-    echo "== 4. benchmark ($(left) s left, $budget s for it)"
+    echo "== 5. benchmark ($(left) s left, $budget s for it)"
     if [ "$budget" -lt 10 ]; then
         echo "no time left for the benchmark"
         return 1
@@ -144,7 +162,7 @@ step_bench() {
     local sim=()
     [ "$SIM" = 1 ] && sim=(--sim)
     timeout -k 10 $((budget + 60)) "$PY" benchmarks/bench_gpu.py "${sim[@]}" --budget "$budget" \
-        --out "$DIR" --name "$NAME-bench" --tests "$TESTS"
+        --out "$DIR" --name "$NAME-bench" --tests "$TESTS" --calibration "$NAME-calibrate.json"
 }
 
 NCU_METRICS="sm__warps_active.avg.pct_of_peak_sustained_active
@@ -158,7 +176,7 @@ dram__bytes.sum.per_second
 gpu__time_duration.sum"
 
 step_ncu() {
-    echo "== 5. ncu ($(left) s left)"
+    echo "== 6. ncu ($(left) s left)"
     local report="$STEM-ncu.txt" target=(benchmarks/bench_gpu.py --ncu-target)
     if [ "$SIM" = 1 ]; then
         {
@@ -201,6 +219,7 @@ main() {
     echo "device_run.sh: $GPU, budget $BUDGET s, results in $DIR as $NAME-*"
     local failed=()
     TESTS="not run"
+    step_calibrate || failed+=("calibration")
     step_env || failed+=("environment")
     step_install || failed+=("install or cuda_status")
     step_tests || failed+=("cuda tests")

@@ -138,11 +138,7 @@ def hot_loop(sass, name, fma="FFMA"):
     dot products inside it); ``lds`` counts the shared-memory loads of any width in that body. A
     kernel without a loop of multiply-adds gives zeros and a ratio of None."""
     instructions, labels = kernel_sass(sass, name)
-    loops = set()
-    for address, op, operands in instructions:
-        target = _TARGET.search(operands)
-        if op.startswith("BRA") and target and labels.get(target.group(1), address + 1) <= address:
-            loops.add((labels[target.group(1)], address))
+    loops = set(loops_of(instructions, labels))
 
     def body(a, b):
         nested = [(c, d) for c, d in loops if (c, d) != (a, b) and a <= c and d <= b]
@@ -161,6 +157,68 @@ def hot_loop(sass, name, fma="FFMA"):
     n_fma, n_lds = count(best, fma), count(best, "LDS")
     return dict(fma=n_fma, lds=n_lds, ffma_per_lds=round(n_fma / n_lds, 2) if n_lds else None,
                 loop_instructions=len(best))
+
+
+def loops_of(instructions, labels):
+    """[(first address, last address)] of every loop: a branch back to an earlier label."""
+    loops = set()
+    for address, op, operands in instructions:
+        target = _TARGET.search(operands)
+        if op.startswith("BRA") and target and labels.get(target.group(1), address + 1) <= address:
+            loops.add((labels[target.group(1)], address))
+    return sorted(loops)
+
+
+def step_loops(sass, name):
+    """The loops of a persistent kernel's time step, by what they hold, each as the number of its
+    instructions (nested loops counted once): ``pass`` the loop whose own body has the most
+    multiply-adds (one pass of RB rows: the product from registers, unrolled, and the pointwise
+    math), ``lane_sum`` the innermost loop in it that adds shared-memory loads without
+    multiplying (one lane's sum over a team's lanes), ``shared`` the innermost loop in it of
+    multiply-adds fed from shared memory (a column, or row, of W_hh beyond registers),
+    ``staging`` the innermost loop outside the pass that loads from global memory and stores to
+    shared memory (a row of the step's staged values), and ``step`` the largest loop around the
+    pass (a whole time step). 0 for a loop not found. The compiler unrolls some of these loops:
+    ``lane_sum_lds``, ``shared_lds`` and ``staging_sts`` count their shared-memory loads (stores),
+    which say how many iterations of the source loop one pass of the compiled loop runs.
+    ``polls``: the wait loops, innermost loops that store nothing, of
+    at most 8 instructions that load from global memory: a flag wait that still loads (ptxas
+    deletes a wait loop of weak loads, leaving none). ``plan.step_instructions`` says how many
+    times each runs."""
+    instructions, labels = kernel_sass(sass, name)
+    loops = loops_of(instructions, labels)
+
+    def inside(inner, outer):
+        return inner != outer and outer[0] <= inner[0] and inner[1] <= outer[1]
+
+    def ops(loop, own=False):
+        nested = [lp for lp in loops if inside(lp, loop)] if own else []
+        return [op.split(".")[0] for addr, op, _ in instructions
+                if loop[0] <= addr <= loop[1] and not any(a <= addr <= b for a, b in nested)]
+
+    def count(loop, *prefixes, own=False):
+        return sum(1 for op in ops(loop, own) if op in prefixes)
+    innermost = [lp for lp in loops if not any(inside(other, lp) for other in loops)]
+    out = dict(dict.fromkeys(("step", "pass", "lane_sum", "lane_sum_lds", "shared", "shared_lds", "staging",
+                              "staging_sts"), 0),
+               polls=sum(1 for lp in innermost
+                         if len(ops(lp)) <= 8 and count(lp, "LDG") and not count(lp, "STS", "STG")))
+    fma = ("FFMA", "DFMA")
+    pass_ = max(loops, key=lambda lp: count(lp, *fma, own=True), default=None)
+    if pass_ is None or not count(pass_, *fma, own=True):
+        return out
+    step = max([lp for lp in loops if inside(pass_, lp)] or [pass_], key=lambda lp: lp[1] - lp[0])
+    within = [lp for lp in innermost if inside(lp, pass_) and count(lp, "LDS")]
+    adds = [lp for lp in within if not count(lp, *fma) and count(lp, "FADD", "DADD")]
+    products = [lp for lp in within if count(lp, *fma) and not count(lp, "STG")]   # not the pointwise math
+    staging = [lp for lp in innermost if inside(lp, step) and not inside(lp, pass_) and count(lp, "LDG")
+               and count(lp, "STS")]
+    out.update(step=len(ops(step)), **{"pass": len(ops(pass_))})
+    for key, found, memory in (("lane_sum", adds, "LDS"), ("shared", products, "LDS"), ("staging", staging, "STS")):
+        if found:
+            loop = max(found, key=lambda lp: count(lp, *fma, "LDG"))
+            out[key], out[f"{key}_{memory.lower()}"] = len(ops(loop)), count(loop, memory)
+    return out
 
 
 def link(ptx, cc):
@@ -253,11 +311,32 @@ def report(targets=TARGETS):
             row = dict(kernel=name, cell=cell, dtype=dtype, target=f"sm_{cc[0]}{cc[1]}")
             log, cubin = link(ptx, cc)
             row.update(parse_log(log, name))
-            row.update(hot_loop(disassemble(cubin), name, "DFMA" if dtype == "float64" else "FFMA"))
+            sass = disassemble(cubin)
+            row.update(hot_loop(sass, name, "DFMA" if dtype == "float64" else "FFMA"))
             row["occupancy"] = occupancy(row, name)
+            if name.startswith("persistent"):
+                row["step_loops"] = step_loops(sass, name)
+                row["critical_path"] = critical_path(row, cell, dtype)
             rows.append(row)
     return dict(toolchain=toolchain(), geometry=GPU_GEOMETRY.__dict__, rows=rows,
-                persistent_limits=persistent_limits(rows))
+                persistent_limits=persistent_limits(rows), critical_path_shape=CRITICAL_PATH_SHAPE)
+
+
+# The shape each persistent kernel's ``critical_path`` is given for: B batch rows, H hidden units,
+# on the modelled H100 (its plan: ``plan.choose`` with the compiled registers).
+CRITICAL_PATH_SHAPE = dict(B=8, H=256)
+
+
+def critical_path(row, cell, dtype, B=CRITICAL_PATH_SHAPE["B"], H=CRITICAL_PATH_SHAPE["H"]):
+    """Instructions one warp issues on a time step's critical path in a compiled persistent
+    kernel (a report row with ``step_loops``), for a layer of B rows and H units on the modelled
+    H100: ``plan.step_instructions`` of the loops, the exchange excluded (it is a wait, measured
+    by benchmarks/calibrate.py, not instructions)."""
+    from .cuda import GPU_GEOMETRY, plan
+    itemsize = 4 if dtype == "float32" else 8
+    the_plan = plan.choose(cell, itemsize, B, H, plan.with_registers(plan.H100, row["registers"]), "persistent",
+                           GPU_GEOMETRY, graphs=False)
+    return plan.step_instructions(row["kernel"], the_plan, cell, H, itemsize, row["step_loops"], GPU_GEOMETRY)
 
 
 DEVICES = (("sm_80", "A100"), ("sm_90", "H100"))
@@ -301,15 +380,16 @@ def persistent_limits(rows, batch=8):
                 device = plan.with_registers(getattr(plan, model), regs)
                 itemsize = 4 if dtype == "float32" else 8
                 out.append(dict(device=device.name, sms=device.sms, cell=cell, dtype=dtype, registers=regs,
-                                B=batch, **plan.limits(cell, itemsize, device, GPU_GEOMETRY.persist_threads,
-                                                 GPU_GEOMETRY.persist_rows, batch)))
+                                B=batch, **plan.limits(cell, itemsize, device, GPU_GEOMETRY, batch)))
     return out
 
 
 KERNEL_COLUMNS = ("kernel", "cell", "dtype", "target", "registers", "spill_stores", "spill_loads", "stack",
                   "call_stack", "local", "shared", "fma", "lds", "ffma_per_lds", "occupancy")
 LIMIT_COLUMNS = ("device", "cell", "dtype", "registers", "B", "largest_grid", "largest_hidden",
-                 "largest_hidden_w_on_chip", "largest_hidden_dw_on_chip")
+                 "largest_hidden_w_in_registers")
+PATH_COLUMNS = ("kernel", "cell", "dtype", "target", "step", "pass", "lane_sum", "shared", "staging", "polls",
+                "critical_path")
 
 
 def table(rows, head=KERNEL_COLUMNS):
@@ -343,9 +423,13 @@ def main(argv=None):
         print(table(result["rows"]))
         print("fma, lds: multiply-adds (FFMA; DFMA for float64) and shared-memory loads in the hottest "
               "loop's SASS; occupancy: resident warps / 64 on an A100 (sm_80) or H100 (sm_90)")
-        print("\nlimits of the persistent path (hidden sizes; W_hh and dW_hh on-chip: in shared memory "
-              "for the whole sequence; otherwise W_hh is read from L2 each step)")
+        print("\nlimits of the persistent path (hidden sizes; beyond the last, the step path; W_hh in "
+              "registers: no value of it in shared memory, in either kernel)")
         print(table(result["persistent_limits"], LIMIT_COLUMNS))
+        shape = result["critical_path_shape"]
+        print(f"\nthe persistent kernels' time step: instructions of its loops (nested ones counted once) and "
+              f"on its critical path at B = {shape['B']}, H = {shape['H']} on an H100 (plan.step_instructions)")
+        print(table([dict(r, **r["step_loops"]) for r in result["rows"] if "step_loops" in r], PATH_COLUMNS))
     bad = failures(result["rows"])
     for line in bad:
         print(line, file=sys.stderr)

@@ -1,7 +1,7 @@
 """Every CUDA kernel compiles to SASS for sm_80 and sm_90, without a GPU, and spills nothing; the
 register-tiled kernels feed at least 4 multiply-adds per shared-memory load in their hottest loop
-(float32); the persistent path's limits on an A100 and an H100 follow from the compiled kernels'
-resources.
+(float32); the persistent kernels' flag waits still load, and their time step's loops are found;
+the persistent path's limits on an A100 and an H100 follow from the compiled kernels' resources.
 
 Runs ``python -m gpurnn.kernels.report --json --target sm_XX`` in two subprocesses at once (the
 compiler cannot share a process with the simulator; one target each halves the wait on two cores)
@@ -59,6 +59,14 @@ def test_every_kernel_compiles_without_spills():
         assert 0 < r["registers"] <= 255, f"{name}: {r}"
         assert r["shared"] <= 48 * 1024, f"{name} needs more than 48 KiB of static shared memory: {r}"
         assert 0 < r["occupancy"] <= 1, f"{name}: {r}"
+        if r["kernel"].startswith("persistent"):
+            loops = r["step_loops"]
+            # the flag wait still loads (a wait on weak loads compiles to none), and the step's loops
+            # were found: the critical path is made of them
+            assert loops["polls"] >= 1, f"{name}: its flag wait compiled to no load: {r}"
+            assert 0 < loops["lane_sum"] < loops["pass"] < loops["step"], f"{name}: {r}"
+            assert loops["shared"] > 0 and loops["staging"] > 0, f"{name}: {r}"
+            assert loops["step"] <= r["critical_path"] < 100 * loops["step"], f"{name}: {r}"
         # Every kernel's hottest loop is a product: multiply-adds fed from shared memory.
         assert r["fma"] > 0 and r["lds"] > 0, f"{name}: no multiply-add loop found: {r}"
         if r["kernel"] in TILED and r["dtype"] == "float32":
@@ -73,9 +81,11 @@ def test_every_kernel_compiles_without_spills():
                    and x["dtype"] == dtype and x["target"] == {"A100": "sm_80", "H100": "sm_90"}[device])
         assert r["registers"] == regs, r
         assert r["largest_grid"] == {"A100": 108, "H100": 132}[device], r      # one block per SM
-        assert 0 < r["largest_hidden_dw_on_chip"] <= r["largest_hidden_w_on_chip"] <= r["largest_hidden"], r
-    # The shapes the persistent path is for: float32 LSTMs of H 256-1024 keep W_hh on-chip on an H100.
-    assert limits[("H100", "lstm", "float32")]["largest_hidden_w_on_chip"] >= 1024
+        assert 0 < r["largest_hidden_w_in_registers"] <= r["largest_hidden"], r
+    # The shapes the persistent path is for: float32 LSTMs up to H = 1024 on an H100, W_hh in
+    # registers up to H = 256.
+    assert limits[("H100", "lstm", "float32")]["largest_hidden"] >= 1024
+    assert limits[("H100", "lstm", "float32")]["largest_hidden_w_in_registers"] >= 256
 
     # The committed report, which the docs' tables are generated from, is what this toolchain
     # compiles now (another numba-cuda may allocate registers otherwise: then it is not compared).
@@ -127,3 +137,46 @@ def test_hot_loop_reads_the_innermost_loop_with_the_most_multiply_adds():
     assert hot_loop(SASS, "my_kernel", "DFMA")["ffma_per_lds"] is None
     with pytest.raises(ValueError, match="not found"):
         hot_loop(SASS, "missing_kernel")
+
+
+# A persistent kernel's time step in nvdisasm's format: a wait loop, a staging loop, then a pass
+# (its own multiply-adds: the product from registers) around a loop of W_hh from shared memory and
+# a lane sum; the step loop around all of it.
+STEP_SASS = """
+\t.section\t.text._ZN3foo18persistent_forwardE,"ax",@progbits
+.L_x_0:
+        /*0000*/                   LDG.E.STRONG.GPU R1, desc[UR4][R2.64] ;
+        /*0010*/              @P0 BRA `(.L_x_0) ;
+        /*0020*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+.L_x_1:
+        /*0030*/                   LDG.E.STRONG.GPU R4, desc[UR4][R6.64] ;
+        /*0040*/                   STS [R7], R4 ;
+        /*0050*/               @P1 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0060*/                   FFMA R8, R9, R10, R8 ;
+        /*0070*/                   FFMA R11, R9, R12, R11 ;
+        /*0080*/                   FFMA R13, R9, R14, R13 ;
+.L_x_3:
+        /*0090*/                   LDS R15, [R16] ;
+        /*00a0*/                   LDS R17, [R18] ;
+        /*00b0*/                   FFMA R8, R15, R17, R8 ;
+        /*00c0*/               @P2 BRA `(.L_x_3) ;
+.L_x_4:
+        /*00d0*/                   LDS R19, [R20] ;
+        /*00e0*/                   FADD R21, R21, R19 ;
+        /*00f0*/               @P3 BRA `(.L_x_4) ;
+        /*0100*/                   STG.E desc[UR4][R2.64], R21 ;
+        /*0110*/               @P4 BRA `(.L_x_2) ;
+        /*0120*/               @P5 BRA `(.L_x_0) ;
+        /*0130*/                   EXIT ;
+"""
+
+
+def test_step_loops_reads_a_persistent_kernels_time_step():
+    from gpurnn.kernels.report import step_loops
+    got = step_loops(STEP_SASS, "persistent_forward")
+    assert got == dict(step=19, **{"pass": 12}, lane_sum=3, lane_sum_lds=1, shared=4, shared_lds=2, staging=3,
+                       staging_sts=1, polls=1), got
+    weak = STEP_SASS.replace("LDG.E.STRONG.GPU R1, desc[UR4][R2.64] ;\n        /*0010*/              @P0 BRA",
+                             "NOP ;\n        /*0010*/              @P0 BRA")
+    assert step_loops(weak, "persistent_forward")["polls"] == 0        # a wait whose load was deleted

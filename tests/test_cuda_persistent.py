@@ -147,23 +147,34 @@ REGIMES = {
     "slices, W_hh in registers forward": lambda p: p.slices > 1 and p.groups == 1 and p.fwd_registers_only,
     "slices, W_hh in shared memory too": lambda p: p.slices > 1 and not p.fwd_registers_only,
     "groups of slices": lambda p: p.slices > 1 and p.groups > 1,
+    "rows staged in chunks": lambda p: p.chunk < p.rows,
 }
 # A modelled GPU of 8 SMs: room for several groups of several slices with the simulator's blocks.
 EIGHT_SMS = dict(name="modelled (8 SMs)", sms=8, smem_per_sm=12 * 1024, smem_per_block=6 * 1024, l2_bytes=1 << 20,
                registers=64)
 
 
+def _device(smem=6 * 1024):
+    from gpurnn.kernels.cuda import plan
+    return plan.Device(**dict(EIGHT_SMS, smem_per_block=smem, smem_per_sm=2 * smem))
+
+
 def _shape_for(cell, dtype, regime):
-    """(B, H, plan) of the smallest shape whose plan, with the simulator's blocks (SIM_GEOMETRY)
-    on the eight-SM model, is in ``regime``."""
+    """(B, H, device, plan) of the smallest shape whose plan, with the simulator's blocks
+    (SIM_GEOMETRY) on the eight-SM model (with less shared memory where it takes that), is in
+    ``regime``."""
     from gpurnn.kernels.cuda import SIM_GEOMETRY, plan
-    device = plan.Device(**EIGHT_SMS)
     itemsize = np.dtype(dtype).itemsize
-    for H in range(1, 13):
-        for B in range(1, 7):
-            p = plan.choose(cell, itemsize, B, H, device, "persistent", SIM_GEOMETRY)
-            if REGIMES[regime](p):
-                return B, H, p
+    for smem in range(6 * 1024, 256, -256):
+        device = _device(smem)
+        for H in range(1, 13):
+            for B in range(1, 13):
+                try:
+                    p = plan.choose(cell, itemsize, B, H, device, "persistent", SIM_GEOMETRY)
+                except ValueError:
+                    continue
+                if REGIMES[regime](p):
+                    return B, H, device, p
     raise AssertionError(f"no shape gives {regime} for {cell}")
 
 
@@ -174,8 +185,8 @@ def test_cuda_persistent_regimes_match_reference(cell, regime, monkeypatch):
     bidirectional layers, ragged lengths, given states. On a GPU too the kernels run with the
     simulator's small blocks on the modelled device, which the regimes were found for."""
     kc = _kc()
-    B, H, expected = _shape_for(cell, "float64", regime)
-    monkeypatch.setattr(kc, "current_device", lambda: kc.plan.Device(**EIGHT_SMS))
+    B, H, device, expected = _shape_for(cell, "float64", regime)
+    monkeypatch.setattr(kc, "current_device", lambda: device)
     monkeypatch.setattr(kc, "default_geometry", lambda: kc.SIM_GEOMETRY)
     T, I = 4, 2
     rng = np.random.default_rng(8)
@@ -230,7 +241,7 @@ def test_cuda_simulator_catches_a_block_that_reads_h_before_its_producer_wrote_i
     m, problem, want = _one_layer("lstm", monkeypatch)
     slow = None
 
-    def no_wait(flags, n, slices, count):
+    def no_wait(flags, first, slices, count):
         if threading.current_thread().blockIdx.x == slices - 1:
             time.sleep(0.05)
     got = run_model(m, **problem)
@@ -248,7 +259,7 @@ def test_cuda_simulated_flag_wait_that_can_never_be_satisfied_raises(monkeypatch
     simulator a RuntimeError that names the waiting blocks."""
     from gpurnn.kernels.cuda import persistent
     m, problem, _want = _one_layer("gru", monkeypatch)
-    monkeypatch.setattr(persistent, "publish", lambda flags, n, s, count: None)
+    monkeypatch.setattr(persistent, "publish", lambda flags, mine, count: None)
     with pytest.raises(RuntimeError, match="a flag wait can never be satisfied: block"):
         run_model(m, **problem)
 

@@ -38,7 +38,22 @@ def test_device_run_sim(tmp_path):
     assert proc.returncode == 0, out[-6000:]
     assert "every step succeeded" in out
     names = sorted(p.name.split("-simulator-")[1] for p in tmp_path.iterdir())
-    assert names == ["bench.json", "bench.md", "env.txt", "ncu.txt", "run.log", "tests.log"]
+    assert names == ["bench.json", "bench.md", "calibrate.json", "env.txt", "ncu.txt", "run.log", "tests.log"]
+
+    # The calibration ran first, every kernel once on tiny grids, each checking what it computed.
+    calibration = _only(tmp_path, "calibrate.json")
+    cal = json.loads(calibration.read_text())
+    assert cal["simulated"] is True and cal["machine"]["gpu"] == "simulator"
+    for key in ("grid_sync", "flag_exchange", "tagged_exchange"):
+        fig = cal[key]
+        assert fig["unit"] == "us" and fig["simulated"] is True, fig
+        assert [r["blocks"] for r in fig["rows"]] == [2, 3], fig
+        assert all(r["checked"] and r["us"] > 0 and r["cycles"] > 0 for r in fig["rows"]), fig
+    l2 = cal["l2_round_trip"]
+    assert l2["unit"] == "ns" and l2["checked"] and l2["ns"] > 0 and l2["cycles"] > 0 and l2["simulated"], l2
+    reg = cal["register_array"]
+    assert reg["unit"] == "TFLOP/s" and reg["checked"] and reg["floats"] == 128 and reg["simulated"], reg
+    assert {"registers", "local_bytes", "in_registers", "fma_per_sm_cycle"} <= set(reg), reg
 
     env_report = _only(tmp_path, "env.txt").read_text()
     for key in ("numba", "numba-cuda", "torch", "numpy", "cuda-core", "cuda-bindings", "NVVM found",
@@ -57,17 +72,21 @@ def test_device_run_sim(tmp_path):
 
     result = json.loads(_only(tmp_path, "bench.json").read_text())
     assert result["tests"].startswith("25 passed")
+    assert result["calibration"] == calibration.name
     assert result["machine"]["gpu"] == "simulator" and result["machine"]["toolchain"].startswith("numba-cuda")
     lo = result["launch_overhead"]
     for key in ("empty_kernel_host_us", "step_forward_host_us", "cupy_elementwise_host_us"):
         assert lo[key] > 0, key
-    assert {(r["cell"], r["mode"]) for r in result["rows"]} == {
-        (c, m) for c in ("rnn_tanh", "lstm", "gru") for m in ("forward", "train")}
+    shapes = ((1, 2), (5, 2), (2, 5))
+    assert sorted((r["cell"], r["mode"], r["B"], r["H"]) for r in result["rows"]) == sorted(
+        (c, m, B, H) for c in ("rnn_tanh", "lstm", "gru") for m in ("forward", "train") for B, H in shapes)
+    grids = {(1, 2): "1 groups x 1 slices = 1 blocks", (5, 2): "3 groups x 1 slices = 3 blocks",
+             (2, 5): "1 groups x 3 slices = 3 blocks"}
     for r in result["rows"]:
         assert r["forward_max_abs_diff"] < 1e-5, r       # the cuda backend agrees with torch
-        # auto on the simulator's modelled GPU: the persistent path, and the row says so
+        # auto on the simulator's modelled GPU: the persistent path at each of its grid shapes
         assert r["gpurnn_ms"] > 0 and r["torch_ms"] > 0 and r["algo"] == "persistent", r
-        assert r["plan"].startswith("persistent (3 blocks"), r
+        assert r["plan"].startswith(f"persistent ({grids[r['B'], r['H']]}"), r
         # counted, not computed: one forward launch; one backward launch and one reduction
         assert r["numba_launches"] == (1 if r["mode"] == "forward" else 3), r
     assert result["skipped"] == [] and result["not_reached"] == []
@@ -82,9 +101,11 @@ def test_device_run_sim(tmp_path):
     assert "## The accumulation kernel against cuBLAS" in md and "## CUDA graphs on the per-step path" in md
     assert "plumbing only" in md and "## Launch overhead" in md
     assert "| lstm | train | 3 | 2 | 5 | persistent | 3 |" in md
-    assert "ran one step_forward (LSTM B=2 H=5), then a persistent training step (T=2): persistent (3 blocks" in \
-        _only(tmp_path, "ncu.txt").read_text()
-    assert "== 5. ncu" in _only(tmp_path, "run.log").read_text()
+    assert ("ran one step_forward (LSTM B=2 H=5), then a persistent training step (T=2): "
+            "persistent (1 groups x 3 slices = 3 blocks") in _only(tmp_path, "ncu.txt").read_text()
+    run_log = _only(tmp_path, "run.log").read_text()
+    assert "== 1. calibration" in run_log and "== 6. ncu" in run_log
+    assert f"calibration figures: {calibration}" in run_log
 
 
 @needs_bash
@@ -106,10 +127,11 @@ def test_bench_budget_skips_and_lists_what_it_cannot_fit(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["rows"] == [] and result["not_reached"] == []
-    assert [(s["cell"], s["T"], s["B"], s["H"]) for s in result["skipped"]] == [
-        (c, 3, 2, 5) for c in ("rnn_tanh", "gru", "lstm")]
+    assert sorted((s["cell"], s["T"], s["B"], s["H"]) for s in result["skipped"]) == sorted(
+        (c, 3, B, H) for c in ("rnn_tanh", "gru", "lstm") for B, H in ((1, 2), (5, 2), (2, 5)))
     assert all(s["estimate_s"] > 0 for s in result["skipped"])
-    assert "Skipped, as they would have overrun the budget: rnn_tanh T=3 B=2 H=5" in (tmp_path / "b.md").read_text()
+    md = (tmp_path / "b.md").read_text()
+    assert "Skipped, as they would have overrun the budget: " in md and "rnn_tanh T=3 B=1 H=2" in md
 
 
 def test_bench_plan_runs_cheapest_rows_first():

@@ -52,13 +52,25 @@ def test_lanes_are_a_power_of_two_within_a_warp(kernel, units, H):
 
 def test_layout_counts_what_does_not_fit_in_registers():
     """Forward, LSTM, H = 256, 8 units a block, 32 lanes: 8 columns a lane, all in registers (32
-    values a thread); at 64 units, 4 lanes: 64 columns a lane, 56 of each gate row in shared
-    memory, 4 x 56 x 256 values beside the 4 x 256 staged h values."""
+    values a thread), a staged row of 256; at 64 units, 4 lanes: 64 columns a lane, 56 of each
+    gate row in shared memory, 4 x 56 values of each of the 256 threads. Backward, 8 units, 1
+    lane: 32 own gate rows a lane, in registers, a staged row of 32."""
     from gpurnn.kernels.cuda.runtime import GPU_GEOMETRY as geo
-    assert plan.layout("persistent_forward", 4, 256, 8, 4, 32, geo, F32) == (True, 4 * 256)
-    assert plan.layout("persistent_forward", 4, 256, 64, 4, 4, geo, F32) == (False, 4 * 256 + 4 * 56 * 256)
-    # backward, 8 units, 1 lane: 32 own gate rows a lane, in registers; 256 columns for 256 teams
-    assert plan.layout("persistent_backward", 4, 256, 8, 4, 1, geo, F32) == (True, 4 * 32)
+    assert plan.layout("persistent_forward", 4, 256, 8, 32, geo, F32) == (True, 256, 0)
+    assert plan.layout("persistent_forward", 4, 256, 64, 4, geo, F32) == (False, 256, 4 * 56 * 256)
+    assert plan.layout("persistent_backward", 4, 256, 8, 1, geo, F32) == (True, 32, 0)
+
+
+def test_a_large_batch_is_staged_in_chunks_that_fit():
+    """B = 256 in two groups of 128 rows: their h_{t-1} (128 x 512 floats) does not fit beside
+    W_hh, so the rows are staged as many at a time as fit, a multiple of the rows of a pass."""
+    p = choose("lstm", F32, 256, 512, H100_COMPILED, "persistent")
+    rb = plan.GPU_GEOMETRY.persist_rows
+    assert p.algo == "persistent" and rb <= p.chunk < p.rows and p.chunk % rb == 0, p
+    assert max(p.fwd_shared, p.bwd_shared) + 4 * plan.static_elements("persistent_forward", 4, plan.GPU_GEOMETRY) \
+        <= H100.smem_per_block
+    small = choose("lstm", F32, 8, 512, H100_COMPILED, "persistent")
+    assert small.chunk == small.rows                     # all of a block's rows at once when they fit
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])

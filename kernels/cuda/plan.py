@@ -21,9 +21,11 @@ them, for ``rows`` = ceil(B / groups) batch rows; its threads form teams of ``fw
     one unit; backward, NT / H so rounded (at least 1), so a team walks one column when it can;
   - groups: one block per SM, at most ceil(B / RB) shards, so that a shard's rows fill the RB
     accumulators of a pass;
-  - everything on-chip or nothing: W_hh's slice in registers and dynamic shared memory beside the
-    staged rows (``layout``); a layer whose blocks cannot all be resident at once runs the step
-    path (a forced "persistent" raises ValueError with the reason).
+  - everything on-chip or nothing: W_hh's slice in registers and dynamic shared memory (``layout``)
+    beside the lane sums' static arrays (``static_elements``), and in the room left as many
+    staged batch rows as fit (``chunk``, all of a block's rows when they fit, at least RB); a
+    layer whose blocks cannot all be resident at once runs the step path (a forced
+    "persistent" raises ValueError with the reason).
 
 Which algorithm auto takes. As measured on an H200 with the first persistent kernels
 (benchmarks/results/2026-11-27-nvidia-h200-bench.md, float32; a step cost 20 µs plus 0.8-5 µs
@@ -91,10 +93,10 @@ SIMULATED = Device("simulated (3 SMs)", sms=3, smem_per_sm=12 * KIB, smem_per_bl
 @dataclass(frozen=True)
 class Plan:
     """How one layer and direction runs. For "persistent": ``blocks`` = ``groups`` x ``slices``
-    blocks of ``threads`` threads, ``units`` hidden units and ``rows`` batch rows a block, teams
-    of ``fwd_lanes`` / ``bwd_lanes`` lanes; the bytes of dynamic shared memory each kernel takes;
-    whether all of W_hh sits in registers in each kernel. ``why``: the reason, in words (shown by
-    repr and benchmarks)."""
+    blocks of ``threads`` threads, ``units`` hidden units and ``rows`` batch rows a block (staged
+    ``chunk`` rows at a time), teams of ``fwd_lanes`` / ``bwd_lanes`` lanes; the bytes of dynamic
+    shared memory each kernel takes; whether all of W_hh sits in registers in each kernel.
+    ``why``: the reason, in words (shown by repr and benchmarks)."""
     algo: str
     why: str
     blocks: int = 0
@@ -103,6 +105,7 @@ class Plan:
     slices: int = 0
     units: int = 0
     rows: int = 0
+    chunk: int = 0
     fwd_lanes: int = 0
     bwd_lanes: int = 0
     fwd_shared: int = 0
@@ -135,23 +138,31 @@ def lanes_for(kernel, units, H, threads):
     return min(pow2_floor(max(want, 1)), WARP, threads)
 
 
-def layout(kernel, G, H, units, rows, lanes, geo, itemsize):
-    """What a thread of ``kernel`` walks with these sizes: (registers_only, elements of dynamic
-    shared memory). Forward: ceil(units / teams) units a team, ceil(H / lanes) columns a lane,
-    the first unit's first WR/G columns in registers. Backward: ceil(H / teams) columns a team,
-    ceil(G·units / lanes) own gate rows a lane, the first column's first WR rows in registers.
-    The shared memory holds the staged rows (h_{t-1} forward, dG_t backward: RB-padded rows x
-    lane-padded length) and the values of W_hh not in registers, laid out as persistent.py does."""
-    NT, RB, WR = geo.persist_threads, geo.persist_rows, geo.w_registers(itemsize)
+def layout(kernel, G, H, units, lanes, geo, itemsize):
+    """What a thread of ``kernel`` walks with these sizes: (registers_only, elements of a staged
+    row, elements of W_hh in shared memory). Forward: ceil(units / teams) units a team,
+    ceil(H / lanes) columns a lane, the first unit's first WR/G columns in registers; a staged
+    row is one batch row of h_{t-1}, padded to the lanes' columns (the registers' at least).
+    Backward: ceil(H / teams) columns a team, ceil(G·units / lanes) own gate rows a lane, the
+    first column's first WR rows in registers; a staged row is one batch row of the block's
+    dG_t, padded likewise. The dynamic shared memory is ``chunk`` staged rows and the values of
+    W_hh not in registers, laid out as persistent.py does."""
+    NT, WR = geo.persist_threads, geo.w_registers(itemsize)
     teams = NT // lanes
-    RP = ceil_div(rows, RB) * RB
     if kernel == "persistent_forward":
         KF, KC, UT = max(WR // G, 1), ceil_div(H, lanes), ceil_div(units, teams)
         rest = G * max(KC - KF, 0) + (UT - 1) * G * KC
-        return rest == 0, RP * KC * lanes + NT * rest
+        return rest == 0, max(KC, KF) * lanes, NT * rest
     KB, KM, CT = max(WR, 1), ceil_div(G * units, lanes), ceil_div(H, teams)
     rest = max(KM - KB, 0) + (CT - 1) * KM
-    return rest == 0, RP * KM * lanes + NT * rest
+    return rest == 0, max(KM, KB) * lanes, NT * rest
+
+
+def static_elements(kernel, G, geo):
+    """Elements of static shared memory of ``kernel``: the lane sums' G·RB (forward) or RB
+    (backward) values of every thread, rows padded by one (persistent.py's ``lane_sum_of``)."""
+    values = G * geo.persist_rows if kernel == "persistent_forward" else geo.persist_rows
+    return values * (geo.persist_threads + 1)
 
 
 def choose(cell, itemsize, B, H, device, algo="auto", geo=GPU_GEOMETRY, cooperative_blocks=None, graphs=True):
@@ -177,14 +188,21 @@ def choose(cell, itemsize, B, H, device, algo="auto", geo=GPU_GEOMETRY, cooperat
         groups = max(min(ceil_div(B, RB), device.sms // slices), 1)
         rows = ceil_div(B, groups)
         groups = ceil_div(B, rows)
-        sizes = {}
+        RP = ceil_div(rows, RB) * RB
+        kernels = {}
         for kernel in ("persistent_forward", "persistent_backward"):
             lanes = lanes_for(kernel, units, H, NT)
-            only, elements = layout(kernel, G, H, units, rows, lanes, geo, itemsize)
-            sizes[kernel] = (lanes, only, elements * itemsize)
-        if all(nbytes <= device.smem_per_block and coop(kernel, NT, 0, nbytes) >= groups * slices
-               for kernel, (_lanes, _only, nbytes) in sizes.items()):
-            fitting.append((slices, units, groups, rows, sizes))
+            only, row, w = layout(kernel, G, H, units, lanes, geo, itemsize)
+            static = static_elements(kernel, G, geo) * itemsize
+            room = (device.smem_per_block - static) // itemsize - w      # elements left for staged rows
+            kernels[kernel] = (lanes, only, row, w, static, room // row // RB * RB)
+        chunk = min(RP, *(k[5] for k in kernels.values()))             # staged rows at a time, both kernels
+        if chunk < RB:
+            continue
+        sizes = {k: (lanes, only, (chunk * row + w) * itemsize, static)
+                 for k, (lanes, only, row, w, static, _most) in kernels.items()}
+        if all(coop(k, NT, static, nbytes) >= groups * slices for k, (_l, _o, nbytes, static) in sizes.items()):
+            fitting.append((slices, units, groups, rows, chunk, sizes))
             if sizes["persistent_forward"][1]:
                 break              # the fewest slices whose forward W_hh sits in registers
     if not fitting:
@@ -194,13 +212,13 @@ def choose(cell, itemsize, B, H, device, algo="auto", geo=GPU_GEOMETRY, cooperat
             raise ValueError(f"algo='persistent' cannot run {cell} with H={H}, B={B}: {problem}; "
                              "use algo='step' or 'auto'")
         return Plan("step", problem)
-    in_registers = [f for f in fitting if f[4]["persistent_forward"][1]]
+    in_registers = [f for f in fitting if f[5]["persistent_forward"][1]]
     least_work = min(fitting, key=lambda f: (f[1] * f[3], f[0]))      # units x rows a block, then fewer slices
-    slices, units, groups, rows, sizes = in_registers[0] if in_registers else least_work
-    (fl, fonly, fbytes), (bl, bonly, bbytes) = sizes["persistent_forward"], sizes["persistent_backward"]
+    slices, units, groups, rows, chunk, sizes = in_registers[0] if in_registers else least_work
+    (fl, fonly, fbytes, _), (bl, bonly, bbytes, _) = sizes["persistent_forward"], sizes["persistent_backward"]
     why = "asked for" if algo == "persistent" else "fits on " + device.name
     return Plan("persistent", why, blocks=groups * slices, threads=NT, groups=groups, slices=slices, units=units,
-                rows=rows, fwd_lanes=fl, bwd_lanes=bl, fwd_shared=fbytes, bwd_shared=bbytes,
+                rows=rows, chunk=chunk, fwd_lanes=fl, bwd_lanes=bl, fwd_shared=fbytes, bwd_shared=bbytes,
                 fwd_registers_only=fonly, bwd_registers_only=bonly)
 
 
@@ -221,3 +239,54 @@ def limits(cell, itemsize, device, geo=GPU_GEOMETRY, B=8):
 
 def with_registers(device, registers):
     return replace(device, registers=registers)
+
+
+def step_instructions(kernel, plan, cell, H, itemsize, loops, geo=GPU_GEOMETRY):
+    """Instructions a warp issues in one time step of ``kernel`` under ``plan``, from the
+    instruction counts of its compiled loops (``kernels/report.py``'s ``step_loops``: each loop
+    with the loops nested in it counted once) and how many times each runs (persistent.py): a
+    step once; per step, ``passes`` passes (forward: units a team x row passes; backward: columns
+    a team x row passes), each with its loop over W_hh in shared memory as many times as the pass
+    has values there and its lane sum's inner loop L times for each value a lane sums (none
+    with one lane); the staging loop once per staged row (RB a row pass). A loop the compiler unrolled counts
+    its instructions per source iteration (``step_loops``' load counts say how many it holds).
+    The static count of a loop with branches counts every branch, as a warp whose lanes take
+    different ones runs them all. The exchange (flag waits) is not here: it is waiting, not
+    issuing."""
+    G, NT, RB = GATES[cell], geo.persist_threads, geo.persist_rows
+    WR = geo.w_registers(itemsize)
+    row_passes = ceil_div(plan.rows, RB)
+    if kernel == "persistent_forward":
+        lanes, values = plan.fwd_lanes, G * RB
+        KF, KC, UT = max(WR // G, 1), ceil_div(H, lanes), ceil_div(plan.units, NT // lanes)
+        passes = UT * row_passes
+        shared_trips = row_passes * (max(KC - KF, 0) + (UT - 1) * KC)
+    else:
+        lanes, values = plan.bwd_lanes, RB
+        KB, KM, CT = max(WR, 1), ceil_div(G * plan.units, lanes), ceil_div(H, NT // lanes)
+        passes = CT * row_passes
+        shared_trips = row_passes * (max(KM - KB, 0) + (CT - 1) * KM)
+    sum_trips = ceil_div(values, lanes) * lanes if lanes > 1 else 0
+    per_shared = RB + G if kernel == "persistent_forward" else RB + 1    # its loads an iteration
+    # a compiled loop runs ``unrolled`` iterations of the source's: its instructions an iteration
+    unrolled = {"shared": max(loops["shared_lds"] / per_shared, 1), "lane_sum": max(loops["lane_sum_lds"], 1),
+                "staging": max(loops["staging_sts"], 1)}
+    each = {k: loops[k] / unrolled[k] for k in unrolled}
+    return round(loops["step"] + (passes - 1) * loops["pass"] + (shared_trips - passes) * each["shared"]
+                 + passes * (sum_trips - 1) * each["lane_sum"]
+                 + (row_passes * RB - 1) * each["staging"])
+
+
+# ---------------------------------------------------------------- napkin
+# What the napkin assumes until a GPU run's calibration (benchmarks/calibrate.py) measures it.
+NAPKIN_CLOCK_GHZ = 1.755         # an H100's / H200's SM clock under load
+NAPKIN_CYCLES_PER_INSTRUCTION = 2   # 8 warps on 4 schedulers issuing in turn: the best one block gets
+NAPKIN_EXCHANGE_US = 1.5         # a flag exchange: fence, flag store, poll from L2, the staged loads' wait
+
+
+def napkin_step_us(instructions, slices, clock_ghz=NAPKIN_CLOCK_GHZ, exchange_us=NAPKIN_EXCHANGE_US):
+    """Napkin microseconds of one time step of a persistent kernel: its critical path of
+    ``instructions`` (``step_instructions``) at NAPKIN_CYCLES_PER_INSTRUCTION, plus one exchange
+    when the group has several slices. A napkin, not a measurement: latency beyond what two warps
+    a scheduler hide, and the exchange's real cost, make the real step slower."""
+    return instructions * NAPKIN_CYCLES_PER_INSTRUCTION / (clock_ghz * 1e3) + (exchange_us if slices > 1 else 0.0)

@@ -290,7 +290,12 @@ def _ldcg(self, array, i):
 
 
 def _ldcv(self, array, i):
-    """A volatile load: the value, and a note of whether the thread is spinning on it."""
+    return volatile_load(array, i)
+
+
+def volatile_load(array, i):
+    """A volatile load (``ldcv``, ``primitives.load_relaxed``): the value, and a note of whether
+    the thread is spinning on it."""
     me = threading.current_thread()
     v = array[i]
     key = (id(array), i, v.item() if hasattr(v, "item") else v)

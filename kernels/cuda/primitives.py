@@ -1,0 +1,62 @@
+"""Device primitives that numba-cuda lacks, or that its compiler would optimise away, for the
+kernels that exchange values between blocks (persistent.py) and the calibration of their cost
+(calibrate.py). Each has a stand-in with the same meaning in the simulator (simulator.py).
+
+    clock64       the SM's 64-bit cycle counter
+    load_relaxed  a strong load at GPU scope: the load a flag wait must issue every time
+"""
+
+import time
+
+import numba
+
+from .. import cuda_simulated
+
+
+if cuda_simulated():
+    def clock64():
+        """The simulator's stand-in for the SM's cycle counter: the host's nanoseconds."""
+        return time.perf_counter_ns()
+
+    def load_relaxed(array, i):
+        """The simulator's volatile load, which polls as a strong load does (and raises when the
+        wait can never end)."""
+        from .simulator import volatile_load
+        return volatile_load(array, i)
+
+else:
+    from llvmlite import ir
+    from numba.cuda import cgutils
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def clock64(typingctx):
+        """The SM's 64-bit cycle counter (PTX ``%clock64``), read where the call stands."""
+        def codegen(context, builder, sig, args):
+            read = ir.InlineAsm(ir.FunctionType(ir.IntType(64), []), "mov.u64 $0, %clock64;", "=l",
+                                side_effect=True)
+            return builder.call(read, [])
+        return numba.int64(), codegen
+
+    @intrinsic
+    def load_relaxed(typingctx, array, i):
+        """array[i] (a 1-D int32 or int64 array in global memory) by ``ld.relaxed.gpu.global``: a
+        strong load at GPU scope, from L2, that the compiler must issue every time. A wait on
+        ``cuda.ldcv`` (a weak load with a cache hint) is compiled to no load at all when the loop
+        does nothing else: ptxas deletes ``while cuda.ldcv(flags, k) < r: pass`` (numba-cuda
+        0.30.4, sm_90; nvJitLink 13.5 and CUDA 13.0's ptxas alike), as the memory model lets it."""
+        if not (isinstance(array, numba.types.Array) and array.ndim == 1 and isinstance(i, numba.types.Integer)
+                and array.dtype in (numba.int32, numba.int64)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            aryty, ity = sig.args
+            ary = context.make_array(aryty)(context, builder, args[0])
+            index = context.cast(builder, args[1], ity, numba.intp)
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [index], wraparound=False)
+            bits = aryty.dtype.bitwidth
+            load = ir.InlineAsm(ir.FunctionType(ir.IntType(bits), [ptr.type]),
+                                f"ld.relaxed.gpu.global.b{bits} $0, [$1];", ("=r" if bits == 32 else "=l") + ",l",
+                                side_effect=True)
+            return builder.call(load, [ptr])
+        return array.dtype(array, i), codegen
