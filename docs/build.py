@@ -603,8 +603,8 @@ def persistent_napkin(src):
         device = plan.with_registers(plan.H100, max(fwd["registers"], bwd["registers"]))
         for T, B, H in NAPKIN_SHAPES:
             peer = gpu_row(h200, cell, "train", T, B, H)
-            p = plan.choose(cell, 4, B, H, device, "persistent", geo, graphs=False) if peer else None
-            if p is None or p.algo != "persistent":
+            p = plan.choose(cell, 4, B, H, device, "auto", geo, graphs=False) if peer else None
+            if p is None or p.algo != "persistent":     # past what the persistent path takes
                 continue
             n_f, n_b = (plan.step_instructions(k["kernel"], p, cell, H, 4, k["step_loops"], geo) for k in (fwd, bwd))
             us = plan.napkin_step_us(n_f, p.slices) + plan.napkin_step_us(n_b, p.slices)

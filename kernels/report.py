@@ -23,7 +23,7 @@ figure is an upper bound).
 Then the limits of the persistent path on an A100 (108 SMs, sm_80) and an H100 SXM (132 SMs,
 sm_90), from those resources: ``kernels/cuda/plan.py``'s choice on a modelled device given the
 registers of the compiled persistent kernels, per cell and dtype: the largest cooperative grid,
-the largest hidden size accepted, and the largest whose W_hh (and dW_hh) stays on-chip.
+the largest hidden size accepted, and the largest whose W_hh sits all in registers.
 
 Why nvJitLink and not the system ptxas: PTX from a newer NVVM than the installed toolkit is
 rejected by that toolkit's ptxas; nvJitLink from the same release as NVVM accepts it.
@@ -171,10 +171,11 @@ def loops_of(instructions, labels):
 
 def step_loops(sass, name):
     """The loops of a persistent kernel's time step, by what they hold, each as the number of its
-    instructions (nested loops counted once): ``pass`` the loop whose own body has the most
-    multiply-adds (one pass of RB rows: the product from registers, unrolled, and the pointwise
-    math), ``lane_sum`` the innermost loop in it that adds shared-memory loads without
-    multiplying (one lane's sum over a team's lanes), ``shared`` the innermost loop in it of
+    instructions (nested loops counted once): ``lane_sum`` the innermost loop that adds
+    shared-memory loads without multiplying or touching global memory (one lane's sum over a
+    team's lanes), ``pass`` the smallest loop around it with a block barrier (one pass of RB
+    rows: the product from registers, unrolled, the lane sum and its barriers, the pointwise
+    math), ``shared`` the innermost loop in it of
     multiply-adds fed from shared memory (a column, or row, of W_hh beyond registers),
     ``staging`` the innermost loop outside the pass that loads from global memory and stores to
     shared memory (a row of the step's staged values), and ``step`` the largest loop around the
@@ -191,25 +192,26 @@ def step_loops(sass, name):
     def inside(inner, outer):
         return inner != outer and outer[0] <= inner[0] and inner[1] <= outer[1]
 
-    def ops(loop, own=False):
-        nested = [lp for lp in loops if inside(lp, loop)] if own else []
-        return [op.split(".")[0] for addr, op, _ in instructions
-                if loop[0] <= addr <= loop[1] and not any(a <= addr <= b for a, b in nested)]
+    def ops(loop):
+        return [op.split(".")[0] for addr, op, _ in instructions if loop[0] <= addr <= loop[1]]
 
-    def count(loop, *prefixes, own=False):
-        return sum(1 for op in ops(loop, own) if op in prefixes)
+    def count(loop, *prefixes):
+        return sum(1 for op in ops(loop) if op in prefixes)
     innermost = [lp for lp in loops if not any(inside(other, lp) for other in loops)]
     out = dict(dict.fromkeys(("step", "pass", "lane_sum", "lane_sum_lds", "shared", "shared_lds", "staging",
                               "staging_sts"), 0),
                polls=sum(1 for lp in innermost
                          if len(ops(lp)) <= 8 and count(lp, "LDG") and not count(lp, "STS", "STG")))
     fma = ("FFMA", "DFMA")
-    pass_ = max(loops, key=lambda lp: count(lp, *fma, own=True), default=None)
-    if pass_ is None or not count(pass_, *fma, own=True):
+    adds = [lp for lp in innermost if count(lp, "LDS") and count(lp, "FADD", "DADD")
+            and not count(lp, *fma, "STG", "LDG")]
+    around = [lp for lp in loops if any(inside(a, lp) for a in adds) and count(lp, "BAR")]
+    if not around:
         return out
+    pass_ = min(around, key=lambda lp: lp[1] - lp[0])
     step = max([lp for lp in loops if inside(pass_, lp)] or [pass_], key=lambda lp: lp[1] - lp[0])
     within = [lp for lp in innermost if inside(lp, pass_) and count(lp, "LDS")]
-    adds = [lp for lp in within if not count(lp, *fma) and count(lp, "FADD", "DADD")]
+    adds = [lp for lp in adds if inside(lp, pass_)]
     products = [lp for lp in within if count(lp, *fma) and not count(lp, "STG")]   # not the pointwise math
     staging = [lp for lp in innermost if inside(lp, step) and not inside(lp, pass_) and count(lp, "LDG")
                and count(lp, "STS")]

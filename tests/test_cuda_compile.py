@@ -140,8 +140,8 @@ def test_hot_loop_reads_the_innermost_loop_with_the_most_multiply_adds():
 
 
 # A persistent kernel's time step in nvdisasm's format: a wait loop, a staging loop, then a pass
-# (its own multiply-adds: the product from registers) around a loop of W_hh from shared memory and
-# a lane sum; the step loop around all of it.
+# (the product from registers, a barrier) around a loop of W_hh from shared memory and a lane sum;
+# the step loop around all of it.
 STEP_SASS = """
 \t.section\t.text._ZN3foo18persistent_forwardE,"ax",@progbits
 .L_x_0:
@@ -165,6 +165,7 @@ STEP_SASS = """
         /*00d0*/                   LDS R19, [R20] ;
         /*00e0*/                   FADD R21, R21, R19 ;
         /*00f0*/               @P3 BRA `(.L_x_4) ;
+        /*00f8*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
         /*0100*/                   STG.E desc[UR4][R2.64], R21 ;
         /*0110*/               @P4 BRA `(.L_x_2) ;
         /*0120*/               @P5 BRA `(.L_x_0) ;
@@ -175,7 +176,7 @@ STEP_SASS = """
 def test_step_loops_reads_a_persistent_kernels_time_step():
     from gpurnn.kernels.report import step_loops
     got = step_loops(STEP_SASS, "persistent_forward")
-    assert got == dict(step=19, **{"pass": 12}, lane_sum=3, lane_sum_lds=1, shared=4, shared_lds=2, staging=3,
+    assert got == dict(step=20, **{"pass": 13}, lane_sum=3, lane_sum_lds=1, shared=4, shared_lds=2, staging=3,
                        staging_sts=1, polls=1), got
     weak = STEP_SASS.replace("LDG.E.STRONG.GPU R1, desc[UR4][R2.64] ;\n        /*0010*/              @P0 BRA",
                              "NOP ;\n        /*0010*/              @P0 BRA")

@@ -2,8 +2,8 @@
 
 tests/test_backends.py and tests/test_random_shapes.py already run every cuda case with the
 persistent path forced and with auto; these check what a layer test could hide: that the
-simulator really runs cooperative grids, warp shuffles and flag waits (the patch of
-kernels/cuda/simulator.py) and catches a missing exchange, that a training step is a fixed number
+simulator really runs cooperative grids, flag waits and warp shuffles (the patch of
+kernels/cuda/simulator.py) and catches a missing exchange forward and backward, that a training step is a fixed number
 of launches whatever T, that every regime of the plan (one block, groups, slices, W_hh in
 registers or in shared memory too) gives the reference's results, and determinism.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 cuda = pytest.importorskip("numba.cuda")   # module level: the simulator swaps this global in kernels
-from conftest import CELLS, SIMULATED, make_model, needs_cuda, random_problem, run_model  # noqa: E402
+from conftest import CELLS, SIMULATED, host, make_model, needs_cuda, random_problem, run_model  # noqa: E402
 
 pytestmark = needs_cuda
 
@@ -199,6 +199,38 @@ def test_cuda_persistent_regimes_match_reference(cell, regime, monkeypatch):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=f"{regime} {key}")
 
 
+# Geometries other than the simulator's default reach the kernels' less common paths: fewer lanes
+# than rows a pass (a lane runs the pointwise math of two rows), more units than teams (a team
+# walks two units, the second from shared memory), several register columns of every gate.
+ODD = {
+    "fewer lanes than rows a pass": (dict(persist_rows=3), 7, 4,
+                                     lambda p, geo: p.fwd_lanes < geo.persist_rows),
+    "more units than teams": (dict(), 25, 2, lambda p, geo: p.units > geo.persist_threads // p.fwd_lanes),
+    "several register columns": (dict(persist_wregs=16), 8, 3,
+                                 lambda p, geo: geo.w_registers(8) // 4 > 1 and p.slices > 1),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD))
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cuda_persistent_odd_geometries_match_reference(cell, case, monkeypatch):
+    from dataclasses import replace
+    kc = _kc()
+    changes, H, B, check = ODD[case]
+    geo = replace(kc.SIM_GEOMETRY, **changes)
+    device = kc.plan.Device(**dict(EIGHT_SMS, sms=3, smem_per_block=24 * 1024, smem_per_sm=48 * 1024))
+    monkeypatch.setattr(kc, "current_device", lambda: device)
+    monkeypatch.setattr(kc, "default_geometry", lambda: geo)
+    rng = np.random.default_rng(5)
+    problem = random_problem(rng, cell, 3, B, 2, H, 1, 2, True)
+    want = run_model(make_model(cell, 2, H, 1, True, backend="reference", seed=2), **problem)
+    m = make_model(cell, 2, H, 1, True, backend="cuda-persistent", seed=2)
+    got = run_model(m, **problem)
+    assert all(p.algo == "persistent" and check(p, geo) for p in m.plans), m.plans
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=f"{case} {key}")
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_persistent_is_deterministic(cell, monkeypatch):
     """float32, groups of several slices: two runs give identical bits (every sum of the kernels
@@ -230,27 +262,52 @@ def _one_layer(cell, monkeypatch, B=1, H=6):
     return m, problem, want
 
 
-@pytest.mark.skipif(not SIMULATED, reason="patches the kernels' Python code, which only the simulator runs")
-def test_cuda_simulator_catches_a_block_that_reads_h_before_its_producer_wrote_it(monkeypatch):
-    """Without the wait for the group's flags, a block reads the slices of h_{t-1} that slower
-    blocks have not written yet: the simulator runs the blocks at once, so the results go wrong
-    (here the last slice is made slow, so that they always do)."""
+def _late_producer(last):
+    """A stand-in for persistent.wait_for_group that does not wait, and makes the last slice of
+    the group late on purpose: at each of its waits it holds back until every other block has
+    passed the wait two steps (passes) later (or the ``last`` one). The others then always read
+    what that slice has not written yet: a deterministic missing exchange."""
     import threading
-    import time
-    from gpurnn.kernels.cuda import persistent
-    m, problem, want = _one_layer("lstm", monkeypatch)
-    slow = None
+    seen, cond = {}, threading.Condition()
 
     def no_wait(flags, first, slices, count):
-        if threading.current_thread().blockIdx.x == slices - 1:
-            time.sleep(0.05)
+        b = threading.current_thread().blockIdx.x
+        with cond:
+            seen[b] = max(seen.get(b, 0), count)
+            cond.notify_all()
+            if b == slices - 1:
+                target = min(count + 2, last)
+                assert cond.wait_for(lambda: all(seen.get(o, 0) >= target for o in range(slices - 1)), timeout=60)
+    return no_wait
+
+
+@pytest.mark.skipif(not SIMULATED, reason="patches the kernels' Python code, which only the simulator runs")
+def test_cuda_simulator_catches_a_block_that_reads_h_before_its_producer_wrote_it(monkeypatch):
+    """Forward: without the wait for the group's flags, a block reads the slices of h_{t-1} that
+    a late block has not written yet, and the outputs go wrong; with it they are right."""
+    from gpurnn.kernels.cuda import persistent
+    T = 4
+    m, problem, want = _one_layer("gru", monkeypatch)
     got = run_model(m, **problem)
-    slow = m.plans[0].slices
-    assert slow > 1, m.plans
+    assert m.plans[0].slices > 1 and m.plans[0].groups == 1, m.plans
     np.testing.assert_allclose(got["y"], want["y"], rtol=1e-12, atol=1e-12)
-    monkeypatch.setattr(persistent, "wait_for_group", no_wait)
-    got = run_model(m, **problem)
-    assert not np.allclose(got["y"], want["y"], rtol=1e-6, atol=1e-6), "the missing wait went unnoticed"
+    monkeypatch.setattr(persistent, "wait_for_group", _late_producer(T - 1))
+    y, _h_n = m(problem["x"], problem["h0"])
+    assert not np.allclose(host(y), want["y"], rtol=1e-6, atol=1e-6), "the missing forward wait went unnoticed"
+
+
+@pytest.mark.skipif(not SIMULATED, reason="patches the kernels' Python code, which only the simulator runs")
+def test_cuda_simulator_catches_a_block_that_reads_partial_products_before_they_are_written(monkeypatch):
+    """Backward: without the wait, a block adds the slices' partial products of dh before a late
+    slice wrote them (or reads the ring's other slot), and dh0 and the weight gradients go wrong."""
+    from gpurnn.kernels.cuda import persistent
+    T = 4
+    m, problem, want = _one_layer("gru", monkeypatch)
+    m(problem["x"], problem["h0"])                     # forward with the real wait
+    monkeypatch.setattr(persistent, "wait_for_group", _late_producer(T))
+    m.zero_grad()
+    _dx, dh0 = m.backward(problem["dy"], problem["dh_n"])
+    assert not np.allclose(host(dh0), want["dh0"], rtol=1e-6, atol=1e-6), "the missing backward wait went unnoticed"
 
 
 @pytest.mark.skipif(not SIMULATED, reason="patches the kernels' Python code, which only the simulator runs")
@@ -291,8 +348,9 @@ def _launch(kernel, blocks, threads, *arrays):
 
 
 def test_cuda_warp_shuffles_exchange_lane_values():
-    """The shuffles the kernels use, against NumPy: a butterfly over teams of 4 lanes in blocks
-    of one warp, and shfl_down_sync (a lane past the warp's end keeps its own value)."""
+    """The simulator's warp shuffles (which numba-cuda's simulator lacks), against NumPy: a
+    butterfly over teams of 4 lanes in blocks of one warp, and shfl_down_sync (a lane past the
+    warp's end keeps its own value)."""
     a = np.arange(64, dtype=np.float64) ** 1.5
     got = _launch(cuda.jit(butterfly_sum), 2, 32, a, np.zeros(64), 4)
     np.testing.assert_allclose(got, np.repeat(a.reshape(16, 4).sum(1), 4), rtol=1e-14)

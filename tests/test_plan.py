@@ -151,10 +151,3 @@ def test_the_report_models_the_step_kernels_with_the_block_they_launch():
         assert report.block_threads(name, GPU_GEOMETRY) == 256 == launched
     row = dict(target="sm_90", registers=56, shared=14336)
     assert report.occupancy(row, "step_forward") == 0.5
-
-
-def test_choose_defaults_to_the_geometry_the_persistent_kernels_run():
-    from gpurnn.kernels.cuda.runtime import GPU_GEOMETRY
-    for cell, B, H in [("lstm", 8, 1000), ("gru", 3, 300), ("rnn_tanh", 1, 64)]:
-        assert choose(cell, F32, B, H, H100, "auto", graphs=False) == choose(
-            cell, F32, B, H, H100, "auto", GPU_GEOMETRY, graphs=False)

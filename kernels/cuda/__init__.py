@@ -4,14 +4,16 @@ picks one per layer and direction.
 
     __init__.py     this file: a layer and direction (``forward_sequence`` / ``backward_sequence``)
     plan.py         the choice between the algorithms, from the shapes and the device's resources
-    persistent.py   one cooperative launch for all T steps, one for the whole BPTT (dW_hh on-chip)
+    persistent.py   one cooperative launch for all T steps, one for the whole BPTT (blocks exchange by flags)
     step.py         one launch per time step, forward and backward
     graphs.py       the per-step path's launches captured into CUDA graphs, replayed per call
     pointwise.py    the pointwise part of a step, once per cell, for both algorithms
     accumulate.py   the BPTT weight gradients: one deterministic reduction over all T*B rows
     tiles.py        staging of double-buffered tiles in shared memory (step and accumulation kernels)
     runtime.py      block geometry, streams, the one place launches are configured
-    simulator.py    what Numba's CUDA simulator needs to run them (cooperative grids included)
+    primitives.py   device primitives numba-cuda lacks: strong loads and stores for flags, clock64
+    calibrate.py    the primitives a persistent step is built from, one kernel each, to time on a GPU
+    simulator.py    what Numba's CUDA simulator needs to run them (cooperative grids, warps, flags)
 
 Legend: T time steps, B batch rows, I input features, H hidden units, G gates (RNN 1, LSTM 4, GRU 3),
 N = T*B rows of the flattened sequence, s = bytes per element (4 float32, 8 float64).
@@ -21,8 +23,8 @@ Forward, one layer and direction:
     XW = x (N, I) @ W_ihᵀ + b_ih                cuBLAS, all time steps at once
     the recursion                               persistent: 1 launch; step: T launches
 Backward (BPTT):
-    the recursion: dG_t, dh, dc                 persistent: 1 launch (+ dW_hh, db_hh); step: T + 1
-    accumulate kernel: dW_ih, db_ih (and dW_hh, db_hh unless the recursion did them)   1 launch
+    the recursion: dG_t, dh, dc                 persistent: 1 launch; step: T + 1
+    accumulate kernel: dW_ih, db_ih, dW_hh, db_hh                                     1 launch
     dx = dG_x (N, G*H) @ W_ih                   cuBLAS
 Numba launches per training step of a layer and direction: 3 persistent, 2T + 2 per-step; with
 CUDA graphs (graphs.py, on by default) the per-step path's 2T + 1 recursion launches become two
@@ -142,9 +144,9 @@ def _allow_dynamic_shared(kernel, nbytes):
     attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     try:
         driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
-    except Exception as e:     # whatever the driver refuses with: reported; the plan then keeps W_hh in L2
-        warnings.warn(f"gpurnn: could not allow {nbytes} bytes of dynamic shared memory ({e}); "
-                      "the persistent kernels read W_hh from L2 instead", RuntimeWarning, stacklevel=3)
+    except Exception as e:     # whatever the driver refuses with: reported; the plan then takes less
+        warnings.warn(f"gpurnn: could not allow {nbytes} bytes of dynamic shared memory ({e}); the persistent "
+                      "plan stages fewer rows, or the layer runs the step path", RuntimeWarning, stacklevel=3)
         return False
     kernel._gpurnn_dynamic_shared = nbytes
     return True

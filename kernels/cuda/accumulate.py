@@ -3,9 +3,9 @@
     dW_ih += dG_xᵀ x,   dW_hh += dG_hᵀ h_prev,   db_ih += Σ_n dG_x[n],   db_hh += Σ_n dG_h[n]
 
 Legend: N = T*B rows of the flattened sequence, G*H gate rows, I input features, H hidden units,
-s = bytes per element. One launch after the recursion. The per-step path asks it for both
-matrices; the persistent path, which accumulates dW_hh and db_hh on-chip during its recursion
-where they fit, only for dW_ih and db_ih.
+s = bytes per element. One launch after the recursion, for both matrices on either path
+(``hidden=False``, only dW_ih and db_ih, serves a recursion that has added dW_hh itself; none
+does now).
 
 Each thread block owns a tile of dW and accumulates it in registers, walking the N rows in a fixed
 order: deterministic, no atomics. It is a GEMM-like launch of 2·N·G·H·(I + H) FLOPs, compute bound

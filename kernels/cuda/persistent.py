@@ -32,9 +32,11 @@ How a forward step flows (step t, state h_{t-1} in hs[src], written to hs[dst]):
      (every unit, ``ldcg``: past L1, which may hold stale lines) into shared memory, once; they
      serve every unit of the block;
   3. products: per unit and RB rows, each lane sums its columns for G x RB accumulators, the
-     lane sum leaves the team's sums in shared memory, lane r reads those of row r and runs the
-     cell's pointwise math: RB lanes of every team at once, one copy of the code;
-  4. publish: a fence, a block barrier, thread 0 stores the step count into the block's flag.
+     lane sum leaves the team's sums in shared memory, lane l reads those of rows l, l + L, ...
+     and runs the cell's pointwise math: RB lanes of every team at once (L >= RB), one copy of
+     the code;
+  4. publish: a fence, a block barrier, thread 0 fences again and stores the step count into the
+     block's flag with a strong store (``primitives.store_relaxed``).
 How a BPTT pass flows (pass p runs the cell backward of step t_p; the last pass, t = -1, only
 adds the product, leaving dL/dh_0 in dh):
   1. wait for the group's partial products of pass p - 1, as forward waits;
@@ -79,7 +81,7 @@ from numba import cuda
 
 from . import plan, pointwise
 from . import runtime as rt
-from .primitives import load_relaxed
+from .primitives import load_relaxed, store_relaxed
 from ..vocabulary import GATES
 from .runtime import device_function
 
@@ -90,11 +92,13 @@ U = numba.uint32      # an index as uint32: no wraparound of negative indices, 3
 @device_function
 def publish(flags, mine, count):
     """Make this block's writes of the step visible to the grid, then say so: flags[mine] =
-    count. Every thread of the block calls it."""
+    count, a strong store (``store_relaxed``) behind a fence, after a barrier that every thread's
+    own fence precedes. Every thread of the block calls it."""
     cuda.threadfence()
     cuda.syncthreads()
     if cuda.threadIdx.x == 0:
-        cuda.stcg(flags, mine, numba.int32(count))
+        cuda.threadfence()
+        store_relaxed(flags, mine, count)
 
 
 @device_function
@@ -173,7 +177,7 @@ def build(cell, dtype, geo):
         flags (groups·S,) int32, zero on entry: the steps block (n, s) has published, at n·S + s.
         rev 0/1; slices S, units U, rows BG, lanes L and chunk as the plan says (module docstring).
         Grid (groups·S,) blocks of NT threads, cooperative. Dynamic shared memory, elements:
-        chunk x ceil(H/L)·L (a chunk of rows of h_{t-1}, staged) + the W_hh values not in registers
+        chunk x max(ceil(H/L), WR/G)·L (a chunk of rows of h_{t-1}, staged) + the W_hh values not in registers
         (``plan.layout``). FLOPs 2·T·B·G·H² + O(T·B·H).
         """
         cuda.cg.this_grid()                      # a cooperative launch: every block resident at once
@@ -281,7 +285,7 @@ def build(cell, dtype, geo):
         lengths (B,) int32; parts (2, S, B, H): the ring of the slices' partial products;
         flags (groups·S,) int32, zero on entry, as forward's; placeholders stand for arrays a cell lacks.
         Grid (groups·S,) blocks of NT threads, cooperative. Dynamic shared memory, elements:
-        chunk x ceil(G·U/L)·L (a chunk of rows of the block's dG_t) + the W_hh values not in registers.
+        chunk x max(ceil(G·U/L), WR)·L (a chunk of rows of the block's dG_t) + the W_hh values not in registers.
         FLOPs 2·T·B·G·H² + O(T·B·G·H).
         """
         cuda.cg.this_grid()

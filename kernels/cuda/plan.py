@@ -16,7 +16,7 @@ them, for ``rows`` = ceil(B / groups) batch rows; its threads form teams of ``fw
   - slices: the fewest with which every value of the forward slice of W_hh sits in registers (a
     team per unit, at most WR/G columns a lane); when no slice count up to the SMs gives that,
     the one with the least work a block (units x rows) whose rest fits in shared memory; never
-    fewer than ceil(MIN_LANES·H / NT);
+    fewer than ceil(MIN_LANES·H / NT), unless that is more than the SMs;
   - lanes: forward, NT / units rounded down to a power of two (at most a warp), so a team walks
     one unit; backward, NT / H so rounded (at least 1), so a team walks one column when it can;
   - groups: one block per SM, at most ceil(B / RB) shards, so that a shard's rows fill the RB
@@ -248,11 +248,11 @@ def step_instructions(kernel, plan, cell, H, itemsize, loops, geo=GPU_GEOMETRY):
     step once; per step, ``passes`` passes (forward: units a team x row passes; backward: columns
     a team x row passes), each with its loop over W_hh in shared memory as many times as the pass
     has values there and its lane sum's inner loop L times for each value a lane sums (none
-    with one lane); the staging loop once per staged row (RB a row pass). A loop the compiler unrolled counts
-    its instructions per source iteration (``step_loops``' load counts say how many it holds).
-    The static count of a loop with branches counts every branch, as a warp whose lanes take
-    different ones runs them all. The exchange (flag waits) is not here: it is waiting, not
-    issuing."""
+    with one lane); the staging loop ceil(row / NT) times per staged row (RB a row pass). A
+    loop the compiler unrolled counts its instructions per source iteration (``step_loops``'
+    load counts say how many it holds). The static count of a loop with branches counts every
+    branch, as a warp whose lanes take different ones runs them all. The exchange (flag waits)
+    is not here: it is waiting, not issuing."""
     G, NT, RB = GATES[cell], geo.persist_threads, geo.persist_rows
     WR = geo.w_registers(itemsize)
     row_passes = ceil_div(plan.rows, RB)
@@ -261,11 +261,13 @@ def step_instructions(kernel, plan, cell, H, itemsize, loops, geo=GPU_GEOMETRY):
         KF, KC, UT = max(WR // G, 1), ceil_div(H, lanes), ceil_div(plan.units, NT // lanes)
         passes = UT * row_passes
         shared_trips = row_passes * (max(KC - KF, 0) + (UT - 1) * KC)
+        row = max(KC, KF) * lanes
     else:
         lanes, values = plan.bwd_lanes, RB
         KB, KM, CT = max(WR, 1), ceil_div(G * plan.units, lanes), ceil_div(H, NT // lanes)
         passes = CT * row_passes
         shared_trips = row_passes * (max(KM - KB, 0) + (CT - 1) * KM)
+        row = max(KM, KB) * lanes
     sum_trips = ceil_div(values, lanes) * lanes if lanes > 1 else 0
     per_shared = RB + G if kernel == "persistent_forward" else RB + 1    # its loads an iteration
     # a compiled loop runs ``unrolled`` iterations of the source's: its instructions an iteration
@@ -274,7 +276,7 @@ def step_instructions(kernel, plan, cell, H, itemsize, loops, geo=GPU_GEOMETRY):
     each = {k: loops[k] / unrolled[k] for k in unrolled}
     return round(loops["step"] + (passes - 1) * loops["pass"] + (shared_trips - passes) * each["shared"]
                  + passes * (sum_trips - 1) * each["lane_sum"]
-                 + (row_passes * RB - 1) * each["staging"])
+                 + (row_passes * RB * ceil_div(row, NT) - 1) * each["staging"])
 
 
 # ---------------------------------------------------------------- napkin

@@ -151,7 +151,7 @@ def forward_arrays(s, xw, y, w_hh, b_hh):
 def backward_arrays(s, dg_x, dg_h, w, dy, dh, dc):
     """The array arguments of a backward kernel of either algorithm, in order:
     (dg_x, dg_h, w, dy, dh, dc, gates, cs, hn, hs, lengths), placeholders for those the cell
-    lacks; ``w`` is W_hh for the step path, W_hhᵀ for the persistent one."""
+    lacks; ``w`` is W_hh (both paths read it as it is)."""
     return (dg_x, dg_h, w, dy, dh, _or_placeholder(dc, dh), _or_placeholder(s.gates, dy),
             _or_placeholder(s.cs, dy), _or_placeholder(s.hn, dy), s.hs, s.row_lengths)
 

@@ -4,6 +4,7 @@ kernels that exchange values between blocks (persistent.py) and the calibration 
 
     clock64       the SM's 64-bit cycle counter
     load_relaxed  a strong load at GPU scope: the load a flag wait must issue every time
+    store_relaxed a strong store at GPU scope: the flag's store that such a load pairs with
 """
 
 import time
@@ -23,6 +24,10 @@ if cuda_simulated():
         wait can never end)."""
         from .simulator import volatile_load
         return volatile_load(array, i)
+
+    def store_relaxed(array, i, value):
+        """The simulator's store (Python threads see every store at once)."""
+        array[i] = value
 
 else:
     from llvmlite import ir
@@ -60,3 +65,24 @@ else:
                                 side_effect=True)
             return builder.call(load, [ptr])
         return array.dtype(array, i), codegen
+
+    @intrinsic
+    def store_relaxed(typingctx, array, i, value):
+        """array[i] = value (a 1-D int32 array in global memory) by ``st.relaxed.gpu.global``: the
+        strong store at GPU scope that a ``load_relaxed`` of another block observes; after a
+        ``threadfence``, it publishes every write the block made before it."""
+        if not (isinstance(array, numba.types.Array) and array.ndim == 1 and array.dtype == numba.int32
+                and isinstance(i, numba.types.Integer) and isinstance(value, numba.types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            aryty, ity, vty = sig.args
+            ary = context.make_array(aryty)(context, builder, args[0])
+            index = context.cast(builder, args[1], ity, numba.intp)
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [index], wraparound=False)
+            v = context.cast(builder, args[2], vty, numba.int32)
+            store = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [ptr.type, ir.IntType(32)]),
+                                 "st.relaxed.gpu.global.b32 [$0], $1;", "l,r", side_effect=True)
+            builder.call(store, [ptr, v])
+            return context.get_dummy_value()
+        return numba.void(array, i, value), codegen

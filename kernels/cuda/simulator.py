@@ -27,9 +27,11 @@ Installed by ``kernels/cuda/__init__.py`` when the simulator is on, never otherw
    ``shfl_sync``, ``shfl_up_sync``, ``shfl_down_sync``, ``shfl_xor_sync`` and ``syncwarp``
    exchange values among the lanes of a warp (the threads ``32w .. 32w + 31`` of a block, fewer in
    a block's last warp), each lane waiting for the others as the hardware's convergence does;
-   they need every lane of the warp in the mask (what the kernels use), and a source lane the
-   warp lacks raises. ``ldcg``, ``ldcv`` and ``stcg`` read and write the array (Python threads see
-   every store at once). A flag wait is ``ldcv`` in a loop: a thread that keeps reading the same
+   they need every lane of the warp in the mask, and a source lane the warp lacks raises (the
+   persistent kernels sum through shared memory instead; these are for kernels that want them).
+   ``ldcg``, ``ldcv`` and ``stcg`` read and write the array (Python threads see every store at
+   once). A flag wait is a volatile load in a loop (``ldcv``, or ``primitives.load_relaxed``,
+   which calls ``volatile_load`` here): a thread that keeps reading the same
    value at the same place is spinning, and when every live thread of the grid is spinning or
    waiting at a barrier for 2 seconds, nothing can ever change the value it waits for: the launch
    raises, naming the spinning blocks, instead of hanging (as a grid sync that cannot complete
@@ -187,8 +189,8 @@ class _Grid:
 
 
 def _spinning(t, now):
-    """Whether thread ``t`` is polling a flag: its latest ``ldcv``s, the last within 0.25 s, read
-    the same value at the same place."""
+    """Whether thread ``t`` is polling a flag: its latest volatile loads (``volatile_load``), the
+    last within 0.25 s, read the same value at the same place."""
     return getattr(t, "spins", 0) > 1 and now - getattr(t, "last_volatile", 0.0) < 0.25
 
 
