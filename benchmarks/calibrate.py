@@ -13,12 +13,13 @@ most; the kernels also count SM cycles with ``clock64``. Every launch checks wha
     grid_sync        µs (and cycles) per ``cuda.cg.this_grid().sync()``: a cooperative kernel doing
                      ``rounds`` syncs, time / rounds; at 8, 32 and 132 blocks of 256 threads, each
                      count capped at the driver's max cooperative blocks
-    flag_exchange    µs (cycles) per round of flags among all blocks of the grid: fence, ``stcg``
-                     of the step, one warp polling every flag from L2, fence, block barrier
+    flag_exchange    µs (cycles) per round of flags among all blocks of the grid: fence, a strong
+                     store of the step (``st.relaxed.gpu``), one warp polling every flag from L2,
+                     fence, block barrier (persistent.py's exchange)
     tagged_exchange  µs (cycles) per round of 64-bit words step << 32 | value: one load both
                      carries and validates the value, no fence
                      (both poll with ``ld.relaxed.gpu``: a wait on ``cuda.ldcv`` compiles to no
-                     load at all; see ``load_relaxed`` in kernels/cuda/calibrate.py)
+                     load at all; see ``load_relaxed`` in kernels/cuda/primitives.py)
     l2_round_trip    ns and cycles per dependent ``ldcg`` load of a single thread chasing a random
                      cycle of links 128 bytes apart (1 MiB, in L2 after a first pass); clock_ghz =
                      cycles / ns, the SM clock the other cycle counts ran at

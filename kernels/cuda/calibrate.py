@@ -18,7 +18,7 @@ In the simulator ``clock64`` is the host's nanosecond clock, and every figure is
 import numba
 from numba import cuda
 
-from .primitives import clock64, load_relaxed
+from .primitives import clock64, load_relaxed, store_relaxed
 
 REG_FLOATS = 128     # floats a thread of register_array keeps in its local array
 REG_CHAINS = 8       # independent accumulators its FMA loop rotates through
@@ -51,9 +51,9 @@ def flag_exchange(rounds, flags, cycles):
     """R rounds of the flag exchange a persistent step could end with instead of a grid sync.
 
     Per round r (1..R), every block: thread 0 fences (what the block wrote before is visible
-    first) and stores flags[b] = r with ``stcg`` (to L2); W threads (one warp) poll, thread w the
-    flags w, w + W, ..., with ``load_relaxed`` (from L2, never a stale L1 line; ``ldcv`` in the
-    simulator) until each is >= r; then a fence and a block barrier, after which the block may read
+    first) and stores flags[b] = r with ``store_relaxed``, as persistent.py's ``publish`` does; W
+    threads (one warp) poll, thread w the flags w, w + W, ..., with ``load_relaxed`` (from L2, never
+    a stale L1 line) until each is >= r; then a fence and a block barrier, after which the block may read
     what every block wrote before its flag. Flags only grow, so a block a round ahead never stalls
     one behind.
     flags (NB,) int32, zero on entry, every one R on exit; cycles (1,) int64 written.
@@ -66,7 +66,7 @@ def flag_exchange(rounds, flags, cycles):
     for r in range(1, rounds + 1):
         if tid == 0:
             cuda.threadfence()
-            cuda.stcg(flags, b, r)
+            store_relaxed(flags, b, r)
         k = tid
         while k < nb and tid < pollers:      # no range(): its trip count is a 64-bit division
             while load_relaxed(flags, k) < r:

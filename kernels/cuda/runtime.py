@@ -65,7 +65,6 @@ class Geometry:
         if self.acc_regs % self.vec:
             raise ValueError(f"acc_regs ({self.acc_regs}) must be a multiple of vec ({self.vec})")
 
-
     def w_registers(self, itemsize):
         """Values of W_hh a thread of a persistent kernel keeps in registers, for elements of
         ``itemsize`` bytes (a float64 takes two registers)."""
