@@ -13,9 +13,10 @@ most; the kernels also count SM cycles with ``clock64``. Every launch checks wha
     grid_sync        µs (and cycles) per ``cuda.cg.this_grid().sync()``: a cooperative kernel doing
                      ``rounds`` syncs, time / rounds; at 8, 32 and 132 blocks of 256 threads, each
                      count capped at the driver's max cooperative blocks
-    flag_exchange    µs (cycles) per round of flags among all blocks of the grid: fence, a strong
-                     store of the step (``st.relaxed.gpu``), one warp polling every flag from L2,
-                     fence, block barrier (persistent.py's exchange)
+    flag_exchange    µs (cycles) per round of flags among all blocks of the grid, by persistent.py's
+                     own ``publish`` and ``wait_for_group``: fences, a block barrier, a strong store
+                     of the step (``st.relaxed.gpu``), every flag polled from L2, a fence and a
+                     block barrier
     tagged_exchange  µs (cycles) per round of 64-bit words step << 32 | value: one load both
                      carries and validates the value, no fence
                      (both poll with ``ld.relaxed.gpu``: a wait on ``cuda.ldcv`` compiles to no

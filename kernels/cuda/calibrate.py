@@ -3,13 +3,13 @@ to time on the GPU: the napkin math of a persistent kernel (persistent.py, plan.
 so they are measured, not guessed.
 
     grid_sync        one ``cuda.cg.this_grid().sync()`` of a cooperative grid
-    flag_exchange    a round of per-block flags: fence, store, poll every flag of the group from L2
+    flag_exchange    a round of persistent.py's per-block flags: publish, then wait for the group
     tagged_exchange  a round of 64-bit words (step << 32 | value): one load carries and validates
     pointer_chase    one dependent load from L2 (``ldcg``), by a single thread
     register_array   a thread's 128 floats in a local array kept in registers, in an FMA loop
 
 Legend: NB blocks in the grid (one group: every block exchanges with every other), NT threads a
-block, W = min(32, NT) threads of a block that poll (one warp), R rounds, N threads of the FMA
+block, W = min(32, NT) threads of a block that poll tagged words (one warp), R rounds, N threads of the FMA
 kernel. Every kernel but register_array has thread 0 of block 0 write the SM clock cycles
 (``clock64``) of its timed loop into ``cycles[0]``; the host times every launch with CUDA events.
 In the simulator ``clock64`` is the host's nanosecond clock, and every figure is meaningless.
@@ -18,7 +18,8 @@ In the simulator ``clock64`` is the host's nanosecond clock, and every figure is
 import numba
 from numba import cuda
 
-from .primitives import clock64, load_relaxed, store_relaxed
+from .persistent import publish, wait_for_group
+from .primitives import clock64, load_relaxed
 
 REG_FLOATS = 128     # floats a thread of register_array keeps in its local array
 REG_CHAINS = 8       # independent accumulators its FMA loop rotates through
@@ -48,32 +49,23 @@ def grid_sync(rounds, check, seen, lag, cycles):
 
 
 def flag_exchange(rounds, flags, cycles):
-    """R rounds of the flag exchange a persistent step could end with instead of a grid sync.
+    """R rounds of persistent.py's exchange between the blocks of a group, the exchange its
+    kernels end each step with instead of a grid sync: ``publish`` and ``wait_for_group``
+    themselves, so the figure is theirs.
 
-    Per round r (1..R), every block: thread 0 fences (what the block wrote before is visible
-    first) and stores flags[b] = r with ``store_relaxed``, as persistent.py's ``publish`` does; W
-    threads (one warp) poll, thread w the flags w, w + W, ..., with ``load_relaxed`` (from L2, never
-    a stale L1 line) until each is >= r; then a fence and a block barrier, after which the block may read
-    what every block wrote before its flag. Flags only grow, so a block a round ahead never stalls
-    one behind.
+    Per round r (1..R), every block publishes r into flags[b] (fences, a block barrier, a strong
+    store), then waits until every flag of the grid is >= r (thread s polls the flags s, s + NT,
+    ... with strong loads from L2), ending with a fence and a block barrier. Flags only grow, so a
+    block a round ahead never stalls one behind.
     flags (NB,) int32, zero on entry, every one R on exit; cycles (1,) int64 written.
     Grid (NB,) blocks of NT threads, all co-resident (NB within the max cooperative blocks): a
     block waits for all others.
     """
     b, nb, tid = cuda.blockIdx.x, cuda.gridDim.x, cuda.threadIdx.x
-    pollers = min(32, cuda.blockDim.x)
     start = clock64()
     for r in range(1, rounds + 1):
-        if tid == 0:
-            cuda.threadfence()
-            store_relaxed(flags, b, r)
-        k = tid
-        while k < nb and tid < pollers:      # no range(): its trip count is a 64-bit division
-            while load_relaxed(flags, k) < r:
-                pass
-            k += pollers
-        cuda.threadfence()
-        cuda.syncthreads()
+        publish(flags, b, r)
+        wait_for_group(flags, 0, nb, r)
     if b == 0 and tid == 0:
         cycles[0] = clock64() - start
 
