@@ -16,7 +16,7 @@ First, the launch overhead: host microseconds per launch of an empty Numba kerne
 of a CuPy elementwise operation; and the device microseconds of one ``step_forward`` when launches
 queue back to back (the launches are enqueued behind a kernel that sleeps, then run without gaps).
 
-Then, per cell and shape (T, B, I = H, H), float32 (TF32 off for torch), one layer, one direction:
+Then, per cell and shape (T, B, I = H, H), float32, one layer, one direction:
     forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
     train    zero the grads, forward, backward of a fixed dy (weight gradients and dx)
 FLOPs are the dense products only: forward 2·T·B·G·H·(I + H); train 3 x forward. Each row also
@@ -24,6 +24,18 @@ counts gpurnn's kernel launches per call, a CUDA graph replay counting one (1 fo
 training step on the persistent path; on the per-step path T and 2T + 2 without graphs, 1 and 3
 with them) and names the algorithm that ran and its plan (``--algo`` forces one; auto lets
 kernels/cuda/plan.py choose per shape, as a user's model does).
+
+torch is timed four ways in the same run, interleaved with gpurnn (``TORCH_SIDES``): float32 with
+TF32 off, the same math as gpurnn's kernels and the ratio of record (``torch_ms``, ``ratio``); and
+what users run: torch's defaults (cuDNN may use TF32, cuBLAS may not), and autocast to float16 and
+to bfloat16 (``torch_default_*``, ``torch_autocast_fp16_*``, ``torch_autocast_bf16_*``: ms, ratio,
+the dtype of y and its distance from gpurnn's; an ``_error`` instead where torch refused).
+
+``host_us_per_step``: gpurnn's host time per time step outside its kernels. The GPU is first kept
+busy by a kernel that spins on its nanosecond timer for longer than the call takes when synchronised
+(``host_time``), then the host clock times the call; the spin still running when the call returns
+proves that the call did not wait for the device. If it had finished, the call synchronised with the
+device (``host_synced``) and its host time includes the wait: it is then not reported.
 
 Two sections time gpurnn's pieces against a peer in the same run:
     accumulate   the BPTT weight-gradient kernel (dW_ih += dG_xᵀ x, dW_hh += dG_hᵀ h_prev over all
@@ -51,6 +63,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
 
 from gpurnn.kernels.vocabulary import CELLS, GATES
@@ -77,6 +91,25 @@ PEER_FLOPS = 15e12
 COMPILE_S = 20.0        # the first row of a cell compiles its three kernels
 BUILD_S = 1.0           # models, inputs, the agreement check
 BLOCK_S = 0.05          # a timed block of calls aims at about this long
+HOST_REPS = 3           # calls timed by the host clock per row, behind a busy GPU (sim: 1)
+HOST_MARGIN_S = 0.02    # the busy kernel outlasts a synchronised call by 25% and this much
+
+# torch's sides of a row: key -> (label, cuDNN TF32, cuBLAS TF32, autocast dtype). The first is the
+# ratio of record, the float32 math gpurnn's kernels do; the others are what users run. torch's
+# defaults: torch.backends.cudnn.allow_tf32 True (cuDNN, RNNs included, may use TF32) and
+# torch.backends.cuda.matmul.allow_tf32 False (cuBLAS may not, since torch 1.12); autocast keeps them.
+TORCH_SIDES = {
+    "torch": ("torch fp32 (TF32 off)", False, False, None),
+    "torch_default": ("torch default (TF32 on)", True, False, None),
+    "torch_autocast_fp16": ("torch autocast fp16", True, False, "float16"),
+    "torch_autocast_bf16": ("torch autocast bf16", True, False, "bfloat16"),
+}
+ANCHORS = tuple(TORCH_SIDES)[1:]
+
+
+def side_keys(side):
+    """The row keys (ms, torch ms / gpurnn ms) of a torch side; the ratio of record keeps its old names."""
+    return ("torch_ms", "ratio") if side == "torch" else (f"{side}_ms", f"{side}_ratio")
 
 
 def parse_args(argv=None):
@@ -150,13 +183,15 @@ def reps_for(call_s, max_reps):
 
 def case_seconds(cell, T, B, H, rounds, max_reps, scale=(1.0, 1.0), new_cell=False, launch_s=LAUNCH_S,
                  algo="auto"):
-    """Estimated wall seconds of one row (both modes, warm-up and timed calls, both sides)."""
+    """Estimated wall seconds of one row (both modes, warm-up and timed calls, gpurnn and every torch
+    side, gpurnn's host timing behind a busy GPU)."""
     total = BUILD_S + (COMPILE_S if new_cell else 0.0)
     for mode in ("forward", "train"):
         ours, peer = estimate(cell, mode, T, B, H, launch_s, algo)
         ours, peer = ours * scale[0], peer * scale[1]
         calls = 3 + rounds * reps_for(max(ours, peer), max_reps)     # 2 warm-up, 1 counting launches
-        total += calls * (ours + peer)
+        total += calls * (ours + len(TORCH_SIDES) * peer)
+        total += ours + HOST_REPS * (1.25 * ours + HOST_MARGIN_S + ours)
     return total
 
 
@@ -196,14 +231,17 @@ class Timer:
 
 
 def interleaved(sides, rounds, reps):
-    """{name: [seconds...]} for sides = {name: (timer, fn)}: blocks of reps calls, order alternating."""
+    """{name: [seconds...]} for sides = {name: (timer, fn)} or {name: (timer, fn, settings)}: blocks of
+    reps calls, order alternating. ``settings()`` is a context manager entered around each block of
+    its side, outside the timed calls (torch's TF32 switches), and left before the next side's block."""
     names = list(sides)
     times = {n: [] for n in names}
     for r in range(rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            timer, fn = sides[n]
-            for _ in range(reps):
-                times[n].append(timer(fn))
+            timer, fn, *settings = sides[n]
+            with (settings[0]() if settings else nullcontext()):
+                for _ in range(reps):
+                    times[n].append(timer(fn))
     return times
 
 
@@ -217,6 +255,98 @@ def synchronize(sim):
     if not sim:
         import cupy
         cupy.cuda.get_current_stream().synchronize()
+
+
+@contextmanager
+def torch_tf32(cudnn, matmul):
+    """torch's TF32 switches set within the block and restored after it, even when it raises:
+    cuDNN's (``torch.backends.cudnn.allow_tf32``, RNNs included) and cuBLAS's
+    (``torch.backends.cuda.matmul.allow_tf32``). Only these legacy switches are touched: torch 2.9+
+    maps them onto its ``fp32_precision`` settings, and refuses to read a mix of the two kinds."""
+    import torch
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = tuple(f.allow_tf32 for f in flags)
+    for f, value in zip(flags, (cudnn, matmul)):
+        f.allow_tf32 = value
+    try:
+        yield
+    finally:
+        for f, value in zip(flags, saved):
+            f.allow_tf32 = value
+
+
+def torch_side_settings(side):
+    """The context manager factory of a torch side's TF32 switches (for ``interleaved``)."""
+    _, cudnn, matmul, _ = TORCH_SIDES[side]
+    return lambda: torch_tf32(cudnn, matmul)
+
+
+# One thread spins on the global nanosecond timer: the stream it is launched on stays busy for ns.
+BUSY_WAIT = r"""
+extern "C" __global__ void busy_wait(unsigned long long ns)
+{
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < ns);
+}
+"""
+
+
+@lru_cache(maxsize=None)
+def busy_kernel():
+    import cupy
+    return cupy.RawKernel(BUSY_WAIT, "busy_wait")
+
+
+def host_time(fn, T, sim, reps):
+    """gpurnn's host time per time step of ``fn`` (one call of a layer), outside its kernels.
+
+    On a GPU, per rep: one call synchronised by the host bounds the call's host time from above;
+    then a kernel on the call's stream (CuPy's current one, where gpurnn launches) spins for 1.25
+    times that bound plus HOST_MARGIN_S, an event is recorded behind it, and the host clock times
+    the call. The call's launches queue behind the spin, so the host clock sees only the host's
+    work, unless the call waits for the device: then the spin (and the event) have finished when
+    it returns, since they cannot finish sooner by the bound. ``host_synced`` says whether any rep
+    saw that; ``host_us_per_step`` (median over reps, / T) is then None, as the wait is in it.
+    ``host_call_ms``: the median host time of the call, wait or not. A call that fills the launch
+    queue (about a thousand launches) also waits for the device, and reads the same.
+
+    In the simulator every launch runs to completion on the host before the call returns: the
+    host clock times the whole call, kernels included, and ``host_synced`` is None (it cannot tell)."""
+    calls, synced = [], []
+    if sim:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            calls.append(time.perf_counter() - t0)
+        call = median(calls)
+        return dict(host_us_per_step=1e6 * call / T, host_synced=None, host_call_ms=1e3 * call)
+    import cupy
+    import numpy as np
+    busy_kernel()((1,), (1,), (np.uint64(0),))       # compiled before any rep
+    synchronize(sim)
+    busy_ms = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(sim)
+        bound = time.perf_counter() - t0
+        busy_ns = int(1e9 * (1.25 * bound + HOST_MARGIN_S))
+        begin, spun = cupy.cuda.Event(), cupy.cuda.Event()
+        begin.record()
+        busy_kernel()((1,), (1,), (np.uint64(busy_ns),))
+        spun.record()
+        t0 = time.perf_counter()
+        fn()
+        calls.append(time.perf_counter() - t0)
+        synced.append(spun.done)
+        synchronize(sim)
+        busy_ms.append(cupy.cuda.get_elapsed_time(begin, spun))
+    call, was_synced = median(calls), any(synced)
+    return dict(host_us_per_step=None if was_synced else 1e6 * call / T, host_synced=was_synced,
+                host_call_ms=1e3 * call, host_busy_ms=median(busy_ms))
 
 
 def record_launches(fn):
@@ -302,16 +432,21 @@ def launch_overhead(sim):
 
 # ---------------------------------------------------------------- one row
 def build_pair(cell, T, B, H, sim, algo="auto"):
-    """gpurnn (cuda backend) and torch models with the same weights, inputs on their devices."""
+    """gpurnn (cuda backend) and torch models with the same weights, inputs on their devices.
+
+    Returns (fns, agreement, used). fns[mode] = (gpurnn's call, {torch side: torch's call}) for the
+    sides of TORCH_SIDES that ran here; each torch call runs under its side's autocast, if any (a
+    user's step enters autocast for the forward and leaves it for backward), and its TF32 switches
+    are for the caller to set (``torch_side_settings``). agreement[side]: torch's y on this shape
+    against gpurnn's (max_abs_diff, y_dtype), or the error torch raised (a side that cannot run).
+    used: gpurnn's plan. In the simulator torch runs on the CPU: its TF32 switches change nothing
+    there, and autocast is torch's CPU autocast, which casts some cells and refuses others."""
     import numpy as np
     import torch
 
     import gpurnn
     I = H
     device = "cpu" if sim else "cuda"
-    # Full float32 on both sides: gpurnn's kernels use no TF32, so cuDNN may not either.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     if cell.startswith("rnn_"):
         peer = torch.nn.RNN(I, H, nonlinearity=cell[4:])
@@ -337,63 +472,121 @@ def build_pair(cell, T, B, H, sim, algo="auto"):
         ours(x)
         ours.backward(dy)
 
-    def peer_forward():
-        peer(tx)
+    def peer_forward(cast):
+        with cast():
+            peer(tx)
 
-    def peer_train():
+    def peer_train(cast, dy):
         peer.zero_grad(set_to_none=False)
         tx.grad = None
-        y, _ = peer(tx)
-        y.backward(tdy)
+        with cast():
+            y, _ = peer(tx)
+        y.backward(dy)
 
     # Agreement on this very shape: a benchmark of wrong numbers is worth nothing.
     y_ours = ours(x)[0]
     y_ours = y_ours.get() if hasattr(y_ours, "get") else np.asarray(y_ours)
-    with torch.no_grad():
-        y_peer = peer(tx)[0].cpu().numpy()
-    max_err = float(np.abs(y_ours - y_peer).max())
+    fns = dict(forward=(ours_forward, {}), train=(ours_train, {}))
+    agreement = {}
+    for side, (_, cudnn, matmul, autocast) in TORCH_SIDES.items():
+        def cast(autocast=autocast):
+            return torch.autocast(device, dtype=getattr(torch, autocast)) if autocast else nullcontext()
+        try:
+            with torch_tf32(cudnn, matmul), torch.no_grad(), cast():
+                y_peer = peer(tx)[0]
+        except RuntimeError as e:
+            if side == "torch":
+                raise
+            agreement[side] = dict(error=first_line(e))
+            continue
+        agreement[side] = dict(max_abs_diff=float(np.abs(y_ours - y_peer.float().cpu().numpy()).max()),
+                               y_dtype=str(y_peer.dtype).removeprefix("torch."))
+        side_dy = tdy.to(y_peer.dtype)      # backward's dy in y's dtype, cast once, outside the timed calls
+        fns["forward"][1][side] = lambda cast=cast: peer_forward(cast)
+        fns["train"][1][side] = lambda cast=cast, side_dy=side_dy: peer_train(cast, side_dy)
     (used,) = ours.plans
-    return dict(forward=(ours_forward, peer_forward), train=(ours_train, peer_train)), max_err, used
+    return fns, agreement, used
+
+
+def first_line(error):
+    """The first line of an exception's message, for a results file."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto"):
-    """Both modes of one (cell, shape): two rows, and the measured/estimated ratio of each side."""
-    timers = (Timer("host"), Timer("host")) if sim else (Timer("cupy"), Timer("torch"))
-    fns, max_err, used = build_pair(cell, T, B, H, sim, algo)
+    """Both modes of one (cell, shape): two rows, and the measured/estimated ratio of gpurnn and of
+    torch's side of record."""
+    ours_timer, peer_timer = (Timer("host"), Timer("host")) if sim else (Timer("cupy"), Timer("torch"))
+    fns, agreement, used = build_pair(cell, T, B, H, sim, algo)
     rows, ratios = [], []
-    for mode, (ours_fn, peer_fn) in fns.items():
-        for fn in (ours_fn, peer_fn):   # warm-up: compilation, cuDNN plans, memory pools
-            fn()
-            fn()
+    for mode, (ours_fn, peer_fns) in fns.items():
+        errors = {}
+        ours_fn()                       # warm-up: compilation, cuDNN plans, memory pools
+        ours_fn()
+        sides = {"gpurnn": (ours_timer, ours_fn)}
+        for side, fn in peer_fns.items():
+            try:
+                with torch_side_settings(side)():
+                    fn()
+                    fn()
+            except RuntimeError as e:   # an anchor torch cannot run here (the side of record raises)
+                if side == "torch":
+                    raise
+                errors[side] = first_line(e)
+                continue
+            sides[side] = (peer_timer, fn, torch_side_settings(side))
         n_launch = len(record_launches(ours_fn))
         est = estimate(cell, mode, T, B, H, launch_s, used.algo)
         reps = reps_for(max(est[0] * scale[0], est[1] * scale[1]), max_reps)
-        times = interleaved({"gpurnn": (timers[0], ours_fn), "torch": (timers[1], peer_fn)}, rounds, reps)
+        times = interleaved(sides, rounds, reps)
+        host = host_time(ours_fn, T, sim, 1 if sim else HOST_REPS)
         t_ours, t_peer = median(times["gpurnn"]), median(times["torch"])
         n_flops = flops(cell, mode, T, B, H)
-        rows.append(dict(cell=cell, mode=mode, T=T, B=B, I=H, H=H, dtype="float32", algo=used.algo,
-                         plan=used.describe(), numba_launches=n_launch, gpurnn_ms=1e3 * t_ours, torch_ms=1e3 * t_peer,
-                         ratio=t_peer / t_ours, gpurnn_tflops=n_flops / t_ours / 1e12,
-                         torch_tflops=n_flops / t_peer / 1e12, forward_max_abs_diff=max_err,
-                         samples=len(times["gpurnn"])))
+        row = dict(cell=cell, mode=mode, T=T, B=B, I=H, H=H, dtype="float32", algo=used.algo,
+                   plan=used.describe(), numba_launches=n_launch, gpurnn_ms=1e3 * t_ours, torch_ms=1e3 * t_peer,
+                   ratio=t_peer / t_ours, gpurnn_tflops=n_flops / t_ours / 1e12,
+                   torch_tflops=n_flops / t_peer / 1e12, forward_max_abs_diff=agreement["torch"]["max_abs_diff"],
+                   samples=len(times["gpurnn"]), **host)
+        for side in ANCHORS:
+            ms_key, ratio_key = side_keys(side)
+            t = median(times[side]) if side in times else None
+            row[ms_key] = None if t is None else 1e3 * t
+            row[ratio_key] = None if t is None else t / t_ours
+            row[f"{side}_y_dtype"] = agreement[side].get("y_dtype")
+            row[f"{side}_max_abs_diff"] = agreement[side].get("max_abs_diff")
+            if t is None:
+                row[f"{side}_error"] = agreement[side].get("error") or errors.get(side)
+        rows.append(row)
         ratios.append((t_ours / est[0], t_peer / est[1]))
-        r = rows[-1]
-        print(f"{cell:8s} {mode:7s} T={T:<4d} B={B:<4d} H={H:<5d} gpurnn {r['gpurnn_ms']:9.3f} ms  "
-              f"torch {r['torch_ms']:9.3f} ms  torch/gpurnn {r['ratio']:6.2f}  {used.algo:10s} launches {n_launch:5d}  "
-              f"max|y - y_torch| {max_err:.1e}", flush=True)
+        host_text = ("synchronised with the device" if row["host_synced"]
+                     else f"{row['host_us_per_step']:.1f} µs a step")
+        print(f"{cell:8s} {mode:7s} T={T:<4d} B={B:<4d} H={H:<5d} gpurnn {row['gpurnn_ms']:9.3f} ms  "
+              f"torch {row['torch_ms']:9.3f} ms  torch/gpurnn {row['ratio']:6.2f}  {used.algo:10s} "
+              f"launches {n_launch:5d}  max|y - y_torch| {agreement['torch']['max_abs_diff']:.1e}  host {host_text}",
+              flush=True)
+        print("         " + "  ".join(
+            f"{TORCH_SIDES[side][0]} " + (f"{row[side_keys(side)[0]]:.3f} ms ({row[side_keys(side)[1]]:.2f})"
+                                          if row[side_keys(side)[0]] is not None else "did not run")
+            for side in ANCHORS), flush=True)
     # The next rows are larger: rescale their estimates by the larger mode's ratio, with a margin.
     scale = tuple(1.25 * max(r[i] for r in ratios) for i in range(2))
     return rows, scale
 
 
 # ---------------------------------------------------------------- the pieces against a peer
-ACC_SHAPES = [(128, 64, 256), (128, 64, 1024), (64, 256, 1024)]       # (T, B, H) of an LSTM, I = H
+# (cell, T, B, H), I = H: G·H = 256 twice (an RNN at H = 256, an LSTM at H = 64), then LSTMs at
+# H = 256, 512 and 1024.
+ACC_SHAPES = [("rnn_tanh", 128, 64, 256), ("lstm", 128, 64, 64), ("lstm", 128, 64, 256), ("lstm", 128, 64, 512),
+              ("lstm", 128, 64, 1024), ("lstm", 64, 256, 1024)]
 GRAPH_SHAPES = [(128, 8, 256), (128, 64, 1024), (512, 16, 512)]      # (T, B, H) of an LSTM, per-step path
 SIM_PIECES = [(3, 2, 5)]
+SIM_ACC_SHAPES = [("rnn_tanh", 3, 2, 5), ("lstm", 3, 2, 5)]
 
 
 def accumulate_rows(sim, rounds, max_reps):
-    """The accumulation kernel against cuBLAS (CuPy matmul) on the same products, float32."""
+    """The accumulation kernel against cuBLAS (CuPy matmul) on the same products, float32, per
+    (cell, T, B, H) of ACC_SHAPES: G·H gate rows of dW for N = T·B rows."""
     import numpy as np
 
     from gpurnn.kernels import cuda as kc
@@ -401,15 +594,15 @@ def accumulate_rows(sim, rounds, max_reps):
     geo = kc.default_geometry()
     timer = Timer("host" if sim else "cupy")
     rows = []
-    for T, B, H in (SIM_PIECES if sim else ACC_SHAPES):
-        N, GH, I = T * B, 4 * H, H
+    for cell, T, B, H in (SIM_ACC_SHAPES if sim else ACC_SHAPES):
+        N, GH, I = T * B, GATES[cell] * H, H
         rng = np.random.default_rng(0)
         dg_x, x, hp = (xp.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((N, GH), (N, I), (N, H)))
         grads = dict(w_ih=xp.zeros((GH, I), np.float32), w_hh=xp.zeros((GH, H), np.float32),
                      b_ih=xp.zeros(GH, np.float32), b_hh=xp.zeros(GH, np.float32))
 
-        def ours(dg_x=dg_x, x=x, hp=hp, grads=grads):
-            kc.accumulate_grads("lstm", dg_x, x, dg_x, hp, grads, geo)
+        def ours(dg_x=dg_x, x=x, hp=hp, grads=grads, cell=cell):
+            kc.accumulate_grads(cell, dg_x, x, dg_x, hp, grads, geo)
 
         def cublas(dg_x=dg_x, x=x, hp=hp):
             xp.matmul(dg_x.T, x)
@@ -420,11 +613,11 @@ def accumulate_rows(sim, rounds, max_reps):
                             reps_for(2 * N * GH * (I + H) / PEER_FLOPS, max_reps))
         t_ours, t_peer = median(times["gpurnn"]), median(times["cupy"])
         n_flops = 2 * N * GH * (I + H)
-        rows.append(dict(T=T, B=B, H=H, N=N, GH=GH, gpurnn_ms=1e3 * t_ours, cupy_ms=1e3 * t_peer,
+        rows.append(dict(cell=cell, T=T, B=B, H=H, N=N, GH=GH, gpurnn_ms=1e3 * t_ours, cupy_ms=1e3 * t_peer,
                          share_of_cublas=t_peer / t_ours, gpurnn_tflops=n_flops / t_ours / 1e12,
                          cupy_tflops=n_flops / t_peer / 1e12))
         r = rows[-1]
-        print(f"accumulate N={N:<6d} G*H={GH:<5d} I=H={H:<5d} gpurnn {r['gpurnn_ms']:8.3f} ms  cuBLAS "
+        print(f"accumulate {cell:8s} N={N:<6d} G*H={GH:<5d} I=H={H:<5d} gpurnn {r['gpurnn_ms']:8.3f} ms  cuBLAS "
               f"{r['cupy_ms']:8.3f} ms  share of cuBLAS {r['share_of_cublas']:.2f}", flush=True)
     return rows
 
@@ -484,7 +677,10 @@ def machine(sim):
     from gpurnn.kernels.cuda import toolchain
     info = dict(python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
                 torch=torch.__version__, toolchain=toolchain(), gpurnn=os.path.dirname(gpurnn.__file__),
-                host=platform.node(), platform=platform.platform())
+                host=platform.node(), platform=platform.platform(),
+                # torch's TF32 switches as this process found them, before any side set them
+                torch_tf32_at_start=dict(cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                                         matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32))
     if sim:
         info.update(gpu="simulator", note="NUMBA_ENABLE_CUDASIM=1: plumbing only, times are meaningless")
         return info
@@ -500,6 +696,28 @@ def machine(sim):
     return info
 
 
+def torch_sides(sim):
+    """What each torch side of a row is, for the results file."""
+    sides = {side: dict(label=label, cudnn_allow_tf32=cudnn, matmul_allow_tf32=matmul, autocast=autocast,
+                        device="cpu" if sim else "cuda", ratio_of_record=side == "torch")
+             for side, (label, cudnn, matmul, autocast) in TORCH_SIDES.items()}
+    note = ("simulator: torch runs on the CPU, where the TF32 switches change nothing and autocast is "
+            "torch's CPU autocast (it casts some cells, leaves others in float32 and refuses others: "
+            "see each row's y dtype and error); plumbing only, no GPU figure" if sim else
+            "autocast covers the forward call; backward runs outside it, with dy in y's dtype, and no "
+            "gradient scaler")
+    return dict(sides=sides, note=note)
+
+
+HOST_TIME_NOTE = ("gpurnn's host time per time step of a call (host_us_per_step): the host clock around "
+                  "one call while a kernel that started before it keeps the GPU busy for longer than the "
+                  "synchronised call takes; host_synced: the busy kernel had finished when the call "
+                  "returned, so the call waited for the device and its host time is not reported")
+SIM_HOST_TIME_NOTE = ("simulator: every launch runs on the host before the call returns, so "
+                      "host_us_per_step is the whole call per time step, kernels included, and "
+                      "host_synced is null (the simulator cannot tell)")
+
+
 def slug(text):
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
@@ -507,6 +725,32 @@ def slug(text):
 def case_dict(case, **extra):
     cell, T, B, H = case
     return dict(cell=cell, T=T, B=B, H=H, **extra)
+
+
+NOT_MEASURED = "—"
+
+
+def anchor_cell(row, side):
+    """``1.234 (0.56)``: a torch side's ms and torch/gpurnn in a markdown row; ``—`` where the run
+    did not measure it (results from before the side existed), ``n/a`` where torch refused; y's
+    dtype follows where autocast left it in another."""
+    ms_key, ratio_key = side_keys(side)
+    if ms_key not in row:
+        return NOT_MEASURED
+    if row[ms_key] is None:
+        return "n/a"
+    autocast = TORCH_SIDES[side][3]
+    y_dtype = row.get(f"{side}_y_dtype")
+    off = f", y {y_dtype}" if autocast and y_dtype and y_dtype != autocast else ""
+    return f"{row[ms_key]:.3f} ({row[ratio_key]:.2f}){off}"
+
+
+def host_cell(row):
+    """gpurnn's host µs per time step in a markdown row: ``synced`` where the call waited for the
+    device (its host time is then not its own), ``—`` where the run did not measure it."""
+    if "host_us_per_step" not in row:
+        return NOT_MEASURED
+    return "synced" if row.get("host_synced") else f"{row['host_us_per_step']:.1f}"
 
 
 def markdown(result):
@@ -532,23 +776,33 @@ def markdown(result):
                   f"{'' if device is None else f'{device:.1f}'} |",
                   f"| CuPy elementwise | {lo['cupy_elementwise_host_us']:.1f} | |", ""]
     lines += ["## Rows", "",
-              "| cell | mode | T | B | H | algo | launches | gpurnn ms | torch ms | torch/gpurnn | "
-              "gpurnn TFLOP/s | torch TFLOP/s | max abs diff of y |",
-              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              f"torch/gpurnn: torch ms / gpurnn ms (above 1: gpurnn is faster); the ratio of record is "
+              f"{TORCH_SIDES['torch'][0]}, the same float32 math as gpurnn's kernels. Each other torch "
+              f"column is ms (torch/gpurnn) of torch as users run it, timed in the same run; — not measured "
+              f"(the run predates it), n/a torch refused (its error is in the JSON); a dtype after the "
+              f"figure: y's dtype where autocast left it other than its own. host µs/step: gpurnn's host "
+              f"time per time step outside its kernels; \"synced\": the call waited for the device.", "",
+              *([f"**{result['torch_sides']['note']}**", ""] if result.get("torch_sides") else []),
+              "| cell | mode | T | B | H | algo | launches | gpurnn ms | " + TORCH_SIDES["torch"][0] + " ms | "
+              "torch/gpurnn | " + " | ".join(f"{TORCH_SIDES[side][0]} ms (torch/gpurnn)" for side in ANCHORS)
+              + " | host µs/step | gpurnn TFLOP/s | torch TFLOP/s | max abs diff of y |",
+              "|---|---|---|---|---|---|---:|---:|---:|---:|" + "---:|" * len(ANCHORS) + "---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['cell']} | {r['mode']} | {r['T']} | {r['B']} | {r['H']} | {r['algo']} | "
                      f"{r['numba_launches']} | {r['gpurnn_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f} | "
+                     + " | ".join(anchor_cell(r, side) for side in ANCHORS) + f" | {host_cell(r)} | "
                      f"{r['gpurnn_tflops']:.2f} | {r['torch_tflops']:.2f} | {r['forward_max_abs_diff']:.1e} |")
     if result.get("accumulate"):
         lines += ["", "## The accumulation kernel against cuBLAS", "",
-                  "dW_ih += dG_xᵀ x and dW_hh += dG_hᵀ h_prev over N = T·B rows (LSTM, I = H), against "
+                  "dW_ih += dG_xᵀ x and dW_hh += dG_hᵀ h_prev over N = T·B rows (I = H), against "
                   "CuPy's matmul of the same two products; share = cuBLAS time / gpurnn time.", "",
-                  "| T | B | H | N | G·H | gpurnn ms | cuBLAS ms | share of cuBLAS | gpurnn TFLOP/s | cuBLAS TFLOP/s |",
-                  "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+                  "| cell | T | B | H | N | G·H | gpurnn ms | cuBLAS ms | share of cuBLAS | gpurnn TFLOP/s | "
+                  "cuBLAS TFLOP/s |",
+                  "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
         for r in result["accumulate"]:
-            lines.append(f"| {r['T']} | {r['B']} | {r['H']} | {r['N']} | {r['GH']} | {r['gpurnn_ms']:.3f} | "
-                         f"{r['cupy_ms']:.3f} | {r['share_of_cublas']:.2f} | {r['gpurnn_tflops']:.2f} | "
-                         f"{r['cupy_tflops']:.2f} |")
+            lines.append(f"| {r.get('cell', 'lstm')} | {r['T']} | {r['B']} | {r['H']} | {r['N']} | {r['GH']} | "
+                         f"{r['gpurnn_ms']:.3f} | {r['cupy_ms']:.3f} | {r['share_of_cublas']:.2f} | "
+                         f"{r['gpurnn_tflops']:.2f} | {r['cupy_tflops']:.2f} |")
     if result.get("graphs"):
         lines += ["", "## CUDA graphs on the per-step path", "",
                   "LSTM, float32, algo step; the same model with graphs (default) and with GPURNN_GRAPHS=0.", "",
@@ -637,7 +891,9 @@ def main(argv=None):
     result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=args.tests, calibration=args.calibration,
                   geometry=cuda_kernels.default_geometry().__dict__, algo=args.algo, budget_s=args.budget,
                   rounds=rounds,
-                  reps=max_reps, launch_overhead=None, rows=[], skipped=[],
+                  reps=max_reps, torch_sides=torch_sides(args.sim),
+                  host_time=SIM_HOST_TIME_NOTE if args.sim else HOST_TIME_NOTE,
+                  launch_overhead=None, rows=[], skipped=[],
                   not_reached=[case_dict(c) for c in cases])
     write(result, stem)
 

@@ -48,6 +48,14 @@ LESSON = "benchmarks/results/lesson.json"
 OWN_DATA = "benchmarks/results/own_data.json"
 GRADS = "docs/grad_norms.json"
 
+# torch's sides of a bench_gpu.py row (its TORCH_SIDES): the ratio of record (torch_ms, ratio), then
+# the anchors, each with <key>_ms and <key>_ratio. Results from before the anchors and the host time
+# lack their keys; their columns show NOT_MEASURED.
+RECORD = "torch fp32 (TF32 off)"
+ANCHORS = {"torch_default": "torch default (TF32 on)", "torch_autocast_fp16": "torch autocast fp16",
+           "torch_autocast_bf16": "torch autocast bf16"}
+NOT_MEASURED = "—"
+
 SIZE_ORDER = ("small", "medium", "large")
 NAMES = {"rnn_tanh": "RNN", "rnn_relu": "ReLU RNN", "gru": "GRU", "lstm": "LSTM"}   # in prose
 
@@ -340,6 +348,16 @@ def gpu_row(data, cell, mode, T, B, H, algo=None):
     return next((r for r in gpu_rows(data, mode, cell, algo) if (r["T"], r["B"], r["H"]) == (T, B, H)), None)
 
 
+def median_text(rows, key, fmt="{:.2f}"):
+    """The median of ``key`` over ``rows``, as text: NOT_MEASURED where no row has the key (a run
+    from before it existed), "n/a" where every row has it null (torch refused, or every call
+    synchronised)."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if values:
+        return fmt.format(float(np.median(values)))
+    return "n/a" if any(key in r for r in rows) else NOT_MEASURED
+
+
 def cudnn(version):
     """91900 -> 9.19 (cuDNN's own encoding: major * 10000 + minor * 100 + patch)."""
     return f"{version // 10000}.{version % 10000 // 100}"
@@ -398,7 +416,7 @@ def h200_grid(src):
     shapes = sorted({(r["T"], r["B"], r["H"]) for r in train}, key=lambda s: (s[2], s[1], s[0]))
     header = ["T", "B", "H"]
     for i, c in enumerate(cells):
-        header += [f"{c} ms" + (": gpurnn / torch" if i == 0 else ""), "torch/gpurnn"]
+        header += [f"{c} ms" + (f": gpurnn / {RECORD}" if i == 0 else ""), "torch/gpurnn"]
     forward_cell = "lstm" if "lstm" in cells else cells[-1]
     header += [f"{forward_cell} forward: µs a step", "what bounds gpurnn"]
     rows = []
@@ -483,16 +501,19 @@ def h200_launches(src):
 
 @generates("accumulate-table", H200)
 def accumulate_table(src):
+    """The accumulation kernel against cuBLAS; a row without a cell is an LSTM's (runs before the
+    benchmark measured other cells)."""
     d = src.json(H200)
-    rows = [[a["T"], a["B"], a["H"], a["N"], a["GH"], f"{a['gpurnn_ms']:.2f}", f"{a['cupy_ms']:.2f}",
-             f"{a['share_of_cublas']:.2f}", f"{a['gpurnn_tflops']:.1f}"] for a in d["accumulate"]]
+    rows = [[a.get("cell", "lstm"), a["T"], a["B"], a["H"], a["N"], a["GH"], f"{a['gpurnn_ms']:.2f}",
+             f"{a['cupy_ms']:.2f}", f"{a['share_of_cublas']:.2f}", f"{a['gpurnn_tflops']:.1f}"]
+            for a in d["accumulate"]]
     shares = [a["gpurnn_ms"] / r["gpurnn_ms"] for a in d["accumulate"]
-              if (r := gpu_row(d, "lstm", "train", a["T"], a["B"], a["H"], "persistent"))]
-    text = table(["T", "B", "H", "N = T·B", "G·H", "gpurnn ms", "cuBLAS ms", "share of cuBLAS", "gpurnn TFLOP/s"],
-                 rows, "rrrrrrrrr")
+              if (r := gpu_row(d, a.get("cell", "lstm"), "train", a["T"], a["B"], a["H"], "persistent"))]
+    text = table(["cell", "T", "B", "H", "N = T·B", "G·H", "gpurnn ms", "cuBLAS ms", "share of cuBLAS",
+                  "gpurnn TFLOP/s"], rows, "lrrrrrrrrr")
     if shares:
-        text += (f"\nWhere the grid has the same shape, both products together take at most "
-                 f"{100 * max(shares):.0f}% of the persistent LSTM training step.\n")
+        text += (f"\nWhere the grid has the same cell and shape, both products together take at most "
+                 f"{100 * max(shares):.0f}% of the persistent training step.\n")
     return text
 
 
@@ -558,11 +579,14 @@ def status(src):
             f"{cpu['threads']} threads of an {cpu['machine'].get('lscpu Model name', '?')} "
             f"({cpu['started_utc'][:10]}).\n"
             f"- **GPU**: on an {gpu['machine']['gpu']} the `cuda` backend's training step runs at a median "
-            f"{x(float(np.median([r['ratio'] for r in train])))} of cuDNN's speed over {len(train)} shapes{won}.\n")
+            f"{x(float(np.median([r['ratio'] for r in train])))} of cuDNN's speed, against {RECORD}, over "
+            f"{len(train)} shapes{won}.\n")
 
 
 @generates("gpu-summary", H200)
 def gpu_summary(src):
+    """Per cell, the training step's torch ms / gpurnn ms against torch's side of record (median,
+    best, worst) and against the anchors (median), and gpurnn's host µs per time step (median)."""
     d = src.json(H200)
     train = gpu_rows(d)
     body = []
@@ -571,14 +595,28 @@ def gpu_summary(src):
         best, worst = rows[-1], rows[0]
         body.append([c, len(rows), f"{float(np.median([r['ratio'] for r in rows])):.2f}",
                      f"{best['ratio']:.2f} (T·B·H {best['T']}·{best['B']}·{best['H']})",
-                     f"{worst['ratio']:.2f} (T·B·H {worst['T']}·{worst['B']}·{worst['H']})"])
+                     f"{worst['ratio']:.2f} (T·B·H {worst['T']}·{worst['B']}·{worst['H']})",
+                     *(median_text(rows, f"{key}_ratio") for key in ANCHORS),
+                     median_text(rows, "host_us_per_step", "{:.1f}")])
     m = d["machine"]
     algos, launches = paths_run(train)
-    return (f"Training step, torch ms / gpurnn ms (above 1: gpurnn is faster), {m['gpu']}, cuDNN "
-            f"{cudnn(m['cudnn'])}, float32, TF32 {'on' if m['tf32'] else 'off'}, {d['date'][:10]}:\n\n"
-            + table(["cell", "shapes", "median", "best", "worst"], body, "lrrll")
+    unmeasured = [label for key, label in ANCHORS.items() if not any(f"{key}_ms" in r for r in train)]
+    unmeasured += ["host µs/step"] if not any("host_us_per_step" in r for r in train) else []
+    synced = sum(1 for r in train if r.get("host_synced"))
+    return (f"Training step, torch ms / gpurnn ms (above 1: gpurnn is faster), gpurnn in float32, {m['gpu']}, "
+            f"cuDNN {cudnn(m['cudnn'])}, {d['date'][:10]}. The ratio of record is against {RECORD}, the "
+            f"same math; the other torch columns are torch as users run it, timed in the same run; host "
+            f"µs/step is gpurnn's host time per time step outside its kernels:\n\n"
+            + table(["cell", "shapes", f"{RECORD}: median", "best", "worst",
+                     *(f"{label}: median" for label in ANCHORS.values()), "host µs/step: median"],
+                    body, "lrrll" + "r" * (len(ANCHORS) + 1))
             + f"\nOver all {len(train)} shapes the median is "
-              f"{x(float(np.median([r['ratio'] for r in train])))}. Every row ran the {algos} "
+              f"{x(float(np.median([r['ratio'] for r in train])))}. "
+            + (f"This run did not measure the columns marked {NOT_MEASURED}: {', '.join(unmeasured[:-1])}"
+               f"{' and ' if len(unmeasured) > 1 else ''}{unmeasured[-1]}. " if unmeasured else "")
+            + (f"In {synced} rows gpurnn's call waited for the device, so their host time is left out. "
+               if synced else "")
+            + f"Every row ran the {algos} "
               f"path, {launches} Numba launches per training step, with the first persistent kernels "
               f"(a grid barrier a step), which the present ones have replaced; they are not measured yet.\n")
 

@@ -36,3 +36,62 @@ def test_bench_cpu_quick_writes_json_and_table(tmp_path):
     table = (tmp_path / "smoke.md").read_text()
     assert "| lstm | tiny 5·2·3·4 | train |" in table
     assert "| tiny 5·2·3·4 |" in table.split("through gpurnn.torch", 1)[1]
+
+
+@pytest.mark.slow
+def test_bench_gpu_sim_measures_every_torch_side_and_the_host_time(tmp_path):
+    """bench_gpu.py --sim: each row carries torch's side of record, the three anchors (torch's
+    defaults, autocast fp16, autocast bf16) and gpurnn's host time, in the JSON and in the table.
+    The simulator's torch runs on the CPU: TF32 changes nothing there, and its CPU autocast casts
+    some cells and refuses others, so an anchor either ran, with y's dtype and agreement, or names
+    the error torch raised; nothing is left blank."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_gpu
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--sim", "--out", str(tmp_path), "--name", "g"]
+    run_child(cmd, timeout=300)
+    result = json.loads((tmp_path / "g.json").read_text())
+    sides = result["torch_sides"]["sides"]
+    assert {k: s["label"] for k, s in sides.items()} == {
+        "torch": "torch fp32 (TF32 off)", "torch_default": "torch default (TF32 on)",
+        "torch_autocast_fp16": "torch autocast fp16", "torch_autocast_bf16": "torch autocast bf16"}
+    assert [k for k, s in sides.items() if s["ratio_of_record"]] == ["torch"]
+    assert (sides["torch"]["cudnn_allow_tf32"], sides["torch_default"]["cudnn_allow_tf32"]) == (False, True)
+    assert not any(s["matmul_allow_tf32"] for s in sides.values())      # torch's default for cuBLAS
+    assert [s["autocast"] for s in sides.values()] == [None, None, "float16", "bfloat16"]
+    assert all(s["device"] == "cpu" for s in sides.values()) and "CPU" in result["torch_sides"]["note"]
+    assert result["machine"]["torch_tf32_at_start"] == dict(cudnn_allow_tf32=True, matmul_allow_tf32=False)
+    assert "cannot tell" in result["host_time"]
+
+    rows = result["rows"]
+    assert len(rows) == 18
+    lowered = 0
+    for r in rows:
+        # The ratio of record, and torch's defaults: float32 on the CPU, so the same y as gpurnn's.
+        assert r["torch_ms"] > 0 and r["ratio"] == pytest.approx(r["torch_ms"] / r["gpurnn_ms"])
+        assert r["torch_default_ms"] > 0 and r["torch_default_y_dtype"] == "float32", r
+        assert r["torch_default_max_abs_diff"] < 1e-5, r
+        for side in bench_gpu.ANCHORS:
+            ms, ratio = r[f"{side}_ms"], r[f"{side}_ratio"]
+            if ms is None:
+                assert ratio is None and r[f"{side}_error"].startswith("RuntimeError"), r
+            else:
+                assert ms > 0 and ratio == pytest.approx(ms / r["gpurnn_ms"]) and f"{side}_error" not in r, r
+                assert r[f"{side}_y_dtype"] in ("float32", "float16", "bfloat16"), r
+                lowered += r[f"{side}_y_dtype"] != "float32"
+                # a lower-precision y still agrees with gpurnn's float32 one to its precision
+                assert r[f"{side}_max_abs_diff"] < 0.05, r
+        # The host time: the whole call per time step in the simulator, which cannot tell a sync.
+        assert r["host_synced"] is None and r["host_call_ms"] > 0, r
+        assert r["host_us_per_step"] == pytest.approx(1e3 * r["host_call_ms"] / r["T"]), r
+    assert lowered > 0          # autocast really ran some cell in float16 or bfloat16
+
+    table = (tmp_path / "g.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| cell | mode |"))
+    for column in ("gpurnn ms", "torch fp32 (TF32 off) ms", "torch/gpurnn",
+                   "torch default (TF32 on) ms (torch/gpurnn)", "torch autocast fp16 ms (torch/gpurnn)",
+                   "torch autocast bf16 ms (torch/gpurnn)", "host µs/step"):
+        assert f"| {column} |" in header, column
+    assert "the ratio of record is torch fp32 (TF32 off)" in table
+    # the accumulation kernel at an RNN's G·H and an LSTM's, as on the GPU (G·H = 256 and more)
+    assert [(a["cell"], a["GH"]) for a in result["accumulate"]] == [("rnn_tanh", 5), ("lstm", 20)]
+    assert "| rnn_tanh | 3 | 2 | 5 | 6 | 5 |" in table
