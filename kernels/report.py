@@ -303,13 +303,14 @@ def kernel_list():
 def report(targets=TARGETS):
     from numba import cuda
     from .cuda import GPU_GEOMETRY, toolchain
+    from .cuda.runtime import kernel_options
     device = _TargetDevice()
     _patch_current_device(device)
     rows = []
     for name, cell, dtype, fn, sig in kernel_list():
         for cc in targets:
             device.compute_capability = cc
-            ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+            ptx, _ = cuda.compile_ptx(fn, sig, cc=cc, **kernel_options(fn))
             row = dict(kernel=name, cell=cell, dtype=dtype, target=f"sm_{cc[0]}{cc[1]}")
             log, cubin = link(ptx, cc)
             row.update(parse_log(log, name))

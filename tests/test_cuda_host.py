@@ -100,7 +100,7 @@ def test_transposed_tiles_store_without_bank_conflicts():
         rows = width                             # a tile of `width` source rows (16 columns)
         run = tiles.COLUMN_RUN
         addresses = []
-        for idx in range(32):                    # the first warp of stage_cols's mapping
+        for idx in range(32):                    # the first warp of fetch_cols' and put_cols' mapping
             blk, rem = divmod(idx, run * rows)
             r, c = rem // run, blk * run + rem % run
             addresses.append(c * row + r)        # sh[p, c, r] in words, from the buffer's start

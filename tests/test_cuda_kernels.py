@@ -22,9 +22,24 @@ def _device(a, xp):
     return xp.asarray(a)
 
 
+def _accumulate(args, grads, geo, splits):
+    """accumulate.py's launch on its own, with ``splits`` parts of the N rows."""
+    kc = _kernels()
+    from gpurnn.kernels.cuda import accumulate
+    kernels = kc.compiled_kernels("gru", args[0].dtype.name, geo)
+    accumulate.accumulate_grads(kernels, *args, grads, geo, kc.runtime.current_stream(), splits=splits)
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_cuda_accumulate_adds_weight_gradients(dtype, bias):
+def test_cuda_accumulate_adds_weight_gradients(dtype, bias, splits):
+    """Every dimension off its tile, and the N rows in 1, 2 (8 + 3 rows) or 3 parts (4 + 4 + 3),
+    whose last block adds the partial tiles (split.py): against NumPy, and bit-identical twice."""
     kc = _kernels()
     geo = kc.default_geometry()
     tm = geo.acc_threads * geo.acc_regs
@@ -35,17 +50,74 @@ def test_cuda_accumulate_adds_weight_gradients(dtype, bias):
     x, hp = rng.standard_normal((N, I)), rng.standard_normal((N, H))
     start = {k: rng.standard_normal(s) for k, s in
              dict(w_ih=(GH, I), w_hh=(GH, H), b_ih=(GH,), b_hh=(GH,)).items() if bias or k[0] == "w"}
-    grads = {k: _device(v.astype(dtype), xp) for k, v in start.items()}
-    args = [_device(a.astype(dtype), xp) for a in (dg_x, x, dg_h, hp)]
-    kc.accumulate_grads("gru", *args, grads, geo)
+    runs = []
+    for _ in range(2):
+        grads = {k: _device(v.astype(dtype), xp) for k, v in start.items()}
+        args = [_device(a.astype(dtype), xp) for a in (dg_x, x, dg_h, hp)]
+        _accumulate(args, grads, geo, splits)
+        runs.append({k: _host(v) for k, v in grads.items()})
     want = dict(w_ih=start["w_ih"] + dg_x.T @ x, w_hh=start["w_hh"] + dg_h.T @ hp)
     if bias:
         want.update(b_ih=start["b_ih"] + dg_x.sum(0), b_hh=start["b_hh"] + dg_h.sum(0))
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == "float64" else dict(rtol=1e-4, atol=1e-4)
-    assert set(grads) == set(want)
+    assert set(runs[0]) == set(want)
     for k in want:
-        got = grads[k].get() if hasattr(grads[k], "get") else grads[k]
-        np.testing.assert_allclose(got, want[k], err_msg=k, **tol)
+        np.testing.assert_allclose(runs[0][k], want[k], err_msg=k, **tol)
+        np.testing.assert_array_equal(runs[1][k], runs[0][k], err_msg=f"{k}: not deterministic")
+    if splits > 1:     # the counters were left at zero for the next launch
+        from gpurnn.kernels.cuda import split
+        assert not _host(split.scratch(kc.runtime.current_stream()).counters).any()
+
+
+def test_cuda_accumulate_splits_where_it_pays():
+    """plan.splits on an H100: fewest_rounds over tiles of acc_k rows, parts of at least
+    SPLIT_MIN_ROWS rows, a split costing S + 1 row tiles. I = H = 256 (LSTM, 4 x 8 = 32 tiles of
+    dW, 8192 rows): 8 parts, 256 blocks in one round of 264, against 32 blocks walking 1024 row
+    tiles; I = H = 1024 (16 x 32 = 512 tiles): already two rounds, one part."""
+    from gpurnn.kernels.cuda import GPU_GEOMETRY, plan
+    from gpurnn.kernels.cuda.accumulate import output_tiles
+    dev = plan.H100
+    assert output_tiles(256, 256, 1024, GPU_GEOMETRY) == 32
+    assert plan.splits(128 * 64, 32, 4, dev) == 8
+    assert plan.splits(128 * 64, output_tiles(1024, 1024, 4096, GPU_GEOMETRY), 4, dev) == 1
+    assert plan.splits(600, 32, 4, dev) == 1                          # 600 rows: one part of 512 at most
+    assert plan.splits(3 * plan.SPLIT_MIN_ROWS, 1, 4, dev) == 3       # capped by the rows
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_cuda_split_steps_match_unsplit_and_the_reference(cell, dtype, monkeypatch):
+    """The per-step path with each step's reduction split over blocks (on the simulated device
+    with splits costing nothing, the plan splits as far as the k tiles go: in the simulator
+    H = 13 in tiles of 4, 4 parts forward; on a GPU H = 61 in tiles of 16, 2 parts; B = 5 and
+    ragged lengths) against the same layer unsplit (a device on which a split costs more than it
+    saves) and the reference; bit-identical twice."""
+    from dataclasses import replace
+    kc = _kernels()
+    rng = np.random.default_rng(21)
+    T, B, I, H = 4, 5, 3, (13 if SIMULATED else 61)
+    problem = random_problem(rng, cell, T, B, I, H, 1, 1, True, np.dtype(dtype))
+    ref = make_model(cell, I, H, backend="reference", seed=6)
+    want = run_model(ref, **{k: (v.astype(np.float64) if k != "lengths" else v) for k, v in problem.items()})
+    plans = {}
+
+    def run(device):
+        monkeypatch.setattr(kc, "current_device", lambda: device)
+        kc._choose_plan.cache_clear()
+        m = make_model(cell, I, H, backend="cuda-step", dtype=dtype, seed=6)
+        first, second = run_model(m, **problem), run_model(m, **problem)
+        for key in first:
+            np.testing.assert_array_equal(first[key], second[key], err_msg=f"{key}: not deterministic")
+        plans[device.split_cost_tiles] = kc.choose_plan(cell, dtype, B, H, "step", kc.default_geometry(), device)
+        return first
+
+    split = run(replace(kc.plan.SIMULATED, split_cost_tiles=0))
+    whole = run(replace(kc.plan.SIMULATED, split_cost_tiles=10 ** 6))
+    assert plans[0].splits == (4 if SIMULATED else 2) and plans[10 ** 6].splits == 1, plans
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
+    for key in want:
+        np.testing.assert_allclose(split[key], want[key], err_msg=key, **tol)
+        np.testing.assert_allclose(split[key], whole[key], err_msg=key, **tol)
 
 
 @pytest.mark.parametrize("backend", ["cuda-auto", "cuda-step"])

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("numba.cuda")
 from gpurnn.kernels.cuda import plan
 from gpurnn.kernels.cuda.plan import A100, H100, choose
+from gpurnn.kernels.cuda.runtime import GPU_GEOMETRY
 
 F32, F64 = 4, 8
 
@@ -132,10 +133,51 @@ def test_limits_on_the_modelled_h100():
 
 
 def test_plan_describes_itself():
-    assert choose("gru", F32, 8, 256, H100, "step").describe() == "step (asked for)"
+    assert choose("gru", F32, 8, 256, H100, "step").describe() == "step (asked for, reduction in 16 parts)"
+    assert choose("gru", F32, 512, 1024, H100, "step").describe() == "step (asked for)"
     text = choose("gru", F32, 8, 256, H100).describe()
     assert text == ("persistent (2 groups x 32 slices = 64 blocks x 256 threads, 8 units x 4 rows a block; "
                     "W_hh in registers forward, registers backward)"), text
+
+
+def test_fewest_rounds_weighs_rounds_against_the_split():
+    """32 blocks of 64 tiles on a GPU holding 100 at once, a part's hand-over and the sum 4 tiles
+    each: S = 3 makes one round of 96 blocks of 22 + 4 tiles, + 4 = 30; S = 4 two rounds of
+    16 + 4, + 4 = 44; S = 6 two of 11 + 4, + 4 = 34; S = 1 64 tiles; S = 64 21 rounds of 1 + 4."""
+    def rounds(blocks, work, wave, most, part, total):
+        return plan.fewest_rounds(blocks, work, wave, most, part, lambda S: total)
+    assert rounds(32, 64, 100, 64, 4, 4) == 3
+    assert rounds(32, 64, 100, 2, 4, 4) == 2          # at most 2: 32 + 4 + 4 < 64
+    assert rounds(32, 64, 100, 64, 0, 0) == 64        # free hand-overs: 21 rounds of 1 tile beat 22 in one
+    assert rounds(200, 64, 100, 64, 0, 0) == 1        # two rounds already: more parts only add rounds
+    assert rounds(32, 8, 100, 64, 4, 4) == 1          # 8 tiles: no split pays its 8
+    assert plan.fewest_rounds(32, 64, 100, 64, 1, lambda S: S) == 3   # accumulate's costs: 22 + 1 + 3 = 26
+
+
+@pytest.mark.parametrize("B, H, rows, parts", [
+    (64, 1024, 4, 2),      # 32 x 4 blocks of 64 k tiles: 2 parts, one round of 256 (of 264) blocks
+    (64, 256, 4, 8),       # 8 x 4 blocks of 16 tiles: 8 parts of 2 in one round, 2 + 4 + 4 < 16
+    (256, 256, 4, 1),      # 8 x 16 blocks: 2 parts would make 1 round of 8 + 4 tiles, + 4 = 16, a tie
+    (128, 1024, 4, 1),     # 32 x 8 blocks fill a round already
+    (8, 512, 2, 16),       # 8 rows: blocks of 4 x 2 rows a thread, not 4 x 4; 16 x 1 blocks
+    (3, 1024, 1, 8),       # 3 rows: blocks of 4 x 1
+    (64, 64, 4, 1),        # 4 k tiles: no split pays its 8
+])
+def test_step_plans_size_blocks_from_b_and_split_where_it_pays(B, H, rows, parts):
+    """A step plan's rows a thread are the fewest powers of two covering B (at most step_rb), and
+    its parts ``fewest_rounds``' over the x-y grid, the forward's k tiles and the blocks an H100
+    holds at the kernels' launch bounds; the launch follows the plan."""
+    p = choose("lstm", F32, B, H, H100, "step")
+    assert (p.step_rows, p.splits) == (rows, parts), p
+    geo = p.geometry(GPU_GEOMETRY)
+    assert geo.step_rb == rows and geo.step_h == GPU_GEOMETRY.step_h
+    from gpurnn.kernels.cuda.step import step_launch
+    (bx, by, bz), threads = step_launch(H, B, geo, "float32", p.splits)
+    wave = H100.resident_blocks(int(np.prod(threads)), 0, 0, plan.STEP_REGISTERS) * H100.sms
+    assert bz == parts and by == -(-B // (GPU_GEOMETRY.step_b * rows)) and wave == 264
+    tiles = -(-H // GPU_GEOMETRY.step_k)
+    cost = H100.split_cost_tiles
+    assert parts == plan.fewest_rounds(bx * by, tiles, wave, tiles, cost, lambda S: cost)
 
 
 def test_the_report_models_the_step_kernels_with_the_block_they_launch():

@@ -27,6 +27,17 @@ them, for ``rows`` = ceil(B / groups) batch rows; its threads form teams of ``fw
     layer whose blocks cannot all be resident at once runs the step path (a forced
     "persistent" raises ValueError with the reason).
 
+The step sizes (step.py). A step kernel's block covers step_h·step_rh units x step_b·RY batch
+rows, where RY, ``step_rows``, is the smallest power of two that covers B (at most the geometry's
+step_rb): a block of 16 rows at B = 4 would spend three quarters of its multiply-adds on rows
+that do not exist. When the grid of such blocks leaves SMs idle, the reduction of each step is
+split over ``splits`` blocks (split.py) where the napkin of ``fewest_rounds`` says it pays: at
+B = 64, H = 256 the LSTM's 8 x 4 = 32 blocks would leave three quarters of an H100's SMs idle.
+Napkin of ``Device.split_cost_tiles`` (H100 / H200, not measured): a tile of step_k = 16
+columns costs a block about 0.25 µs (its loads, 4 columns x 32 FFMA a thread in forward, a
+barrier); handing a part over (its stores, a fence, an atomic) about 1 µs, 4 tiles, and the last
+block's read-back of the parts about as much.
+
 Which algorithm auto takes. As measured on an H200 with the first persistent kernels
 (benchmarks/results/2026-11-27-nvidia-h200-bench.md, float32; a step cost 20 µs plus 0.8-5 µs
 per batch row), the per-step path replayed from CUDA graphs won from 16 batch rows on (LSTM,
@@ -43,6 +54,10 @@ from dataclasses import dataclass, field, replace
 from ..vocabulary import GATES, check_algo
 from .runtime import GPU_GEOMETRY, ceil_div
 
+SPLIT_MIN_ROWS = 512       # rows a part of a split accumulation walks at least (accumulate.py)
+MAX_PARTS = 64             # parts a split launch has at most
+ACC_REGISTERS = {4: 128, 8: 255}   # registers a thread of the accumulation kernel by itemsize (its launch
+                                   # bounds; kernel_report.json has the compiled counts)
 STEP_FROM_BATCH = 16        # with CUDA graphs, auto's step path from this many batch rows on
 MIN_LANES = 4               # lanes of a forward dot product at least: units a block <= threads / 4
 KIB = 1024
@@ -64,6 +79,7 @@ class Device:
     blocks_per_sm: int = 32
     smem_reserved: int = 1024   # per block, kept by the system on sm_80 and later
     registers: int = 128
+    split_cost_tiles: int = 4   # a split step's hand-over of a part, and its sum, in tiles (``step_plan``)
 
     def resident_blocks(self, threads, static_smem, dyn_smem, registers=None):
         """Blocks of ``threads`` threads that one SM holds at once."""
@@ -86,6 +102,8 @@ A100 = Device("A100 (sm_80)", sms=108, smem_per_sm=164 * KIB, smem_per_block=163
 H100 = Device("H100 SXM (sm_90)", sms=132, smem_per_sm=228 * KIB, smem_per_block=227 * KIB, l2_bytes=50 * MB)
 # The simulator's modelled GPU: a few SMs, so that small test shapes run grids of several blocks,
 # and little shared memory, so that they meet W_hh beyond registers and (auto) the step path.
+# Splits cost it what they cost a GPU, in tiles (every simulated block is Python threads: a split
+# that pays nothing on the napkin only slows the tests); tests that split give it split_cost_tiles=0.
 SIMULATED = Device("simulated (3 SMs)", sms=3, smem_per_sm=12 * KIB, smem_per_block=6 * KIB, l2_bytes=8 * KIB,
                    registers=64)
 
@@ -96,7 +114,9 @@ class Plan:
     blocks of ``threads`` threads, ``units`` hidden units and ``rows`` batch rows a block (staged
     ``chunk`` rows at a time), teams of ``fwd_lanes`` / ``bwd_lanes`` lanes; the bytes of dynamic
     shared memory each kernel takes; whether all of W_hh sits in registers in each kernel.
-    ``why``: the reason, in words (shown by repr and benchmarks)."""
+    For "step": ``step_rows`` batch rows a thread (the step kernels' RY) and ``splits`` parts
+    each step's reduction is split into (the module docstring). ``why``: the reason, in words
+    (shown by repr and benchmarks)."""
     algo: str
     why: str
     blocks: int = 0
@@ -112,11 +132,19 @@ class Plan:
     bwd_shared: int = 0
     fwd_registers_only: bool = False
     bwd_registers_only: bool = False
+    step_rows: int = 0
+    splits: int = 1
     notes: tuple = field(default=())
+
+    def geometry(self, geo):
+        """The block geometry the kernels of this plan run with: ``geo`` with the step kernels'
+        rows a thread set to ``step_rows`` for a step plan."""
+        return replace(geo, step_rb=self.step_rows) if self.algo == "step" and self.step_rows else geo
 
     def describe(self):
         if self.algo == "step":
-            return f"step ({self.why})"
+            parts = f", reduction in {self.splits} parts" if self.splits > 1 else ""
+            return f"step ({self.why}{parts})"
         where = lambda only: "registers" if only else "registers + shared memory"   # noqa: E731
         return (f"persistent ({self.groups} groups x {self.slices} slices = {self.blocks} blocks x {self.threads} "
                 f"threads, {self.units} units x {self.rows} rows a block; W_hh in {where(self.fwd_registers_only)} "
@@ -173,9 +201,9 @@ def choose(cell, itemsize, B, H, device, algo="auto", geo=GPU_GEOMETRY, cooperat
     compiled kernel. A forced "persistent" that cannot run raises ValueError with the reason."""
     check_algo(algo)
     if algo == "step":
-        return Plan("step", "asked for")
+        return step_plan(cell, itemsize, B, H, device, geo, "asked for")
     if algo == "auto" and graphs and B >= STEP_FROM_BATCH:
-        return Plan("step", f"B = {B} >= {STEP_FROM_BATCH} rows, with CUDA graphs")
+        return step_plan(cell, itemsize, B, H, device, geo, f"B = {B} >= {STEP_FROM_BATCH} rows, with CUDA graphs")
     coop = cooperative_blocks or device.cooperative_blocks
     G, NT, RB = GATES[cell], geo.persist_threads, geo.persist_rows
     fitting, seen = [], set()
@@ -211,7 +239,7 @@ def choose(cell, itemsize, B, H, device, algo="auto", geo=GPU_GEOMETRY, cooperat
         if algo == "persistent":
             raise ValueError(f"algo='persistent' cannot run {cell} with H={H}, B={B}: {problem}; "
                              "use algo='step' or 'auto'")
-        return Plan("step", problem)
+        return step_plan(cell, itemsize, B, H, device, geo, problem)
     in_registers = [f for f in fitting if f[5]["persistent_forward"][1]]
     least_work = min(fitting, key=lambda f: (f[1] * f[3], f[0]))      # units x rows a block, then fewer slices
     slices, units, groups, rows, chunk, sizes = in_registers[0] if in_registers else least_work
@@ -220,6 +248,61 @@ def choose(cell, itemsize, B, H, device, algo="auto", geo=GPU_GEOMETRY, cooperat
     return Plan("persistent", why, blocks=groups * slices, threads=NT, groups=groups, slices=slices, units=units,
                 rows=rows, chunk=chunk, fwd_lanes=fl, bwd_lanes=bl, fwd_shared=fbytes, bwd_shared=bbytes,
                 fwd_registers_only=fonly, bwd_registers_only=bonly)
+
+
+STEP_REGISTERS = 128        # the step kernels' launch bounds: two blocks of 256 threads an SM
+
+
+def step_plan(cell, itemsize, B, H, device, geo, why):
+    """The "step" Plan (module docstring): rows a thread from B; parts (``fewest_rounds``) from the
+    k tiles of the forward product, the blocks of the x-y grid and the blocks ``device`` holds at
+    once at the kernels' launch bounds, a split costing ``device.split_cost_tiles`` tiles."""
+    rows = min(geo.step_rb, pow2_ceil(ceil_div(B, geo.step_b)))
+    xy = ceil_div(H, geo.step_h * (geo.step_rh if itemsize == 4 else geo.step_rh64)) * ceil_div(B, geo.step_b * rows)
+    threads = geo.step_h * geo.step_b * geo.step_kz
+    wave = max(device.resident_blocks(threads, 0, 0, STEP_REGISTERS), 1) * device.sms
+    tiles = ceil_div(H, geo.step_k)
+    cost = device.split_cost_tiles
+    parts = fewest_rounds(xy, tiles, wave, min(tiles, MAX_PARTS), cost, lambda S: cost)
+    return Plan("step", why, step_rows=rows, splits=parts)
+
+
+def fewest_rounds(blocks, work, wave, most, part_cost, sum_cost):
+    """The parts S, 1 <= S <= most, that minimise the napkin time of a launch of ``blocks`` blocks
+    each doing ``work`` units, split S ways: ceil(blocks·S / wave) rounds of the ``wave`` blocks
+    the GPU holds at once, each block doing ceil(work / S) units plus, for S > 1, ``part_cost``
+    to hand its part over, and the last block ``sum_cost(S)`` more to add the parts; the fewer
+    parts on a tie. More parts fill idle SMs until a round more, or the hand-overs, cost more
+    than the shorter parts save."""
+    best, cost = 1, None
+    for S in range(1, max(most, 1) + 1):
+        rounds = ceil_div(blocks * S, wave)
+        c = rounds * ceil_div(work, S) + (rounds * part_cost + sum_cost(S) if S > 1 else 0)
+        if cost is None or c < cost:
+            best, cost = S, c
+    return best
+
+
+def pow2_ceil(n):
+    """The smallest power of two >= n (n >= 1)."""
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def splits(N, tiles, itemsize, device, geo=GPU_GEOMETRY):
+    """Parts S of the accumulation kernel's N rows (accumulate.py) for ``tiles`` output tiles:
+    ``fewest_rounds`` over tiles of acc_k rows, no part under SPLIT_MIN_ROWS rows. Napkin of the
+    cost of parts (float32, H100 / H200, not measured): a block's partial tile is (R² + R)·AT²
+    values, 72 KiB, about what an SM's share of L2 bandwidth moves in the time one tile of acc_k
+    rows takes it to compute (131 K FFMA): storing a part costs a block one row tile, and the
+    last block reading S parts back S row tiles."""
+    TM = geo.acc_threads * geo.acc_regs
+    static = 2 * 2 * geo.acc_k * TM * itemsize + 4              # the two double-buffered tiles, the flag
+    wave = max(device.resident_blocks(geo.acc_threads ** 2, static, 0, ACC_REGISTERS[itemsize]), 1) * device.sms
+    most = min(N // SPLIT_MIN_ROWS, MAX_PARTS)
+    return fewest_rounds(max(tiles, 1), ceil_div(N, geo.acc_k), wave, most, 1, lambda S: S)
 
 
 def limits(cell, itemsize, device, geo=GPU_GEOMETRY, B=8):

@@ -27,7 +27,8 @@ class Geometry:
 
     Per-step path: a step kernel's block is (step_h, step_b) threads; each thread owns step_rh
     consecutive hidden units of step_rb consecutive batch rows (every gate of them in forward), so
-    a block covers step_h·step_rh units x step_b·step_rb rows; the reduction over H (or G*H) is
+    a block covers step_h·step_rh units x step_b·step_rb rows (a step plan lowers step_rb to what
+    B needs: ``plan.Plan.geometry``); the reduction over H (or G*H) is
     staged in tiles of step_k columns, whose columns step_kz slices of the block's threads
     (threadIdx.z) share out: step_kz times the threads for the same register tile, so that a grid
     of few blocks (small B·H) still fills the GPU's schedulers. A float64 value takes two
@@ -137,6 +138,24 @@ def device_function(fn):
     return cuda.jit(device=True)(fn)
 
 
+def bounded(threads, blocks_per_sm):
+    """Mark a kernel's Python function with CUDA launch bounds: at most ``threads`` threads a
+    block, and registers budgeted so that ``blocks_per_sm`` such blocks fit on an SM (the compiler
+    otherwise takes what lowers latency most, and one register too many halves the blocks an SM
+    holds). ``kernel_options`` reads the mark wherever a kernel is compiled."""
+    def mark(fn):
+        fn.launch_bounds = (int(threads), int(blocks_per_sm))
+        return fn
+    return mark
+
+
+def kernel_options(fn):
+    """Keyword arguments of ``cuda.jit`` / ``cuda.compile_ptx`` for the kernel function ``fn``:
+    its launch bounds (``bounded``), except in the simulator, which has none."""
+    bounds = getattr(fn, "launch_bounds", None)
+    return {"launch_bounds": bounds} if bounds and not cuda_simulated() else {}
+
+
 def toolchain():
     """One line on what compiles the kernels here: numba-cuda's version (or Numba's own
     ``numba.cuda``), whether device functions are force-inlined, the simulator."""
@@ -185,10 +204,29 @@ def wait(waiter, producer):
     waiter.wait_event(producer.record())
 
 
+def empty(shape, dtype):
+    """``xp.empty`` for a floating array the kernels write. In the simulator it is filled with NaN: fresh
+    memory holds whatever was there, often the same array of the call before (NumPy's allocator
+    and CuPy's pool hand a freed block back), which would hide a kernel that reads what it has not
+    written yet behind plausible values."""
+    a = xp_of().empty(shape, dtype)
+    if cuda_simulated():
+        a.fill(np.nan)
+    return a
+
+
+_placeholders = {}
+
+
 def placeholder(dtype, ndim):
     """A (1,) * ndim array of ``dtype`` to pass where a kernel takes an array it will not touch
-    (a cell's missing arrays, the biases of a layer without them); never read, so not filled."""
-    return xp_of().empty((1,) * ndim, dtype)
+    (a cell's missing arrays, the biases of a layer without them); never read or written, so not
+    filled, and one per (dtype, rank, device) serves every call."""
+    device = None if cuda_simulated() else xp_of().cuda.Device().id
+    key = (np.dtype(dtype).name, ndim, device, xp_of())
+    if key not in _placeholders:
+        _placeholders[key] = xp_of().empty((1,) * ndim, dtype)
+    return _placeholders[key]
 
 
 def dev(a):

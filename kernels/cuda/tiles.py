@@ -1,15 +1,24 @@
 """Staging tiles of a matrix in shared memory: the one place the per-step kernels (``step.py``) and the
 accumulation kernel (``accumulate.py``) copy a block's operands from global memory.
 
-Every tile is double-buffered: a shared array of shape (2, rows, width) and buffer ``p`` in {0, 1}.
-A kernel stages tile i+1 into the other buffer before it computes on tile i, so the global loads of
-the next tile are in flight while the multiply-adds of this one run, and one block barrier per tile
-suffices (the buffer being written was last read before the previous barrier).
+Every tile is double-buffered: a shared array of shape (2, rows, width) and buffer ``p`` in {0, 1},
+and one block barrier per tile suffices (the buffer being written was last read before the
+previous barrier).
 
     stage_rows   sh[p, r, off + c] = src[r0 + r, c0 + c]      a tile as it lies in memory
     stage_cols   sh[p, c, off + r] = src[r0 + r, c0 + c]      a tile transposed
+                 (each as a fetch and a put, below)
 
 Both put 0 outside the source (r >= nr or c >= nc), so a kernel's inner loop needs no bounds test.
+
+Prefetching into registers. Staging that loads from global memory and stores into shared memory
+at once makes the store wait for the load (hundreds of cycles from L2 or DRAM) before anything
+else runs: staging tile i+1 and then computing tile i leaves every tile waiting on memory. Each
+staging is therefore split in two, ``fetch_*`` (global -> the thread's registers, ``items``
+values a thread) and ``put_*`` (registers -> shared): a kernel fetches tile i+1, computes tile i
+while those loads are in flight, then puts tile i+1 and crosses the barrier:
+
+    fetch(i + 1) -> regs;   compute(i) from sh[i & 1];   put regs -> sh[(i + 1) & 1];   syncthreads
 
 Why transposed tiles: in the inner loop each thread reads a short run of consecutive elements of one
 tile row (its batch rows, its hidden units), which the compiler turns into one 64- or 128-bit
@@ -37,34 +46,58 @@ def padded(width):
     return w + 4 if (w // 4) % 2 == 0 else w
 
 
+def items(rows, cols, threads):
+    """Values of a rows x cols tile one thread of ``threads`` stages: the size of its register
+    array in ``fetch_*`` and ``put_*``."""
+    return -(-rows * cols // threads)
+
+
 def build(dt, threads_x, threads_y, threads):
-    """(stage_rows, stage_cols) for a block of ``threads`` threads, ``threads_x`` along x and
-    ``threads_y`` along y (and threads / (threads_x·threads_y) along z)."""
+    """(fetch_rows, put_rows, fetch_cols, put_cols) for a block of ``threads`` threads,
+    ``threads_x`` along x and ``threads_y`` along y (and threads / (threads_x·threads_y) along z):
+    stage_rows and stage_cols (module docstring) split at the registers. A thread keeps its
+    values of a tile at ``regs[at + i]``, i < ``items(rows, cols, threads)``; a put takes the same
+    rows, cols and ``at`` as its fetch. Consecutive threads take consecutive source columns
+    (coalesced loads); stage_rows' stores are conflict-free, stage_cols' as ``padded`` says."""
     zero = dt(0)
     U = numba.uint64
 
     @device_function
-    def stage_rows(sh, p, off, rows, cols, src, r0, nr, c0, nc):
-        """sh[p, r, off + c] = src[r0 + r, c0 + c] for r < rows, c < cols (0 where r >= nr or
-        c >= nc). Consecutive threads take consecutive c: coalesced loads, conflict-free stores."""
-        lin = (cuda.threadIdx.z * threads_y + cuda.threadIdx.y) * threads_x + cuda.threadIdx.x
-        for i in range((rows * cols + threads - 1) // threads):     # a constant trip count: unrolled,
-            idx = lin + i * threads                                  # and (r, c) hoisted out of the
-            if (rows * cols) % threads != 0 and idx >= rows * cols:   # caller's tile loop (a test
-                break                                                   # the compiler drops if it can)
+    def lin_of():
+        return (cuda.threadIdx.z * threads_y + cuda.threadIdx.y) * threads_x + cuda.threadIdx.x
+
+    @device_function
+    def fetch_rows(regs, at, rows, cols, src, r0, nr, c0, nc):
+        """regs[at + i] = src[r0 + r, c0 + c] for this thread's i-th (r, c) of stage_rows (0 outside)."""
+        lin = lin_of()
+        for i in range((rows * cols + threads - 1) // threads):
+            idx = lin + i * threads
+            if (rows * cols) % threads != 0 and idx >= rows * cols:
+                break
             r = idx // cols
             c = idx - r * cols
             v = zero
-            if r < nr and c < nc:                # in bounds, so unsigned (no wraparound code)
+            if r < nr and c < nc:
                 v = src[U(r0 + r), U(c0 + c)]
-            sh[U(p), U(r), U(off + c)] = v
+            regs[at + i] = v
 
     @device_function
-    def stage_cols(sh, p, off, rows, cols, src, r0, nr, c0, nc):
-        """sh[p, c, off + r] = src[r0 + r, c0 + c] for r < rows, c < cols (0 where r >= nr or
-        c >= nc): the tile transposed. A warp takes runs of COLUMN_RUN consecutive c of 4 rows."""
+    def put_rows(sh, p, off, rows, cols, regs, at):
+        """sh[p, r, off + c] = regs[at + i]: the tile fetch_rows fetched, as stage_rows stores it."""
+        lin = lin_of()
+        for i in range((rows * cols + threads - 1) // threads):
+            idx = lin + i * threads
+            if (rows * cols) % threads != 0 and idx >= rows * cols:
+                break
+            r = idx // cols
+            c = idx - r * cols
+            sh[U(p), U(r), U(off + c)] = regs[at + i]
+
+    @device_function
+    def fetch_cols(regs, at, rows, cols, src, r0, nr, c0, nc):
+        """regs[at + i] = src[r0 + r, c0 + c] for this thread's i-th (r, c) of stage_cols (0 outside)."""
         run = COLUMN_RUN if cols % COLUMN_RUN == 0 else cols
-        lin = (cuda.threadIdx.z * threads_y + cuda.threadIdx.y) * threads_x + cuda.threadIdx.x
+        lin = lin_of()
         for i in range((rows * cols + threads - 1) // threads):
             idx = lin + i * threads
             if (rows * cols) % threads != 0 and idx >= rows * cols:
@@ -76,6 +109,21 @@ def build(dt, threads_x, threads_y, threads):
             v = zero
             if r < nr and c < nc:
                 v = src[U(r0 + r), U(c0 + c)]
-            sh[U(p), U(c), U(off + r)] = v
+            regs[at + i] = v
 
-    return stage_rows, stage_cols
+    @device_function
+    def put_cols(sh, p, off, rows, cols, regs, at):
+        """sh[p, c, off + r] = regs[at + i]: the tile fetch_cols fetched, transposed as stage_cols stores it."""
+        run = COLUMN_RUN if cols % COLUMN_RUN == 0 else cols
+        lin = lin_of()
+        for i in range((rows * cols + threads - 1) // threads):
+            idx = lin + i * threads
+            if (rows * cols) % threads != 0 and idx >= rows * cols:
+                break
+            blk = idx // (run * rows)
+            rem = idx - blk * (run * rows)
+            r = rem // run
+            c = blk * run + rem - r * run
+            sh[U(p), U(c), U(off + r)] = regs[at + i]
+
+    return fetch_rows, put_rows, fetch_cols, put_cols
