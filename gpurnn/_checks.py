@@ -1,6 +1,21 @@
-"""Input validation: every error names the argument, what was given and what was expected."""
+"""Input validation: every error names the argument, what was given and what was expected.
+
+Checks of values (NaN or inf, ids out of range) on the cuda backend run on the device and are read
+later: a check is a few reductions enqueued with the work, its result a device scalar, and the
+host reads it at the next point where it reads a value anyway (``fetch``: a loss as a Python
+float, ``Trainer.train_step``'s figures, a host copy), in the same transfer as that value, so a
+training step synchronises with the GPU once. The first check that failed is raised there, with
+the message it would have raised at once. On the other backends, and on the cuda backend with
+``GPURNN_EAGER_CHECKS=1`` (for debugging, like torch.autograd.detect_anomaly: every check is read
+where it is made, one GPU synchronisation each), a check raises where it is made.
+"""
+
+import os
+import threading
 
 import numpy as np
+
+from .backend import device_get
 
 
 def shape_str(shape):
@@ -13,7 +28,9 @@ def float_array(value, name, backend, dtype, shape=None, finite=True, copy=False
 
     ``shape`` may contain None for "any size"; floating inputs of another precision are cast.
     ``copy``: the result never shares memory with ``value`` (for arrays a layer keeps for its
-    backward, which the caller may overwrite in between).
+    backward, which the caller may overwrite in between). ``finite``: True checks the values (on
+    the cuda backend at the next read, see the module's docstring), "now" before returning on
+    every backend (what must not be replaced by a bad value, e.g. loaded weights), False not.
     """
     if value is None:
         raise ValueError(f"{name} is None; expected an array of shape {shape_str(shape)}")
@@ -33,7 +50,7 @@ def float_array(value, name, backend, dtype, shape=None, finite=True, copy=False
         check_shape(value, name, shape)
     a = backend.asarray(value, dtype, name, copy=copy)
     if finite:
-        check_finite(a, name, backend.xp)
+        expect(finite_check(a, name, backend.xp), backend, now=finite == "now")
     return a
 
 
@@ -92,31 +109,142 @@ def check_shape(a, name, expected):
         raise ValueError(f"expected {name} of shape {shape_str(expected)}, got {shape_str(shape)}")
 
 
-def check_finite(a, name, xp):
-    if not bool(xp.isfinite(a).all()):
-        bad = int((~xp.isfinite(a)).sum())
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); "
-                         f"check the data, or lower the learning rate / clip gradients if training diverged")
+def _nonfinite_message(name, bad):
+    return (f"{name} contains {bad} non-finite value(s) (NaN or inf); "
+            f"check the data, or lower the learning rate / clip gradients if training diverged")
 
 
-def all_finite(arrays, xp):
-    """Whether every array holds only finite values, with one device-to-host transfer (one GPU sync)."""
-    flags = [xp.isfinite(a).all() for a in arrays]
-    return not flags or bool(xp.stack(flags).all())
+def all_finite_value(arrays, xp):
+    """Whether every array holds only finite values, as a device boolean (nothing is read)."""
+    ok = True
+    for a in arrays:
+        ok = ok & xp.isfinite(a).all()
+    return ok
 
 
-def check_all_finite(arrays, what, xp):
-    """check_finite over a dict of arrays; one GPU sync when all is well."""
-    if not all_finite(arrays.values(), xp):
-        for name, a in arrays.items():
-            check_finite(a, f"{what} {name}", xp)
+def check_all_finite(arrays, what, backend):
+    """The finiteness check of every array of a dict, named ``what`` and its key (deferred on the
+    cuda backend, as ``expect``)."""
+    for name, a in arrays.items():
+        expect(finite_check(a, f"{what} {name}", backend.xp), backend)
+
+
+# ---------------------------------------------------------------- checks read later
+EAGER = "GPURNN_EAGER_CHECKS"
+MAX_PENDING = 1024       # past this many unread checks (a loop that never reads a value), read them
+
+
+class Check:
+    """A check whose inputs are device scalars: ``values`` (0-d arrays of the backend, NumPy
+    scalars or numbers); once they are on the host, ``fails(*numbers)`` says whether it failed and
+    ``error(*numbers)`` gives the exception to raise."""
+
+    __slots__ = ("values", "fails", "error")
+
+    def __init__(self, values, fails, error):
+        self.values, self.fails, self.error = tuple(values), fails, error
+
+
+def finite_check(a, name, xp):
+    """The check that ``a`` holds no NaN or infinity, its error naming ``name`` and the count."""
+    size = int(a.size)
+    return Check((xp.isfinite(a).sum(),), lambda n: n != size,
+                 lambda n: ValueError(_nonfinite_message(name, size - int(n))))
+
+
+def all_finite_or(a, xp, error):
+    """The check that ``a`` holds no NaN or infinity; ``error`` (an exception) when it does."""
+    return Check((xp.isfinite(a).all(),), lambda ok: not ok, lambda ok: error)
+
+
+def eager():
+    """Whether GPURNN_EAGER_CHECKS asks for every check to be read where it is made: "0" (the
+    default) or "1"."""
+    value = os.environ.get(EAGER, "0").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{EAGER}={value!r}: expected 0 (checks of values on the cuda backend are read with the "
+                         "next value the host reads, the default) or 1 (each is read where it is made)")
+    return value == "1"
+
+
+def deferred(backend):
+    """Whether checks of values on ``backend`` wait for the next read: on the cuda backend, unless
+    GPURNN_EAGER_CHECKS=1."""
+    return getattr(backend, "name", None) == "cuda" and not eager()
+
+
+_local = threading.local()
+
+
+def _pending():
+    """This thread's checks made and not yet read, oldest first."""
+    if not hasattr(_local, "pending"):
+        _local.pending = []
+    return _local.pending
+
+
+def expect(check, backend, now=False):
+    """Raise ``check``'s error if it fails: at the next ``fetch`` where ``deferred(backend)``,
+    else (or with ``now``) at once."""
+    if now or not deferred(backend):
+        fetch((), [check])
+        return
+    pending = _pending()
+    pending.append(check)
+    if len(pending) >= MAX_PENDING:
+        fetch()
+
+
+def pending():
+    """How many checks wait for the next read (tests)."""
+    return len(_pending())
+
+
+def fetch(values=(), checks=()):
+    """``values`` (device scalars, NumPy scalars or numbers) as Python floats, read in one transfer
+    (``backend.device_get``) together with every pending check and then ``checks``. Raises the
+    error of the first of those checks that failed, in the order they were made, and forgets the
+    pending ones whatever happens; returns the list of floats."""
+    pending = _pending()
+    entries = pending + list(checks)
+    pending.clear()
+    items = [v for c in entries for v in c.values] + list(values)
+    numbers = _read(items)
+    at = 0
+    for c in entries:
+        got = numbers[at:at + len(c.values)]
+        at += len(c.values)
+        if c.fails(*got):
+            raise c.error(*got)
+    return [float(v) for v in numbers[at:]]
+
+
+def _read(items):
+    """Python numbers of ``items``; the device's 0-d arrays stacked into one array and copied to
+    the host at once (none when there are none). A host NumPy array among CuPy arrays is read
+    on the host; where every array is NumPy's (the other backends, or the simulator, whose device
+    memory NumPy's stands for), they are stacked and copied as the device's are."""
+    out = [v.item() if isinstance(v, np.generic) else v for v in items]
+    arrays = [i for i, v in enumerate(items) if not isinstance(v, (bool, int, float, np.generic))]
+    on_gpu = [i for i in arrays if hasattr(items[i], "__cuda_array_interface__")]
+    if on_gpu:
+        for i in set(arrays) - set(on_gpu):
+            out[i] = np.asarray(items[i]).item()
+        arrays = on_gpu
+    if arrays:
+        from .backend import array_module
+        stacked = [items[i] for i in arrays]
+        host = device_get(array_module(stacked[0]).stack(stacked)).tolist()
+        for i, v in zip(arrays, host):
+            out[i] = v
+    return out
 
 
 def lengths_array(lengths, T, B):
     """Host int64 array of B lengths, each in 1..T."""
     if is_torch_tensor(lengths):
         lengths = lengths.detach().cpu().numpy()
-    arr = np.asarray(lengths.get() if hasattr(lengths, "get") else lengths)
+    arr = np.asarray(device_get(lengths) if hasattr(lengths, "get") else lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)

@@ -154,7 +154,27 @@ class Backend:
         return np.ascontiguousarray(np.asarray(a), dtype=dtype)
 
     def to_host(self, a):
-        return self.xp.asnumpy(a) if self.on_gpu else np.array(a, copy=True)
+        """A host (NumPy) copy of ``a``. On the cuda backend this is a read: the device-side checks
+        still pending (gpurnn/_checks.py) are read first, and the first that failed is raised."""
+        if self.name == "cuda":
+            from . import _checks
+            _checks.fetch()
+        return device_get(a)
+
+
+def device_get(a):
+    """``a`` as a NumPy array of its own: the one place gpurnn copies device memory to the host.
+
+    A copy from the GPU waits for the work that writes ``a``: it synchronises the host with the
+    GPU, and the host can no longer run ahead enqueueing launches. A training step on the cuda
+    backend does it once, where the caller asks for a number (a loss as a Python float,
+    ``Trainer.train_step``'s figures, a host copy), and reads the device-side checks in the same
+    transfer (``_checks.fetch``); tests/test_cuda_syncs.py counts the calls per training step. A
+    NumPy array (the other backends, and the simulator's stand-in for device memory) is copied."""
+    if hasattr(a, "__cuda_array_interface__") and not cuda_simulated():
+        import cupy
+        return cupy.asnumpy(a)
+    return np.array(a, copy=True)
 
 
 def _dlpack_on_gpu(a):

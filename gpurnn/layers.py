@@ -85,7 +85,7 @@ class Module:
             if hasattr(value, "detach"):  # a torch tensor
                 value = value.detach().cpu().numpy()
             new[name] = _checks.float_array(value, f"state_dict[{name!r}]", self.backend,
-                                            self.dtype, shape=tuple(old.shape))
+                                            self.dtype, shape=tuple(old.shape), finite="now")
         for name, value in new.items():  # copies, so that updates never write into the caller's arrays
             self.params[name] = value.copy()
 
@@ -178,6 +178,20 @@ class StackSaved:
         return [s.plan for s in self.saved if getattr(s, "plan", None) is not None]
 
 
+_constant_zeros = {}
+
+
+def _zeros(xp, n, dtype):
+    """(n,) zeros of ``xp`` that nothing writes (a layer without biases passes them as b_ih and
+    b_hh): one per array module, size, dtype, GPU and stream serves every call, so that a CUDA
+    graph reading them keeps its address (kernels/cuda/graphs.py)."""
+    where = (xp.cuda.Device().id, xp.cuda.get_current_stream().ptr) if hasattr(xp, "cuda") else None
+    key = (xp, int(n), np.dtype(dtype).name, where)
+    if key not in _constant_zeros:
+        _constant_zeros[key] = xp.zeros(n, dtype)
+    return _constant_zeros[key]
+
+
 def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirectional, masks=None,
                   algo="auto"):
     """Forward through ``num_layers`` layers of ``cell``, each one or two directions.
@@ -192,7 +206,7 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
     xp = backend.xp
     G, H, D = GATES[cell], h0.shape[2], 2 if bidirectional else 1
     bias = "bias_ih_l0" in params
-    zero_bias = None if bias else xp.zeros(G * H, x.dtype)
+    zero_bias = None if bias else _zeros(xp, G * H, x.dtype)
     h_n = xp.empty_like(h0)
     c_n = xp.empty_like(h0) if cell == "lstm" else None
     saved, layer_input = [], x
@@ -317,13 +331,16 @@ class RNNBase(Module):
         if self.cell == "lstm":
             c0 = zeros if c0 is None else _checks.float_array(c0, "c0", be, self.dtype, shape=shape)
         lens = None if lengths is None else be.asarray(_checks.lengths_array(lengths, T, B), np.int32)
-        _checks.check_all_finite(self.params, "parameter", xp)
+        _checks.check_all_finite(self.params, "parameter", be)
         masks = None
         if self.training and self.dropout and self.num_layers > 1:
             keep, width = 1.0 - self.dropout, self.num_directions * self.hidden_size
             scale = 1.0 / keep if keep else 0.0         # dropout=1 zeroes everything, as torch does
             masks = [be.asarray((self.generator.random((T, B, width)) < keep) * scale, self.dtype)
                      for _ in range(self.num_layers - 1)]
+        # The last forward's record goes first: on the cuda backend its arrays hold a graph
+        # workspace (kernels/cuda/graphs.py), which this forward may then reuse.
+        self._saved = None
         y, h_n, c_n, self._saved = stack_forward(be, self.cell, self.params, x, h0, c0, lens, self.num_layers,
                                                  self.bidirectional, masks, self.algo)
         self.plans = self._saved.plans

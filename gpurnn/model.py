@@ -20,11 +20,10 @@ import math
 
 import numpy as np
 
-from . import _checks
+from . import _checks, losses
 from .kernels.vocabulary import MODEL_CELLS
 from .layers import Linear, Module, recurrent_layer
-from .losses import cross_entropy, mse_loss
-from .optim import SGD, Adam, clip_grad_norm, grad_norm
+from .optim import SGD, Adam, clip_grad_norm, clip_grad_norm_on_device, grad_norm
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -46,14 +45,22 @@ class Embedding(Module):
         return f"Embedding({self.num_embeddings}, {self.embedding_dim})"
 
     def forward(self, ids):
+        """ids out of range raise ValueError, on the cuda backend at the next read (gpurnn/_checks.py)."""
         xp = self.backend.xp
         ids = xp.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"embedding input must be integer ids, got dtype {ids.dtype}")
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
-            raise ValueError(f"ids must lie in 0..{self.num_embeddings - 1}, "
-                             f"got min {int(ids.min())}, max {int(ids.max())}")
-        self._ids = ids.copy()       # backward reads the ids; the caller may overwrite its array
+        V = self.num_embeddings
+        if ids.size:
+            _checks.expect(_checks.Check((ids.min(), ids.max()), lambda lo, hi: lo < 0 or hi >= V,
+                                         lambda lo, hi: ValueError(f"ids must lie in 0..{V - 1}, "
+                                                                   f"got min {int(lo)}, max {int(hi)}")),
+                           self.backend)
+        if _checks.deferred(self.backend):
+            ids = ids.clip(0, V - 1)     # a bad id must not read outside the table before it is reported
+        else:
+            ids = ids.copy()             # backward reads the ids; the caller may overwrite its array
+        self._ids = ids
         return self.params["weight"][ids]
 
     def backward(self, dy):
@@ -131,24 +138,25 @@ class SequenceModel:
         return self.forward(x, state)
 
     def forward(self, x, state=None):
-        """Raises FloatingPointError when the recurrent layers' output is not finite (diverged)."""
+        """Raises FloatingPointError when the recurrent layers' output is not finite (diverged); on
+        the cuda backend at the next read (gpurnn/_checks.py)."""
         h = self.input(x) if self.input is not None else x
         y, state = self.rnn(h, state)
-        if not bool(self.backend.xp.isfinite(y).all()):
-            raise FloatingPointError("the recurrent layers' output is not finite")
+        self._expect_finite(y, "the recurrent layers' output is not finite")
         return self.head(y), state
 
     def backward(self, dout):
-        """Raises FloatingPointError when a gradient between the stages is not finite (diverged)."""
-        xp = self.backend.xp
+        """Raises FloatingPointError when a gradient between the stages is not finite (diverged);
+        on the cuda backend at the next read."""
         dy = self.head.backward(dout)
-        if not bool(xp.isfinite(dy).all()):
-            raise FloatingPointError("the gradient reaching the recurrent layers is not finite")
+        self._expect_finite(dy, "the gradient reaching the recurrent layers is not finite")
         dh, _ = self.rnn.backward(dy)          # the gradient of the incoming state is not used (truncation)
         if self.input is not None:
-            if not bool(xp.isfinite(dh).all()):
-                raise FloatingPointError("the gradient reaching the input stage is not finite")
+            self._expect_finite(dh, "the gradient reaching the input stage is not finite")
             self.input.backward(dh)
+
+    def _expect_finite(self, a, what):
+        _checks.expect(_checks.all_finite_or(a, self.backend.xp, FloatingPointError(what)), self.backend)
 
     def zero_grad(self):
         for m in self.modules:
@@ -278,6 +286,7 @@ class Trainer:
         self.step = 0                  # updates done so far
         self.eval_sequences = int(eval_sequences)
         self._eval = None
+        self._buffers = {}             # the snapshot's arrays, reused from step to step
 
     # ------------------------------------------------------------ one batch
     def _segments(self, T):
@@ -286,45 +295,53 @@ class Trainer:
 
     def _loss(self, out, batch, a, b, total):
         """This segment's share of the mean loss over all scored steps, its gradient, and its
-        ``task.tally`` (for classification, the correctly classified scored steps)."""
+        ``task.tally`` (for classification, the correctly classified scored steps); the loss and
+        the tally are not read (device scalars on the cuda backend), the loss's checks of its
+        inputs are expected with the rest (``_checks.expect``)."""
         xp = self.model.backend.xp
-        mask = xp.asarray(batch.mask[a:b])
-        count = float(batch.mask[a:b].sum())
+        count = float(batch.mask[a:b].sum())           # the batch is on the host: no read
         if count == 0:
             return 0.0, None, 0.0
         share = count / total
+        mask = xp.asarray(batch.mask[a:b])
         target = xp.asarray(batch.target[a:b])
         if self.task.loss == "mse":
-            loss, grad = mse_loss(out, target, mask=xp.broadcast_to(mask[..., None], out.shape))
+            loss, grad, checks = losses.mse_terms(out, target, mask=xp.broadcast_to(mask[..., None], out.shape))
         else:
-            loss, grad = cross_entropy(out, target, mask=mask)
+            loss, grad, checks = losses.cross_entropy_terms(out, target, mask=mask)
+        for check in checks:
+            _checks.expect(check, self.model.backend)
         return loss * share, grad * out.dtype.type(share), self.task.tally(out, target, mask, xp)
 
-    def _run(self, batch, train):
-        """Forward every segment (and, when training, backward each); returns (loss, metric)."""
+    def _forward_backward(self, batch, train):
+        """Forward every segment (and, when training, backward each); returns (loss, tally), not
+        read. A FloatingPointError (the model diverged) comes from here on the host backends, from
+        the next read on the cuda backend."""
         xp = self.model.backend.xp
         T = batch.mask.shape[0]
         total = float(batch.mask.sum())
         state, loss, tally = None, 0.0, 0.0
         for a, b in self._segments(T):
             x = xp.asarray(batch.x[a:b])
-            try:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    out, state = self.model(x, state)
-            except FloatingPointError:
-                return math.nan, math.nan
-            if not bool(xp.isfinite(out).all()):
-                return math.nan, math.nan
+            with np.errstate(over="ignore", invalid="ignore"):
+                out, state = self.model(x, state)
+            self.model._expect_finite(out, "the model's output is not finite")
             seg_loss, grad, seg_tally = self._loss(out, batch, a, b, total)
-            loss += seg_loss
-            tally += seg_tally
+            loss = loss + seg_loss
+            tally = tally + seg_tally
             if train and grad is not None:
-                try:
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        self.model.backward(grad)
-                except FloatingPointError:
-                    return math.nan, math.nan
-        return loss, self.task.score(loss, tally / total)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    self.model.backward(grad)
+        return loss, tally
+
+    def _run(self, batch, train):
+        """Forward every segment (and, when training, backward each); returns (loss, metric) as
+        Python floats, read at once (NaN when the model diverged)."""
+        try:
+            loss, tally = _checks.fetch(self._forward_backward(batch, train))
+        except FloatingPointError:
+            return math.nan, math.nan
+        return loss, self.task.score(loss, tally / float(batch.mask.sum()))
 
     def train_step(self):
         """One batch and one update. Returns (loss, metric, gradient norm before clipping).
@@ -332,27 +349,54 @@ class Trainer:
         Raises NonFiniteError, with the model, optimiser and data stream left as they were before
         this step (so a checkpoint saved then is the last good state), when the loss, a gradient or
         an updated weight is not finite.
+
+        On the cuda backend the step reads the device once, at its end: the loss, the tally, the
+        gradient norm, whether every updated weight is finite and every check of values made
+        during the step come to the host in one transfer. The update is made before that read, so
+        a step that fails is undone from the snapshot taken at its start; no failed step leaves a
+        weight changed. On the other backends (and with GPURNN_EAGER_CHECKS=1) each is read where
+        it is made and a failed step stops before its update.
         """
         step = self.step + 1
         before = self._snapshot()
         batch = self.task.batch(self.rng, self.batch_size)
         self.model.zero_grad()
-        loss, metric = self._run(batch, train=True)
-        if not math.isfinite(loss):
-            self._restore(before)
-            raise NonFiniteError(step, self._advice(step, f"the loss is {loss}"))
         modules = self.model.modules
-        norm = clip_grad_norm(modules, self.clip) if self.clip is not None else grad_norm(modules)
-        if not math.isfinite(norm):
-            self._restore(before)
-            raise NonFiniteError(step, self._advice(step, f"the gradient norm is {norm}"))
-        self.opt.step()
-        params = [p for m in self.model.modules for p in m.params.values()]
-        if not _checks.all_finite(params, self.model.backend.xp):
-            self._restore(before)
-            raise NonFiniteError(step, self._advice(step, "the update made a weight non-finite"))
+        deferred = _checks.deferred(self.model.backend)
+        try:
+            loss, tally = self._forward_backward(batch, train=True)
+            if not deferred:
+                loss, tally = _checks.fetch([loss, tally])
+                self._stop_unless(math.isfinite(loss), before, step, f"the loss is {loss}")
+            if deferred:
+                norm = clip_grad_norm_on_device(modules, self.clip)
+            else:
+                norm = clip_grad_norm(modules, self.clip) if self.clip is not None else grad_norm(modules)
+                self._stop_unless(math.isfinite(norm), before, step, f"the gradient norm is {norm}")
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.opt.step()
+            params = [p for m in modules for p in m.params.values()]
+            loss, tally, norm, finite = _checks.fetch([loss, tally, norm,
+                                                       _checks.all_finite_value(params, self.model.backend.xp)])
+        except FloatingPointError:
+            loss = tally = norm = math.nan
+            finite = True
+        except NonFiniteError:
+            raise                                  # undone already
+        except BaseException:
+            self._restore(before)                  # nothing of a failed step stays, whatever failed
+            raise
+        self._stop_unless(math.isfinite(loss), before, step, f"the loss is {loss}")
+        self._stop_unless(math.isfinite(norm), before, step, f"the gradient norm is {norm}")
+        self._stop_unless(finite, before, step, "the update made a weight non-finite")
         self.step = step
-        return loss, metric, norm
+        return loss, self.task.score(loss, tally / float(batch.mask.sum())), norm
+
+    def _stop_unless(self, ok, before, step, what):
+        """Undo the step and raise NonFiniteError saying ``what`` unless ``ok``."""
+        if not ok:
+            self._restore(before)
+            raise NonFiniteError(step, self._advice(step, what))
 
     def _advice(self, step, what):
         remedy = []
@@ -381,16 +425,36 @@ class Trainer:
 
     # ------------------------------------------------------------ state (for checkpoints)
     def _snapshot(self):
-        """Device-side copies of everything one step changes, to undo a step that went non-finite."""
-        params = [{k: v.copy() for k, v in m.params.items()} for m in self.model.modules]
-        opt = {key: {s: v.copy() for s, v in st.items()} for key, st in self.opt.state.items()}
+        """Copies of everything one step changes, on the device, to undo a step that went
+        non-finite: the parameters and the optimiser's state, copied into buffers kept from the
+        step before (a step allocates none once they exist), and the step counts and data stream."""
+        params = {(i, name): self._keep(("param", i, name), p)
+                  for i, m in enumerate(self.model.modules) for name, p in m.params.items()}
+        opt = {key: {s: self._keep(("opt", key, s), v) for s, v in st.items()} for key, st in self.opt.state.items()}
         return params, opt, self.opt.steps, self.rng.bit_generator.state
 
+    def _keep(self, key, a):
+        """A copy of ``a`` in the snapshot buffer ``key`` (made when new or of another shape)."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != a.shape or buf.dtype != a.dtype:
+            buf = self._buffers[key] = a.copy()
+        else:
+            buf[...] = a
+        return buf
+
     def _restore(self, snap):
+        """Back to ``snap``, in place: the arrays the model and the optimiser hold stay theirs."""
         params, opt, steps, rng_state = snap
-        for m, p in zip(self.model.modules, params):
-            m.params.update(p)
-        self.opt.state, self.opt.steps = opt, steps
+        for i, m in enumerate(self.model.modules):
+            for name, p in m.params.items():
+                p[...] = params[(i, name)]
+        for key in list(self.opt.state):
+            if key not in opt:
+                del self.opt.state[key]          # made by the step being undone (Adam's first)
+            else:
+                for s, v in self.opt.state[key].items():
+                    v[...] = opt[key][s]
+        self.opt.steps = steps
         self.rng.bit_generator.state = rng_state
         self.model.zero_grad()
 

@@ -61,10 +61,9 @@ class Optimizer:
 
     def state_dict(self):
         """Host copies of the optimiser state (for checkpoints)."""
-        def host(a):
-            return a.get() if hasattr(a, "get") else np.array(a)
+        from .backend import device_get
         return {"steps": self.steps, "lr": self.lr,
-                "state": {f"{k}/{n}": {s: host(v) for s, v in st.items()} for (k, n), st in self.state.items()}}
+                "state": {f"{k}/{n}": {s: device_get(v) for s, v in st.items()} for (k, n), st in self.state.items()}}
 
     def load_state_dict(self, sd):
         params = {f"{k}/{n}": p for (k, n), p, _ in self.items()}
@@ -147,8 +146,18 @@ def _grad_arrays(grads):
     return out
 
 
+def _sum_of_squares(arrays):
+    """Σ g² over every array, in float64 and in their order, left on the device."""
+    total = 0.0
+    for g in arrays:
+        total = total + (g.astype(np.float64, copy=False) ** 2).sum()
+    return total
+
+
 def _norm(arrays):
-    return math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in arrays))
+    """The joint L2 norm as a Python float: one read of the device (gpurnn/_checks.py's fetch)."""
+    from ._checks import fetch
+    return math.sqrt(fetch([_sum_of_squares(arrays)])[0])
 
 
 def grad_norm(grads):
@@ -169,6 +178,29 @@ def clip_grad_norm(grads, max_norm):
         scale = max_norm / (total + 1e-6)
         for g in arrays:
             g *= scale
+    return total
+
+
+def clip_grad_norm_on_device(grads, max_norm):
+    """``clip_grad_norm`` (``grad_norm`` when ``max_norm`` is None) without reading the norm: the
+    scale is chosen and applied on the device, and the norm is returned unread, a 0-d float64
+    array of the gradients' array module, for the caller to read with more (``Trainer.train_step``).
+    The scale is rounded to each gradient's dtype first, as a Python float would be, so the
+    clipped gradients are ``clip_grad_norm``'s to the bit (a scale of 1 leaves them unchanged)."""
+    arrays = _grad_arrays(grads)
+    if not arrays:
+        return 0.0
+    xp = array_module(arrays[0])
+    total = xp.sqrt(_sum_of_squares(arrays))
+    if max_norm is None:
+        return total
+    max_norm = _number(max_norm, "max_norm", 0.0, low_open=True)
+    scale = xp.where(xp.isfinite(total) & (total > max_norm), max_norm / (total + 1e-6), 1.0)
+    scales = {}
+    for g in arrays:
+        if g.dtype not in scales:
+            scales[g.dtype] = scale.astype(g.dtype)
+        g *= scales[g.dtype]
     return total
 
 

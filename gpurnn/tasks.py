@@ -78,10 +78,11 @@ class Task:
     def tally(self, out, target, mask, xp):
         """The sum over the scored steps that ``score`` turns into the metric: for classification
         the correct predictions (argmax of ``out``), else nothing (the metric follows from the loss).
-        out (T, B, O), target (T, B) or (T, B, O), mask (T, B); arrays of the array module ``xp``."""
+        out (T, B, O), target (T, B) or (T, B, O), mask (T, B); arrays of the array module ``xp``.
+        Returns a number or a 0-d array of ``xp``, not read: the Trainer reads it with the loss."""
         if self.loss != "cross_entropy":
             return 0.0
-        return float(((out.argmax(axis=-1) == target) * mask).sum())
+        return ((out.argmax(axis=-1) == target) * mask).sum()
 
     def score(self, loss, tally=None):
         """The task metric from the mean loss and the mean of ``tally`` over the scored steps (for

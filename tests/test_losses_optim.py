@@ -134,6 +134,30 @@ def test_clip_grad_norm_scales_to_max_norm_and_returns_the_norm_before(rng):
     assert gpurnn.clip_grad_norm(models, max_norm=10.0) == pytest.approx(0.5, rel=1e-5)   # no change below
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("max_norm", [0.5, 100.0, None])
+def test_clipping_on_the_device_is_clip_grad_norm_to_the_bit(rng, dtype, max_norm):
+    """The Trainer's clipping on the cuda backend (optim.clip_grad_norm_on_device: the scale chosen
+    and applied without reading the norm) leaves the gradients and returns the norm that
+    clip_grad_norm (or grad_norm) does, bit for bit; a NaN gradient scales nothing."""
+    from gpurnn.optim import clip_grad_norm_on_device, grad_norm
+    for bad in (False, True):
+        pairs = []
+        for _ in range(2):
+            models = [gpurnn.Linear(3, 2, backend="cpu", dtype=dtype, seed=0),
+                      make_model("gru", 2, 3, backend="cpu", dtype=dtype, seed=1)]
+            _set_grads(models, np.random.default_rng(3))
+            if bad:
+                models[0].grads["weight"][0, 0] = np.nan
+            pairs.append(models)
+        want = grad_norm(pairs[0]) if max_norm is None else gpurnn.clip_grad_norm(pairs[0], max_norm)
+        got = float(clip_grad_norm_on_device(pairs[1], max_norm))
+        assert got == want or (bad and np.isnan(got) and np.isnan(want))
+        for a, b in zip(pairs[0], pairs[1]):
+            for k in a.grads:
+                np.testing.assert_array_equal(a.grads[k], b.grads[k], err_msg=k)
+
+
 def test_clip_grad_value_clamps(rng):
     m = _pair_of_models()[0]
     _set_grads([m], rng)

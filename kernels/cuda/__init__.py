@@ -30,6 +30,13 @@ Numba launches per training step of a layer and direction: 3 persistent, 2T + 2 
 CUDA graphs (graphs.py, on by default) the per-step path's 2T + 1 recursion launches become two
 graph replays from its second call with the same shapes on.
 
+Host work of a call: it reads nothing back from the GPU (no synchronisation) and allocates only
+what it returns as the caller's own. On the graph path the recursion computes in a workspace of
+graphs.py, which hands its arrays out as the call's results and saved activations; the direct
+paths keep their scratch (xw, dG) and constants (the lengths when every row runs T steps, the
+zeros of a missing dy) from call to call (``reused``); placeholders are made once
+(``runtime.placeholder``). tests/test_cuda_syncs.py counts both per training step.
+
 State storage. ``hs`` (T+1, B, H) holds every state in time order: the state before time t is
 ``hs[t + rev]`` and the state after it ``hs[t + 1 - rev]`` (rev = 1 for the reverse direction), so
 the kernels never copy a state, h_n is ``hs[T]`` (forward) or ``hs[0]`` (reverse), and the rows
@@ -42,6 +49,7 @@ packing copies. Both algorithms write and read the same saved arrays.
 """
 
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional
@@ -88,7 +96,8 @@ class _Kernels:
         if name not in self._made:
             fn, sig = self._built[name]
             eager = name.startswith("persistent") and not cuda_simulated()
-            self._made[name] = cuda.jit(sig)(fn) if eager else cuda.jit(fn)
+            options = rt.kernel_options(fn)
+            self._made[name] = cuda.jit(sig, **options)(fn) if eager else cuda.jit(**options)(fn)
         return self._made[name]
 
     def overload(self, name):
@@ -185,15 +194,49 @@ ALGORITHMS = {"step": step, "persistent": persistent}
 class CudaSaved(Saved):
     """``contract.Saved``, and what the cuda backend's backward needs besides: ``row_lengths``,
     the (B,) int32 lengths the kernels read (T for every row when ``lengths`` is None), the
-    geometry and plan the forward ran with, the stream it ran on, and the CUDA graphs it replayed
-    (a graphs.Recursion; None when it launched directly), whose workspace still holds its
-    activations while ``graph_token`` is the Recursion's ``holds``."""
+    geometry and plan the forward ran with, the stream it ran on, and the CUDA graphs it replayed:
+    ``graph`` the graphs.Recursion (None when the path has none) and ``workspace`` the
+    graphs.RecursionArrays whose memory holds the activations (None when they are arrays of their own)."""
     row_lengths: Array = None
     geometry: Optional[Geometry] = None
     stream: Any = None
     plan: Optional[Plan] = None
     graph: Any = None
-    graph_token: Optional[object] = None
+    workspace: Any = None
+
+
+# ---------------------------------------------------------------- arrays reused from call to call
+REUSED_MAX = 16
+_reused = OrderedDict()
+
+
+def reused(name, shape, dtype, stream, fill=None):
+    """An array kept from one call to the next, for what no result of a call refers to (the
+    direct paths' xw and dG) or, with ``fill``, a constant never written once made (the lengths
+    when every row runs T steps, the zeros standing for a missing dy): one per (name, shape,
+    dtype, fill, stream, device), the REUSED_MAX most recently used kept (graphs.py's workspaces
+    do this for the graph path). Why reuse is safe: a call writes such an array only on ``stream``,
+    the stream it is kept for, so the write runs after every read of the calls before it; a
+    constant is filled once, on the stream of the calls that read it. Dropped arrays go back to
+    CuPy's stream-ordered pool as any temporary does."""
+    key = (name, tuple(shape), np.dtype(dtype).name, fill, None if stream is None else stream.ptr, _device_key())
+    a = _reused.pop(key, None)
+    if a is None:
+        a = rt.empty(shape, dtype) if fill is None else rt.xp_of().full(shape, fill, dtype)
+    elif fill is None and cuda_simulated():
+        a.fill(np.nan)          # as rt.empty: the last call's values must not hide an unwritten part
+    _reused[key] = a
+    while len(_reused) > REUSED_MAX:
+        _reused.popitem(last=False)
+    return a
+
+
+def _fill(dst, src):
+    """dst[...] = src, zeros for src None: an input copied into a graph's workspace."""
+    if src is None:
+        dst.fill(0)
+    else:
+        dst[...] = src
 
 
 # ---------------------------------------------------------------- one layer and direction
@@ -205,31 +248,38 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     GH = G * H
     dt = x.dtype
     rev = int(bool(reverse))
+    first = T if rev else 0
     the_plan = choose_plan(cell, dt.name, B, H, algo, geo, current_device())
+    geo = the_plan.geometry(geo)               # the step kernels' rows a thread, from B
     k = compiled_kernels(cell, dt.name, geo)
-    xw = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, GH)     # input projection of every step
-    xw += b_ih
-    hs = xp.empty((T + 1, B, H), dt)
-    hs[T if rev else 0] = h0
-    y = xp.empty((T, B, H), dt)
-    lens = (xp.full(B, T, np.int32) if lengths is None
-            else xp.ascontiguousarray(xp.asarray(lengths, dtype=np.int32)))
-    cs = gates = hn = None
-    if cell == "lstm":
-        cs = xp.empty((T + 1, B, H), dt)
-        cs[T if rev else 0] = c0
-        gates = xp.empty((T, B, GH), dt)
-    elif cell == "gru":
-        gates = xp.empty((T, B, GH), dt)
-        hn = xp.empty((T, B, H), dt)
     stream = rt.current_stream()
-    graph = None
+    graph = ws = None
     if the_plan.algo == "step":
         graph = graphs.plan_for(cell, dt.name, T, B, H, lengths is not None, rev, geo, _device_key())
+        ws = graph.take(w_hh, b_hh, stream) if graph is not None else None
+    if ws is not None:      # a graph replay on a free workspace, whose arrays this call hands out
+        out = ws.hand_out()
+        xw, hs, y, lens = ws.xw, out["hs"], out["y"], out["lengths"]
+        cs, gates, hn = out.get("cs"), out.get("gates"), out.get("hn")
+        ws.set_lengths(lengths)
+    else:                   # direct launches, on arrays of the call's own
+        xw = reused("xw", (T, B, GH), dt, stream)
+        hs = rt.empty((T + 1, B, H), dt)
+        y = rt.empty((T, B, H), dt)
+        lens = (reused("lengths", (B,), np.int32, stream, fill=T) if lengths is None
+                else xp.ascontiguousarray(xp.asarray(lengths, dtype=np.int32)))
+        cs = rt.empty((T + 1, B, H), dt) if cell == "lstm" else None
+        gates = rt.empty((T, B, GH), dt) if cell in ("lstm", "gru") else None
+        hn = rt.empty((T, B, H), dt) if cell == "gru" else None
+    xp.matmul(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))     # input projection of every step
+    xw += b_ih
+    hs[first] = h0
+    if cell == "lstm":
+        cs[first] = c0
     saved = CudaSaved(cell, dims, x, hs, cs, gates, hn, lengths, bool(rev), row_lengths=lens, geometry=geo,
-                      stream=stream, plan=the_plan, graph=graph)
-    if graph is not None:
-        graphs.forward(graph, cell, k, saved, xw, y, w_hh, b_hh, stream)
+                      stream=stream, plan=the_plan, graph=graph, workspace=ws)
+    if ws is not None:
+        graphs.forward(ws, cell, k, saved, w_hh, b_hh, stream)
     else:
         ALGORITHMS[the_plan.algo].forward(cell, k, saved, xw, y, w_hh, b_hh, stream)
     last = 0 if rev else T
@@ -247,20 +297,30 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     k = compiled_kernels(cell, dt.name, geo)
     stream = rt.current_stream()
     rt.wait(stream, saved.stream)      # the caller may have switched streams since forward
-    dg_x = xp.empty((T, B, GH), dt)
-    dg_h = xp.empty((T, B, GH), dt) if cell == "gru" else dg_x
-    dy = xp.zeros((T, B, H), dt) if dy is None else xp.ascontiguousarray(dy)
-    dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n, dtype=dt, order="C")
-    dc = None
-    if cell == "lstm":
-        dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
-    if saved.graph is not None:
-        hidden_done = graphs.backward(saved.graph, cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh, stream)
+    ws = graphs.backward_workspace(saved, cell, stream)
+    if ws is not None:      # a graph replay on the workspace that holds the forward's activations
+        dg_x, dg_h = ws.dg_x, ws.dg_h
+        _fill(ws.dy, dy)
+        _fill(ws.dh, dh_n)
+        if cell == "lstm":
+            _fill(ws.dc, dc_n)
+        hidden_done = graphs.backward(ws, cell, k, saved, w_hh, stream)
+        dh = ws.dh.copy()              # results of the caller's own: the workspace's serve the next call
+        dc = ws.dc.copy() if cell == "lstm" else None
     else:
+        dg_x = reused("dg_x", (T, B, GH), dt, stream)
+        dg_h = reused("dg_h", (T, B, GH), dt, stream) if cell == "gru" else dg_x
+        dy = reused("zeros", (T, B, H), dt, stream, fill=0) if dy is None else xp.ascontiguousarray(dy)
+        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n, dtype=dt, order="C")
+        dc = None
+        if cell == "lstm":
+            dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
         hidden_done = ALGORITHMS[saved.plan.algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh,
                                                               grads, stream)
+    parts = plan.splits(T * B, _accumulate.output_tiles(I, H, GH, geo), dt.itemsize, current_device(), geo)
     _accumulate.accumulate_grads(k, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
-                                 hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done)
+                                 hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done,
+                                 splits=parts)
     dx = (dg_x.reshape(T * B, GH) @ w_ih).reshape(T, B, I)
     # The saved arrays came from forward's stream's memory pool, which may hand their memory out
     # again once they are freed: only after this backward has read them.
@@ -268,8 +328,12 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     return dx, dh, dc
 
 
-def accumulate_grads(cell, dg_x, x, dg_h, hp, grads, geo, hidden=True):
+def accumulate_grads(cell, dg_x, x, dg_h, hp, grads, geo, hidden=True, splits=None):
     """The accumulation kernel on its own (tests, benchmarks): adds the weight and bias gradients
-    of rows dg_x, x, dg_h, hp (N rows each) into grads; see accumulate.py."""
+    of rows dg_x, x, dg_h, hp (N rows each) into grads, the rows split in ``splits`` parts
+    (by default as a layer's backward splits them); see accumulate.py."""
     k = compiled_kernels(cell, x.dtype.name, geo)
-    _accumulate.accumulate_grads(k, dg_x, x, dg_h, hp, grads, geo, rt.current_stream(), hidden)
+    if splits is None:
+        N, I, H, GH = x.shape[0], x.shape[1], hp.shape[1], dg_x.shape[1]
+        splits = plan.splits(N, _accumulate.output_tiles(I, H, GH, geo), x.dtype.itemsize, current_device(), geo)
+    _accumulate.accumulate_grads(k, dg_x, x, dg_h, hp, grads, geo, rt.current_stream(), hidden, splits)
