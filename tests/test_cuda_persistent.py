@@ -384,7 +384,8 @@ def test_cuda_repr_names_the_algorithm_of_the_last_forward():
                      repr(m)), repr(m)
     s = make_model("gru", 3, 7, backend="cuda-step", seed=0)
     s(np.zeros((2, 2, 3)))
-    assert re.search(r"algo='step'\) \[last forward: step \(asked for(, reduction in \d+ parts)?\)\]$", repr(s)), repr(s)
+    want = r"algo='step'\) \[last forward: step \(asked for(, reduction in \d+ parts)?\)\]$"
+    assert re.search(want, repr(s)), repr(s)
 
 
 def test_cuda_auto_takes_the_step_path_from_step_from_batch_rows_while_graphs_are_on(monkeypatch):

@@ -20,7 +20,7 @@ N = T*B rows of the flattened sequence, s = bytes per element (4 float32, 8 floa
 The contract of ``forward_sequence`` / ``backward_sequence`` is written in kernels/contract.py.
 
 Forward, one layer and direction:
-    XW = x (N, I) @ W_ihᵀ + b_ih                cuBLAS, all time steps at once
+    XW = x (N, I) @ W_ihᵀ                       cuBLAS, all time steps at once (b_ih: in the kernels)
     the recursion                               persistent: 1 launch; step: T launches
 Backward (BPTT):
     the recursion: dG_t, dh, dc                 persistent: 1 launch; step: T + 1
@@ -256,7 +256,7 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     graph = ws = None
     if the_plan.algo == "step":
         graph = graphs.plan_for(cell, dt.name, T, B, H, lengths is not None, rev, geo, _device_key())
-        ws = graph.take(w_hh, b_hh, stream) if graph is not None else None
+        ws = graph.take(w_hh, b_ih, b_hh, stream) if graph is not None else None
     if ws is not None:      # a graph replay on a free workspace, whose arrays this call hands out
         out = ws.hand_out()
         xw, hs, y, lens = ws.xw, out["hs"], out["y"], out["lengths"]
@@ -271,17 +271,17 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
         cs = rt.empty((T + 1, B, H), dt) if cell == "lstm" else None
         gates = rt.empty((T, B, GH), dt) if cell in ("lstm", "gru") else None
         hn = rt.empty((T, B, H), dt) if cell == "gru" else None
-    xp.matmul(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))     # input projection of every step
-    xw += b_ih
+    # The input projection of every step; the kernels add b_ih where they read it (pointwise.py).
+    xp.matmul(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
     hs[first] = h0
     if cell == "lstm":
         cs[first] = c0
     saved = CudaSaved(cell, dims, x, hs, cs, gates, hn, lengths, bool(rev), row_lengths=lens, geometry=geo,
                       stream=stream, plan=the_plan, graph=graph, workspace=ws)
     if ws is not None:
-        graphs.forward(ws, cell, k, saved, w_hh, b_hh, stream)
+        graphs.forward(ws, cell, k, saved, w_hh, b_ih, b_hh, stream)
     else:
-        ALGORITHMS[the_plan.algo].forward(cell, k, saved, xw, y, w_hh, b_hh, stream)
+        ALGORITHMS[the_plan.algo].forward(cell, k, saved, xw, y, w_hh, b_ih, b_hh, stream)
     last = 0 if rev else T
     h_n = hs[last]
     c_n = cs[last] if cell == "lstm" else None

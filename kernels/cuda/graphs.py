@@ -231,7 +231,7 @@ class Recursion:
         """The graphs of that workspace."""
         return self.last.graphs if self.last is not None else {}
 
-    def take(self, w_hh, b_hh, stream):
+    def take(self, w_hh, b_ih, b_hh, stream):
         """A free workspace for a forward with these weights, ordered after its last use: one whose
         forward graph reads them if there is one, any free one else, a new one while there are
         fewer than MAX_WORKSPACES. None on the plan's first call, and when every workspace is held."""
@@ -239,7 +239,7 @@ class Recursion:
         if self.calls == 1:
             return None
         free = [ws for ws in self.workspaces if ws.free()]
-        where = [address(w_hh), address(b_hh)]
+        where = [address(w_hh), address(b_ih), address(b_hh)]
         ws = next((ws for ws in free if [address(w) for w in ws.weights.get("forward", ())] == where), None)
         if ws is None and free:
             ws = free[0]
@@ -318,13 +318,13 @@ def _scratch(ws, kind, cell, s, dtype):
     return scratch
 
 
-def forward(ws, cell, kernels, s, w_hh, b_hh, stream):
+def forward(ws, cell, kernels, s, w_hh, b_ih, b_hh, stream):
     """``step.forward`` as a graph replay on the workspace ``ws``, whose xw, first state (cell
     state) and lengths the caller has filled; writes the arrays ``s`` holds (``RecursionArrays.hand_out``)."""
     scratch = _scratch(ws, "forward", cell, s, ws.y.dtype)
     wsaved = ws.saved(s)
-    ws.replay("forward", lambda st: step.forward(cell, kernels, wsaved, ws.xw, ws.y, w_hh, b_hh, st,
-                                                 scratch=scratch), (w_hh, b_hh), scratch, stream)
+    ws.replay("forward", lambda st: step.forward(cell, kernels, wsaved, ws.xw, ws.y, w_hh, b_ih, b_hh, st,
+                                                 scratch=scratch), (w_hh, b_ih, b_hh), scratch, stream)
 
 
 def backward_workspace(s, cell, stream):

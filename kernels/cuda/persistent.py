@@ -165,11 +165,11 @@ def build(cell, dtype, geo):
     gate_sum, row_sum = lane_sum_of(GRB), lane_sum_of(RB)
 
     # ------------------------------------------------------------ forward: all T steps
-    def persistent_forward(xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y, flags, rev, slices, units, rows,
+    def persistent_forward(xw, hs, cs, gates, hn, w_hh, b_ih, b_hh, lengths, y, flags, rev, slices, units, rows,
                            lanes, chunk):
-        """Every step of h_t = cell(XW[t] + h_{t-1} @ W_hhᵀ + b_hh), one cooperative launch.
+        """Every step of h_t = cell(XW[t] + b_ih + h_{t-1} @ W_hhᵀ + b_hh), one cooperative launch.
 
-        xw (T, B, G*H) input projections, b_ih included; hs (T+1, B, H) [and cs for the LSTM]: the
+        xw (T, B, G*H) input projections x·W_ihᵀ; b_ih (G*H,); hs (T+1, B, H) [and cs for the LSTM]: the
         initial state at hs[T*rev], every later state written in time order (inactive rows copy
         the state through); w_hh (G*H, H); b_hh (G*H,); lengths (B,) int32; y (T, B, H) written,
         zero for inactive rows; gates (T, B, G*H) [LSTM, GRU] and hn (T, B, H) [GRU] written for
@@ -267,8 +267,8 @@ def build(cell, dtype, geo):
                             for g in range(G):
                                 mine[g] = red[U((g * RB + min(mine_r, RB - 1)) * (NT + 1) + first)]
                             if u < nj and mine_r < RB and r0 + mine_r < nb:
-                                point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, mine, 0, t, b0 + r0 + mine_r,
-                                              j0 + u, src, dst)
+                                point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, mine, 0, t,
+                                              b0 + r0 + mine_r, j0 + u, src, dst)
             if slices > 1:
                 publish(flags, n * slices + s, step + 1)
 
@@ -384,19 +384,19 @@ def build(cell, dtype, geo):
 
     a4, a3, a2, a1 = dt[:, :, :, ::1], dt[:, :, ::1], dt[:, ::1], dt[::1]
     i32, i64 = numba.int32[::1], numba.int64
-    fsig = (a3, a3, a3, a3, a3, a2, a1, i32, a3, i32) + (i64,) * 6
+    fsig = (a3, a3, a3, a3, a3, a2, a1, a1, i32, a3, i32) + (i64,) * 6
     bsig = (a3, a3, a2, a3, a2, a2, a3, a3, a3, a3, i32, a4, i32) + (i64,) * 6
     return {"persistent_forward": (persistent_forward, numba.void(*fsig)),
             "persistent_backward": (persistent_backward, numba.void(*bsig))}
 
 
 # ================================================================ host side
-def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream):
+def forward(cell, kernels, s, xw, y, w_hh, b_ih, b_hh, stream):
     """The recursion of forward: one launch of ``persistent_forward``."""
     plan, rev = s.plan, int(s.reverse)
     xp = rt.xp_of()
     flags = xp.zeros(plan.groups * plan.slices, np.int32)
-    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh) + (flags,)
+    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_ih, b_hh) + (flags,)
     kern = rt.configure("persistent_forward", kernels["persistent_forward"], plan.blocks, plan.threads,
                         stream, plan.fwd_shared)
     kern(*map(rt.dev, arrays), rev, plan.slices, plan.units, plan.rows, plan.fwd_lanes, plan.chunk)

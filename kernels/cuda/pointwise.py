@@ -21,13 +21,16 @@ from ..cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn
                      rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
 
 
-def build(cell, dtype, rows):
+def build(cell, dtype, rows, bias_in_acc=False):
     """(step_point_forward, step_point_backward) for one cell and dtype.
 
-    ``step_point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b, j, src, dst)``:
-    the recurrent products of gate g of (b, j) are ``acc[g * rows + r]``; writes h_t (c_t) at
-    hs[dst] (cs[dst]) and y[t] and, for active rows, the activations backward needs; an inactive
-    row copies its state from hs[src] (cs[src]) and writes y = 0.
+    ``step_point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, r, t, b, j, src, dst)``:
+    the input side of gate g of (b, j) is xw[t, b, g*H + j] + b_ih[g*H + j] (the input bias is
+    added here, not in a pass of its own over xw), the recurrent side acc[g * rows + r] +
+    b_hh[g*H + j] (``bias_in_acc``: acc[g * rows + r] alone, the kernel having started its sums
+    from b_hh); writes h_t (c_t) at hs[dst] (cs[dst]) and y[t] and, for active rows, the
+    activations backward needs; an inactive row copies its state from hs[src] (cs[src]) and
+    writes y = 0.
 
     ``step_point_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, lengths, rec, t, b, k, rev)``:
     ``rec`` is Σ_m dG[t+1, b, m] W_hh[m, k]; sets dh[b, k] = dh[b, k] + rec, and for t >= 0 runs
@@ -39,13 +42,20 @@ def build(cell, dtype, rows):
     dt = numba.from_dtype(np.dtype(dtype))
     R = rows
 
+    @device_function
+    def rec(acc, b_hh, g, r, j, H):
+        """The recurrent side of gate g: W_hh h + b_hh."""
+        if bias_in_acc:
+            return acc[g * R + r]
+        return acc[g * R + r] + b_hh[g * H + j]
+
     if cell in ("rnn_tanh", "rnn_relu"):
         act = rnn_tanh_forward if cell == "rnn_tanh" else rnn_relu_forward
         act_backward = rnn_tanh_backward if cell == "rnn_tanh" else rnn_relu_backward
 
         @device_function
-        def active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
-            hj = act(xw[t, b, j] + acc[r] + b_hh[j])
+        def active_forward(xw, hs, cs, gates, hn, b_ih, b_hh, y, acc, r, t, b, j, src, dst):
+            hj = act(xw[t, b, j] + b_ih[j] + rec(acc, b_hh, 0, r, j, 0))
             hs[dst, b, j] = hj
             y[t, b, j] = hj
 
@@ -56,12 +66,13 @@ def build(cell, dtype, rows):
 
     elif cell == "lstm":
         @device_function
-        def active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
+        def active_forward(xw, hs, cs, gates, hn, b_ih, b_hh, y, acc, r, t, b, j, src, dst):
             H = y.shape[2]
             i, f, g, o, c, h = lstm_forward(
-                xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j], xw[t, b, 3 * H + j],
-                acc[r] + b_hh[j], acc[R + r] + b_hh[H + j], acc[2 * R + r] + b_hh[2 * H + j],
-                acc[3 * R + r] + b_hh[3 * H + j], cs[src, b, j])
+                xw[t, b, j] + b_ih[j], xw[t, b, H + j] + b_ih[H + j], xw[t, b, 2 * H + j] + b_ih[2 * H + j],
+                xw[t, b, 3 * H + j] + b_ih[3 * H + j],
+                rec(acc, b_hh, 0, r, j, H), rec(acc, b_hh, 1, r, j, H), rec(acc, b_hh, 2, r, j, H),
+                rec(acc, b_hh, 3, r, j, H), cs[src, b, j])
             gates[t, b, j] = i
             gates[t, b, H + j] = f
             gates[t, b, 2 * H + j] = g
@@ -85,11 +96,12 @@ def build(cell, dtype, rows):
 
     elif cell == "gru":
         @device_function
-        def active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst):
+        def active_forward(xw, hs, cs, gates, hn, b_ih, b_hh, y, acc, r, t, b, j, src, dst):
             H = y.shape[2]
-            hnj = acc[2 * R + r] + b_hh[2 * H + j]
-            rr, z, n, h = gru_forward(xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j],
-                                      acc[r] + b_hh[j], acc[R + r] + b_hh[H + j], hnj, hs[src, b, j])
+            hnj = rec(acc, b_hh, 2, r, j, H)
+            rr, z, n, h = gru_forward(xw[t, b, j] + b_ih[j], xw[t, b, H + j] + b_ih[H + j],
+                                      xw[t, b, 2 * H + j] + b_ih[2 * H + j],
+                                      rec(acc, b_hh, 0, r, j, H), rec(acc, b_hh, 1, r, j, H), hnj, hs[src, b, j])
             gates[t, b, j] = rr
             gates[t, b, H + j] = z
             gates[t, b, 2 * H + j] = n
@@ -114,9 +126,9 @@ def build(cell, dtype, rows):
         check_cell(cell)
 
     @device_function
-    def step_point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b, j, src, dst):
+    def step_point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, r, t, b, j, src, dst):
         if t < lengths[b]:
-            active_forward(xw, hs, cs, gates, hn, b_hh, y, acc, r, t, b, j, src, dst)
+            active_forward(xw, hs, cs, gates, hn, b_ih, b_hh, y, acc, r, t, b, j, src, dst)
         else:
             hs[dst, b, j] = hs[src, b, j]
             if G == 4:
@@ -140,12 +152,12 @@ def build(cell, dtype, rows):
 
 
 
-def forward_arrays(s, xw, y, w_hh, b_hh):
+def forward_arrays(s, xw, y, w_hh, b_ih, b_hh):
     """The array arguments of a forward kernel of either algorithm, in order:
-    (xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y), from the saved record ``s`` of the layer
+    (xw, hs, cs, gates, hn, w_hh, b_ih, b_hh, lengths, y), from the saved record ``s`` of the layer
     (``__init__.CudaSaved``), placeholders for those the cell lacks."""
     return (xw, s.hs, _or_placeholder(s.cs, y), _or_placeholder(s.gates, y),
-            _or_placeholder(s.hn, y), w_hh, b_hh, s.row_lengths, y)
+            _or_placeholder(s.hn, y), w_hh, b_ih, b_hh, s.row_lengths, y)
 
 
 def backward_arrays(s, dg_x, dg_h, w, dy, dh, dc):

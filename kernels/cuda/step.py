@@ -5,7 +5,7 @@ s = bytes per element (4 float32, 8 float64). The layer around it (input project
 weight gradients, dx) is in ``kernels/cuda/__init__.py``; the saved arrays are described there.
 
 Forward, one layer and direction:
-    for each step t:  step_forward kernel             h_{t-1} @ W_hhᵀ + b_hh + XW[t], gates, h_t (c_t)
+    for each step t:  step_forward kernel    h_{t-1} @ W_hhᵀ + b_hh + XW[t] + b_ih, gates, h_t (c_t)
 Backward (BPTT), T + 1 launches of one fused kernel:
     launch p:  dh_{t_{p-1}} += dG_{t_{p-1}} @ W_hh     (the product of the step before)
                then the pointwise cell backward of step t_p: dG_{t_p}, the direct part of dh, dc
@@ -141,8 +141,9 @@ def build(cell, dtype, geo):
 
     # ------------------------------------------------------------ forward step: recurrent product
     @device_function
-    def gate_products(h, w_hh, sh_h, sh_w, sh_red, acc, rh, rw):
-        """acc[g * R + yr * RX + xr] = Σ_k h[b, k] W_hh[g*H + j, k] over this block's part of k, for
+    def gate_products(h, w_hh, b_hh, sh_h, sh_w, sh_red, acc, rh, rw):
+        """acc[g * R + yr * RX + xr] = b_hh[g*H + j] + Σ_k h[b, k] W_hh[g*H + j, k] over this block's
+        part of k (the bias in part 0's slice 0 only, so that it is added once), for
         this thread's outputs b = b0 + ty*RY + yr, j = j0 + tx*RX + xr, every gate g: complete in
         the threads of slice z = 0, which walk the columns c ≡ 0 (mod TZ) of each tile; slice z
         walks c ≡ z and hands its partial sums over through shared memory at the end (``gather``).
@@ -158,8 +159,13 @@ def build(cell, dtype, geo):
         j0, b0 = cuda.blockIdx.x * BX, cuda.blockIdx.y * BY
         hv = cuda.local.array(RY, dt)
         wv = cuda.local.array(GRX, dt)
-        for i in range(G * R):
-            acc[i] = dt(0)
+        first = cuda.threadIdx.z == 0 and cuda.blockIdx.z == 0
+        for g in range(G):                   # b_hh first: the pointwise step then reads no bias of
+            for xr in range(RX):             # its own but b_ih (registers are tight there)
+                j = j0 + cuda.threadIdx.x * RX + xr
+                v = b_hh[g * H + j] if first and j < H else dt(0)
+                for yr in range(RY):
+                    acc[g * R + yr * RX + xr] = v
         lo, hi = part_of((H + TK - 1) // TK)
         if lo < hi:
             k0 = lo * TK
@@ -253,14 +259,14 @@ def build(cell, dtype, geo):
     # ------------------------------------------------------------ the step kernels
     # The pointwise part is pointwise.py's, shared with the persistent kernels; acc[g * R + r]
     # holds gate g of the thread's output r.
-    point_forward, point_backward = pointwise.build(cell, dtype, R)
+    point_forward, point_backward = pointwise.build(cell, dtype, R, bias_in_acc=True)
 
     # Two blocks an SM (plan.STEP_REGISTERS): the LSTM's forward takes 126-128 registers unbounded.
     @rt.bounded(NT, 2)
-    def step_forward(xw, hs, cs, gates, hn, w_hh, b_hh, lengths, y, parts, counters, t, src, dst):
-        """One step of h_t = cell(XW[t] + h_{t-1} @ W_hhᵀ + b_hh).
+    def step_forward(xw, hs, cs, gates, hn, w_hh, b_ih, b_hh, lengths, y, parts, counters, t, src, dst):
+        """One step of h_t = cell(XW[t] + b_ih + h_{t-1} @ W_hhᵀ + b_hh).
 
-        xw (T, B, G*H) input projections, b_ih included; hs (T+1, B, H) [and cs for the LSTM]:
+        xw (T, B, G*H) input projections x·W_ihᵀ; b_ih (G*H,); hs (T+1, B, H) [and cs for the LSTM]:
         reads [src], writes [dst] (every row: inactive rows copy the state through); gates
         (T, B, G*H) [LSTM, GRU] and hn (T, B, H) [GRU]: writes step t's activations that backward
         needs (active rows only); placeholders (1, 1, 1) stand for arrays a cell lacks;
@@ -281,7 +287,7 @@ def build(cell, dtype, geo):
         acc = cuda.local.array(GR, dt)
         rh = cuda.local.array(NH, dt)
         rw = cuda.local.array(GNW, dt)
-        gate_products(hs[src], w_hh, sh_h, sh_w, sh_red, acc, rh, rw)
+        gate_products(hs[src], w_hh, b_hh, sh_h, sh_w, sh_red, acc, rh, rw)
         if not add_parts(acc, GR, parts, counters, last) or cuda.threadIdx.z != 0:
             return
         B, H = hs.shape[1], hs.shape[2]
@@ -289,7 +295,7 @@ def build(cell, dtype, geo):
             b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
             j = cuda.blockIdx.x * BX + cuda.threadIdx.x * RX + r % RX
             if b < B and j < H:
-                point_forward(xw, hs, cs, gates, hn, b_hh, lengths, y, acc, r, t, b, j, src, dst)
+                point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, r, t, b, j, src, dst)
 
     @rt.bounded(NT, 2)
     def step_backward(dg_x, dg_h, w_hh, dy, dh, dc, gates, cs, hn, hs, lengths, parts, counters, t_prod, t, rev):
@@ -335,7 +341,7 @@ def build(cell, dtype, geo):
 
     a3, a2, a1 = dt[:, :, ::1], dt[:, ::1], dt[::1]
     i32, i64 = numba.int32[::1], numba.int64
-    fsig = (a3, a3, a3, a3, a3, a2, a1, i32, a3, a1, i32, i64, i64, i64)
+    fsig = (a3, a3, a3, a3, a3, a2, a1, a1, i32, a3, a1, i32, i64, i64, i64)
     bsig = (a3, a3, a2, a3, a2, a2, a3, a3, a3, a3, i32, a1, i32, i64, i64, i64)
     return {"step_forward": (step_forward, numba.void(*fsig)),
             "step_backward": (step_backward, numba.void(*bsig))}
@@ -367,14 +373,14 @@ def _scratch(kernel, cell, s, H, B, dtype, parts, scratch, stream):
     return tuple(map(rt.dev, held))
 
 
-def forward(cell, kernels, s, xw, y, w_hh, b_hh, stream, scratch=None):
+def forward(cell, kernels, s, xw, y, w_hh, b_ih, b_hh, stream, scratch=None):
     """The recursion of forward: T launches of ``step_forward``, writing the saved arrays of ``s``
     (hs, cs, gates, hn) and y. Each launch splits its reduction in ``s.plan.splits`` parts, with
     the partial sums in ``scratch`` (a split.Scratch; by default the stream's)."""
     geo, rev = s.geometry, int(s.reverse)
     T, B, H = y.shape
     S = s.plan.splits if s.plan is not None else 1
-    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_hh)
+    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_ih, b_hh)
     args = tuple(map(rt.dev, arrays)) + _scratch("step_forward", cell, s, H, B, y.dtype, S, scratch, stream)
     kern = rt.configure("step_forward", kernels["step_forward"], *step_launch(H, B, geo, y.dtype, S), stream)
     for t, before, after in steps(T, rev):
