@@ -66,64 +66,53 @@ def build(dt, threads_x, threads_y, threads):
     def lin_of():
         return (cuda.threadIdx.z * threads_y + cuda.threadIdx.y) * threads_x + cuda.threadIdx.x
 
-    @device_function
-    def fetch_rows(regs, at, rows, cols, src, r0, nr, c0, nc):
-        """regs[at + i] = src[r0 + r, c0 + c] for this thread's i-th (r, c) of stage_rows (0 outside)."""
-        lin = lin_of()
-        for i in range((rows * cols + threads - 1) // threads):
-            idx = lin + i * threads
-            if (rows * cols) % threads != 0 and idx >= rows * cols:
-                break
-            r = idx // cols
-            c = idx - r * cols
-            v = zero
-            if r < nr and c < nc:
-                v = src[U(r0 + r), U(c0 + c)]
-            regs[at + i] = v
+    def pair(transposed):
+        """(fetch, put) of stage_cols (``transposed``) or stage_rows: one loop each, the thread's
+        i-th value at source (r, c) = ``position(idx)``, stored at sh[p, c, off + r] or
+        sh[p, r, off + c] (``transposed`` is a constant of the closure: no branch is compiled)."""
 
-    @device_function
-    def put_rows(sh, p, off, rows, cols, regs, at):
-        """sh[p, r, off + c] = regs[at + i]: the tile fetch_rows fetched, as stage_rows stores it."""
-        lin = lin_of()
-        for i in range((rows * cols + threads - 1) // threads):
-            idx = lin + i * threads
-            if (rows * cols) % threads != 0 and idx >= rows * cols:
-                break
-            r = idx // cols
-            c = idx - r * cols
-            sh[U(p), U(r), U(off + c)] = regs[at + i]
+        @device_function
+        def position(idx, rows, cols):
+            if transposed:                    # warps take runs of COLUMN_RUN columns of 4 rows
+                run = COLUMN_RUN if cols % COLUMN_RUN == 0 else cols
+                blk = idx // (run * rows)
+                rem = idx - blk * (run * rows)
+                r = rem // run
+                return r, blk * run + rem - r * run
+            r = idx // cols                    # consecutive threads, consecutive columns
+            return r, idx - r * cols
 
-    @device_function
-    def fetch_cols(regs, at, rows, cols, src, r0, nr, c0, nc):
-        """regs[at + i] = src[r0 + r, c0 + c] for this thread's i-th (r, c) of stage_cols (0 outside)."""
-        run = COLUMN_RUN if cols % COLUMN_RUN == 0 else cols
-        lin = lin_of()
-        for i in range((rows * cols + threads - 1) // threads):
-            idx = lin + i * threads
-            if (rows * cols) % threads != 0 and idx >= rows * cols:
-                break
-            blk = idx // (run * rows)
-            rem = idx - blk * (run * rows)
-            r = rem // run
-            c = blk * run + rem - r * run
-            v = zero
-            if r < nr and c < nc:
-                v = src[U(r0 + r), U(c0 + c)]
-            regs[at + i] = v
+        @device_function
+        def fetch(regs, at, rows, cols, src, r0, nr, c0, nc):
+            lin = lin_of()
+            for i in range((rows * cols + threads - 1) // threads):
+                idx = lin + i * threads
+                if (rows * cols) % threads != 0 and idx >= rows * cols:
+                    break
+                r, c = position(idx, rows, cols)
+                v = zero
+                if r < nr and c < nc:
+                    v = src[U(r0 + r), U(c0 + c)]
+                regs[at + i] = v
 
-    @device_function
-    def put_cols(sh, p, off, rows, cols, regs, at):
-        """sh[p, c, off + r] = regs[at + i]: the tile fetch_cols fetched, transposed as stage_cols stores it."""
-        run = COLUMN_RUN if cols % COLUMN_RUN == 0 else cols
-        lin = lin_of()
-        for i in range((rows * cols + threads - 1) // threads):
-            idx = lin + i * threads
-            if (rows * cols) % threads != 0 and idx >= rows * cols:
-                break
-            blk = idx // (run * rows)
-            rem = idx - blk * (run * rows)
-            r = rem // run
-            c = blk * run + rem - r * run
-            sh[U(p), U(c), U(off + r)] = regs[at + i]
+        @device_function
+        def put(sh, p, off, rows, cols, regs, at):
+            lin = lin_of()
+            for i in range((rows * cols + threads - 1) // threads):
+                idx = lin + i * threads
+                if (rows * cols) % threads != 0 and idx >= rows * cols:
+                    break
+                r, c = position(idx, rows, cols)
+                if transposed:
+                    sh[U(p), U(c), U(off + r)] = regs[at + i]
+                else:
+                    sh[U(p), U(r), U(off + c)] = regs[at + i]
 
+        return fetch, put
+
+    # fetch_*(regs, at, rows, cols, src, r0, nr, c0, nc): regs[at + i] = src[r0 + r, c0 + c] for
+    # this thread's i-th (r, c), 0 outside; put_*(sh, p, off, rows, cols, regs, at): those values
+    # stored as stage_rows / stage_cols store them.
+    fetch_rows, put_rows = pair(False)
+    fetch_cols, put_cols = pair(True)
     return fetch_rows, put_rows, fetch_cols, put_cols
