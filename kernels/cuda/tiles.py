@@ -83,29 +83,29 @@ def build(dt, threads_x, threads_y, threads):
             return r, idx - r * cols
 
         @device_function
+        def slot(i, rows, cols):
+            """(whether the tile has a value i for this thread, its source r, c)."""
+            idx = lin_of() + i * threads
+            r, c = position(idx, rows, cols)
+            return (rows * cols) % threads == 0 or idx < rows * cols, r, c
+
+        @device_function
         def fetch(regs, at, rows, cols, src, r0, nr, c0, nc):
-            lin = lin_of()
             for i in range((rows * cols + threads - 1) // threads):
-                idx = lin + i * threads
-                if (rows * cols) % threads != 0 and idx >= rows * cols:
-                    break
-                r, c = position(idx, rows, cols)
-                v = zero
-                if r < nr and c < nc:
-                    v = src[U(r0 + r), U(c0 + c)]
-                regs[at + i] = v
+                here, r, c = slot(i, rows, cols)
+                if here:
+                    v = zero
+                    if r < nr and c < nc:
+                        v = src[U(r0 + r), U(c0 + c)]
+                    regs[at + i] = v
 
         @device_function
         def put(sh, p, off, rows, cols, regs, at):
-            lin = lin_of()
             for i in range((rows * cols + threads - 1) // threads):
-                idx = lin + i * threads
-                if (rows * cols) % threads != 0 and idx >= rows * cols:
-                    break
-                r, c = position(idx, rows, cols)
-                if transposed:
+                here, r, c = slot(i, rows, cols)
+                if here and transposed:
                     sh[U(p), U(c), U(off + r)] = regs[at + i]
-                else:
+                elif here:
                     sh[U(p), U(r), U(off + c)] = regs[at + i]
 
         return fetch, put
