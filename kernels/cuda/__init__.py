@@ -317,10 +317,9 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
             dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
         hidden_done = ALGORITHMS[saved.plan.algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh,
                                                               grads, stream)
-    parts = plan.splits(T * B, _accumulate.output_tiles(I, H, GH, geo), dt.itemsize, current_device(), geo)
     _accumulate.accumulate_grads(k, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
                                  hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done,
-                                 splits=parts)
+                                 splits=_accumulate_splits(T * B, I, H, GH, dt, geo))
     dx = (dg_x.reshape(T * B, GH) @ w_ih).reshape(T, B, I)
     # The saved arrays came from forward's stream's memory pool, which may hand their memory out
     # again once they are freed: only after this backward has read them.
@@ -334,6 +333,10 @@ def accumulate_grads(cell, dg_x, x, dg_h, hp, grads, geo, hidden=True, splits=No
     (by default as a layer's backward splits them); see accumulate.py."""
     k = compiled_kernels(cell, x.dtype.name, geo)
     if splits is None:
-        N, I, H, GH = x.shape[0], x.shape[1], hp.shape[1], dg_x.shape[1]
-        splits = plan.splits(N, _accumulate.output_tiles(I, H, GH, geo), x.dtype.itemsize, current_device(), geo)
+        splits = _accumulate_splits(x.shape[0], x.shape[1], hp.shape[1], dg_x.shape[1], x.dtype, geo)
     _accumulate.accumulate_grads(k, dg_x, x, dg_h, hp, grads, geo, rt.current_stream(), hidden, splits)
+
+
+def _accumulate_splits(N, I, H, GH, dtype, geo):
+    """The parts of the accumulation kernel's N rows on the current device (``plan.splits``)."""
+    return plan.splits(N, _accumulate.output_tiles(I, H, GH, geo), np.dtype(dtype).itemsize, current_device(), geo)

@@ -312,10 +312,10 @@ def _scratch(ws, kind, cell, s, dtype):
     """The split scratch of graph ``kind`` of ``ws``, allocated before its launches are captured.
     One a graph: a scratch grown for one graph would free the memory the other was captured with."""
     T, B, H = ws.y.shape
-    S = s.plan.splits if s.plan is not None else 1
-    scratch = ws.scratch.setdefault(kind, split.Scratch())
-    scratch.get(dtype, *step.part_values(f"step_{kind}", cell, H, B, s.geometry, dtype, S))
-    return scratch
+    if kind not in ws.scratch:
+        ws.scratch[kind] = split.Scratch()
+    step.scratch_arrays(f"step_{kind}", cell, s, H, B, dtype, ws.scratch[kind])
+    return ws.scratch[kind]
 
 
 def forward(ws, cell, kernels, s, w_hh, b_ih, b_hh, stream):

@@ -355,22 +355,21 @@ def step_launch(H, B, geo, dtype, parts=1):
             (geo.step_h, geo.step_b, geo.step_kz))
 
 
-def part_values(kernel, cell, H, B, geo, dtype, parts):
-    """(values, tiles): the scratch a launch of ``kernel`` split in ``parts`` parts needs
-    (split.py): its partial sums (G·R values of each thread of a slice, forward; R backward, per
-    part and block of the x-y grid) and one counter a block of the x-y grid."""
-    (bx, by, _), (tx, ty, _) = step_launch(H, B, geo, dtype, parts)
-    R = geo.step_units(dtype) * geo.step_rb
+def parts_of(s):
+    """The parts each step's reduction is split into under the plan of the saved record ``s``."""
+    return s.plan.splits if s.plan is not None else 1
+
+
+def scratch_arrays(kernel, cell, s, H, B, dtype, scratch=None, stream=None):
+    """(parts, counters) for the launches of ``kernel`` under ``s``'s plan (split.py), from
+    ``scratch`` (a split.Scratch, a graph workspace's) or else the stream's: the partial sums
+    (G·R values of each thread of a slice, forward; R backward, per part and block of the x-y
+    grid) and one counter a block of the x-y grid."""
+    S = parts_of(s)
+    (bx, by, _), (tx, ty, _) = step_launch(H, B, s.geometry, dtype, S)
+    R = s.geometry.step_units(dtype) * s.geometry.step_rb
     values = (GATES[cell] if kernel == "step_forward" else 1) * R * tx * ty
-    return (bx * by * parts * values if parts > 1 else 1), bx * by
-
-
-def _scratch(kernel, cell, s, H, B, dtype, parts, scratch, stream):
-    """rt.dev views of (parts, counters) for the launches of ``kernel``, from ``scratch`` (a
-    split.Scratch, the graph workspace's) or the stream's."""
-    values, tiles = part_values(kernel, cell, H, B, s.geometry, dtype, parts)
-    held = (scratch or split.scratch(stream)).get(dtype, values, tiles)
-    return tuple(map(rt.dev, held))
+    return (scratch or split.scratch(stream)).get(dtype, bx * by * S * values if S > 1 else 1, bx * by)
 
 
 def forward(cell, kernels, s, xw, y, w_hh, b_ih, b_hh, stream, scratch=None):
@@ -379,10 +378,10 @@ def forward(cell, kernels, s, xw, y, w_hh, b_ih, b_hh, stream, scratch=None):
     the partial sums in ``scratch`` (a split.Scratch; by default the stream's)."""
     geo, rev = s.geometry, int(s.reverse)
     T, B, H = y.shape
-    S = s.plan.splits if s.plan is not None else 1
-    arrays = pointwise.forward_arrays(s, xw, y, w_hh, b_ih, b_hh)
-    args = tuple(map(rt.dev, arrays)) + _scratch("step_forward", cell, s, H, B, y.dtype, S, scratch, stream)
-    kern = rt.configure("step_forward", kernels["step_forward"], *step_launch(H, B, geo, y.dtype, S), stream)
+    held = scratch_arrays("step_forward", cell, s, H, B, y.dtype, scratch, stream)
+    args = tuple(map(rt.dev, pointwise.forward_arrays(s, xw, y, w_hh, b_ih, b_hh) + held))
+    kern = rt.configure("step_forward", kernels["step_forward"], *step_launch(H, B, geo, y.dtype, parts_of(s)),
+                        stream)
     for t, before, after in steps(T, rev):
         kern(*args, t, before, after)
 
@@ -393,10 +392,10 @@ def backward(cell, kernels, s, dg_x, dg_h, dy, dh, dc, w_hh, grads, stream, scra
     Returns False: the weight gradients are left to the accumulation kernel."""
     geo, rev = s.geometry, int(s.reverse)
     T, B, H = dy.shape
-    S = s.plan.splits if s.plan is not None else 1
-    arrays = pointwise.backward_arrays(s, dg_x, dg_h, w_hh, dy, dh, dc)
-    args = tuple(map(rt.dev, arrays)) + _scratch("step_backward", cell, s, H, B, dy.dtype, S, scratch, stream)
-    kern = rt.configure("step_backward", kernels["step_backward"], *step_launch(H, B, geo, dy.dtype, S), stream)
+    held = scratch_arrays("step_backward", cell, s, H, B, dy.dtype, scratch, stream)
+    args = tuple(map(rt.dev, pointwise.backward_arrays(s, dg_x, dg_h, w_hh, dy, dh, dc) + held))
+    kern = rt.configure("step_backward", kernels["step_backward"], *step_launch(H, B, geo, dy.dtype, parts_of(s)),
+                        stream)
     # Launch p does the product of step p-1 and the pointwise part of step p: T + 1 launches.
     t_prod = -1
     for t in [t for t, _, _ in reversed(steps(T, rev))] + [-1]:
