@@ -365,12 +365,11 @@ class Trainer:
         deferred = _checks.deferred(self.model.backend)
         try:
             loss, tally = self._forward_backward(batch, train=True)
-            if not deferred:
-                loss, tally = _checks.fetch([loss, tally])
-                self._stop_unless(math.isfinite(loss), before, step, f"the loss is {loss}")
             if deferred:
                 norm = clip_grad_norm_on_device(modules, self.clip)
             else:
+                loss, tally = _checks.fetch([loss, tally])
+                self._stop_unless(math.isfinite(loss), before, step, f"the loss is {loss}")
                 norm = clip_grad_norm(modules, self.clip) if self.clip is not None else grad_norm(modules)
                 self._stop_unless(math.isfinite(norm), before, step, f"the gradient norm is {norm}")
             with np.errstate(over="ignore", invalid="ignore"):
