@@ -1,6 +1,7 @@
 """The cpu backend's reused buffers (kernels/workspace.py) and its kernel compilation before a run."""
 
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -40,6 +41,57 @@ def test_the_cache_keeps_at_most_its_limit_and_release_empties_it():
     assert big.nbytes == 4000 and ws.cached_bytes() <= 1000
     ws.release()
     assert ws.cached_bytes() == 0
+
+
+def test_many_shapes_keep_the_cache_within_its_count_and_bytes_the_most_recent_kept():
+    """Varying sequence lengths (packed batches) ask for a new shape on nearly every call."""
+    ws = Workspace(limit_count=16)
+    for n in range(1, 601):
+        ws.empty((n,), np.float32)
+    assert ws.cached_count() == 16
+    assert ws.cached_bytes() == 4 * sum(range(585, 601))       # the 16 handed out last, counted exactly
+    ws = Workspace(limit_bytes=10_000)
+    for n in range(1, 601):
+        ws.empty((n,), np.float64)
+    kept, total = 0, 0
+    for n in range(600, 0, -1):                                 # the most recent that fit together
+        if total + 8 * n > 10_000:
+            break
+        kept, total = kept + 1, total + 8 * n
+    assert (ws.cached_count(), ws.cached_bytes()) == (kept, total)
+    ws.release()
+    assert (ws.cached_count(), ws.cached_bytes()) == (0, 0)
+
+
+def test_a_lookup_looks_only_at_arrays_of_its_own_shape_and_dtype():
+    ws = Workspace(limit_count=1000)
+    a = ws.empty((4, 4), np.float32)
+    first = weakref.ref(a)
+    held = [ws.empty((4, 4), np.float32) for _ in range(2)]    # busy: looked at, never handed out
+    del a
+    for n in range(1, 601):
+        ws.empty((n, 3), np.float32)
+        ws.empty((4, 4), np.float64)
+    before = ws.examined
+    assert ws.empty((4, 4), np.float32) is first()
+    assert ws.examined - before <= 3                            # not the 600 other shapes
+    assert all(a.shape == (4, 4) for a in held)
+
+
+def test_the_least_recently_handed_out_array_goes_first():
+    ws = Workspace(limit_count=3)
+    refs = {n: weakref.ref(ws.empty((n,), np.float32)) for n in (1, 2, 3)}     # idle once made
+    assert ws.empty((1,), np.float32) is refs[1]()             # handed out again: now the most recent
+    ws.empty((4,), np.float32)                                  # one too many: (2,) goes, (1,) stays
+    assert refs[2]() is None and refs[1]() is not None and refs[3]() is not None
+    ws = Workspace(limit_bytes=1200)                            # the byte bound evicts in the same order
+    refs = {n: weakref.ref(ws.empty((n,), np.float32)) for n in (100, 101, 99)}
+    assert ws.empty((100,), np.float32) is refs[100]()
+    ws.empty((50,), np.float32)
+    assert refs[101]() is None and refs[100]() is not None and refs[99]() is not None
+    assert ws.cached_bytes() == 4 * (100 + 99 + 50)
+    with pytest.raises(ValueError, match="limit_count must be at least 1"):
+        Workspace(limit_count=0)
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
