@@ -8,15 +8,18 @@ both ways.
 ``stack_forward`` / ``stack_backward`` run a stack of layers on any backend, each (layer,
 direction) with the backend's ``forward_sequence`` and, for BPTT, ``backward_sequence``; the layer
 classes here add input checks, and gpurnn.torch runs the same two functions under torch's autograd.
+
+Every layer pickles and deep-copies (``Module.__getstate__`` / ``__deepcopy__`` say what is kept).
 """
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from . import _checks
-from .backend import get_backend
+from .backend import BackendUnavailable, get_backend
 from .kernels import vocabulary
 from .kernels.contract import Saved, one_algorithm
 from .kernels.vocabulary import GATES
@@ -26,7 +29,19 @@ class Module:
     """Parameters and their gradients, both dicts of backend arrays keyed by torch's names.
 
     ``grads`` accumulates: every ``backward`` adds into it until ``zero_grad()``.
+
+    Pickling and ``copy.deepcopy`` keep the parameters, their gradients (as torch's deepcopy keeps
+    ``.grad``) and every setting, and drop what the last forward saved for backward (the
+    attributes named in ``_forward_state``): a copy must run a forward before its ``backward``, as
+    after ``__init__``. ``copy.deepcopy`` copies the arrays on the same backend. A pickle holds the
+    backend by name and the arrays as host NumPy arrays; unpickling rebuilds them on the backend of
+    that name, as torch.load puts a tensor back on the device it was saved from, and raises
+    BackendUnavailable where that backend cannot run (a model trained on "cuda", unpickled on a
+    machine without a GPU): pickle its ``state_dict()`` instead, which loads into a model built on
+    any backend.
     """
+
+    _forward_state = ()     # attributes holding what the last forward saved for backward
 
     def __init__(self, backend, dtype):
         self.backend = get_backend(backend)
@@ -94,6 +109,59 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------ pickle and copy
+    def _reset_forward_state(self):
+        for name in self._forward_state:
+            setattr(self, name, None)
+
+    def _settings(self):
+        """``__dict__`` less the backend, the arrays and what the last forward saved."""
+        skip = {"backend", "params", "grads", *self._forward_state}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    def __getstate__(self):
+        state = self._settings()
+        state["backend"] = self.backend.name
+        state["params"] = {k: self.backend.to_host(v) for k, v in self.params.items()}
+        state["grads"] = {k: self.backend.to_host(v) for k, v in self.grads.items()}
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        name = state.pop("backend")
+        try:
+            backend = get_backend(name)
+        except BackendUnavailable as e:
+            err = BackendUnavailable(name, e.reason)
+            err.args = (f"this {type(self).__name__} was pickled on the {name!r} backend, which is not usable "
+                        f"here: {e.reason}. Unpickle it where {name!r} runs and pickle its state_dict() "
+                        f"instead: that loads into a model built with backend='cpu'",)
+            raise err from None
+        params, grads = state.pop("params"), state.pop("grads")
+        self.__dict__.update(state)
+        self.backend = backend
+        self.params = {k: backend.asarray(v, self.dtype, copy=True) for k, v in params.items()}
+        self.grads = {k: backend.asarray(v, self.dtype, copy=True) for k, v in grads.items()}
+        self._reset_forward_state()
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self._settings(), memo))
+        new.backend = self.backend
+        new.params, new.grads = {}, {}
+        for arrays, copies in ((self.params, new.params), (self.grads, new.grads)):
+            for k, v in arrays.items():
+                copies[k] = memo[id(v)] = v.copy()
+        new._reset_forward_state()
+        return new
+
+    def __copy__(self):
+        """A shallow copy shares everything, the arrays included, as before pickling was defined."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
 
 def layer_names(layer, direction, bias=True):
@@ -276,6 +344,8 @@ class RNNBase(Module):
     accept only "auto".
     """
 
+    _forward_state = ("_saved", "plans")
+
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, backend="auto", dtype="float32", seed=None, algo="auto"):
         super().__init__(backend, dtype)
@@ -289,6 +359,9 @@ class RNNBase(Module):
         self._init_params(shapes, 1.0 / np.sqrt(self.hidden_size), seed)
         self.generator = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self._saved = None
+
+    def _reset_forward_state(self):
+        self._saved, self.plans = None, []
 
     def _names(self, layer, direction):
         return layer_names(layer, direction, self.bias)
@@ -444,6 +517,8 @@ def _pair(state, name):
 
 class Linear(Module):
     """y = x @ weight.T + bias over the last axis (torch.nn.Linear's names and init)."""
+
+    _forward_state = ("_x",)
 
     def __init__(self, in_features, out_features, bias=True, backend="auto", dtype="float32", seed=None):
         super().__init__(backend, dtype)

@@ -31,6 +31,8 @@ OPTIMIZERS = ("sgd", "adam")
 class Embedding(Module):
     """weight (V, E) ~ N(0, 1) as in torch.nn.Embedding; ids (...) -> vectors (..., E)."""
 
+    _forward_state = ("_ids",)      # dropped by pickle and deepcopy (layers.Module)
+
     def __init__(self, num_embeddings, embedding_dim, backend="auto", dtype="float32", seed=None):
         super().__init__(backend, dtype)
         self.num_embeddings = _checks.positive_int(num_embeddings, "num_embeddings")
@@ -90,6 +92,15 @@ class SequenceModel:
     final state (h_n, or (h_n, c_n) for the LSTM), ready to carry into the next segment.
     ``model.backward(dout)`` back-propagates through the latest forward call and adds into grads.
     """
+
+    def __getstate__(self):
+        """Pickled and deep-copied through its modules (layers.Module says what they keep); the
+        backend is theirs."""
+        return {k: v for k, v in self.__dict__.items() if k != "backend"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.backend = self.rnn.backend
 
     def __init__(self, cell, hidden_size, output_size, input_size=None, vocab_size=None, embed_size=None,
                  num_layers=1, recurrent_scale=None, backend="auto", dtype="float32", seed=0):

@@ -5,6 +5,7 @@ The cuda cases (ids with "cuda") run in the simulator through tests/test_cuda_si
 """
 
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -179,3 +180,94 @@ def test_dropout_one_zeroes_what_the_upper_layer_reads(rng):
     top = gpurnn.RNN(4, 4, backend="reference", dtype="float64")
     top.load_state_dict({k.replace("_l1", "_l0"): v for k, v in m.state_dict().items() if "_l1" in k})
     np.testing.assert_array_equal(m(x)[0], top(np.zeros((4, 2, 4)))[0])
+
+
+# ---------------------------------------------------------------- pickle and deepcopy
+COPIERS = {"pickle": lambda m: pickle.loads(pickle.dumps(m)), "deepcopy": copy.deepcopy}
+
+
+@pytest.mark.parametrize("how", sorted(COPIERS))
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_copy_has_the_weights_gradients_and_settings_runs_alike_and_is_independent(backend, cell, how, rng):
+    T, B, I, H, L = 5, 3, 4, 6, 2
+    m = make_model(cell, I, H, L, True, backend=backend, seed=4)
+    m.dropout, m.batch_first = 0.25, False
+    p = random_problem(rng, cell, T, B, I, H, L, 2, True)
+    run_model(m, **p)                                   # gradients to keep, a forward's record to drop
+    grads = {k: host(v) for k, v in m.grads.items()}
+    c = COPIERS[how](m)
+    assert type(c) is type(m) and c.backend == m.backend and c.dtype == m.dtype and c.algo == m.algo
+    for name in ("cell", "input_size", "hidden_size", "num_layers", "bias", "dropout", "bidirectional", "training"):
+        assert getattr(c, name) == getattr(m, name), name
+    assert c.state_dict().keys() == m.state_dict().keys()
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(c.state_dict()[k], v, err_msg=k)
+        assert type(c.params[k]) is type(m.params[k]) and c.params[k].dtype == m.dtype
+    for k, g in grads.items():
+        np.testing.assert_array_equal(host(c.grads[k]), g, err_msg=k)   # kept, as torch's deepcopy keeps .grad
+    assert c._saved is None and c.plans == []
+    with pytest.raises(ValueError, match="backward.. called before forward"):
+        c.backward(p["dy"])
+
+    want = {k: np.array(v) for k, v in run_model(m, **p).items()}     # run_model's may be m's own arrays
+    got = run_model(c, **p)                             # the same dropout masks too: the generator is copied
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+    before = c.state_dict()
+    for v in m.params.values():
+        v[...] = 0                                      # in place: the copy must not see it
+    m.zero_grad()
+    for k, v in c.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    for key in want:
+        if key.startswith("grad/"):
+            np.testing.assert_array_equal(host(c.grads[key[len("grad/"):]]), want[key], err_msg=key)
+    m.generator.random(7)                               # the copy's dropout stream is its own
+    again = run_model(c.eval(), **p)
+    assert not np.array_equal(again["y"], run_model(m.eval(), **p)["y"])
+    np.testing.assert_array_equal(again["y"], run_model(COPIERS[how](c), **p)["y"])
+
+
+def test_a_shallow_copy_still_shares_the_arrays_and_a_deepcopy_maps_shared_references():
+    m = gpurnn.GRU(3, 4, backend="cpu", dtype="float64", seed=0)
+    assert copy.copy(m).params["weight_hh_l0"] is m.params["weight_hh_l0"]
+    both = copy.deepcopy([m, m.params["weight_hh_l0"]])
+    assert both[0] is not m and both[1] is both[0].params["weight_hh_l0"]
+
+
+@pytest.mark.parametrize("how", sorted(COPIERS))
+@pytest.mark.parametrize("stage", ["tokens", "features", "linear"])
+def test_a_sequence_model_pickles_and_deep_copies(stage, how, rng):
+    kw = dict(tokens=dict(vocab_size=7), features=dict(input_size=3), linear=dict(input_size=3, embed_size=5))[stage]
+    model = gpurnn.SequenceModel("gru", 6, 2, num_layers=2, backend="cpu", dtype="float64", seed=1, **kw)
+    x = rng.integers(0, 7, (4, 3)) if stage == "tokens" else rng.standard_normal((4, 3, 3))
+    dout = rng.standard_normal((4, 3, 2))
+    out, _ = model(x)
+    model.backward(dout)
+    c = COPIERS[how](model)
+    assert c.backend == model.backend == c.rnn.backend and repr(c) == repr(model)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(c.state_dict()[k], v, err_msg=k)
+    np.testing.assert_array_equal(c(x)[0], out)
+    c.zero_grad()
+    model.zero_grad()
+    c.backward(dout)
+    model(x)
+    model.backward(dout)
+    for (name, mine), (_, theirs) in zip(c.named_modules(), model.named_modules()):
+        for k in mine.grads:
+            np.testing.assert_array_equal(mine.grads[k], theirs.grads[k], err_msg=f"{name}.{k}")
+
+
+def test_unpickling_on_a_machine_where_the_backend_cannot_run_says_what_to_do(monkeypatch):
+    state = gpurnn.LSTM(3, 4, backend="cpu", seed=0).__getstate__()
+    assert isinstance(state["backend"], str) and all(type(v) is np.ndarray for v in state["params"].values())
+    state["backend"] = "cuda"                           # as pickled on a GPU machine
+    monkeypatch.setattr(gpurnn.backend, "cuda_status", lambda: (False, "no CUDA driver was found"))
+    with pytest.raises(gpurnn.backend.BackendUnavailable,
+                       match=r"this LSTM was pickled on the 'cuda' backend, which is not usable here: no CUDA "
+                             r"driver was found\. Unpickle it where 'cuda' runs and pickle its state_dict\(\)"):
+        gpurnn.LSTM.__new__(gpurnn.LSTM).__setstate__(state)
