@@ -554,5 +554,5 @@ class Linear(Module):
         dy2 = dy.reshape(-1, self.out_features)
         self.grads["weight"] += dy2.T @ x2
         if "bias" in self.params:
-            self.grads["bias"] += dy2.sum(axis=0)
+            self.grads["bias"] += dy2.sum(axis=0, dtype=np.float64)     # T*B rows: exact, rounded once
         return dy @ self.params["weight"]

@@ -31,6 +31,12 @@ def _mask_weights(mask, shape, xp, dtype, checks):
     return w
 
 
+def _total(w):
+    """Σ w over every position, accumulated in float64 (a 0-d float64 of w's array module): a float32
+    total of T·B weights would be off by several of its roundings, and it divides the loss."""
+    return w.sum(dtype=np.float64)
+
+
 def _selects_something(count, message):
     return _checks.Check((count,), lambda c: c == 0, lambda c: ValueError(message))
 
@@ -61,10 +67,15 @@ def mse_terms(pred, target, mask=None):
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         diff = pred - target
         wdiff = diff if w is None else diff * w
-        count = diff.size if w is None else w.sum()
+        if w is None:
+            count = diff.size
+            scale = 2.0 / count
+        else:
+            count = _total(w)
+            scale = (2.0 / count).astype(pred.dtype)        # rounded once: the gradient keeps pred's dtype
         checks.append(_selects_something(count, "mse_loss: the mask selects no element"))
         loss = (wdiff.astype(np.float64) * diff).sum() / count     # Σ w·d² / Σ w, each term weighted once
-        return loss, (2.0 / count) * wdiff, checks
+        return loss, scale * wdiff, checks
 
 
 def cross_entropy(logits, targets, mask=None):
@@ -105,10 +116,10 @@ def cross_entropy_terms(logits, targets, mask=None):
         log_z = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
         log_p = shifted - log_z
         picked = xp.take_along_axis(log_p, index, axis=-1)[..., 0]
-        count = w.sum()
+        count = _total(w)
         checks.append(_selects_something(count, "cross_entropy: the mask selects no position"))
         loss = -(picked.astype(np.float64) * w).sum() / count
         grad = xp.exp(log_p)                                            # softmax - one_hot(target)
         xp.put_along_axis(grad, index, xp.take_along_axis(grad, index, axis=-1) - 1, axis=-1)
-        grad *= (w / count)[..., None]
+        grad *= (w / count.astype(w.dtype))[..., None]
     return loss, grad.astype(logits.dtype, copy=False), checks

@@ -65,13 +65,24 @@ def _start_backward(saved, dy, dh_n):
     return dy, dh, np.zeros_like(saved.x)
 
 
-def _accumulate(grads, dg_x, dg_h, x_t, h_prev):
-    """Weight gradients of one step: dW_ih += dG_xᵀ x_t, dW_hh += dG_hᵀ h_{t-1}, db += Σ_b dG."""
+def _accumulate(grads, sums, dg_x, dg_h, x_t, h_prev):
+    """Weight gradients of one step: dW_ih += dG_xᵀ x_t, dW_hh += dG_hᵀ h_{t-1}; the bias sums
+    Σ_b dG go into ``sums`` (float64, _bias_sums), added into grads once at the end (_add_sums), so
+    that they are exact to the gradient's rounding over all T*B rows."""
     grads["w_ih"] += dg_x.T @ x_t
     grads["w_hh"] += dg_h.T @ h_prev
-    if "b_ih" in grads:
-        grads["b_ih"] += dg_x.sum(axis=0)
-        grads["b_hh"] += dg_h.sum(axis=0)
+    if sums:
+        sums["b_ih"] += dg_x.sum(axis=0, dtype=np.float64)
+        sums["b_hh"] += dg_h.sum(axis=0, dtype=np.float64)
+
+
+def _bias_sums(grads):
+    return {k: np.zeros(grads[k].shape) for k in ("b_ih", "b_hh") if k in grads}
+
+
+def _add_sums(grads, sums):
+    for k, total in sums.items():
+        grads[k] += total
 
 
 # ---------------------------------------------------------------- RNN
@@ -94,6 +105,7 @@ def rnn_backward_reference(cell, saved, dy, dh_n, w_ih, w_hh, grads):
     x, hs = saved.x, saved.hs
     T, B = saved.dims.T, saved.dims.B
     dy, dh, dx = _start_backward(saved, dy, dh_n)
+    sums = _bias_sums(grads)
     for t, before, after in reversed(steps(T, saved.reverse)):
         act = active_rows(t, saved.lengths, B)
         dh_t = dh + dy[t]                                   # from the output and from step t+1
@@ -103,9 +115,10 @@ def rnn_backward_reference(cell, saved, dy, dh_n, w_ih, w_hh, grads):
         else:
             da = dh_t * (h_new > 0)
         da = np.where(act, da, 0)
-        _accumulate(grads, da, da, x[t], hs[before])
+        _accumulate(grads, sums, da, da, x[t], hs[before])
         dx[t] = da @ w_ih
         dh = np.where(act, da @ w_hh, dh)                   # inactive: the gradient passes through
+    _add_sums(grads, sums)
     return dx, dh, None
 
 
@@ -138,6 +151,7 @@ def lstm_backward_reference(saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     x, hs, cs, gates = saved.x, saved.hs, saved.cs, saved.gates
     T, B, _, H, _ = saved.dims
     dy, dh, dx = _start_backward(saved, dy, dh_n)
+    sums = _bias_sums(grads)
     dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n.copy()
     for t, before, after in reversed(steps(T, saved.reverse)):
         act = active_rows(t, saved.lengths, B)
@@ -152,10 +166,11 @@ def lstm_backward_reference(saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
             dh_t * tc * o * (1 - o),
         ], axis=1)
         da = np.where(act, da, 0)
-        _accumulate(grads, da, da, x[t], hs[before])
+        _accumulate(grads, sums, da, da, x[t], hs[before])
         dx[t] = da @ w_ih
         dh = np.where(act, da @ w_hh, dh)
         dc = np.where(act, dc_t * f, dc)
+    _add_sums(grads, sums)
     return dx, dh, dc
 
 
@@ -189,6 +204,7 @@ def gru_backward_reference(saved, dy, dh_n, w_ih, w_hh, grads):
     x, hs, hns, gates = saved.x, saved.hs, saved.hn, saved.gates
     T, B, _, H, _ = saved.dims
     dy, dh, dx = _start_backward(saved, dy, dh_n)
+    sums = _bias_sums(grads)
     for t, before, _after in reversed(steps(T, saved.reverse)):
         act = active_rows(t, saved.lengths, B)
         r, z, n = (gates[t][:, k * H:(k + 1) * H] for k in range(3))
@@ -198,7 +214,8 @@ def gru_backward_reference(saved, dy, dh_n, w_ih, w_hh, grads):
         daz = dh_t * (hs[before] - n) * z * (1 - z)         # h' = n + z·(h - n)
         da_x = np.where(act, np.concatenate([dar, daz, dan], axis=1), 0)
         da_h = np.where(act, np.concatenate([dar, daz, dan * r], axis=1), 0)
-        _accumulate(grads, da_x, da_h, x[t], hs[before])
+        _accumulate(grads, sums, da_x, da_h, x[t], hs[before])
         dx[t] = da_x @ w_ih
         dh = np.where(act, da_h @ w_hh + dh_t * z, dh)
+    _add_sums(grads, sums)
     return dx, dh, None

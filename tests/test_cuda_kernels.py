@@ -69,6 +69,37 @@ def test_cuda_accumulate_adds_weight_gradients(dtype, bias, splits):
         assert not _host(split.scratch(kc.runtime.current_stream()).counters).any()
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_cuda_accumulate_bias_sums_are_exact(splits):
+    """db over N rows is the float64 sum rounded once to float32, at the largest N the simulator
+    takes in a few seconds (a GPU takes 2**20 rows). Column 0 of dG is 1 followed by N - 1
+    values of 2**-25, each below half an ulp of 1: a float32 running sum stays at 1 (6e-5 low at
+    N = 2048); the other columns are random positive, where a running sum drifts by about √N ulps.
+    The kernel adds each row into a float64 sum and the parts of a split as float64 (in two
+    float32 halves), so its error is at most N·2**-53 of Σ|dG| before the one rounding to float32:
+    within one float32 rounding of the true sum for N up to about 2**28 rows of one sign."""
+    kc = _kernels()
+    geo = kc.default_geometry()
+    tm = geo.acc_threads * geo.acc_regs
+    xp = kc.runtime.xp_of()
+    rng = np.random.default_rng(8)
+    N = 2048 if SIMULATED else 1 << 20
+    GH, I, H = tm + 1, 1, 1
+    dg = [rng.random((N, GH), dtype=np.float32) for _ in range(2)]
+    for d in dg:
+        d[:, 0] = 2.0 ** -25
+        d[0, 0] = 1.0
+    x, hp = np.ones((N, I), np.float32), np.ones((N, H), np.float32)
+    grads = {k: _device(np.zeros(s, np.float32), xp) for k, s in
+             dict(w_ih=(GH, I), w_hh=(GH, H), b_ih=(GH,), b_hh=(GH,)).items()}
+    _accumulate([_device(a, xp) for a in (dg[0], x, dg[1], hp)], grads, geo, splits)
+    for k, d in (("b_ih", dg[0]), ("b_hh", dg[1])):
+        want = d.sum(axis=0, dtype=np.float64)
+        got = _host(grads[k]).astype(np.float64)
+        err = np.abs(got - want) / want
+        assert np.all(err <= 2.0 ** -24), f"{k}: relative errors {err} above one float32 rounding"
+
+
 def test_cuda_accumulate_splits_where_it_pays():
     """plan.splits on an H100: fewest_rounds over tiles of acc_k rows, parts of at least
     SPLIT_MIN_ROWS rows, a split costing S + 1 row tiles. I = H = 256 (LSTM, 4 x 8 = 32 tiles of

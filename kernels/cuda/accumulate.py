@@ -22,7 +22,7 @@ compute bound for any N worth timing, provided the grid fills the GPU and no til
   fetched into registers one tile ahead (``tiles.py``): the global loads of tile i+1
   are in flight while the multiply-adds of tile i run.
 - Two blocks an SM: float32 launch bounds hold a thread to 128 registers (16 warps an SM to hide
-  latency with); unbounded, the prefetch's registers leave one on sm_80 (147 registers).
+  latency with); unbounded, the prefetch's registers leave one on sm_80 (152 registers).
 
 Napkin (float32, H100 / H200; not measured). Measured on the H200 before these changes: 5% of
 cuBLAS at G·H = 1024 (32 blocks for 132 SMs) and 31% at G·H = 4096 (ncu: IPC about 1, every tile
@@ -49,16 +49,18 @@ def build(dtype, geo):
     TM = AT * R                              # accumulation tile: TM rows of dW x TM columns
     ANT = AT * AT
     U = numba.uint64
+    f64 = numba.float64
     RUNS = R // V                            # runs of V consecutive rows (columns) a thread owns
     NI = tiles.items(AK, TM, ANT)            # values of a staged tile a thread fetches
-    PER_TILE = (R * R + R) * ANT             # a block's partial sums (products, then bias sums)
+    BC = -(-TM // ANT)                       # bias columns (gate rows) a thread sums: lin + q·ANT
+    PRODUCTS = R * R * ANT                   # a part's products; its TM bias sums follow, in two halves
+    PER_TILE = part_values(geo)              # a block's partial sums
     fetch_rows, put_rows, _, _ = tiles.build(dt, AT, AT, ANT)
     arrive = split.build(AT, AT, ANT)
 
     @device_function
-    def tile_products(sh_a, sh_s, p, acc, a, s, bsum, do_bias):
-        """acc[i, jj] += Σ_kk sh_a[p, kk, row i] sh_s[p, kk, column jj] over the AK staged rows, and
-        (do_bias) bsum[i] += Σ_kk sh_a[p, kk, row i]."""
+    def tile_products(sh_a, sh_s, p, acc, a, s):
+        """acc[i, jj] += Σ_kk sh_a[p, kk, row i] sh_s[p, kk, column jj] over the AK staged rows."""
         # Unsigned column offsets: Numba adds no negative-index wraparound to them, so every load of
         # a run is the same base plus a constant, which the assembler merges into one vector load.
         ya = U(cuda.threadIdx.y) * U(V)
@@ -73,12 +75,21 @@ def build(dtype, geo):
             for i in range(R):
                 for jj in range(R):
                     acc[i, jj] += a[i] * s[jj]
-            if do_bias:
-                for i in range(R):
-                    bsum[i] += a[i]
 
-    # float32: registers for two blocks an SM (124 on sm_80, 121 on sm_90, no spills, against 147
-    # and 127 unbounded); float64's 64 accumulators take 128 registers alone: one block an SM.
+    @device_function
+    def tile_bias(sh_a, p, bias, lin):
+        """bias[q] += Σ_kk sh_a[p, kk, lin + q·ANT] over the AK staged rows, in float64: the tile's
+        sum, then the running sum (AK + N/AK roundings of 2**-53 where one running sum has N)."""
+        for q in range(BC):
+            c = lin + q * ANT
+            if c < TM:
+                t = f64(0)
+                for kk in range(AK):
+                    t += f64(sh_a[p, kk, c])
+                bias[q] += t
+
+    # float32: registers for two blocks an SM (117 on sm_80, 115 on sm_90, no spills, against 152
+    # and 101 unbounded); float64's 64 accumulators take 128 registers alone: one block an SM.
     @rt.bounded(ANT, 2 if np.dtype(dtype).itemsize == 4 else 1)
     def accumulate(dg_x, x, dg_h, hp, dw_ih, dw_hh, db_ih, db_hh, has_bias, part_rows, parts, counters):
         """dW_ih += dG_xᵀ x, dW_hh += dG_hᵀ h_prev, and (has_bias) db_ih += Σ_n dG_x[n],
@@ -93,11 +104,17 @@ def build(dtype, geo):
         q·AT·V + (ty or tx)·V, so that each run is one vector load from the staged tile and the
         V-runs of a warp are contiguous (no bank conflicts). The block walks its rows in tiles of
         AK, double-buffered and fetched one tile ahead, in a fixed order. The blocks of the first
-        column tile of each matrix also sum the rows of dG for the bias.
-        S = 1: each block adds its tile into dW. S > 1: parts (flat, at least S·PER_TILE values
-        a tile, PER_TILE = (R·R + R)·AT², tile t's part z at (t·S + z)·PER_TILE) receives each
-        block's partial sums, counters (int32, one a tile, zero) counts arrivals, and the last
-        block of a tile adds the S parts in part order (split.py).
+        column tile of each matrix also sum the rows of dG for the bias: thread lin = ty·AT + tx
+        sums the staged tile's columns lin + q·AT² < TM (gate rows m0 + lin + q·AT²) in float64
+        and adds its sum into db, rounded once. Exact by construction: before that rounding db[m]
+        is off by at most (AK + N/(S·AK) + S)·2**-53 (+ 2**-48 when S > 1) of Σ_n |dG[n, m]|:
+        1.5e-11 at N = 2**20, S = 1, a 4000th of float32's rounding (2**-24) where dG[:, m] has
+        one sign, against N·2**-24 (6%) for a float32 running sum.
+        S = 1: each block adds its tile into dW and db. S > 1: parts (flat, at least S·PER_TILE
+        values a tile, PER_TILE = ``part_values``, tile t's part z at (t·S + z)·PER_TILE) receives
+        each block's partial sums, its float64 bias sums as two values of dG's dtype (hi, then the
+        rest: hi + lo holds the sum to 2**-48), counters (int32, one a tile, zero) counts arrivals,
+        and the last block of a tile adds the S parts in part order (split.py), the bias in float64.
         FLOPs 2·N·G·H·(I + H); bytes ≈ s·N·(G·H·(nI + nH) + (I + H)·ceil(G·H/TM)) with nI, nH
         the column tiles (dG is re-read once per column tile, mostly from L2), plus with S > 1
         2·S·s·PER_TILE a tile for the parts (written once, read back once).
@@ -108,7 +125,7 @@ def build(dtype, geo):
         acc = cuda.local.array((R, R), dt)
         a = cuda.local.array(R, dt)
         s = cuda.local.array(R, dt)
-        bsum = cuda.local.array(R, dt)
+        bias = cuda.local.array(BC, f64)
         ra = cuda.local.array(NI, dt)           # the next tile of dG, fetched ahead
         rs = cuda.local.array(NI, dt)           # ... and of x or h_prev
         N, GH = dg_x.shape
@@ -121,11 +138,13 @@ def build(dtype, geo):
             src, grad, dw, db, c0 = hp, dg_h, dw_hh, db_hh, (cuda.blockIdx.x - n_x_tiles) * TM
         C = src.shape[1]
         do_bias = has_bias != 0 and c0 == 0
+        lin = ty * AT + tx
         zero = dt(0)
         for i in range(R):
-            bsum[i] = zero
             for jj in range(R):
                 acc[i, jj] = zero
+        for q in range(BC):
+            bias[q] = f64(0)
         lo = cuda.blockIdx.z * part_rows
         hi = min(N, lo + part_rows)
         n_tiles = (hi - lo + AK - 1) // AK
@@ -141,7 +160,9 @@ def build(dtype, geo):
                 n0 = lo + nxt * AK
                 fetch_rows(ra, 0, AK, TM, grad, n0, hi - n0, m0, GH - m0)
                 fetch_rows(rs, 0, AK, TM, src, n0, hi - n0, c0, C - c0)
-            tile_products(sh_a, sh_s, tile & 1, acc, a, s, bsum, do_bias)
+            tile_products(sh_a, sh_s, tile & 1, acc, a, s)
+            if do_bias:
+                tile_bias(sh_a, tile & 1, bias, lin)
             if nxt < n_tiles:
                 put_rows(sh_a, nxt & 1, 0, AK, TM, ra, 0)
                 put_rows(sh_s, nxt & 1, 0, AK, TM, rs, 0)
@@ -155,38 +176,60 @@ def build(dtype, geo):
                         c = c0 + (jj // V) * (AT * V) + tx * V + jj % V
                         if c < C:
                             dw[m, c] += acc[i, jj]
-                    if do_bias and tx == 0:
-                        db[m] += bsum[i]
+            if do_bias:
+                for q in range(BC):
+                    m = m0 + lin + q * ANT
+                    if lin + q * ANT < TM and m < GH:
+                        db[m] += bias[q]         # in float64, rounded once to db's dtype
             return
         # S parts: this block's partial tile, value-major (value v of thread lin at v·ANT + lin:
-        # a warp's stores and loads are consecutive words), R·R products then R bias sums.
-        lin = U(ty * AT + tx)
+        # a warp's stores and loads are consecutive words), R·R products, then the bias sums.
+        ul = U(lin)
         tile_id = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
         base = U(tile_id * S) * U(PER_TILE)
+        mine = base + U(cuda.blockIdx.z) * U(PER_TILE)
         for i in range(R):
             for jj in range(R):
-                parts[base + U(cuda.blockIdx.z) * U(PER_TILE) + U((i * R + jj) * ANT) + lin] = acc[i, jj]
-            parts[base + U(cuda.blockIdx.z) * U(PER_TILE) + U((R * R + i) * ANT) + lin] = bsum[i]
+                parts[mine + U((i * R + jj) * ANT) + ul] = acc[i, jj]
+        if do_bias:
+            for q in range(BC):
+                c = lin + q * ANT
+                if c < TM:
+                    hi = dt(bias[q])
+                    parts[mine + U(PRODUCTS + c)] = hi
+                    parts[mine + U(PRODUCTS + TM + c)] = dt(bias[q] - f64(hi))
         if not arrive(counters, tile_id, S, last):
             return
         for i in range(R):                       # the last block: every part, in part order
             m = m0 + (i // V) * (AT * V) + ty * V + i % V
-            for jj in range(R + 1):              # R columns, then the bias
-                v = i * R + jj if jj < R else R * R + i
-                total = cuda.ldcg(parts, base + U(v * ANT) + lin)
+            for jj in range(R):
+                v = i * R + jj
+                total = cuda.ldcg(parts, base + U(v * ANT) + ul)
                 for z in range(1, S):
-                    total += cuda.ldcg(parts, base + U(z) * U(PER_TILE) + U(v * ANT) + lin)
-                if m < GH:
-                    if jj < R:
-                        c = c0 + (jj // V) * (AT * V) + tx * V + jj % V
-                        if c < C:
-                            dw[m, c] += total
-                    elif do_bias and tx == 0:
-                        db[m] += total
+                    total += cuda.ldcg(parts, base + U(z) * U(PER_TILE) + U(v * ANT) + ul)
+                c = c0 + (jj // V) * (AT * V) + tx * V + jj % V
+                if m < GH and c < C:
+                    dw[m, c] += total
+        if do_bias:
+            for q in range(BC):
+                c = lin + q * ANT
+                if c < TM and m0 + c < GH:
+                    b = f64(0)
+                    for z in range(S):
+                        at = base + U(z) * U(PER_TILE) + U(PRODUCTS + c)
+                        b += f64(cuda.ldcg(parts, at)) + f64(cuda.ldcg(parts, at + U(TM)))
+                    db[m0 + c] += b
 
     a2, a1 = dt[:, ::1], dt[::1]
     asig = (a2, a2, a2, a2, a2, a2, a1, a1, numba.int64, numba.int64, a1, numba.int32[::1])
     return {"accumulate": (accumulate, numba.void(*asig))}
+
+
+def part_values(geo):
+    """Values of one part of a split tile (``parts``): the R·R·AT² products, then the TM = AT·R
+    bias sums, each as two values (hi, lo)."""
+    AT, R = geo.acc_threads, geo.acc_regs
+    return R * R * AT * AT + 2 * AT * R
 
 
 def output_tiles(I, H, GH, geo):
@@ -214,8 +257,7 @@ def accumulate_grads(kernels, dg_x, x, dg_h, hp, grads, geo, stream, hidden=True
     part_rows = max(ceil_div(ceil_div(N, max(int(splits), 1)), geo.acc_k), 1) * geo.acc_k
     S = max(ceil_div(N, part_rows), 1)
     n_tiles = blocks[0] * blocks[1]
-    per_tile = (geo.acc_regs ** 2 + geo.acc_regs) * geo.acc_threads ** 2     # a tile's partial sums
-    parts, counters = split.scratch(stream).get(x.dtype, n_tiles * S * per_tile if S > 1 else 1, n_tiles)
+    parts, counters = split.scratch(stream).get(x.dtype, n_tiles * S * part_values(geo) if S > 1 else 1, n_tiles)
     threads = (geo.acc_threads, geo.acc_threads)
     rt.configure("accumulate", kernels["accumulate"], blocks + (S,), threads, stream)(
         *map(rt.dev, (dg_x, x, dg_h, hp, grads["w_ih"], grads["w_hh"], db_ih, db_hh)), int(has_bias),
