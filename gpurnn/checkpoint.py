@@ -23,7 +23,6 @@ CheckpointError, naming what is wrong and what to do.
 """
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -31,6 +30,8 @@ import tempfile
 import zipfile
 
 import numpy as np
+
+from .files import read_header
 
 FORMAT = "gpurnn-checkpoint"
 VERSION = 2            # 2 adds the manifest; version 1 files (no manifest) still load
@@ -144,20 +145,13 @@ def _members(path, zf):
 
 def _header(path, zf, key, info):
     """(dtype, shape, offset of the data) from a member's .npy header, without reading its data."""
-    with zf.open(info) as f:
-        head = io.BytesIO(f.read(min(info.file_size, 1 << 16)))
     try:
-        version = np.lib.format.read_magic(head)
-        read = {(1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read is None:
-            raise ValueError(f"unsupported .npy version {version}")
-        shape, fortran, dtype = read(head)
-    except (ValueError, TypeError, SyntaxError, EOFError) as e:
-        raise _fail(path, f"the header of {key!r} cannot be read ({e})") from e
-    if fortran:
+        header = read_header(zf, info)
+    except ValueError as e:
+        raise _fail(path, f"the header of {key!r}: {e}") from e
+    if header.fortran:
         raise _fail(path, f"{key!r} is stored in Fortran order; gpurnn writes C order")
-    return dtype, shape, head.tell()
+    return header.dtype, header.shape, header.offset
 
 
 def _read(path, zf, key, info, dtype, shape, offset):

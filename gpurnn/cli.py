@@ -13,35 +13,46 @@ files in a run folder (gpurnn/runs.py): config.json (what was run), metrics.json
 logged step), checkpoint.npz (everything needed to continue exactly, and to rebuild the model for
 prediction: gpurnn.load_model) and .lock (held while the run writes the folder). The library names
 config entries by their keys (``seq_len``); this module names them as flags (``--seq-len``, ``flag``)
-and turns what the library raises into one line and an exit status (``said``, TRAIN_EXIT_STATUS).
+and, in one place for every command (``main``), turns whatever a command raises into one line and
+an exit status (``said``, EXIT_STATUS): bad input, a failing filesystem and Ctrl-C included.
 """
 
 import argparse
+import errno
 import json
+import math
 import os
 import sys
 
 import numpy as np
 
 from ._checks import Worded
-from .backend import BackendUnavailable
-from .checkpoint import CheckpointError, load_checkpoint
-from .data import DataError
+from .backend import BackendUnavailable, available_memory
+from .checkpoint import CheckpointError
+from .data import DataError, size_text
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS
-from .runs import DEFAULTS, ConfigError, MemoryTooSmall, RunBusy, format_metric, read_metrics
+from .report import report
+from .runs import DEFAULTS, ConfigError, MemoryTooSmall, RunBusy
 from .tasks import TASKS
 from .training import AlreadyFinished, Voice, fit
 
 
 def main(argv=None):
-    """Entry point of the ``gpurnn`` console script; returns the exit status."""
+    """Entry point of the ``gpurnn`` console script; returns the exit status. Whatever a command
+    raises becomes one line on stderr and a status here (``failed``): no command shows a traceback
+    for bad input, a failing filesystem or Ctrl-C (``GPURNN_TRACEBACK=1`` shows it, for a bug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (Exception, KeyboardInterrupt) as e:
+        if os.environ.get("GPURNN_TRACEBACK") == "1":
+            raise
+        return failed(args.command, e)
 
 
 def build_parser():
@@ -90,7 +101,7 @@ def build_parser():
     t.add_argument("--out", help="run folder (default runs/<task>-<cell>, numbered if taken)")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
-    t.add_argument("--blas-threads", type=int, default=1,
+    t.add_argument("--blas-threads", type=BLAS_THREADS, default=1,
                    help="BLAS threads (default 1: the per-step products are small, and threads fighting "
                         "over shared cores cost more than they give); 0 leaves BLAS's own choice")
     t.set_defaults(func=cmd_train)
@@ -100,25 +111,26 @@ def build_parser():
                                    "matrices times the scale, the loss is a fixed readout of the last "
                                    "step's state, and ||dL/dh_t|| is measured for every t.")
     g.add_argument("--cell", help="comma-separated cells (default rnn,lstm,gru, or none when --run is given)")
-    g.add_argument("--seq-len", type=int, default=100, help="sequence length T (default 100)")
-    g.add_argument("--scales", default="0.5,1,2", help="comma-separated W_hh scales (default 0.5,1,2)")
-    g.add_argument("--hidden", type=int, default=64)
-    g.add_argument("--batch", type=int, default=16)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seq-len", type=at_least(2), default=100, help="sequence length T (default 100)")
+    g.add_argument("--scales", type=scales, default="0.5,1,2",
+                   help="comma-separated W_hh scales, numbers >= 0 (default 0.5,1,2)")
+    g.add_argument("--hidden", type=at_least(1), default=64)
+    g.add_argument("--batch", type=at_least(1), default=16)
+    g.add_argument("--seed", type=at_least(0), default=0)
     g.add_argument("--backend", default="auto", choices=BACKENDS)
     g.add_argument("--run", action="append", default=[], metavar="DIR",
                    help="also measure the trained recurrent layers of this run, on its own task's inputs "
                         "(repeatable)")
     g.add_argument("--out", default="runs/grads", help="folder for grad_norms.json and grad_norms.png")
-    g.add_argument("--blas-threads", type=int, default=1)
+    g.add_argument("--blas-threads", type=BLAS_THREADS, default=1)
     g.set_defaults(func=cmd_grads)
 
     s = sub.add_parser("sample", help="generate text from a charlm run")
     s.add_argument("run", help="a run folder (or its checkpoint.npz) trained with --task charlm")
-    s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    s.add_argument("--length", type=at_least(0), default=500, help="characters to generate (default 500)")
     s.add_argument("--prime", default="\n", help="text the model reads first (default a newline)")
-    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default 0.8)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=positive_number, default=0.8, help="softmax temperature (default 0.8)")
+    s.add_argument("--seed", type=at_least(0), default=0)
     s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.set_defaults(func=cmd_sample)
 
@@ -139,31 +151,81 @@ def build_parser():
     return p
 
 
+# Types of the flags of grads, sample and predict, checked as they are parsed (train's go to
+# gpurnn.fit, whose config checks name them): a bad value is argparse's one-line error, status 2.
+def at_least(minimum, most=None):
+    """A flag's type: a whole number >= ``minimum`` (and <= ``most``)."""
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {value}")
+        return value
+    return whole_number
+
+
+BLAS_THREADS = at_least(0, most=4096)
+
+
+def positive_number(text):
+    """A flag's type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def scales(text):
+    """--scales: a comma-separated list of finite numbers >= 0."""
+    values = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                value = float(part)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and value >= 0):
+                raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers >= 0, got {part.strip()!r}")
+            values.append(value)
+    return values
+
+
 # ---------------------------------------------------------------- train
 def cmd_train(args):
-    """The flags given, as gpurnn.fit's config; its outcome, or what stopped it, as the exit status."""
+    """The flags given, as gpurnn.fit's config; its outcome as the exit status (RunResult.exit_status:
+    0 done, 1 diverged, 128 + the signal's number interrupted)."""
     limit_blas_threads(args.blas_threads)
     given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key, None) is not None}
-    try:
-        return fit(args.out, resume=args.resume, progress=not args.no_progress, voice=COMMAND_LINE,
-                   **given).exit_status
-    except TRAIN_FAILURES as e:
-        status = next(status for kind, status in TRAIN_EXIT_STATUS if isinstance(e, kind))
-        if not isinstance(e, KeyboardInterrupt):        # after a second signal fit has said where the run stands
-            print(said("train", e), file=sys.stderr)
-        return status
+    return fit(args.out, resume=args.resume, progress=not args.no_progress, voice=COMMAND_LINE, **given).exit_status
 
 
-# What gpurnn train exits with when gpurnn.fit raises, the first kind that matches (once it has run,
-# RunResult.exit_status: 0 done, 1 diverged, 128 + the signal's number interrupted).
-TRAIN_EXIT_STATUS = (
+# What a command exits with when it raises, the first kind that matches: 2 for what the user can
+# change (a flag, a file given, memory), 1 for a run or file that is damaged or cannot be written.
+EXIT_STATUS = (
     (AlreadyFinished, 0),       # the resumed run is at --steps already: nothing to do
-    (CheckpointError, 1),       # the run to resume is damaged
-    (KeyboardInterrupt, 130),   # a second signal: stopped at once
+    (CheckpointError, 1),       # the run to resume or load is damaged
+    (KeyboardInterrupt, 130),   # Ctrl-C (train: a second signal, the first stops it at a step)
+    (BrokenPipeError, 1),       # the reader of stdout went away (gpurnn sample | head)
     (ConfigError, 2), (RunBusy, 2), (MemoryTooSmall, 2), (BackendUnavailable, 2), (DataError, 2),
-    (MemoryError, 2),
-    (ValueError, 2), (TypeError, 2), (OSError, 2))     # a damaged metrics.jsonl, an unreadable text, ...
-TRAIN_FAILURES = tuple(kind for kind, _ in TRAIN_EXIT_STATUS)
+    (MemoryError, 2), (ValueError, 2), (TypeError, 2),
+    (OSError, 1))               # a folder that cannot be made, a full or read-only disk, ...
+
+
+def failed(command, e):
+    """The exit status of ``gpurnn COMMAND`` that raised ``e``, once its one line is on stderr."""
+    status = next((status for kind, status in EXIT_STATUS if isinstance(e, kind)), 1)
+    if isinstance(e, BrokenPipeError):        # nothing more can be written; and not at exit either
+        sys.stdout = open(os.devnull, "w")
+    elif not (isinstance(e, KeyboardInterrupt) and command == "train"):   # fit has said where the run stands
+        print(said(command, e), file=sys.stderr)
+    return status
 
 
 def flag(key, value=None):
@@ -179,13 +241,33 @@ COMMAND_LINE = Voice("gpurnn train", flag, lambda named: " ".join(["gpurnn train
 
 
 def said(command, e):
-    """The one line that ``gpurnn COMMAND`` prints for the library's exception ``e``: config entries
-    named as flags, a backend that is not usable with the flag that avoids it."""
+    """The one line that ``gpurnn COMMAND`` prints for the exception ``e``: config entries named as
+    flags, a backend that is not usable with the flag that avoids it, a file that cannot be read or
+    written with its name, and anything else that was not foreseen with its kind."""
     if isinstance(e, BackendUnavailable):
         return f"gpurnn {command}: backend {e.name!r} is not usable here: {e.reason}; use --backend cpu"
+    if isinstance(e, KeyboardInterrupt):
+        return f"gpurnn {command}: interrupted"
     if isinstance(e, MemoryError):
-        return f"gpurnn {command}: out of memory; use a smaller --hidden, --layers, --batch or --eval-sequences"
-    return f"gpurnn {command}: {e.worded(flag) if isinstance(e, Worded) else e}"
+        lower = ("--hidden, --layers, --batch or --eval-sequences" if command == "train"
+                 else "--hidden or --batch" if command == "grads" else "")
+        return f"gpurnn {command}: out of memory" + (f"; use a smaller {lower}" if lower else "; free some memory")
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"gpurnn {command}: {where}{e.strerror}"
+    if isinstance(e, Worded):
+        return f"gpurnn {command}: {e.worded(flag)}"
+    if isinstance(e, (ValueError, TypeError, OSError)):
+        return f"gpurnn {command}: {e}"
+    return (f"gpurnn {command}: failed ({type(e).__name__}: {e}); this is a bug in gpurnn: please report it "
+            f"(GPURNN_TRACEBACK=1 shows where)")
+
+
+def make_folder(folder):
+    """os.makedirs(folder, exist_ok=True), with the error a file in the way deserves (not "File exists")."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+    os.makedirs(folder, exist_ok=True)
 
 
 def limit_blas_threads(n):
@@ -200,7 +282,7 @@ def limit_blas_threads(n):
 
 # ---------------------------------------------------------------- grads
 def cmd_grads(args):
-    from .gradnorms import grad_norms_of_run, grad_norms_through_time, plot_grad_norms, verdict
+    from .gradnorms import grad_norms_of_run, grad_norms_through_time, grads_memory, plot_grad_norms, verdict
 
     limit_blas_threads(args.blas_threads)
     if args.cell is None:
@@ -210,30 +292,24 @@ def cmd_grads(args):
         if c not in MODEL_CELLS:
             print(f"gpurnn grads: unknown cell {c!r}; expected some of {', '.join(MODEL_CELLS)}", file=sys.stderr)
             return 2
-    try:
-        scales = [float(s) for s in args.scales.split(",") if s.strip()]
-    except ValueError:
-        print(f"gpurnn grads: --scales must be comma-separated numbers, got {args.scales!r}", file=sys.stderr)
-        return 2
-    results = []
-    try:
-        for cell in cells:
-            for scale in scales:
-                results.append(grad_norms_through_time(cell, args.seq_len, scale, hidden_size=args.hidden,
-                                                       batch_size=args.batch, seed=args.seed, backend=args.backend))
-        for run in args.run:
-            results.append(grad_norms_of_run(run, args.seq_len, batch_size=args.batch, seed=args.seed,
-                                             backend=args.backend))
-    except CheckpointError as e:
-        print(said("grads", e), file=sys.stderr)
-        return 1
-    except BackendUnavailable as e:
-        print(said("grads", e), file=sys.stderr)
-        return 2
-    if not results:
+    if not (cells and args.scales) and not args.run:
         print("gpurnn grads: nothing to measure (give --cell and --scales, or --run)", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
+    need, available = grads_memory(args.seq_len, args.hidden, args.batch), available_memory(False)
+    if cells and args.scales and available is not None and need > available:
+        print(f"gpurnn grads: measuring T = {args.seq_len}, H = {args.hidden}, B = {args.batch} needs about "
+              f"{size_text(need)}, more than the {size_text(available)} of memory available here; lower --seq-len, "
+              f"--hidden or --batch", file=sys.stderr)
+        return 2
+    make_folder(args.out)                         # before the measuring: a folder that cannot be made fails now
+    results = []
+    for cell in cells:
+        for scale in args.scales:
+            results.append(grad_norms_through_time(cell, args.seq_len, scale, hidden_size=args.hidden,
+                                                   batch_size=args.batch, seed=args.seed, backend=args.backend))
+    for run in args.run:
+        results.append(grad_norms_of_run(run, args.seq_len, batch_size=args.batch, seed=args.seed,
+                                         backend=args.backend))
     json_path = os.path.join(args.out, "grad_norms.json")
     with open(json_path, "w") as f:
         json.dump({"seq_len": args.seq_len, "hidden": args.hidden, "batch": args.batch, "seed": args.seed,
@@ -251,159 +327,89 @@ def cmd_grads(args):
 
 
 # ---------------------------------------------------------------- sample
-def _load_run(command, run, backend):
-    """``load_model`` for a command: (the TrainedModel, None), or (None, the exit status) once the
-    reason is printed: 1 for a checkpoint that cannot be used, 2 for a backend that is not usable."""
+def cmd_sample(args):
     from .predict import load_model
 
-    try:
-        return load_model(run, backend=backend), None
-    except CheckpointError as e:
-        print(said(command, e), file=sys.stderr)
-        return None, 1
-    except BackendUnavailable as e:
-        print(said(command, e), file=sys.stderr)
-        return None, 2
-
-
-def cmd_sample(args):
-    trained, status = _load_run("sample", args.run, args.backend)
-    if trained is None:
-        return status
+    trained = load_model(args.run, backend=args.backend)
     if trained.config["task"] != "charlm":
         print(f"gpurnn sample: {trained.path} was trained on task {trained.config['task']!r}; sampling needs a "
               f"charlm run", file=sys.stderr)
         return 2
-    if args.temperature <= 0:
-        print("gpurnn sample: --temperature must be > 0", file=sys.stderr)
-        return 2
-    try:
-        text = sample_text(trained.model, trained.task["vocab"], args.prime, args.length, args.temperature, args.seed)
-    except ValueError as e:
-        print(said("sample", e), file=sys.stderr)
-        return 2
-    sys.stdout.write(args.prime + text + "\n")
+    chars = sample_chars(trained.model, trained.task["vocab"], args.prime, args.length, args.temperature, args.seed)
+    sys.stdout.write(args.prime)
+    for n, c in enumerate(chars, start=1):           # shown as it comes: a long sample can be watched or cut
+        sys.stdout.write(c)
+        if c == "\n" or n % 64 == 0:
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()              # a closed pipe fails here, inside main, not at exit
     return 0
 
 
 def sample_text(model, vocab, prime, length, temperature=1.0, seed=0):
     """``length`` characters drawn one at a time from ``model`` after it has read ``prime``."""
+    return "".join(sample_chars(model, vocab, prime, length, temperature, seed))
+
+
+def sample_chars(model, vocab, prime, length, temperature=1.0, seed=0):
+    """The characters of ``sample_text``, one at a time as each is drawn. Its arguments are checked
+    before the first is drawn (a ValueError)."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"the temperature must be a finite number > 0, got {temperature}")
+    if int(length) < 0:
+        raise ValueError(f"the length must be >= 0 characters, got {length}")
     index = {c: i for i, c in enumerate(vocab)}
     unknown = sorted(set(prime) - set(index))
     if not prime or unknown:
         raise ValueError(f"the prime text must be non-empty and use the model's characters; unknown: {unknown}")
+    return _draw(model, vocab, [index[c] for c in prime], int(length), temperature, seed)
+
+
+def _draw(model, vocab, prime_ids, length, temperature, seed):
     xp = model.backend.xp
     rng = np.random.default_rng(seed)
-    ids = np.array([[index[c]] for c in prime], dtype=np.int64)      # (T, 1)
-    out, state = model(xp.asarray(ids))
-    chosen = []
+    out, state = model(xp.asarray(np.array(prime_ids, dtype=np.int64)[:, None]))      # (T, 1)
     for _ in range(length):
         logits = model.backend.to_host(out[-1, 0]).astype(np.float64) / temperature
         p = np.exp(logits - logits.max())
         nxt = int(rng.choice(len(vocab), p=p / p.sum()))
-        chosen.append(vocab[nxt])
+        yield vocab[nxt]
         out, state = model(xp.asarray(np.array([[nxt]], dtype=np.int64)), state)
-    return "".join(chosen)
 
 
 # ---------------------------------------------------------------- predict
 def cmd_predict(args):
     """Write the predictions of a trained model on a data file, read as its training data was."""
-    if not args.out.endswith(".npy"):
-        print(f"gpurnn predict: --out {args.out}: the predictions are written as a .npy file; name it PRED.npy",
+    from .predict import load_model
+
+    out = args.out
+    if not out.endswith(".npy"):
+        print(f"gpurnn predict: --out {out}: the predictions are written as a .npy file; name it PRED.npy",
               file=sys.stderr)
         return 2
-    model, status = _load_run("predict", args.run, args.backend)
-    if model is None:
-        return status
-    try:
-        pred = model.predict_file(args.data, proba=args.proba)
-    except (ValueError, TypeError) as e:           # DataError is a ValueError
-        print(said("predict", e), file=sys.stderr)
+    if os.path.isdir(out):
+        print(f"gpurnn predict: --out {out} is a folder; name the file to write, e.g. {os.path.join(out, 'pred.npy')}",
+              file=sys.stderr)
         return 2
-    folder = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(args.out)}.{os.getpid()}.tmp")
+    folder = os.path.dirname(os.path.abspath(out))
+    make_folder(folder)                             # before the model runs: a folder that cannot be made fails now
+    model = load_model(args.run, backend=args.backend)
+    pred = model.predict_file(args.data, proba=args.proba)
+    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             np.save(f, pred)
-        os.replace(tmp, args.out)             # a failed write leaves no half-written predictions
+        os.replace(tmp, out)                # a failed write leaves no half-written predictions
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     what = "class probabilities" if args.proba else "class labels" if model.kind == "classification" else "values"
     print(f"gpurnn predict: {len(pred)} predictions ({what}, array {pred.shape} {pred.dtype}) of {model.path} "
-          f"(step {model.step}) written to {args.out}", file=sys.stderr)
+          f"(step {model.step}) written to {out}", file=sys.stderr)
     return 0
 
 
 # ---------------------------------------------------------------- report
 def cmd_report(args):
-    """One Markdown row per configuration, its seeds side by side: the held-out metric at the last
-    evaluation (or where training stopped) and the largest gradient norm seen before clipping.
-
-    A run that has not reached its last step shows where it is ("step 500 of 2000, unfinished") and,
-    like a diverged one, leaves the row's mean out; two runs of one configuration and seed (a copy,
-    or a rerun) are both listed with their folders, and the mean counts the seed once (the first
-    given)."""
-    rows = {}
-    for run in args.runs:
-        try:
-            with open(os.path.join(run, "config.json")) as f:
-                cfg = json.load(f)
-            recs = read_metrics(os.path.join(run, "metrics.jsonl"),
-                                warn=lambda m: print(f"gpurnn report: warning: {m}", file=sys.stderr))
-            kinds = dict(task=str, cell=str, init_scale=float, seq_len=int, hidden=int, steps=int, optimizer=str,
-                         lr=float, clip=float, data=str)     # a hand-edited config.json fails here, not below
-            key = tuple((k, None if k in ("init_scale", "clip", "data") and cfg.get(k) is None else kind(cfg[k]))
-                        for k, kind in kinds.items())
-            seed = int(cfg["seed"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"gpurnn report: skipping {run}: {type(e).__name__}: {e}", file=sys.stderr)
-            continue
-        evals = [r for r in recs if "eval_metric" in r]
-        final = evals[-1] if evals else None
-        gmax = max((r.get("grad_norm_max", r.get("grad_norm", 0.0)) for r in recs if "stopped" not in r),
-                   default=0.0)
-        reached = max((r["step"] for r in recs if "stopped" not in r), default=0)
-        try:                              # the checkpoint knows the step even between log lines
-            reached = max(reached, load_checkpoint(os.path.join(run, "checkpoint.npz"))["step"])
-        except CheckpointError:
-            pass
-        if recs and "stopped" in recs[-1]:
-            value, final = f"diverged at step {recs[-1]['step']}", None
-        elif reached < dict(key)["steps"]:
-            shown = "" if final is None else f"{format_metric(final['eval_metric'])} at "
-            value, final = f"{shown}step {reached} of {dict(key)['steps']}, unfinished", None
-        else:
-            value = "—" if final is None else format_metric(final["eval_metric"])
-        rows.setdefault(key, []).append((seed, value, final, gmax, run))
-    print("| task | cell | T | hidden | steps | optimizer, lr | clip | held-out metric, per seed | mean "
-          "| largest gradient norm |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-
-    def order(key):
-        k = dict(key)
-        cells = list(MODEL_CELLS)
-        return (k["task"], k["data"] or "", k["seq_len"], cells.index(k["cell"]) if k["cell"] in cells else len(cells),
-                k["init_scale"] or 0, k["clip"] or 0)
-    for key, runs in sorted(rows.items(), key=lambda kv: order(kv[0])):
-        k = dict(key)
-        runs.sort(key=lambda r: r[0])
-        seeds = [r[0] for r in runs]
-        repeated = {s for s in seeds if seeds.count(s) > 1}
-        if repeated:
-            print(f"gpurnn report: warning: runs {', '.join(r[4] for r in runs if r[0] in repeated)} have the same "
-                  f"configuration and seed; the mean counts each seed once", file=sys.stderr)
-        per_seed = ", ".join(f"{v} (seed {s}{', ' + run if s in repeated else ''})" for s, v, _, _, run in runs)
-        once = {}
-        for s, _, final, _, _ in runs:
-            once.setdefault(s, final)
-        finals = [f["eval_metric"] for f in once.values() if f is not None]
-        mean = format_metric(sum(finals) / len(finals)) if finals and len(finals) == len(once) else "—"
-        cell = k["cell"] + ("" if k["init_scale"] is None else f", W_hh scale {k['init_scale']:g}")
-        task = k["task"] if k["data"] is None else os.path.basename(k["data"])      # your data: its file
-        print(f"| {task} | {cell} | {k['seq_len']} | {k['hidden']} | {k['steps']} | "
-              f"{k['optimizer']} {k['lr']:g} | {k['clip'] or 'off'} | {per_seed} | {mean} | "
-              f"{max(r[3] for r in runs):.3g} |")
-    return 0
+    """A Markdown table of the run folders given (gpurnn/report.py)."""
+    return report(args.runs)

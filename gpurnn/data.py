@@ -41,6 +41,18 @@ from .tasks import Batch, Task
 
 READOUTS = ("last", "steps")
 HOLDOUTS = ("random", "last")
+# The largest magnitude a value may have: features must fit float32, which the model reads; a
+# regression target's square must too, as the MSE is reported in the data's units.
+VALUE_LIMIT = float(np.finfo(np.float32).max)                    # 3.4e38
+TARGET_LIMIT = float(np.sqrt(VALUE_LIMIT))                       # 1.8e19
+LIMIT_REASON = {"x": "beyond float32's range, which the model computes in",
+                "y": "too large for its squared errors (the MSE, in the data's units) to fit float32"}
+# A class label is an output unit: labels much larger than the number of labels given are a
+# numbering to compress (np.unique(y, return_inverse=True)), not classes to learn.
+CLASS_LIMIT = 1024
+# Bytes per value of x (and y) that reading, checking and standardising data need at their peak:
+# the array as read, its float64 copy, the centred and the scaled copies, the float32 result.
+READ_BYTES_PER_VALUE = 40
 
 
 class DataError(Worded, ValueError):
@@ -77,6 +89,13 @@ def check_arrays(x, y, lengths=None, num_classes=None, source=None):
         y = np.where(scored, y, 0).astype(np.int64)
         low, high = int(y[scored].min()), int(y[scored].max())
         if num_classes is None:
+            labels = int(scored.sum())
+            if high >= max(CLASS_LIMIT, labels):
+                where = np.argwhere(scored & (y == high))[0]
+                raise _fail(source, f"array 'y' holds class label {high} (at index {tuple(int(i) for i in where)}): "
+                                    f"the model has one output per class 0..C-1, so {labels} labels would need "
+                                    f"{high + 1} outputs; number the classes 0..C-1 (np.unique(y, "
+                                    f"return_inverse=True))")
             num_classes = max(high + 1, 2)
         if low < 0 or high >= num_classes:
             where = np.argwhere(scored & ((y < 0) | (y >= num_classes)))[0]
@@ -95,8 +114,10 @@ def check_arrays(x, y, lengths=None, num_classes=None, source=None):
             raise _fail(source, f"array 'y' holds values, so it must be (N, O) = ({N}, O), read at each "
                                 f"sequence's last step, or (N, T, O) = ({N}, {T}, O), one per step; got shape "
                                 f"{y.shape}")
+        if y.shape[-1] < 1:
+            raise _fail(source, f"array 'y' of shape {y.shape} holds no value per target")
         y = y.astype(np.float64)
-        _check_finite(y, "y", source)
+        _check_values(y, "y", source, TARGET_LIMIT)
     else:
         raise _fail(source, f"array 'y' must hold integer class labels or floating-point values, got dtype "
                             f"{y.dtype}")
@@ -113,8 +134,9 @@ def check_inputs(x, lengths=None, source=None, features=None):
         raise _fail(source, f"array 'x' must be (N, T, I): sequences x steps x features, got shape {x.shape}"
                     + ("; with one feature per step, add its axis: x[..., None]" if x.ndim == 2 else ""))
     N, T, I = x.shape
-    if N < 1 or T < 1:
-        raise _fail(source, f"array 'x' of shape {x.shape} holds no sequence, or sequences of no step")
+    if N < 1 or T < 1 or I < 1:
+        raise _fail(source, f"array 'x' of shape {x.shape} holds no sequence, sequences of no step, or steps of "
+                            f"no feature")
     if features is not None and I != features:
         raise _fail(source, f"array 'x' must have {features} features per step, as the model was trained on, got "
                             f"shape {x.shape}")
@@ -132,7 +154,7 @@ def check_inputs(x, lengths=None, source=None, features=None):
         lengths = lengths.astype(np.int64)
     valid = np.arange(T)[None, :] < lengths[:, None]                     # (N, T)
     x = np.where(valid[..., None], x, 0).astype(np.float64)
-    _check_finite(x, "x", source)
+    _check_values(x, "x", source, VALUE_LIMIT)
     return x, lengths, valid
 
 
@@ -142,13 +164,42 @@ def standardise(x, valid, mean, std):
     return np.where(valid[..., None], (x - mean) / std, 0).astype(np.float32)
 
 
-def _check_finite(a, name, source):
+def _check_values(a, name, source, limit):
+    """A DataError naming ``source`` when array ``name`` holds a NaN or infinite value, or one whose
+    magnitude is above ``limit`` (VALUE_LIMIT, TARGET_LIMIT)."""
     bad = ~np.isfinite(a)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise _fail(source, f"array {name!r} holds {int(bad.sum())} NaN or infinite value(s) (the first at index "
                             f"{where}); remove or fill them" + (", or mark them as padding with 'lengths'"
                                                               if name == "x" else ""))
+    big = np.abs(a) > limit
+    if big.any():
+        where = tuple(int(i) for i in np.argwhere(big)[0])
+        raise _fail(source, f"array {name!r} holds {a[where]:.3g} at index {where}, {LIMIT_REASON[name]} "
+                            f"(±{limit:.2g}); rescale it (divide by a power of ten)")
+
+
+def check_room(source, need, what, remedy, key=None):
+    """A DataError naming ``source`` when ``need`` bytes (``what`` takes them) are more than the
+    memory available here, before they are allocated. ``remedy`` says what to change: a string,
+    or a function of the naming function (``Worded``) when it names the setting ``key``."""
+    from .backend import available_memory
+
+    available = available_memory(False)
+    if available is None or need <= available:
+        return
+    said = (f"{source}: {what} needs about {size_text(need)}, more than the {size_text(available)} of memory "
+            f"available here")
+    raise DataError(lambda name: f"{said}; {remedy(name) if callable(remedy) else remedy}", key)
+
+
+def size_text(n):
+    """Bytes as a person reads them: MiB, GiB or TiB, three significant digits."""
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n / 2 ** 20:.3g} MiB"
 
 
 def split_indices(n, validation, holdout="random", seed=0):

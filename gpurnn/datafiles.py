@@ -20,14 +20,17 @@ Every problem raises a one-line DataError naming the file, the array or column, 
 expected. Nothing here writes anything.
 """
 
+import array
 import csv
 import hashlib
+import math
 import os
 import zipfile
 
 import numpy as np
 
-from .data import ArrayTask, DataError
+from .data import LIMIT_REASON, READ_BYTES_PER_VALUE, TARGET_LIMIT, VALUE_LIMIT, ArrayTask, DataError, check_room
+from .files import read_header
 
 NPZ_ARRAYS = ("x", "y", "lengths")
 
@@ -57,82 +60,124 @@ def sha256_of(path):
 
 
 def read_npz(path, need_y=True):
-    """{"x", "y" (None when absent and not needed), "lengths" (or None)} from a .npz, checked."""
+    """{"x", "y" (None when absent and not needed), "lengths" (or None)} from a .npz, checked: every
+    array's header first (its dtype, and its size against its member's and the memory here), then
+    the data."""
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a .npz file (a .npz is a zip archive of .npy arrays, as numpy.savez writes)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
-            unknown = sorted(set(names) - set(NPZ_ARRAYS))
-            if unknown:
-                raise DataError(f"{path}: unexpected array(s) {', '.join(map(repr, unknown))}; a data file holds "
-                                f"'x', 'y' and optionally 'lengths'")
-            for name in ("x", "y") if need_y else ("x",):
-                if name not in names:
-                    held = ", ".join(map(repr, names)) or "none"
-                    raise DataError(f"{path}: array {name!r} is missing (it holds {held}); "
-                                    f"expected 'x' (N, T, I), 'y' and optionally 'lengths' (N,)")
+        with zipfile.ZipFile(path) as zf:
+            headers = _npz_headers(path, zf, need_y)
+            values = sum(math.prod(headers[n].shape) for n in ("x", "y") if n in headers)
+            check_room(path, READ_BYTES_PER_VALUE * values, f"array 'x', {headers['x'].describe()}, read and "
+                       f"standardised,", "use fewer sequences, or shorter ones")
             arrays = dict.fromkeys(NPZ_ARRAYS)
-            for name in names:
-                try:
+            with np.load(path, allow_pickle=False) as z:
+                for name in headers:
                     arrays[name] = z[name]
-                except ValueError:          # an object array: only pickle could read it
-                    raise DataError(f"{path}: array {name!r} holds Python objects, not numbers; save it as a numeric "
-                                    f"array (e.g. x.astype('float32'))") from None
     except DataError:
         raise
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as e:
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
     return arrays
+
+
+def _npz_headers(path, zf, need_y):
+    """{array name: files.Header} of a data .npz, after checking its names and headers."""
+    members = {}
+    for info in zf.infolist():
+        name = info.filename[:-len(".npy")] if info.filename.endswith(".npy") else info.filename
+        if name in members:
+            raise DataError(f"{path}: array {name!r} appears twice")
+        members[name] = info
+    unknown = sorted(set(members) - set(NPZ_ARRAYS))
+    if unknown:
+        raise DataError(f"{path}: unexpected array(s) {', '.join(map(repr, unknown))}; a data file holds "
+                        f"'x', 'y' and optionally 'lengths'")
+    for name in ("x", "y") if need_y else ("x",):
+        if name not in members:
+            held = ", ".join(map(repr, members)) or "none"
+            raise DataError(f"{path}: array {name!r} is missing (it holds {held}); "
+                            f"expected 'x' (N, T, I), 'y' and optionally 'lengths' (N,)")
+    headers = {}
+    for name, info in members.items():
+        try:
+            header = read_header(zf, info)
+        except ValueError as e:
+            raise DataError(f"{path}: array {name!r}: {e}; save it again with numpy.savez") from None
+        if header.dtype.hasobject:
+            raise DataError(f"{path}: array {name!r} holds Python objects, not numbers; save it as a numeric "
+                            f"array (e.g. x.astype('float32'))")
+        if info.file_size != header.size:
+            raise DataError(f"{path}: array {name!r} is damaged: its header says {header.describe()} "
+                            f"({header.nbytes} bytes) but its member holds {info.file_size - header.offset}; "
+                            f"the file was cut short or altered: save it again")
+        headers[name] = header
+    return headers
 
 
 def read_csv_columns(path, columns=None):
     """(header, {column: float64 array}) of a CSV with a header line. ``columns``: the ones that
     must be numbers (a DataError names the line and column of the first that is not); None: every
-    column, those with a value that is not a number left out."""
+    column, those with a value that is not a number left out. Rows are read one at a time, each
+    value into an 8-byte float, after checking that the file's values fit in memory."""
     try:
+        size = os.path.getsize(path)
+        # each value takes at least 2 of the file's bytes (a digit, a separator) and 8 once read
+        check_room(path, 4 * size, "reading its values", "train on a shorter series")
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            return _csv_columns(path, csv.reader(f), columns)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot be read as a UTF-8 CSV ({e})") from None
     except csv.Error as e:
         raise DataError(f"{path}: not a valid CSV ({e})") from None
-    while rows and not any(cell.strip() for cell in rows[-1]):
-        rows.pop()
-    if len(rows) < 2:
-        raise DataError(f"{path}: expected a header line of column names and rows of values, got "
-                        f"{len(rows)} line(s)")
-    header = [h.strip() for h in rows[0]]
+
+
+def _csv_columns(path, reader, columns):
+    header = [h.strip() for h in next(reader, [])]
     if len(set(header)) != len(header):
         twice = sorted({h for h in header if header.count(h) > 1})
         raise DataError(f"{path}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
-    for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {number} has {len(row)} values, the header has {len(header)} columns")
     wanted = header if columns is None else list(columns)
     for name in wanted:
         if name not in header:
             raise DataError(f"{path}: no column {name!r}; the columns are {', '.join(map(repr, header))}")
-    out = {}
-    for name in wanted:
-        j = header.index(name)
-        values = np.empty(len(rows) - 1)
-        for i, row in enumerate(rows[1:]):
+    where = {name: header.index(name) for name in wanted}
+    values = {name: array.array("d") for name in wanted}
+    blank = None                                         # the first of the blank lines seen since the last row
+    number = 1
+    for number, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            blank = blank or (number, len(row))
+            continue
+        if blank is not None or len(row) != len(header):
+            line, n = blank or (number, len(row))
+            raise DataError(f"{path}: line {line} has {n} values, the header has {len(header)} columns")
+        for name, j in where.items():
+            column = values[name]
+            if column is None:
+                continue
             text = row[j].strip()
             try:
-                values[i] = float(text)
+                v = float(text)
             except ValueError:
                 if columns is None:      # not a numeric column: not a feature by default
-                    values = None
-                    break
+                    values[name] = None
+                    continue
                 shown = repr(text) if text else "an empty value"
-                raise DataError(f"{path}: column {name!r}, line {i + 2}: {shown} is not a number") from None
-            if not np.isfinite(values[i]):
-                raise DataError(f"{path}: column {name!r}, line {i + 2}: {text!r} is not a finite number; "
+                raise DataError(f"{path}: column {name!r}, line {number}: {shown} is not a number") from None
+            if not math.isfinite(v):
+                raise DataError(f"{path}: column {name!r}, line {number}: {text!r} is not a finite number; "
                                 f"fill or drop that row")
-        if values is not None:
-            out[name] = values
-    return header, out
+            if abs(v) > VALUE_LIMIT:
+                raise DataError(f"{path}: column {name!r}, line {number}: {text} is {LIMIT_REASON['x']} "
+                                f"(±{VALUE_LIMIT:.2g}); rescale that column (divide by a power of ten)")
+            column.append(v)
+    rows = number - 1 - (number - blank[0] + 1 if blank else 0)
+    if not header or rows < 1:
+        raise DataError(f"{path}: expected a header line of column names and rows of values, got "
+                        f"{1 + rows if header else 0} line(s)")
+    return header, {name: np.frombuffer(v, dtype=np.float64) for name, v in values.items() if v is not None}
 
 
 def series_windows(series, seq_len, horizon=None):
@@ -150,6 +195,9 @@ def csv_series(path, target, seq_len, horizon=1, features=None):
     seq_len, horizon = int(seq_len), int(horizon)
     if target is None:
         raise DataError(lambda name: f"{path}: a CSV series needs {name('target')}, the column to forecast", "target")
+    if features is not None and not features:
+        raise DataError(lambda name: f"{path}: {name('features')} names no column; give comma-separated column "
+                                     f"names, or leave it out for every numeric column", "features")
     wanted = None if features is None else list(dict.fromkeys(list(features) + [target]))
     header, columns = read_csv_columns(path, wanted)
     if target not in header:
@@ -159,10 +207,17 @@ def csv_series(path, target, seq_len, horizon=1, features=None):
         read_csv_columns(path, [target])             # raises, naming the first value that is not a number
     names = list(features) if features is not None else [h for h in header if h in columns]
     L = len(columns[target])
+    big = np.flatnonzero(np.abs(columns[target]) > TARGET_LIMIT)
+    if big.size:
+        raise DataError(lambda name: f"{path}: column {target!r} ({name('target')}), line {big[0] + 2}: "
+                                     f"{columns[target][big[0]]:.3g} is {LIMIT_REASON['y']} (±{TARGET_LIMIT:.2g}); "
+                                     f"rescale that column (divide by a power of ten)", "target")
     if L < seq_len + horizon + 1:
         raise DataError(lambda name: f"{path}: {L} rows are too few for {name('seq_len', seq_len)} and "
                                      f"{name('horizon', horizon)}: two windows (one to train on, one to hold out) "
                                      f"need at least seq_len + horizon + 1 = {seq_len + horizon + 1}", "seq_len")
+    _check_windows(path, L - seq_len + 1 - horizon, seq_len, len(names),
+                   lambda name: f"lower {name('seq_len')}, or train on a shorter series")
     series = np.stack([columns[n] for n in names], axis=1)                   # (L, I)
     x = series_windows(series, seq_len, horizon)
     N = len(x)
@@ -208,4 +263,14 @@ def inputs_from_file(path, source):
     if len(series) < source["seq_len"]:
         raise DataError(lambda name: f"{path}: {len(series)} rows are fewer than the model's window of "
                                      f"{source['seq_len']} ({name('seq_len')})", "seq_len")
+    _check_windows(path, len(series) - source["seq_len"] + 1, source["seq_len"], series.shape[1],
+                   "predict on a shorter series (its windows are cut whole, each a copy)")
     return series_windows(series, source["seq_len"]), None
+
+
+def _check_windows(path, n, seq_len, features, remedy):
+    """A DataError, before they are cut, when ``n`` windows of ``seq_len`` rows of ``features``
+    values each, read and standardised, would not fit in memory."""
+    check_room(path, READ_BYTES_PER_VALUE * n * seq_len * features,
+               f"cutting it into {n} windows of {seq_len} rows x {features} values", remedy,
+               "seq_len")

@@ -32,6 +32,15 @@ def _layer(cell, hidden_size, seed, backend):
     return recurrent_layer(MODEL_CELLS[cell], INPUT_SIZE, hidden_size, backend=backend, dtype="float64", seed=seed)
 
 
+def grads_memory(seq_len, hidden_size, batch_size):
+    """An estimate, in bytes, of what ``grad_norms_through_time`` needs at its peak (float64): the
+    state after every step (an LSTM's two) and one backward's work over all T steps, G*H*(I + H)
+    weights with their gradients and copies, and the QR and SVD of H x H matrices. Meant to refuse
+    a setting that cannot fit before allocating, not to the byte."""
+    T, H, B, G = int(seq_len), int(hidden_size), int(batch_size), 4
+    return 8 * (T * B * H * (2 + 4 * G) + 4 * G * H * (INPUT_SIZE + H + 2) + 4 * H * H)
+
+
 def grad_norms_through_time(cell, seq_len, scale, hidden_size=64, batch_size=16, seed=0, backend="auto"):
     """A dict: the setting, sigma_max (largest singular value of W_hh) and ``dh_norms``, where
     dh_norms[k] is the mean over the batch of ||dL/dh|| at distance k from the loss (k = 0 is the

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _checks, losses
 from .kernels.vocabulary import MODEL_CELLS
-from .layers import Linear, Module, recurrent_layer
+from .layers import Linear, Module, parameter_shapes, recurrent_layer
 from .optim import SGD, Adam, clip_grad_norm, clip_grad_norm_on_device, grad_norm
 
 OPTIMIZERS = ("sgd", "adam")
@@ -196,6 +196,25 @@ class SequenceModel:
         return f"SequenceModel({stage}{self.rnn!r} -> {self.head!r})"
 
 
+def sequence_model_shapes(cell, hidden_size, output_size, input_size=None, vocab_size=None, embed_size=None,
+                          num_layers=1):
+    """{state_dict key: shape} of the SequenceModel these arguments build, without building it:
+    what a checkpoint's weights must be before a model is allocated for them (gpurnn.load_model)."""
+    shapes = {}
+    if vocab_size is not None:
+        rnn_in = embed_size or hidden_size
+        shapes["input.weight"] = (vocab_size, rnn_in)
+    elif embed_size:
+        rnn_in = embed_size
+        shapes.update({"input.weight": (embed_size, input_size), "input.bias": (embed_size,)})
+    else:
+        rnn_in = input_size
+    stack = parameter_shapes(MODEL_CELLS[cell], rnn_in, hidden_size, num_layers, bidirectional=False, bias=True)
+    shapes.update({f"rnn.{k}": v for k, v in stack.items()})
+    shapes.update({"head.weight": (output_size, hidden_size), "head.bias": (output_size,)})
+    return shapes
+
+
 def orthogonal(rng, n):
     """A random n x n orthogonal matrix (QR of a Gaussian matrix, signs fixed so it is uniform)."""
     q, r = np.linalg.qr(rng.standard_normal((n, n)))
@@ -231,8 +250,8 @@ def training_memory(task, cell, hidden_size, num_layers=1, embed_size=None, batc
     else:
         E = int(embed_size) if embed_size else task.input_size
         stage = (task.input_size * E + E) if embed_size else 0
-    inputs = [E] + [H] * (L - 1)
-    params = stage + sum(G * H * (i + H) + 2 * G * H for i in inputs) + H * O + O
+    inputs = E + H * (L - 1)                        # the layers' input sizes, summed (arithmetic: L may be huge)
+    params = stage + G * H * (inputs + L * H) + 2 * G * H * L + H * O + O
     slots = 2 if optimizer == "adam" else 0
     weights = params * s * (3 + 2 * slots)          # params, grads, slots; a snapshot of params and slots
 
@@ -241,11 +260,12 @@ def training_memory(task, cell, hidden_size, num_layers=1, embed_size=None, batc
     def forward(rows, steps):
         """What one forward over all layers keeps for backward (each layer's input, states, gates,
         cells or candidates), plus one layer's input projection and the output."""
-        return s * rows * steps * (sum(i + 2 * H + saves_gates * H for i in inputs) + G * H + H)
+        return s * rows * steps * (inputs + L * (2 * H + saves_gates * H) + G * H + H)
 
     per_step_io = 4 * (task.input_size if not task.tokens else 2) + 4 * O + 4      # host batch arrays
     head = s * K * B * (4 * O + 2 * H + (task.input_size if task.tokens else 0))   # logits, grads, one-hot
-    activations = 2 * forward(B, K) + s * K * B * (2 * G * H + H + max(inputs)) + head + 4 * T * B * per_step_io
+    widest = max(E, H) if L > 1 else E
+    activations = 2 * forward(B, K) + s * K * B * (2 * G * H + H + widest) + head + 4 * T * B * per_step_io
     n_eval = int(eval_sequences)
     rows = min(eval_batch, n_eval)
     eval_set = n_eval * T * per_step_io                      # kept from the first evaluation on

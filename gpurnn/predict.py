@@ -26,7 +26,7 @@ import numpy as np
 
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint
 from .data import READOUTS, check_inputs, standardise
-from .model import SequenceModel
+from .model import SequenceModel, sequence_model_shapes
 from .runs import DEFAULTS, check_entries, checked_in_checkpoint, config_of_checkpoint, fits
 from .tasks import TASKS, Adding, Copy
 
@@ -143,17 +143,38 @@ def load_model(run, backend="auto", dtype=None):
     ckpt = load_checkpoint(path)
     cfg = config_of_checkpoint(ckpt, path) if ckpt["config"] else saved_model_config(ckpt, path)
     task = task_of_checkpoint(ckpt, cfg, path)
-    if task["tokens"]:
-        kw = dict(vocab_size=task["input_size"])
-    else:
-        kw = dict(input_size=task["input_size"])
-    model = SequenceModel(cfg["cell"], cfg["hidden"], task["output_size"], embed_size=cfg["embed"],
-                          num_layers=cfg["layers"], backend=backend, dtype=dtype or cfg["dtype"], **kw)
+    sizes = model_sizes(cfg, task["input_size"], task["output_size"], task["tokens"])
+    check_weights(ckpt["model"], cfg, sizes, path)          # before a model of the config's size is allocated
+    model = SequenceModel(backend=backend, dtype=dtype or cfg["dtype"], **sizes)
     try:
         model.load_state_dict(ckpt["model"])
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path}: its weights do not fit its own config ({e}); {REMEDY}") from None
     return TrainedModel(model, task, cfg, ckpt["step"], path)
+
+
+def model_sizes(cfg, input_size, output_size, tokens):
+    """SequenceModel's arguments for a run's config and its task's sizes."""
+    return dict(cell=cfg["cell"], hidden_size=cfg["hidden"], output_size=output_size, embed_size=cfg["embed"],
+                num_layers=cfg["layers"], **{"vocab_size" if tokens else "input_size": input_size})
+
+
+def check_weights(weights, cfg, sizes, path):
+    """A CheckpointError unless ``weights`` (a checkpoint's model arrays, already read and so no
+    larger than its file) are exactly those of the SequenceModel of ``sizes`` (model_sizes), so
+    that a config claiming hidden=20000 or 10**6 layers is refused before anything is built: the
+    number of arrays first (by arithmetic), then every shape."""
+    entries = (1 if sizes.get("vocab_size") else 2 if sizes["embed_size"] else 0) + 4 * sizes["num_layers"] + 2
+    said = f"its config ({cfg['cell']}, hidden {cfg['hidden']}, layers {cfg['layers']}, embed {cfg['embed']})"
+    if len(weights) != entries:
+        raise CheckpointError(f"checkpoint {path}: {said} makes a model of {entries} arrays, but it holds "
+                              f"{len(weights)}; {REMEDY}")
+    for key, shape in sequence_model_shapes(**sizes).items():
+        held = weights.get(key)
+        if held is None or tuple(held.shape) != tuple(shape):
+            what = "none" if held is None else f"shape {tuple(held.shape)}"
+            raise CheckpointError(f"checkpoint {path}: {said} gives {key!r} the shape {tuple(shape)}, but it holds "
+                                  f"{what}; {REMEDY}")
 
 
 def saved_model_config(ckpt, path):

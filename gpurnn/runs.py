@@ -15,8 +15,9 @@ import os
 
 from ._checks import Worded
 from .checkpoint import REMEDY, CheckpointError
-from .data import DataError
+from .data import DataError, size_text
 from .datafiles import is_series
+from .files import read_text
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS, training_memory
 from .tasks import TASKS
@@ -46,6 +47,7 @@ CONFIG_TYPES = dict(hidden=(int,), layers=(int,), seq_len=(int,), batch=(int,), 
                     eval_sequences=(int,), lr=(float,), clip=(float,), embed=(int, None),
                     init_scale=(float, None), text=(str, None), data=(str, None), target=(str, None),
                     features=(str, None), horizon=(int, None), validation=(float,))
+KIND_NAMES = {int: "a whole number", float: "a finite number", str: "a string", None: "None"}
 # absent from checkpoints of older versions: their DEFAULTS
 OPTIONAL = ("embed", "init_scale", "text", "data", "target", "features", "horizon", "validation")
 
@@ -63,7 +65,10 @@ def fits(value, kind):
     if isinstance(value, bool):
         return False
     if kind is float:
-        return isinstance(value, (int, float)) and math.isfinite(value)
+        try:
+            return isinstance(value, (int, float)) and math.isfinite(value)
+        except OverflowError:              # an int too large for a float
+            return False
     return isinstance(value, kind)
 
 
@@ -85,7 +90,7 @@ def check_entries(entries):
         if key in CONFIG_CHOICES and not (isinstance(value, str) and value in CONFIG_CHOICES[key]):
             raise _bad(key, f"must be one of {', '.join(CONFIG_CHOICES[key])}, got {_shown(value)}")
         if key in CONFIG_TYPES and not any(fits(value, kind) for kind in CONFIG_TYPES[key]):
-            expected = " or ".join("None" if k is None else k.__name__ for k in CONFIG_TYPES[key])
+            expected = " or ".join(KIND_NAMES[k] for k in CONFIG_TYPES[key])
             raise _bad(key, f"must be {expected}, got {_shown(value)}")
     for key in POSITIVE:
         if entries.get(key) is not None and entries[key] < 1:
@@ -93,6 +98,8 @@ def check_entries(entries):
     for key in ("clip", "tbptt"):
         if key in entries and entries[key] < 0:
             raise _bad(key, f"must be >= 0 (0 turns it off), got {entries[key]}")
+    if "seed" in entries and entries["seed"] < 0:
+        raise _bad("seed", f"must be >= 0, got {entries['seed']}")
     if "lr" in entries and not entries["lr"] > 0:
         raise _bad("lr", f"must be > 0, got {entries['lr']}")
     if "validation" in entries and not 0 < entries["validation"] < 1:
@@ -299,17 +306,10 @@ def check_memory(task, cfg, available=None):
     if available is None or need <= available:
         return parts
     largest = max(PARTS, key=parts.get)
-    detail = "; ".join(f"{what} {_gib(parts[k])}" for k, (what, _) in PARTS.items())
+    detail = "; ".join(f"{what} {size_text(parts[k])}" for k, (what, _) in PARTS.items())
     lower = PARTS[largest][1]
-    raise MemoryTooSmall(lambda name: f"this configuration needs about {_gib(need)} at its peak ({detail}), more "
-                                      f"than the {_gib(available)} of {where} here; lower {lower(name)}")
-
-
-def _gib(n):
-    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n / 2 ** 20:.3g} MiB"
+    raise MemoryTooSmall(lambda name: f"this configuration needs about {size_text(need)} at its peak ({detail}), more "
+                                      f"than the {size_text(available)} of {where} here; lower {lower(name)}")
 
 
 def number_or(value, default=0.0):
@@ -349,30 +349,42 @@ def check_data_file(task, ckpt, out):
     (a DataError if it has changed)."""
     digest = ckpt["extra"].get("data_sha256")
     if digest is not None and digest != task.data_sha256:
-        raise DataError(f"the data file {task.source['file']} has changed since the run in {out} started (its "
-                        f"SHA-256 differs), so its held-out part and scaling would not be the run's. Resume with "
-                        f"the original file, or start a new run")
+        now, then = task.source["file"], ckpt["config"].get("data")
+        what = (f"has changed since the run in {out} started" if now == then else
+                f"is not the file the run in {out} started on ({then})")
+        raise DataError(f"the data file {now} {what}: its SHA-256 differs, so its held-out part and scaling would "
+                        f"not be the run's. Resume with the original file, or start a new run")
 
 
-def read_metrics(path, warn=None):
-    """The records of a metrics.jsonl. A damaged last line (a write cut short, e.g. by a full disk)
-    is dropped, with a warning through ``warn``; damage anywhere else raises ValueError naming the
-    file and the line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().split("\n")
+# The most of a metrics log that is read: a line is about 250 bytes, so this holds a million logged
+# steps (their records take about 1 GiB once parsed); a larger file is refused, not read.
+METRICS_LIMIT = 256 << 20
+
+
+def read_metrics(path, warn=None, limit=METRICS_LIMIT):
+    """The records of a metrics.jsonl: dicts, each with an integer "step". A damaged last line (a
+    write cut short, e.g. by a full disk) is dropped, with a warning through ``warn``; damage
+    anywhere else raises ValueError naming the file and the line. The file is read by
+    files.read_text: OSError, or ValueError when it is not a regular file, is larger than ``limit``
+    bytes or is not UTF-8."""
+    lines = read_text(path, limit, "the metrics log").split("\n")
     records = []
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     for k, (number, line) in enumerate(numbered):
         try:
             rec = json.loads(line)
-            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-                raise ValueError("not a record with a step")
+            step = rec.get("step") if isinstance(rec, dict) else None
+            problem = None if isinstance(step, int) and not isinstance(step, bool) else "not a record with a step"
         except ValueError as e:
+            problem = str(e)
+        except RecursionError:
+            problem = "nested too deeply to read"
+        if problem is not None:
             if k == len(numbered) - 1:
                 if warn:
-                    warn(f"{path}: line {number} is incomplete ({e}); dropped it")
+                    warn(f"{path}: line {number} is incomplete ({problem}); dropped it")
                 break
-            raise ValueError(f"{path}, line {number}, is damaged ({e}); fix or delete that line") from None
+            raise ValueError(f"{path}, line {number}, is damaged ({problem}); fix or delete that line")
         records.append(rec)
     return records
 

@@ -172,11 +172,7 @@ class CharLM(Task):
         super().__init__(seq_len)
         self.text_path = None if text_path is None else str(text_path)
         if text is None:
-            if self.text_path is None:
-                text = stdlib_docstrings()
-            else:
-                with open(self.text_path, encoding="utf-8") as f:
-                    text = f.read()
+            text = stdlib_docstrings() if self.text_path is None else read_corpus(self.text_path)
         self.text = text
         self.text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()   # tells an edited text on resume
         self.chars = "".join(sorted(set(text)))
@@ -238,6 +234,28 @@ STDLIB_MODULES = (
     "tokenize", "traceback", "types", "typing", "unittest", "urllib.parse", "uuid", "warnings",
     "weakref", "zipfile",
 )
+
+
+# Bytes of memory per byte of a text while it is indexed: the str (up to 4 bytes a character), its
+# int64 ids and their training and held-out parts.
+TEXT_BYTES_PER_BYTE = 32
+
+
+def read_corpus(path):
+    """The UTF-8 text of the file ``path``, read only when it is a regular file that fits in memory
+    once indexed (gpurnn/files.py says why); a TaskError naming the text otherwise."""
+    from .backend import available_memory
+    from .files import read_text
+
+    available = available_memory(False)
+    limit = available // TEXT_BYTES_PER_BYTE if available else 1 << 40
+    try:
+        return read_text(path, limit, "the text")
+    except OSError as e:
+        why = f"the text {path} cannot be read ({e.strerror or e})"
+    except ValueError as e:
+        why = str(e)            # not a regular file, not UTF-8, or more than the memory here can index
+    raise TaskError(lambda say: f"{why}; give a UTF-8 text file with {say('text')}", "text")
 
 
 def stdlib_docstrings(modules=STDLIB_MODULES):

@@ -33,9 +33,10 @@ from typing import Callable
 
 from ._checks import Worded, keyword
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .data import ArrayTask
+from .data import ArrayTask, DataError
 from .datafiles import is_series
 from .model import NonFiniteError, Trainer, make_model
+from .predict import check_weights, model_sizes
 from .runs import (RESUME_OVERRIDES, ConfigError, RunLock, carry_metrics, check_config, check_data_file, check_entries,
                    check_memory, check_vocabulary, config_of_checkpoint, format_metric, number_or, plain_entries,
                    resolve_config, window_of)
@@ -155,12 +156,15 @@ def _stderr(msg):
 def resumed_config(ckpt, path, given):
     """The config of the run in the checkpoint ``ckpt`` (at ``path``), with the entries ``given``
     that may change on resume (RESUME_OVERRIDES); a ConfigError names one that would change
-    anything else."""
+    anything else. A text or data file may be given at another path (it moved): prepare_task
+    checks that its content is the run's."""
     cfg = config_of_checkpoint(ckpt, path)
     for key, value in given.items():
         if key in RESUME_OVERRIDES:
             cfg[key] = value
-        elif value != cfg[key] and not (key in ("text", "data") and os.path.abspath(value) == cfg[key]):
+        elif key in ("text", "data") and cfg[key] is not None:
+            cfg[key] = os.path.abspath(value)
+        elif value != cfg[key]:
             raise ConfigError(lambda name, key=key, value=value: f"{name(key, value)} differs from the resumed run's "
                                                                  f"{cfg[key]}; leave it out to resume (only "
                                                                  f"{', '.join(RESUME_OVERRIDES)} may change)", key)
@@ -211,9 +215,16 @@ def check_out(out, ckpt, history):
 
 def prepare_task(cfg, ckpt, resumed_from, warn):
     """The task of ``cfg``, after the checks that need it and allocate nothing: a resumed charlm
-    run's vocabulary against its text, a resumed data run's file against the one it started on, and
-    the configuration's memory against what is available (MemoryTooSmall). A run on a .npz takes
+    run's vocabulary against its text, a resumed data run's file against the one it started on, a
+    resumed run's weights against its config (CheckpointError), and the configuration's memory
+    against what is available (MemoryTooSmall). A run on a .npz takes
     its seq_len (T) from the file, into ``cfg``. ``warn`` takes a warning (a changed text)."""
+    if ckpt is not None:
+        for key in ("data", "text"):
+            if cfg[key] is not None and not os.path.isfile(cfg[key]):
+                raise DataError(lambda name, key=key: f"the {key} file {cfg[key]} of the run in {resumed_from} is "
+                                                      f"gone; if it moved, give its new path with {name(key)} "
+                                                      f"(its content must be the run's)", key)
     if cfg["task"] == "data":
         task = data_task(cfg)
         if ckpt is not None:
@@ -223,6 +234,9 @@ def prepare_task(cfg, ckpt, resumed_from, warn):
         task = make_task(cfg["task"], cfg["seq_len"], text_path=cfg["text"], copy_len=cfg["copy_len"])
     if ckpt is not None and isinstance(task, CharLM):
         check_vocabulary(task, ckpt, resumed_from, warn)
+    if ckpt is not None:                 # the weights are the config's before a model of its size is built
+        check_weights(ckpt["model"], cfg, model_sizes(cfg, task.input_size, task.output_size, task.tokens),
+                      os.path.join(resumed_from, "checkpoint.npz"))
     check_memory(task, cfg)
     return task
 

@@ -142,3 +142,81 @@ def test_crafted_array_headers_with_a_valid_checksum_load_or_raise_checkpoint_er
     path = tmp_path / "checkpoint.npz"
     np.savez(path, **arrays)
     _check(path)
+
+
+# ---------------------------------------------------------------- the config that rebuilds the model
+@pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "gru"])
+@pytest.mark.parametrize("inputs", [dict(vocab_size=7), dict(vocab_size=7, embed_size=5), dict(input_size=3),
+                                    dict(input_size=3, embed_size=6)])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_model_shapes_are_those_of_the_model_built(cell, inputs, layers):
+    from gpurnn.model import SequenceModel, sequence_model_shapes
+    built = SequenceModel(cell, 4, 2, num_layers=layers, backend="cpu", **inputs).state_dict()
+    assert sequence_model_shapes(cell, 4, 2, num_layers=layers, **inputs) == {k: v.shape for k, v in built.items()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The files of a tiny trained run: (config text, checkpoint arrays)."""
+    from gpurnn import cli
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert cli.main(["train", "--hidden", "4", "--seq-len", "6", "--batch", "2", "--steps", "2", "--eval-sequences",
+                     "4", "--backend", "cpu", "--no-progress", "--out", str(out)]) == 0
+    with np.load(out / "checkpoint.npz") as f:
+        return {k: f[k] for k in f.files if k != "checksum"}
+
+
+def _recheck(arrays, path):
+    """Write ``arrays`` as a checkpoint at ``path`` with its checksum recomputed, as anyone can."""
+    arrays = dict(arrays)
+    arrays["checksum"] = np.frombuffer(ck._digest(arrays).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+
+
+def _with_config(arrays, **entries):
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    meta["config"].update(entries)
+    return dict(arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("entries", [dict(hidden=20000), dict(layers=10 ** 6), dict(embed=10 ** 9),
+                                     dict(layers=2), dict(cell="gru")])
+def test_a_config_that_does_not_fit_its_weights_is_refused_before_a_model_is_built(tmp_path, run, entries):
+    from gpurnn import cli, load_model
+    os.makedirs(tmp_path / "run")
+    _recheck(_with_config(run, **entries), tmp_path / "run" / "checkpoint.npz")
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match="its config .* (makes a model of|gives 'rnn.weight_ih_l0' the shape)"):
+        load_model(tmp_path / "run")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes allocated before the refusal"
+    assert cli.main(["train", "--resume", str(tmp_path / "run"), "--steps", "4", "--no-progress"]) == 1
+
+
+config_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 10 ** 12), st.sampled_from([10 ** 40, -10 ** 40]),
+                          st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+                          st.sampled_from(["lstm", "gru", "rnn", "adding", "copy", "charlm", "data", "float64"]),
+                          st.lists(st.integers(0, 3), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.dictionaries(st.sampled_from(["task", "cell", "hidden", "layers", "embed", "dtype", "seq_len",
+                                                 "copy_len", "seed", "batch", "lr", "data", "text", "init_scale"]),
+                               config_values, min_size=1, max_size=3))
+def test_crafted_configs_load_or_raise_checkpoint_error_without_allocating_their_claims(tmp_path, run, entries):
+    from gpurnn import load_model
+    path = tmp_path / "checkpoint.npz"
+    _recheck(_with_config(run, **entries), path)
+    tracemalloc.start()
+    try:
+        trained = load_model(path, backend="cpu")
+    except CheckpointError as e:
+        assert "\n" not in str(e)
+        trained = None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak} bytes allocated for {entries}"
+    if trained is not None:
+        assert trained.predict(np.zeros((2, 6, 2))).shape == (2, 1)

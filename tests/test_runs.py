@@ -284,10 +284,11 @@ def test_report_prints_small_metrics_with_significant_digits():
     assert format_metric(2.1e-5) == "2.1e-05" and format_metric(0.1699) == "0.1699" and format_metric(0.0) == "0.0000"
 
 
-@pytest.mark.parametrize("field, value, message", [("hidden", "64", "config field 'hidden' must be int, got '64'"),
-                                                   ("cell", "lstm2", "config field 'cell' must be one of"),
-                                                   ("lr", None, "config field 'lr' must be float, got None"),
-                                                   ("batch", 0, "config field 'batch' must be at least 1, got 0")])
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden", "64", "config field 'hidden' must be a whole number, got '64'"),
+    ("cell", "lstm2", "config field 'cell' must be one of"),
+    ("lr", None, "config field 'lr' must be a finite number, got None"),
+    ("batch", 0, "config field 'batch' must be at least 1, got 0")])
 def test_a_crafted_config_in_a_checkpoint_is_refused_naming_the_field(tmp_path, capsys, field, value, message):
     """The checkpoint's checksum is recomputed, as anyone can: the config itself must be checked."""
     from gpurnn import checkpoint as ck

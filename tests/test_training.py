@@ -265,7 +265,7 @@ def test_fit_resumed_logs_what_a_run_that_never_stopped_logs(tmp_path):
     (dict(hidden=0), "hidden", "hidden must be at least 1, got 0"),
     (dict(clip=-1.0), "clip", "clip must be >= 0 (0 turns it off), got -1.0"),
     (dict(cell="lstmm"), "cell", "cell must be one of rnn, rnn-relu, lstm, gru, got 'lstmm'"),
-    (dict(hidden="8"), "hidden", "hidden must be int, got '8'"),
+    (dict(hidden="8"), "hidden", "hidden must be a whole number, got '8'"),
     (dict(hiden=8), "hiden", "unknown config key 'hiden'"),
     (dict(validation=0.3), "validation", "validation applies to data FILE; leave it out"),
     (dict(target="load"), "target", "target applies to data FILE.csv (a time series); leave it out"),
