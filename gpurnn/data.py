@@ -321,7 +321,7 @@ class ArrayTask(Task):
             return super().tally(out, target, mask, xp)
         scale = xp.asarray((self.y_std ** 2).astype(out.dtype))
         sq = ((out - target) ** 2 * scale).mean(axis=-1)
-        return (sq * mask).sum()
+        return (sq * mask).sum(dtype=np.float64)
 
     def score(self, loss, tally=None):
         return tally

@@ -330,7 +330,7 @@ class Trainer:
         the tally are not read (device scalars on the cuda backend), the loss's checks of its
         inputs are expected with the rest (``_checks.expect``)."""
         xp = self.model.backend.xp
-        count = float(batch.mask[a:b].sum())           # the batch is on the host: no read
+        count = float(batch.mask[a:b].sum(dtype=np.float64))           # the batch is on the host: no read
         if count == 0:
             return 0.0, None, 0.0
         share = count / total
@@ -350,7 +350,7 @@ class Trainer:
         the next read on the cuda backend."""
         xp = self.model.backend.xp
         T = batch.mask.shape[0]
-        total = float(batch.mask.sum())
+        total = float(batch.mask.sum(dtype=np.float64))
         state, loss, tally = None, 0.0, 0.0
         for a, b in self._segments(T):
             x = xp.asarray(batch.x[a:b])
@@ -372,7 +372,7 @@ class Trainer:
             loss, tally = _checks.fetch(self._forward_backward(batch, train))
         except FloatingPointError:
             return math.nan, math.nan
-        return loss, self.task.score(loss, tally / float(batch.mask.sum()))
+        return loss, self.task.score(loss, tally / float(batch.mask.sum(dtype=np.float64)))
 
     def train_step(self):
         """One batch and one update. Returns (loss, metric, gradient norm before clipping).
@@ -420,7 +420,7 @@ class Trainer:
         self._stop_unless(math.isfinite(norm), before, step, f"the gradient norm is {norm}")
         self._stop_unless(finite, before, step, "the update made a weight non-finite")
         self.step = step
-        return loss, self.task.score(loss, tally / float(batch.mask.sum())), norm
+        return loss, self.task.score(loss, tally / float(batch.mask.sum(dtype=np.float64))), norm
 
     def _stop_unless(self, ok, before, step, what):
         """Undo the step and raise NonFiniteError saying ``what`` unless ``ok``."""
@@ -444,10 +444,10 @@ class Trainer:
         with the same seed): means over all its scored steps."""
         if self._eval is None:
             self._eval = self.task.eval_batches(self.seed, self.eval_sequences, 500)
-        n = sum(float(b.mask.sum()) for b in self._eval)
+        n = sum(float(b.mask.sum(dtype=np.float64)) for b in self._eval)
         loss = metric = 0.0
         for batch in self._eval:
-            w = float(batch.mask.sum()) / n
+            w = float(batch.mask.sum(dtype=np.float64)) / n
             l_, m_ = self._run(batch, train=False)
             loss += w * l_
             metric += w * m_

@@ -82,7 +82,7 @@ class Task:
         Returns a number or a 0-d array of ``xp``, not read: the Trainer reads it with the loss."""
         if self.loss != "cross_entropy":
             return 0.0
-        return ((out.argmax(axis=-1) == target) * mask).sum()
+        return ((out.argmax(axis=-1) == target) * mask).sum(dtype=np.float64)
 
     def score(self, loss, tally=None):
         """The task metric from the mean loss and the mean of ``tally`` over the scored steps (for
