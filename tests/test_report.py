@@ -346,6 +346,12 @@ def config_files(draw):
         return json.dumps({k: v for k, v in CONFIG.items() if k != gone}).encode()
     if kind == "json":
         return json.dumps(draw(JSON)).encode()
+    return damaged_bytes(draw, kind, good)
+
+
+def damaged_bytes(draw, kind, good):
+    """The bytes of ``good`` damaged as ``kind`` says: random, cut, one byte changed; or, for
+    "file kind", False (no file) or os.mkdir (a folder in its place)."""
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     if kind == "cut":
@@ -369,14 +375,7 @@ def metrics_files(draw):
         lines = good.splitlines(keepends=True)
         lines.insert(draw(st.integers(0, len(lines))), json.dumps(draw(JSON)).encode() + b"\n")
         return b"".join(lines)
-    if kind == "bytes":
-        return draw(st.binary(max_size=200))
-    if kind == "cut":
-        return good[:draw(st.integers(0, len(good)))]
-    if kind == "flip":
-        i = draw(st.integers(0, len(good) - 1))
-        return good[:i] + bytes([draw(st.integers(0, 255))]) + good[i + 1:]
-    return draw(st.sampled_from([False, os.mkdir]))
+    return damaged_bytes(draw, kind, good)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
