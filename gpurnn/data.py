@@ -41,12 +41,10 @@ from .tasks import Batch, Task
 
 READOUTS = ("last", "steps")
 HOLDOUTS = ("random", "last")
-# The largest magnitude a value may have: features must fit float32, which the model reads; a
-# regression target's square must too, as the MSE is reported in the data's units.
+# The largest magnitude a value may have, in the data and once standardised: float32's, which the
+# model computes in. (Scales are computed, and errors reported in the data's units, in float64.)
 VALUE_LIMIT = float(np.finfo(np.float32).max)                    # 3.4e38
-TARGET_LIMIT = float(np.sqrt(VALUE_LIMIT))                       # 1.8e19
-LIMIT_REASON = {"x": "beyond float32's range, which the model computes in",
-                "y": "too large for its squared errors (the MSE, in the data's units) to fit float32"}
+LIMIT_REASON = "beyond float32's range, which the model computes in"
 # A class label is an output unit: labels much larger than the number of labels given are a
 # numbering to compress (np.unique(y, return_inverse=True)), not classes to learn.
 CLASS_LIMIT = 1024
@@ -117,7 +115,7 @@ def check_arrays(x, y, lengths=None, num_classes=None, source=None):
         if y.shape[-1] < 1:
             raise _fail(source, f"array 'y' of shape {y.shape} holds no value per target")
         y = y.astype(np.float64)
-        _check_values(y, "y", source, TARGET_LIMIT)
+        _check_values(y, "y", source)
     else:
         raise _fail(source, f"array 'y' must hold integer class labels or floating-point values, got dtype "
                             f"{y.dtype}")
@@ -154,19 +152,30 @@ def check_inputs(x, lengths=None, source=None, features=None):
         lengths = lengths.astype(np.int64)
     valid = np.arange(T)[None, :] < lengths[:, None]                     # (N, T)
     x = np.where(valid[..., None], x, 0).astype(np.float64)
-    _check_values(x, "x", source, VALUE_LIMIT)
+    _check_values(x, "x", source)
     return x, lengths, valid
 
 
-def standardise(x, valid, mean, std):
+def standardise(x, valid, mean, std, source=None):
     """x (N, T, I) scaled by the training part's statistics, zeros past each row's length, in
-    float32: what the model reads, in training (ArrayTask) and in prediction (TrainedModel)."""
-    return np.where(valid[..., None], (x - mean) / std, 0).astype(np.float32)
+    float32: what the model reads, in training (ArrayTask) and in prediction (TrainedModel). A
+    DataError naming ``source`` when a scaled value is beyond float32 (new data far outside the
+    training part's range)."""
+    with np.errstate(over="ignore"):
+        z = np.where(valid[..., None], (x - mean) / std, 0)
+    big = ~(np.abs(z) <= VALUE_LIMIT)
+    if big.any():
+        where = tuple(int(i) for i in np.argwhere(big)[0])
+        raise _fail(source, f"array 'x' at index {where} holds {x[where]:.3g}, which the training data's scale "
+                            f"(feature {where[2]}: mean {mean[where[2]]:.3g}, deviation {std[where[2]]:.3g}) makes "
+                            f"{z[where]:.3g}, {LIMIT_REASON}; these inputs are not on the scale the model was "
+                            f"trained on")
+    return z.astype(np.float32)
 
 
-def _check_values(a, name, source, limit):
+def _check_values(a, name, source, limit=VALUE_LIMIT):
     """A DataError naming ``source`` when array ``name`` holds a NaN or infinite value, or one whose
-    magnitude is above ``limit`` (VALUE_LIMIT, TARGET_LIMIT)."""
+    magnitude is above ``limit``."""
     bad = ~np.isfinite(a)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -176,7 +185,7 @@ def _check_values(a, name, source, limit):
     big = np.abs(a) > limit
     if big.any():
         where = tuple(int(i) for i in np.argwhere(big)[0])
-        raise _fail(source, f"array {name!r} holds {a[where]:.3g} at index {where}, {LIMIT_REASON[name]} "
+        raise _fail(source, f"array {name!r} holds {a[where]:.3g} at index {where}, {LIMIT_REASON} "
                             f"(±{limit:.2g}); rescale it (divide by a power of ten)")
 
 
@@ -252,8 +261,8 @@ class ArrayTask(Task):
         self.x_mean, self.x_std = np.zeros(I), np.ones(I)
         if normalize:
             steps = x[self.train_rows][valid[self.train_rows]]         # every valid training step: (S, I)
-            self.x_mean, self.x_std = steps.mean(axis=0), _nonzero(steps.std(axis=0))
-        self.x = standardise(x, valid, self.x_mean, self.x_std)
+            self.x_mean, self.x_std = mean_and_deviation(steps)
+        self.x = standardise(x, valid, self.x_mean, self.x_std, named)
 
         if kind == "classification":
             self.loss, self.metric, self.higher_is_better = "cross_entropy", "accuracy", True
@@ -272,7 +281,7 @@ class ArrayTask(Task):
             target_rows = part(y, self.train_rows)
             self.y_mean, self.y_std = np.zeros(O), np.ones(O)
             if normalize:
-                self.y_mean, self.y_std = target_rows.mean(axis=0), _nonzero(target_rows.std(axis=0))
+                self.y_mean, self.y_std = mean_and_deviation(target_rows)
             self.y = ((y - self.y_mean) / self.y_std).astype(np.float32)
             if naive is None:
                 naive = np.broadcast_to(target_rows.mean(axis=0), y.shape)
@@ -319,9 +328,9 @@ class ArrayTask(Task):
         over the outputs (MSE's numerator); classification: the correct predictions."""
         if self.kind == "classification":
             return super().tally(out, target, mask, xp)
-        scale = xp.asarray((self.y_std ** 2).astype(out.dtype))
-        sq = ((out - target) ** 2 * scale).mean(axis=-1)
-        return (sq * mask).sum(dtype=np.float64)
+        scale = xp.asarray(self.y_std ** 2)                              # float64: y_std² may pass float32
+        sq = ((out - target).astype(np.float64) ** 2 * scale).mean(axis=-1)
+        return (sq * mask).sum()
 
     def score(self, loss, tally=None):
         return tally
@@ -351,6 +360,13 @@ class ArrayTask(Task):
         return cfg
 
 
-def _nonzero(std):
-    """A standard deviation safe to divide by: a constant feature keeps its scale."""
-    return np.where(std > 0, std, 1.0)
+def mean_and_deviation(a):
+    """The mean and standard deviation of each column of ``a`` (S, I), computed on the column
+    divided by its largest magnitude and scaled back, so that neither overflows nor underflows
+    (a feature of 1e-170 has squares of 0 in float64; one of 1e200, of inf); a constant column
+    gets the deviation 1: it keeps its scale."""
+    scale = np.abs(a).max(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    unit = a / scale
+    std = unit.std(axis=0) * scale
+    return unit.mean(axis=0) * scale, np.where(std > 0, std, 1.0)

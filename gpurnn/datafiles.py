@@ -29,7 +29,7 @@ import zipfile
 
 import numpy as np
 
-from .data import LIMIT_REASON, READ_BYTES_PER_VALUE, TARGET_LIMIT, VALUE_LIMIT, ArrayTask, DataError, check_room
+from .data import LIMIT_REASON, READ_BYTES_PER_VALUE, VALUE_LIMIT, ArrayTask, DataError, check_room
 from .files import read_header
 
 NPZ_ARRAYS = ("x", "y", "lengths")
@@ -46,8 +46,10 @@ def file_format(path):
     if ext not in (".npz", ".csv"):
         raise DataError(f"{path}: expected a .npz file (arrays x, y, lengths) or a .csv time series, "
                         f"got a {ext or 'file without an extension'}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not a regular file (a folder, a FIFO or a device); give a .npz or .csv file")
     return ext[1:]
 
 
@@ -135,6 +137,9 @@ def read_csv_columns(path, columns=None):
 
 def _csv_columns(path, reader, columns):
     header = [h.strip() for h in next(reader, [])]
+    if not any(header):
+        raise DataError(f"{path}: expected a header line of column names first, got "
+                        f"{'an empty first line' if header else 'an empty file'}")
     if len(set(header)) != len(header):
         twice = sorted({h for h in header if header.count(h) > 1})
         raise DataError(f"{path}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
@@ -144,18 +149,13 @@ def _csv_columns(path, reader, columns):
             raise DataError(f"{path}: no column {name!r}; the columns are {', '.join(map(repr, header))}")
     where = {name: header.index(name) for name in wanted}
     values = {name: array.array("d") for name in wanted}
-    blank = None                                         # the first of the blank lines seen since the last row
-    number = 1
-    for number, row in enumerate(reader, start=2):
-        if not any(cell.strip() for cell in row):
-            blank = blank or (number, len(row))
-            continue
-        if blank is not None or len(row) != len(header):
-            line, n = blank or (number, len(row))
-            raise DataError(f"{path}: line {line} has {n} values, the header has {len(header)} columns")
+
+    def take(number, row):
+        """Row ``row`` (line ``number``) into the columns, or the DataError that names what is wrong."""
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {number} has {len(row)} values, the header has {len(header)} columns")
         for name, j in where.items():
-            column = values[name]
-            if column is None:
+            if values[name] is None:
                 continue
             text = row[j].strip()
             try:
@@ -170,13 +170,21 @@ def _csv_columns(path, reader, columns):
                 raise DataError(f"{path}: column {name!r}, line {number}: {text!r} is not a finite number; "
                                 f"fill or drop that row")
             if abs(v) > VALUE_LIMIT:
-                raise DataError(f"{path}: column {name!r}, line {number}: {text} is {LIMIT_REASON['x']} "
+                raise DataError(f"{path}: column {name!r}, line {number}: {text} is {LIMIT_REASON} "
                                 f"(±{VALUE_LIMIT:.2g}); rescale that column (divide by a power of ten)")
-            column.append(v)
-    rows = number - 1 - (number - blank[0] + 1 if blank else 0)
-    if not header or rows < 1:
-        raise DataError(f"{path}: expected a header line of column names and rows of values, got "
-                        f"{1 + rows if header else 0} line(s)")
+            values[name].append(v)
+
+    blank, rows = [], 0          # blank lines since the last row: dropped at the end of the file, else rows
+    for number, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            blank.append((number, row))
+            continue
+        for line in blank + [(number, row)]:
+            take(*line)
+        rows += len(blank) + 1
+        blank = []
+    if rows < 1:
+        raise DataError(f"{path}: expected rows of values after the header line, got none")
     return header, {name: np.frombuffer(v, dtype=np.float64) for name, v in values.items() if v is not None}
 
 
@@ -207,11 +215,6 @@ def csv_series(path, target, seq_len, horizon=1, features=None):
         read_csv_columns(path, [target])             # raises, naming the first value that is not a number
     names = list(features) if features is not None else [h for h in header if h in columns]
     L = len(columns[target])
-    big = np.flatnonzero(np.abs(columns[target]) > TARGET_LIMIT)
-    if big.size:
-        raise DataError(lambda name: f"{path}: column {target!r} ({name('target')}), line {big[0] + 2}: "
-                                     f"{columns[target][big[0]]:.3g} is {LIMIT_REASON['y']} (±{TARGET_LIMIT:.2g}); "
-                                     f"rescale that column (divide by a power of ten)", "target")
     if L < seq_len + horizon + 1:
         raise DataError(lambda name: f"{path}: {L} rows are too few for {name('seq_len', seq_len)} and "
                                      f"{name('horizon', horizon)}: two windows (one to train on, one to hold out) "

@@ -91,7 +91,7 @@ class TrainedModel:
         else:
             x, lengths, valid = check_inputs(x, lengths, source, features=self.model.input_size)
             N, T, _ = x.shape
-            inputs = standardise(x, valid, self._x_mean, self._x_std).transpose(1, 0, 2)   # (T, N, I)
+            inputs = standardise(x, valid, self._x_mean, self._x_std, source).transpose(1, 0, 2)   # (T, N, I)
         backend = self.model.backend
         out = np.empty((T, N, self.model.output_size))
         for a in range(0, N, batch_size):

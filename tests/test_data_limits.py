@@ -15,8 +15,10 @@ import pytest
 import gpurnn
 import gpurnn.backend
 from gpurnn import cli
-from gpurnn.data import TARGET_LIMIT, VALUE_LIMIT, ArrayTask, DataError
+from gpurnn.data import VALUE_LIMIT, ArrayTask, DataError
 from gpurnn.datafiles import read_csv_columns, read_npz, task_from_file
+
+from conftest import run_metrics
 
 FAST = ["--hidden", "8", "--batch", "8", "--backend", "cpu", "--no-progress", "--eval-every", "50"]
 
@@ -58,33 +60,41 @@ def test_a_csv_cell_beyond_float32_names_its_column_and_line(tmp_path, capsys):
     assert "s.csv: column 'b', line 9: 1e300 is beyond float32's range" in err and err.count("\n") == 1, err
 
 
-def test_a_target_whose_square_overflows_float32_is_refused(tmp_path):
-    x, y = xy()
-    y[4, 0] = 2 * TARGET_LIMIT
-    with pytest.raises(DataError, match=r"array 'y' holds 3.69e\+19 at index \(4, 0\), too large for its squared"):
-        ArrayTask(x, y)
-    rows = [(i, float(i)) for i in range(40)]
-    rows[11] = (11, 1e20)
-    series(tmp_path / "s.csv", ["a", "b"], rows)
-    with pytest.raises(DataError, match=r"s.csv: column 'b' \(target\), line 13: 1e\+20 is too large"):
-        task_from_file(tmp_path / "s.csv", target="b", seq_len=4)
-
-
-@pytest.mark.parametrize("scale", [1e-30, 1e30, VALUE_LIMIT / 4])
+@pytest.mark.parametrize("scale", [1e-170, 1e-30, 1e30, VALUE_LIMIT / 4])
 def test_data_inside_the_limits_gets_finite_scales_and_standardised_features(tmp_path, scale):
-    """Far from 1 but inside float32: the scales are finite and every feature keeps its spread (it
-    was all zeros once the squares overflowed), and the run's model loads again."""
+    """Far from 1 but inside float32: the scales are finite and every feature keeps its spread (a
+    feature of 1e200 was all zeros once its squares overflowed, one of 1e-170 once they underflowed),
+    the MSE in the data's units is finite and not zero, and the run's model loads again."""
     x, y = xy(n=60)
     x[..., 1] *= scale
-    y = y * min(scale, TARGET_LIMIT / 8)
+    y_scale = max(scale, 1e-25)                         # the MSE of 1e-170s is 0 even in float64
+    y = y * y_scale
     task = ArrayTask(x, y)
     assert np.isfinite(task.x_std).all() and np.isfinite(task.y_std).all()
     steps = task.x[task.train_rows].reshape(-1, 3)
     np.testing.assert_allclose(steps.std(axis=0), 1.0, rtol=1e-5)       # standardised, feature 1 included
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    assert train(tmp_path / "run", "--data", str(tmp_path / "d.npz"), "--steps", "2") == 0
+    assert train(tmp_path / "run", "--data", str(tmp_path / "d.npz"), "--steps", "2", "--eval-every", "2") == 0
+    evals = [r["eval_metric"] for r in run_metrics(tmp_path / "run") if "eval_metric" in r]
+    ratio = evals[-1] / y_scale ** 2                      # the MSE in the data's units, over their square
+    assert 1e-3 < ratio < 1e3, evals
     pred = gpurnn.load_model(tmp_path / "run").predict(x)
     assert pred.shape == (60, 1) and np.isfinite(pred).all()
+
+
+def test_new_inputs_off_the_training_scale_name_the_file_when_predicted(tmp_path, capsys):
+    """A feature that was 1e-39 in training makes ordinary new values 1e39 once standardised."""
+    x, y = xy(n=40)
+    x[..., 0] *= 1e-39
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    assert train(tmp_path / "run", "--data", str(tmp_path / "d.npz"), "--steps", "2") == 0
+    np.savez(tmp_path / "new.npz", x=xy(n=5, seed=1)[0])
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "run"), "--data", str(tmp_path / "new.npz"), "--out",
+                     str(tmp_path / "p.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "new.npz: array 'x' at index (0, 0, 0) holds" in err and "beyond float32's range" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "p.npy").exists()
 
 
 # ---------------------------------------------------------------- labels and widths
