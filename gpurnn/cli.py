@@ -113,7 +113,7 @@ def build_parser():
     g.add_argument("--cell", help="comma-separated cells (default rnn,lstm,gru, or none when --run is given)")
     g.add_argument("--seq-len", type=at_least(2), default=100, help="sequence length T (default 100)")
     g.add_argument("--scales", type=scales, default="0.5,1,2",
-                   help="comma-separated W_hh scales, numbers >= 0 (default 0.5,1,2)")
+                   help=f"comma-separated W_hh scales, from 0 to {SCALE_LIMIT:g} (default 0.5,1,2)")
     g.add_argument("--hidden", type=at_least(1), default=64)
     g.add_argument("--batch", type=at_least(1), default=16)
     g.add_argument("--seed", type=at_least(0), default=0)
@@ -182,8 +182,11 @@ def positive_number(text):
     return value
 
 
+SCALE_LIMIT = 1e150     # grads measures in float64: the squares its norms and SVD take must fit
+
+
 def scales(text):
-    """--scales: a comma-separated list of finite numbers >= 0."""
+    """--scales: a comma-separated list of numbers in 0..SCALE_LIMIT."""
     values = []
     for part in text.split(","):
         if part.strip():
@@ -191,8 +194,9 @@ def scales(text):
                 value = float(part)
             except ValueError:
                 value = math.nan
-            if not (math.isfinite(value) and value >= 0):
-                raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers >= 0, got {part.strip()!r}")
+            if not 0 <= value <= SCALE_LIMIT:
+                raise argparse.ArgumentTypeError(f"expected comma-separated numbers from 0 to {SCALE_LIMIT:g}, got "
+                                                 f"{part.strip()!r}")
             values.append(value)
     return values
 
@@ -250,7 +254,7 @@ def said(command, e):
         return f"gpurnn {command}: interrupted"
     if isinstance(e, MemoryError):
         lower = ("--hidden, --layers, --batch or --eval-sequences" if command == "train"
-                 else "--hidden or --batch" if command == "grads" else "")
+                 else "--seq-len, --hidden or --batch" if command == "grads" else "")
         return f"gpurnn {command}: out of memory" + (f"; use a smaller {lower}" if lower else "; free some memory")
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename is not None else ""
@@ -268,6 +272,21 @@ def make_folder(folder):
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
     os.makedirs(folder, exist_ok=True)
+
+
+def write_whole(path, write):
+    """``write(f)`` into a temporary file beside ``path``, then renamed over it: a failed write (a
+    full or read-only disk) leaves no half-written file, and its OSError names ``path``."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot be written ({e.strerror or e})", path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def limit_blas_threads(n):
@@ -311,10 +330,9 @@ def cmd_grads(args):
         results.append(grad_norms_of_run(run, args.seq_len, batch_size=args.batch, seed=args.seed,
                                          backend=args.backend))
     json_path = os.path.join(args.out, "grad_norms.json")
-    with open(json_path, "w") as f:
-        json.dump({"seq_len": args.seq_len, "hidden": args.hidden, "batch": args.batch, "seed": args.seed,
-                   "results": results}, f, indent=1)
-        f.write("\n")
+    text = json.dumps({"seq_len": args.seq_len, "hidden": args.hidden, "batch": args.batch, "seed": args.seed,
+                       "results": results}, indent=1) + "\n"
+    write_whole(json_path, lambda f: f.write(text.encode()))
     print(f"||dL/dh_t|| for T = {args.seq_len}, loss on the last step only (written to {json_path}):")
     for r in results:
         print("  " + verdict(r))
@@ -370,8 +388,9 @@ def _draw(model, vocab, prime_ids, length, temperature, seed):
     rng = np.random.default_rng(seed)
     out, state = model(xp.asarray(np.array(prime_ids, dtype=np.int64)[:, None]))      # (T, 1)
     for _ in range(length):
-        logits = model.backend.to_host(out[-1, 0]).astype(np.float64) / temperature
-        p = np.exp(logits - logits.max())
+        logits = model.backend.to_host(out[-1, 0]).astype(np.float64)
+        with np.errstate(over="ignore"):                       # a tiny temperature: -inf, whose exp is 0
+            p = np.exp((logits - logits.max()) / temperature)   # the largest is exp(0) = 1 at any temperature
         nxt = int(rng.choice(len(vocab), p=p / p.sum()))
         yield vocab[nxt]
         out, state = model(xp.asarray(np.array([[nxt]], dtype=np.int64)), state)
@@ -395,14 +414,7 @@ def cmd_predict(args):
     make_folder(folder)                             # before the model runs: a folder that cannot be made fails now
     model = load_model(args.run, backend=args.backend)
     pred = model.predict_file(args.data, proba=args.proba)
-    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, pred)
-        os.replace(tmp, out)                # a failed write leaves no half-written predictions
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_whole(out, lambda f: np.save(f, pred))
     what = "class probabilities" if args.proba else "class labels" if model.kind == "classification" else "values"
     print(f"gpurnn predict: {len(pred)} predictions ({what}, array {pred.shape} {pred.dtype}) of {model.path} "
           f"(step {model.step}) written to {out}", file=sys.stderr)

@@ -77,6 +77,10 @@ def check_arrays(x, y, lengths=None, num_classes=None, source=None):
     y = np.asarray(y)
     if y.dtype.kind in "iu":
         kind = "classification"
+        if y.dtype.kind == "u" and y.size and y.max() > np.iinfo(np.int64).max:
+            where = tuple(int(i) for i in np.argwhere(y == y.max())[0])
+            raise _fail(source, f"array 'y' holds class label {y.max()} at index {where}: beyond int64; number "
+                                f"the classes 0..C-1 (np.unique(y, return_inverse=True))")
         if y.shape == (N,):
             readout, scored = "last", np.ones(N, bool)
         elif y.shape == (N, T):
@@ -218,6 +222,8 @@ def split_indices(n, validation, holdout="random", seed=0):
         raise ValueError(f"validation must be a fraction between 0 and 1 (exclusive), got {validation!r}")
     if holdout not in HOLDOUTS:
         raise ValueError(f"unknown holdout {holdout!r}; expected one of {', '.join(HOLDOUTS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
     n_val = min(max(int(round(n * validation)), 1), n - 1)
     if holdout == "last":
         order = np.arange(n)

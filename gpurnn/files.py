@@ -48,16 +48,16 @@ def read_header(zf, info):
     return Header(dtype, shape, fortran, head.tell())
 
 
-def read_text(path, limit, what):
-    """The text of the regular file ``path``, decoded as UTF-8, read only when it is at most
-    ``limit`` bytes; ``what`` names the file in errors ("the metrics log").
+def open_regular(path, what):
+    """The regular file ``path`` opened for reading bytes; ``what`` names it in errors ("the
+    metrics log").
 
-    Only a regular file is read: a FIFO would block forever, a device such as /dev/zero would never
-    end, a folder has no text. Its kind is checked before opening (so that no device is opened) and
-    again on the open file (the path may have been replaced in between), which is opened
-    non-blocking, so that not even a FIFO put there can block the open. Raises OSError when the file
-    cannot be opened or read (missing, no permission), ValueError when it is not a regular file, is
-    larger than ``limit`` or is not UTF-8; each names ``path``."""
+    Only a regular file is opened: a FIFO would block forever, a device such as /dev/zero would
+    never end, a folder has no text. Its kind is checked before opening (so that no device is
+    opened) and again on the open file (the path may have been replaced in between), which is
+    opened non-blocking, so that not even a FIFO put there can block the open. Raises OSError when
+    the file cannot be opened (missing, no permission), ValueError naming ``path`` when it is not a
+    regular file."""
     def refuse_unless_regular(mode):
         if not stat.S_ISREG(mode):
             kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -66,22 +66,40 @@ def read_text(path, limit, what):
             kind = next((name for test, name in kinds if test(mode)), "not a regular file")
             raise ValueError(f"{what} {path} is {kind}, not a file; only a regular file is read")
 
+    refuse_unless_regular(os.stat(path).st_mode)      # follows links: a link to /dev/zero is the device
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    f = open(os.open(path, flags), "rb")
+    try:
+        refuse_unless_regular(os.fstat(f.fileno()).st_mode)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def read_text(path, limit, what):
+    """The text of the regular file ``path`` (``open_regular``), decoded as UTF-8, read only when it
+    is at most ``limit`` bytes; ``what`` names the file in errors ("the run config"). Raises
+    OSError when it cannot be opened or read, ValueError naming ``path`` when it is not a regular
+    file, is larger than ``limit`` or is not UTF-8."""
     def refuse_over(size):
         if size > limit:
             raise ValueError(f"{what} {path} is larger than {limit:,} bytes, the most that is read of it; "
                              f"it was not read")
 
-    refuse_unless_regular(os.stat(path).st_mode)      # follows links: a link to /dev/zero is the device
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    with open(os.open(path, flags), "rb") as f:
-        st = os.fstat(f.fileno())
-        refuse_unless_regular(st.st_mode)
-        refuse_over(st.st_size)
+    with open_regular(path, what) as f:
+        refuse_over(os.fstat(f.fileno()).st_size)
         data = f.read(limit + 1)
     refuse_over(len(data))                            # it grew after fstat
+    return utf8(data, path, what)
+
+
+def utf8(data, path, what, first_line=1):
+    """``data`` (bytes read from line ``first_line`` of ``path`` on) decoded as UTF-8; a ValueError
+    naming the line otherwise."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        line = first_line + data.count(b"\n", 0, e.start)
         raise ValueError(f"{what} {path} is not UTF-8 text: line {line} holds bytes that are not UTF-8 "
                          f"({e.reason} at byte {e.start})") from None

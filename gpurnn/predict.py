@@ -25,12 +25,13 @@ import os
 import numpy as np
 
 from .checkpoint import REMEDY, CheckpointError, load_checkpoint
-from .data import READOUTS, check_inputs, standardise
+from .data import READOUTS, check_inputs, check_room, standardise
 from .model import SequenceModel, sequence_model_shapes
 from .runs import DEFAULTS, check_entries, checked_in_checkpoint, config_of_checkpoint, fits
 from .tasks import TASKS, Adding, Copy
 
 BUILTIN = {"adding": Adding, "copy": Copy}      # the built-in tasks whose sizes are fixed
+OUTPUT_COPIES = 3       # float64 (N, T, O) arrays at the peak of a prediction: the outputs, a transposed copy, softmax
 # The config entries that rebuild a model and tell what its inputs and outputs are: a run's config
 # holds them; a Trainer's state describes them for a model trained from Python, which has no run
 # config (Trainer.description).
@@ -92,8 +93,11 @@ class TrainedModel:
             x, lengths, valid = check_inputs(x, lengths, source, features=self.model.input_size)
             N, T, _ = x.shape
             inputs = standardise(x, valid, self._x_mean, self._x_std, source).transpose(1, 0, 2)   # (T, N, I)
+        O = self.model.output_size
+        check_room(source or "the inputs", OUTPUT_COPIES * 8 * N * T * O,
+                   f"the model's outputs for them, (N, T, O) = ({N}, {T}, {O}),", "predict on fewer sequences")
         backend = self.model.backend
-        out = np.empty((T, N, self.model.output_size))
+        out = np.empty((T, N, O))
         for a in range(0, N, batch_size):
             chunk, _ = self.model(backend.xp.asarray(np.ascontiguousarray(inputs[:, a:a + batch_size])))
             out[:, a:a + batch_size] = backend.to_host(chunk)

@@ -6,7 +6,7 @@ A run folder is read from its config.json (what was run), metrics.jsonl (gpurnn.
 and checkpoint.npz (gpurnn.checkpoint.load_checkpoint; only its step, and only when it loads), and
 whatever is in them, the report neither hangs nor reads without limit nor fails: only regular files
 are read (a FIFO, a device, a folder in their place is refused unread), each up to a limit
-(CONFIG_LIMIT, gpurnn.runs.METRICS_LIMIT), as UTF-8 JSON; every config entry and every record field
+(CONFIG_LIMIT for config.json; metrics.jsonl line by line), as UTF-8 JSON; every config entry and every record field
 the table uses must be of its kind (numbers finite). A run folder that fails any of this is skipped
 with one line that names it and says what is wrong; a record with a damaged field skips its run too
 (dropping the record would show another step's metric as the run's), except a damaged last line of
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .checkpoint import CheckpointError, load_checkpoint
 from .files import read_text
 from .kernels.vocabulary import MODEL_CELLS
-from .runs import METRICS_LIMIT, format_metric, read_metrics
+from .runs import format_metric, read_metrics
 
 # config.json is about 600 bytes (a path or two in it); anything near this is not a run's config.
 CONFIG_LIMIT = 1 << 20
@@ -122,7 +122,7 @@ def read_run(folder, warn=None):
     read_metrics' warning about a damaged last line."""
     config, metrics = os.path.join(folder, "config.json"), os.path.join(folder, "metrics.jsonl")
     key, seed = _read(config, read_config)
-    recs = _read(metrics, lambda path: read_metrics(path, warn=warn, limit=METRICS_LIMIT))
+    recs = _read(metrics, lambda path: read_metrics(path, warn=warn))
     gmax, reached, final = 0.0, 0, None
     for r in recs:
         try:

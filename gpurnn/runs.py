@@ -9,15 +9,16 @@ Errors name config entries by their keys (``hidden must be at least 1, got 0``);
 (gpurnn/_checks.py), so the command line can name them as its flags (``--hidden``) instead.
 """
 
+import errno
 import json
 import math
 import os
 
 from ._checks import Worded
 from .checkpoint import REMEDY, CheckpointError
-from .data import DataError, size_text
+from .data import VALUE_LIMIT, DataError, size_text
 from .datafiles import is_series
-from .files import read_text
+from .files import open_regular, utf8
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS, training_memory
 from .tasks import TASKS
@@ -98,6 +99,9 @@ def check_entries(entries):
     for key in ("clip", "tbptt"):
         if key in entries and entries[key] < 0:
             raise _bad(key, f"must be >= 0 (0 turns it off), got {entries[key]}")
+    if entries.get("init_scale") is not None and not abs(entries["init_scale"]) <= VALUE_LIMIT:
+        raise _bad("init_scale", f"must lie within ±{VALUE_LIMIT:.2g}, float32's range (the weights' own), "
+                                 f"got {entries['init_scale']:g}")
     if "seed" in entries and entries["seed"] < 0:
         raise _bad("seed", f"must be >= 0, got {entries['seed']}")
     if "lr" in entries and not entries["lr"] > 0:
@@ -232,7 +236,16 @@ class RunLock:
         self.folder, self.path, self.file = folder, os.path.join(folder, self.NAME), None
 
     def __enter__(self):
-        os.makedirs(self.folder, exist_ok=True)
+        try:
+            if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+                raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+            os.makedirs(self.folder, exist_ok=True)
+            if os.path.lexists(self.path) and not os.path.isfile(self.path):
+                raise IsADirectoryError(errno.EISDIR, f"its {self.NAME} is not a regular file")
+        except OSError as e:
+            why = e.strerror
+            raise ConfigError(lambda name: f"the run folder {self.folder} cannot be used ({why}); choose "
+                                           f"another {name('out')}", "out") from None
         f = open(self.path, "a+")
         try:
             _lock_file(f)
@@ -339,6 +352,10 @@ def check_vocabulary(task, ckpt, out, warn):
                         f"{sorted(old - new)[:10]}), so every id would mean another character. Resume with the "
                         f"original text, or start a new run")
     digest = ckpt["extra"].get("text_sha256")
+    then = ckpt["config"].get("text")
+    if digest is not None and digest != task.text_sha256 and task.text_path != then:
+        raise DataError(f"the text {task.text_path} is not the one the run in {out} started on ({then}): its "
+                        f"SHA-256 differs. Resume with the original text, or start a new run")
     if digest is not None and digest != task.text_sha256:
         warn("the text has changed since the run started (same characters); training continues on the new "
              "text, so it will not match a run that never stopped")
@@ -356,36 +373,34 @@ def check_data_file(task, ckpt, out):
                         f"not be the run's. Resume with the original file, or start a new run")
 
 
-# The most of a metrics log that is read: a line is about 250 bytes, so this holds a million logged
-# steps (their records take about 1 GiB once parsed); a larger file is refused, not read.
-METRICS_LIMIT = 256 << 20
-
-
-def read_metrics(path, warn=None, limit=METRICS_LIMIT):
+def read_metrics(path, warn=None):
     """The records of a metrics.jsonl: dicts, each with an integer "step". A damaged last line (a
     write cut short, e.g. by a full disk) is dropped, with a warning through ``warn``; damage
-    anywhere else raises ValueError naming the file and the line. The file is read by
-    files.read_text: OSError, or ValueError when it is not a regular file, is larger than ``limit``
-    bytes or is not UTF-8."""
-    lines = read_text(path, limit, "the metrics log").split("\n")
-    records = []
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    for k, (number, line) in enumerate(numbered):
-        try:
-            rec = json.loads(line)
-            step = rec.get("step") if isinstance(rec, dict) else None
-            problem = None if isinstance(step, int) and not isinstance(step, bool) else "not a record with a step"
-        except ValueError as e:
-            problem = str(e)
-        except RecursionError:
-            problem = "nested too deeply to read"
-        if problem is not None:
-            if k == len(numbered) - 1:
-                if warn:
-                    warn(f"{path}: line {number} is incomplete ({problem}); dropped it")
-                break
-            raise ValueError(f"{path}, line {number}, is damaged ({problem}); fix or delete that line")
-        records.append(rec)
+    anywhere else raises ValueError naming the file and the line. The file is read line by line,
+    and only if it is a regular file (files.open_regular: OSError, or ValueError for a FIFO, a
+    device, a folder, or bytes that are not UTF-8)."""
+    records, damaged = [], None                 # damaged: (line number, problem) of the last line read
+    with open_regular(path, "the metrics log") as f:
+        for number, raw in enumerate(f, start=1):
+            line = utf8(raw, path, "the metrics log", number)
+            if not line.strip():
+                continue
+            if damaged is not None:
+                raise ValueError(f"{path}, line {damaged[0]}, is damaged ({damaged[1]}); fix or delete that line")
+            try:
+                rec = json.loads(line)
+                step = rec.get("step") if isinstance(rec, dict) else None
+                problem = None if isinstance(step, int) and not isinstance(step, bool) else "not a record with a step"
+            except ValueError as e:
+                problem = str(e)
+            except RecursionError:
+                problem = "nested too deeply to read"
+            if problem is None:
+                records.append(rec)
+            else:
+                damaged = (number, problem)
+    if damaged is not None and warn:
+        warn(f"{path}: line {damaged[0]} is incomplete ({damaged[1]}); dropped it")
     return records
 
 

@@ -351,9 +351,11 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
         carry_metrics(history or metrics_path, metrics_path, trainer.step, _warner(voice, log))
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
-    with open(os.path.join(out, "config.json"), "w") as f:
+    config_path = os.path.join(out, "config.json")
+    with open(config_path + ".tmp", "w") as f:       # then renamed: whole or not at all, and never opened in place
         json.dump(dict(cfg, backend_used=trainer.model.backend.name), f, indent=2, sort_keys=True)
         f.write("\n")
+    os.replace(config_path + ".tmp", config_path)
 
     extra = {}                       # the task's config and vocabulary come with trainer.state()
     if isinstance(task, CharLM):

@@ -66,18 +66,18 @@ def _start_backward(saved, dy, dh_n):
 
 
 def _accumulate(grads, sums, dg_x, dg_h, x_t, h_prev):
-    """Weight gradients of one step: dW_ih += dG_xᵀ x_t, dW_hh += dG_hᵀ h_{t-1}; the bias sums
-    Σ_b dG go into ``sums`` (float64, _bias_sums), added into grads once at the end (_add_sums), so
-    that they are exact to the gradient's rounding over all T*B rows."""
-    grads["w_ih"] += dg_x.T @ x_t
-    grads["w_hh"] += dg_h.T @ h_prev
-    if sums:
+    """Weight gradients of one step into ``sums`` (float64, _float64_sums): dW_ih += dG_xᵀ x_t,
+    dW_hh += dG_hᵀ h_{t-1}, db += Σ_b dG; added into grads once at the end (_add_sums), so that
+    the sums over all T*B rows are exact to the gradient's rounding."""
+    sums["w_ih"] += dg_x.T.astype(np.float64) @ x_t
+    sums["w_hh"] += dg_h.T.astype(np.float64) @ h_prev
+    if "b_ih" in sums:
         sums["b_ih"] += dg_x.sum(axis=0, dtype=np.float64)
         sums["b_hh"] += dg_h.sum(axis=0, dtype=np.float64)
 
 
-def _bias_sums(grads):
-    return {k: np.zeros(grads[k].shape) for k in ("b_ih", "b_hh") if k in grads}
+def _float64_sums(grads):
+    return {k: np.zeros(grads[k].shape) for k in ("w_ih", "w_hh", "b_ih", "b_hh") if k in grads}
 
 
 def _add_sums(grads, sums):
@@ -105,7 +105,7 @@ def rnn_backward_reference(cell, saved, dy, dh_n, w_ih, w_hh, grads):
     x, hs = saved.x, saved.hs
     T, B = saved.dims.T, saved.dims.B
     dy, dh, dx = _start_backward(saved, dy, dh_n)
-    sums = _bias_sums(grads)
+    sums = _float64_sums(grads)
     for t, before, after in reversed(steps(T, saved.reverse)):
         act = active_rows(t, saved.lengths, B)
         dh_t = dh + dy[t]                                   # from the output and from step t+1
@@ -151,7 +151,7 @@ def lstm_backward_reference(saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     x, hs, cs, gates = saved.x, saved.hs, saved.cs, saved.gates
     T, B, _, H, _ = saved.dims
     dy, dh, dx = _start_backward(saved, dy, dh_n)
-    sums = _bias_sums(grads)
+    sums = _float64_sums(grads)
     dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n.copy()
     for t, before, after in reversed(steps(T, saved.reverse)):
         act = active_rows(t, saved.lengths, B)
@@ -204,7 +204,7 @@ def gru_backward_reference(saved, dy, dh_n, w_ih, w_hh, grads):
     x, hs, hns, gates = saved.x, saved.hs, saved.hn, saved.gates
     T, B, _, H, _ = saved.dims
     dy, dh, dx = _start_backward(saved, dy, dh_n)
-    sums = _bias_sums(grads)
+    sums = _float64_sums(grads)
     for t, before, _after in reversed(steps(T, saved.reverse)):
         act = active_rows(t, saved.lengths, B)
         r, z, n = (gates[t][:, k * H:(k + 1) * H] for k in range(3))

@@ -38,7 +38,8 @@ def values(root):
     """Values a flag may be given: numbers out of range or not numbers, and paths that exist as
     the wrong kind of thing, or not at all."""
     return st.sampled_from([
-        "0", "-1", "-3", "1", "2", "1.5", "nan", "inf", "-inf", "1e400", "9" * 40, "-" + "9" * 40, "", " , ",
+        "0", "-1", "-3", "1", "2", "1.5", "nan", "inf", "-inf", "1e400", "1e39", "1e308", "5e-324", "9" * 40,
+        "-" + "9" * 40, "", " , ",
         "abc", "a,b", "rnn,rnn", "é", "-", str(root / "file"), str(root / "file" / "sub"), str(root / "dir"),
         str(root / "nothing"), str(root / "x.npz"), str(root / "adding"), str(root / "lm"), "/dev/null",
         str(root / "dir" / "p.npy"), str(root / "file" / "p.npy")])
@@ -76,6 +77,7 @@ def _run(argv, capsys):
     return status, capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")       # an overflow on the way is a defect too
 @pytest.mark.parametrize("command", sorted(FLAGS))
 @SETTINGS
 @given(data=st.data())
@@ -103,7 +105,7 @@ def test_hostile_flags_end_in_a_status_and_one_line(runs, capsys, monkeypatch, c
     (["--seq-len", "0"], "argument --seq-len: must be at least 2, got 0"),
     (["--hidden", "0"], "argument --hidden: must be at least 1, got 0"),
     (["--batch", "0"], "argument --batch: must be at least 1, got 0"),
-    (["--scales", "nan"], "argument --scales: expected comma-separated finite numbers >= 0, got 'nan'"),
+    (["--scales", "nan"], "argument --scales: expected comma-separated numbers from 0 to 1e+150, got 'nan'"),
     (["--seed", "-3"], "argument --seed: must be at least 0, got -3"),
     (["--seq-len", "1000000000"], "needs about"),
 ])
@@ -142,11 +144,13 @@ def test_predict_out_onto_a_folder_under_a_file_or_a_full_disk(runs, tmp_path, c
     status, err = _run(base + [str(runs / "file" / "p.npy")], capsys)
     assert status == 1 and err == f"gpurnn predict: {runs / 'file'}: Not a directory\n", err
 
-    def full(*args, **kwargs):
+    def full(f, array):                  # the disk fills up halfway through, as f.write says on a full disk
+        f.write(b"\x93NUMPY")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(np, "save", full)
     status, err = _run(base + [str(tmp_path / "q.npy")], capsys)
-    assert status == 1 and err == f"gpurnn predict: {os.strerror(errno.ENOSPC)}\n", err
+    assert status == 1 and err == (f"gpurnn predict: {tmp_path / 'q.npy'}: cannot be written "
+                                   f"({os.strerror(errno.ENOSPC)})\n"), err
     assert sorted(os.listdir(tmp_path)) == ["p.npy"]            # no prediction, no temporary file
 
 
@@ -195,3 +199,39 @@ def test_an_unforeseen_exception_is_one_line_that_asks_for_a_report(runs, capsys
     monkeypatch.setenv("GPURNN_TRACEBACK", "1")
     with pytest.raises(ZeroDivisionError):
         cli.main(["sample", str(runs / "lm"), "--prime", "ab", "--backend", "cpu"])
+
+
+def test_a_run_folder_that_cannot_be_made_is_a_flag_to_change(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        status, err = _run(["train", "--steps", "1", "--no-progress", "--out", str(out)], capsys)
+        assert status == 2 and err == f"gpurnn train: the run folder {out} cannot be used " \
+                                      f"({'a file, not a folder' if out.name == 'file' else 'Not a directory'}); " \
+                                      f"choose another --out\n", err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_in_a_run_folder_cannot_hang_a_resume(tmp_path):
+    """config.json is written beside and renamed over (a FIFO there was opened for writing, and
+    blocked); a .lock that is not a file is refused by name."""
+    assert train_tiny(tmp_path / "run", "--steps", "2") == 0
+    os.remove(tmp_path / "run" / "config.json")
+    os.mkfifo(tmp_path / "run" / "config.json")
+    cmd = [sys.executable, "-m", "gpurnn", "train", "--resume", str(tmp_path / "run"), "--steps", "3", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and os.path.isfile(tmp_path / "run" / "config.json"), done.stderr
+    os.remove(tmp_path / "run" / ".lock")
+    os.mkfifo(tmp_path / "run" / ".lock")
+    done = subprocess.run(cmd[:-3] + ["--steps", "4", "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "its .lock is not a regular file" in done.stderr, done.stderr
+
+
+def test_a_text_at_a_new_path_must_be_the_runs(tmp_path, capsys):
+    assert train_charlm(tmp_path / "a.txt", tmp_path / "lm", steps=2) == 0
+    (tmp_path / "b.txt").write_text("abcabcabd " * 49 + "dcbadcbad ", encoding="utf-8")   # same characters
+    resume = ["train", "--resume", str(tmp_path / "lm"), "--steps", "3", "--no-progress", "--text"]
+    status, err = _run(resume + [str(tmp_path / "b.txt")], capsys)
+    assert status == 2 and f"the text {tmp_path / 'b.txt'} is not the one the run in" in err, err
+    os.replace(tmp_path / "a.txt", tmp_path / "moved.txt")
+    status, err = _run(resume + [str(tmp_path / "moved.txt")], capsys)
+    assert status == 0, err

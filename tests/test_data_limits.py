@@ -220,3 +220,26 @@ def test_a_run_resumes_on_its_data_file_at_a_new_path(tmp_path, capsys):
     assert cli.main(resume + ["--data", str(tmp_path / "moved" / "d.npz")]) == 0
     assert gpurnn.load_checkpoint(tmp_path / "run" / "checkpoint.npz")["config"]["data"] == \
         str(tmp_path / "moved" / "d.npz")
+
+
+def test_a_negative_seed_and_labels_beyond_int64_are_named():
+    x, _ = xy()
+    with pytest.raises(ValueError, match="seed must be a whole number >= 0, got -1"):
+        ArrayTask(x, np.zeros(20, np.int64) + np.arange(20) % 2, seed=-1)
+    y = np.arange(20, dtype=np.uint64)
+    y[7] = 2 ** 64 - 5
+    with pytest.raises(DataError, match="class label 18446744073709551611 at index \\(7,\\): beyond int64"):
+        ArrayTask(x, y)
+
+
+def test_outputs_larger_than_memory_are_refused_before_they_are_allocated(tmp_path, monkeypatch):
+    from conftest import train_charlm
+    assert train_charlm(tmp_path / "t.txt", tmp_path / "lm", steps=1) == 0
+    model = gpurnn.load_model(tmp_path / "lm", backend="cpu")
+    ids = np.zeros((20000, 8), np.int64)                  # 160000 steps x 5 characters x 3 copies: 19 MB
+    monkeypatch.setattr(gpurnn.backend, "available_memory", lambda on_gpu=False: 4 << 20)
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"the model's outputs for them, \(N, T, O\) = \(20000, 8, 5\), needs about"):
+        model.predict(ids)
+    assert tracemalloc.get_traced_memory()[1] < 2 << 20
+    tracemalloc.stop()
