@@ -1,8 +1,9 @@
 """Files that a user or a run folder names, read without trusting them.
 
-``read_text``: a text file (a run's config and metrics log, a charlm text) is read only when it is
-a regular file no larger than a limit: a FIFO would block forever, a link to /dev/zero would never
-end. ``read_header``: a .npz member's .npy header is read before its data, so that what it claims
+``open_regular``: a file (a run's metrics log, read line by line) is opened only when it is a
+regular file: a FIFO would block forever, a link to /dev/zero would never end. ``read_text``: a
+text (a run's config, a charlm text) read whole that way, when it is no larger than a limit.
+``read_header``: a .npz member's .npy header is read before its data, so that what it claims
 (dtype, shape, and so how many bytes) is checked against the member's size, and against the memory
 here, before anything that size is allocated (gpurnn.checkpoint and gpurnn.datafiles read their
 archives through it).
