@@ -364,14 +364,9 @@ def cmd_sample(args):
     return 0
 
 
-def sample_text(model, vocab, prime, length, temperature=1.0, seed=0):
-    """``length`` characters drawn one at a time from ``model`` after it has read ``prime``."""
-    return "".join(sample_chars(model, vocab, prime, length, temperature, seed))
-
-
 def sample_chars(model, vocab, prime, length, temperature=1.0, seed=0):
-    """The characters of ``sample_text``, one at a time as each is drawn. Its arguments are checked
-    before the first is drawn (a ValueError)."""
+    """``length`` characters drawn from ``model`` after it has read ``prime``, one at a time as each
+    is drawn. The arguments are checked before the first is drawn (a ValueError)."""
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"the temperature must be a finite number > 0, got {temperature}")
     if int(length) < 0:
