@@ -27,9 +27,9 @@ import sys
 import numpy as np
 
 from ._checks import Worded
-from .backend import BackendUnavailable, available_memory
+from .backend import BackendUnavailable
 from .checkpoint import CheckpointError
-from .data import DataError, size_text
+from .data import DataError, check_room
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS
 from .report import report
@@ -314,12 +314,10 @@ def cmd_grads(args):
     if not (cells and args.scales) and not args.run:
         print("gpurnn grads: nothing to measure (give --cell and --scales, or --run)", file=sys.stderr)
         return 2
-    need, available = grads_memory(args.seq_len, args.hidden, args.batch), available_memory(False)
-    if cells and args.scales and available is not None and need > available:
-        print(f"gpurnn grads: measuring T = {args.seq_len}, H = {args.hidden}, B = {args.batch} needs about "
-              f"{size_text(need)}, more than the {size_text(available)} of memory available here; lower --seq-len, "
-              f"--hidden or --batch", file=sys.stderr)
-        return 2
+    if cells and args.scales:
+        check_room(None, grads_memory(args.seq_len, args.hidden, args.batch),
+                   f"measuring T = {args.seq_len}, H = {args.hidden}, B = {args.batch}",
+                   "lower --seq-len, --hidden or --batch")
     make_folder(args.out)                         # before the measuring: a folder that cannot be made fails now
     results = []
     for cell in cells:

@@ -194,16 +194,16 @@ def _check_values(a, name, source, limit=VALUE_LIMIT):
 
 
 def check_room(source, need, what, remedy, key=None):
-    """A DataError naming ``source`` when ``need`` bytes (``what`` takes them) are more than the
-    memory available here, before they are allocated. ``remedy`` says what to change: a string,
-    or a function of the naming function (``Worded``) when it names the setting ``key``."""
+    """A DataError naming ``source`` (a file, or None) when ``need`` bytes (``what`` takes them) are
+    more than the memory available here, before they are allocated. ``remedy`` says what to change:
+    a string, or a function of the naming function (``Worded``) when it names the setting ``key``."""
     from .backend import available_memory
 
     available = available_memory(False)
     if available is None or need <= available:
         return
-    said = (f"{source}: {what} needs about {size_text(need)}, more than the {size_text(available)} of memory "
-            f"available here")
+    said = (f"{f'{source}: ' if source else ''}{what} needs about {size_text(need)}, more than the "
+            f"{size_text(available)} of memory available here")
     raise DataError(lambda name: f"{said}; {remedy(name) if callable(remedy) else remedy}", key)
 
 
