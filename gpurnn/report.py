@@ -16,7 +16,6 @@ metrics.jsonl, a write cut short, which read_metrics drops with a warning.
 """
 
 import json
-import math
 import os
 import reprlib
 import sys
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from .checkpoint import CheckpointError, load_checkpoint
 from .files import read_text
 from .kernels.vocabulary import MODEL_CELLS
-from .runs import format_metric, read_metrics
+from .runs import fits, format_metric, read_metrics
 
 # config.json is about 600 bytes (a path or two in it); anything near this is not a run's config.
 CONFIG_LIMIT = 1 << 20
@@ -188,13 +187,9 @@ def _entry(value, kinds, field):
 def finite_number(value, field):
     """``value`` as a float when it is a JSON number (an int or a float, not a bool) that is finite
     as a float; otherwise RunUnreadable naming ``field``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:                 # an integer of hundreds of digits
-            number = math.inf
-        if math.isfinite(number):
-            return number
+    if fits(value, float):
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):     # inf, nan, or hundreds of digits
         raise RunUnreadable(f"{field} is {_shown(value)}, not a finite number")
     raise RunUnreadable(f"{field} must be a number, got {_shown(value)}")
 
