@@ -3,7 +3,8 @@
 Shapes and arguments follow PyTorch: x (T, B, I), or (B, T, I) with batch_first; y (T, B, D*H);
 states (L*D, B, H) indexed layer*D + direction, with D = 2 when bidirectional. Parameters carry
 torch.nn's names, shapes and gate order, so ``load_state_dict(torch_module.state_dict())`` works
-both ways.
+both ways. An LSTM stack with projections (torch's ``proj_size`` P: a ``weight_hr`` per layer and
+direction) outputs and carries h of size P: y (T, B, D*P), h (L*D, B, P), c (L*D, B, H).
 
 ``stack_forward`` / ``stack_backward`` run a stack of layers on any backend, each (layer,
 direction) with the backend's ``forward_sequence`` and, for BPTT, ``backward_sequence``; the layer
@@ -14,7 +15,7 @@ Every layer pickles and deep-copies (``Module.__getstate__`` / ``__deepcopy__`` 
 
 import copy
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -164,12 +165,15 @@ class Module:
         return new
 
 
-def layer_names(layer, direction, bias=True):
-    """torch.nn's parameter names of one layer and direction, keyed by the kernels' names."""
+def layer_names(layer, direction, bias=True, proj=False):
+    """torch.nn's parameter names of one layer and direction, keyed by the kernels' names (and
+    "w_hr", the LSTM's projection, which no kernel takes), in torch.nn's order."""
     suffix = f"l{layer}" + ("_reverse" if direction else "")
     names = {"w_ih": f"weight_ih_{suffix}", "w_hh": f"weight_hh_{suffix}"}
     if bias:
         names.update(b_ih=f"bias_ih_{suffix}", b_hh=f"bias_hh_{suffix}")
+    if proj:
+        names["w_hr"] = f"weight_hr_{suffix}"
     return names
 
 
@@ -195,19 +199,32 @@ def set_stack_arguments(module, cell, input_size, hidden_size, num_layers, bias,
     module.bidirectional = bool(bidirectional)
 
 
-def parameter_shapes(cell, input_size, hidden_size, num_layers, bidirectional, bias):
-    """{torch.nn's name: shape} of every parameter of a stack, in torch.nn's order."""
+def parameter_shapes(cell, input_size, hidden_size, num_layers, bidirectional, bias, proj_size=0):
+    """{torch.nn's name: shape} of every parameter of a stack, in torch.nn's order.
+
+    ``proj_size`` P > 0 (LSTM only, P < hidden_size, as torch.nn checks): h is projected to P
+    units, so weight_hh is (4H, P), each layer and direction adds weight_hr (P, H), and layers
+    above the first read D*P features."""
+    if proj_size:
+        _checks.positive_int(proj_size, "proj_size")
+        if cell != "lstm":
+            raise ValueError(f"proj_size is supported for the LSTM only, not {cell!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
     G, H, D = GATES[cell], hidden_size, 2 if bidirectional else 1
+    S = proj_size or H      # the size of h: what W_hh reads and each direction outputs
     shapes = {}
     for layer in range(num_layers):
-        in_size = input_size if layer == 0 else D * H
+        in_size = input_size if layer == 0 else D * S
         for d in range(D):
-            names = layer_names(layer, d, bias)
+            names = layer_names(layer, d, bias, bool(proj_size))
             shapes[names["w_ih"]] = (G * H, in_size)
-            shapes[names["w_hh"]] = (G * H, H)
+            shapes[names["w_hh"]] = (G * H, S)
             if bias:
                 shapes[names["b_ih"]] = (G * H,)
                 shapes[names["b_hh"]] = (G * H,)
+            if proj_size:
+                shapes[names["w_hr"]] = (proj_size, H)
     return shapes
 
 
@@ -217,16 +234,36 @@ def parameter_shapes(cell, input_size, hidden_size, num_layers, bidirectional, b
 # contiguous) and never copy an input.
 
 @dataclass
+class Projected:
+    """What a projected LSTM layer and direction (torch's ``proj_size`` P) keeps beside its ``Saved``.
+
+    torch's projected LSTM feeds back h_{t-1} = W_hr m_{t-1}, m_t = o*tanh(c_t) (size H): so from
+    its second step on it is the plain LSTM on state m with recurrent weights W_hh W_hr (4H, H),
+    and the kernels run it unchanged. Only the first step reads h0 (size P): W_hh h0 comes in as
+    input, through P more input features, zero but at each row's first step where they hold h0,
+    with W_hh as their input weights; the kernels start from m = 0. Their output m is projected
+    after them: y = m W_hrᵀ, h_n = m_n W_hrᵀ.
+    """
+    w_ih: Any       # (4H, I+P): [W_ih | W_hh], the input weights the kernels ran
+    w_hh: Any       # (4H, H): W_hh W_hr, the recurrent weights on m
+    m: Any          # (T, B, H): the kernels' output, zero at inactive steps (dW_hr = Σ dyᵀ m)
+    m_n: Any        # (B, H): the kernels' final state
+    first: Any      # each row's first step, where h0 enters: 0, T-1, or (B,) lengths-1 (reverse)
+
+
+@dataclass
 class StackSaved:
     """What ``stack_forward`` keeps for ``stack_backward``: each layer and direction's ``Saved``
     (kernels/contract.py), index layer*D + direction, and the stack's shape and dropout masks; T,
-    B and H are the first layer's (every layer has them)."""
+    B and H are the first layer's (every layer has them; H is the hidden size, also with
+    projections)."""
     cell: str
     saved: list[Saved]      # L*D of them
     num_layers: int
     D: int                  # directions: 1, or 2 when bidirectional
     bias: bool
-    masks: Optional[list]   # None, or L-1 arrays (T, B, D*H): dropout between layers
+    masks: Optional[list]   # None, or L-1 arrays (T, B, D*H) (D*P with projections): dropout between layers
+    proj: Optional[list] = None     # a projected LSTM's L*D ``Projected``, index as ``saved``; else None
 
     @property
     def T(self):
@@ -264,28 +301,35 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
                   algo="auto"):
     """Forward through ``num_layers`` layers of ``cell``, each one or two directions.
 
-    params: torch.nn's names -> arrays (no bias entries: the layers have no bias);
+    params: torch.nn's names -> arrays (no bias entries: the layers have no bias; weight_hr
+    entries: an LSTM with projections, see ``Projected``);
     x (T, B, I); h0, c0 (L*D, B, H) (c0 only for "lstm"); lengths (B,) int32 or None;
     masks: None, or L-1 arrays (T, B, D*H) that multiply the output of layer l before layer l+1
     reads it (dropout); algo: the cuda backend's algorithm.
     Returns y (T, B, D*H), h_n, c_n (L*D, B, H; c_n None unless "lstm") and what stack_backward
-    needs.
+    needs. With projections to P units, h0, h_n are (L*D, B, P), y and masks (T, B, D*P).
     """
     xp = backend.xp
-    G, H, D = GATES[cell], h0.shape[2], 2 if bidirectional else 1
+    proj = "weight_hr_l0" in params
+    G, H, D = GATES[cell], (c0 if proj else h0).shape[2], 2 if bidirectional else 1
     bias = "bias_ih_l0" in params
     zero_bias = None if bias else _zeros(xp, G * H, x.dtype)
     h_n = xp.empty_like(h0)
-    c_n = xp.empty_like(h0) if cell == "lstm" else None
-    saved, layer_input = [], x
+    c_n = xp.empty_like(c0 if proj else h0) if cell == "lstm" else None
+    saved, records, layer_input = [], [], x
     for layer in range(num_layers):
         outputs = []
         for d in range(D):
-            names, k = layer_names(layer, d, bias), layer * D + d
+            names, k = layer_names(layer, d, bias, proj), layer * D + d
             p = {key: params[n] for key, n in names.items()}
-            y, h, c, s = backend.kernels.forward_sequence(
-                cell, layer_input, h0[k], None if c0 is None else c0[k], p["w_ih"], p["w_hh"],
-                p.get("b_ih", zero_bias), p.get("b_hh", zero_bias), lengths, bool(d), algo)
+            if proj:
+                y, h, c, s, record = _projected_forward(backend, layer_input, h0[k], c0[k], p, p.get("b_ih", zero_bias),
+                                                        p.get("b_hh", zero_bias), lengths, bool(d), algo)
+                records.append(record)
+            else:
+                y, h, c, s = backend.kernels.forward_sequence(
+                    cell, layer_input, h0[k], None if c0 is None else c0[k], p["w_ih"], p["w_hh"],
+                    p.get("b_ih", zero_bias), p.get("b_hh", zero_bias), lengths, bool(d), algo)
             h_n[k] = h
             if c_n is not None:
                 c_n[k] = c
@@ -294,38 +338,91 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
         layer_input = outputs[0] if D == 1 else xp.concatenate(outputs, axis=2)
         if masks is not None and layer < num_layers - 1:
             layer_input = layer_input * masks[layer]
-    return layer_input, h_n, c_n, StackSaved(cell, saved, num_layers, D, bias, masks)
+    return layer_input, h_n, c_n, StackSaved(cell, saved, num_layers, D, bias, masks, records if proj else None)
 
 
 def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
     """BPTT through the stack that ``stack_forward`` ran: adds every parameter's gradient into
     ``grads`` (torch.nn's names -> arrays) and returns dx (T, B, I), dh0, dc0 (L*D, B, H).
 
-    dy (T, B, D*H), dh_n, dc_n (L*D, B, H): the loss's gradients, each None for zero.
+    dy (T, B, D*H), dh_n, dc_n (L*D, B, H): the loss's gradients, each None for zero. With
+    projections to P units, dy is (T, B, D*P), dh_n and the dh0 returned (L*D, B, P).
     """
     xp = backend.xp
     cell, saved, D, H, masks, L = state.cell, state.saved, state.D, state.H, state.masks, state.num_layers
-    shape = (L * D, state.B, H)
+    proj = state.proj
+    S = H if proj is None else params["weight_hr_l0"].shape[0]     # the size of h
     dt = params["weight_hh_l0"].dtype
-    dh0 = xp.zeros(shape, dt)
-    dc0 = xp.zeros(shape, dt) if cell == "lstm" else None
+    dh0 = xp.zeros((L * D, state.B, S), dt)
+    dc0 = xp.zeros((L * D, state.B, H), dt) if cell == "lstm" else None
     dx = None
     for layer in reversed(range(L)):
         if masks is not None and layer < L - 1 and dy is not None:
             dy = dy * masks[layer]          # dropout's mask, as forward applied it
         dx = None
         for d in range(D):
-            names, k = layer_names(layer, d, state.bias), layer * D + d
-            dy_d = None if dy is None else xp.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
-            dx_d, dh, dc = backend.kernels.backward_sequence(
-                cell, saved[k], dy_d, None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
-                params[names["w_ih"]], params[names["w_hh"]], {key: grads[n] for key, n in names.items()})
+            names, k = layer_names(layer, d, state.bias, proj is not None), layer * D + d
+            dy_d = None if dy is None else xp.ascontiguousarray(dy[:, :, d * S:(d + 1) * S])
+            dh_k, dc_k = None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k]
+            if proj is None:
+                dx_d, dh, dc = backend.kernels.backward_sequence(
+                    cell, saved[k], dy_d, dh_k, dc_k, params[names["w_ih"]], params[names["w_hh"]],
+                    {key: grads[n] for key, n in names.items()})
+            else:
+                dx_d, dh, dc = _projected_backward(backend, saved[k], proj[k], dy_d, dh_k, dc_k, params, grads,
+                                                   names)
             dh0[k] = dh
             if dc0 is not None:
                 dc0[k] = dc
             dx = dx_d if dx is None else dx + dx_d
         dy = dx  # the gradient of this layer's input is the next-lower layer's output gradient
     return dx, dh0, dc0
+
+
+def _projected_forward(backend, x, h0, c0, p, b_ih, b_hh, lengths, reverse, algo):
+    """One direction of a projected LSTM layer (``Projected`` says how): x (T, B, I), h0 (B, P),
+    c0 (B, H), p the kernels' names -> arrays with "w_hr". Returns y (T, B, P), h_n (B, P),
+    c_n (B, H), the kernels' Saved and the Projected record."""
+    xp = backend.xp
+    T, B, I = x.shape
+    w_hh, w_hr = p["w_hh"], p["w_hr"]
+    (P, H), rows = w_hr.shape, xp.arange(B)
+    # a reversed row starts at its own last valid step (kernels/contract.py)
+    first = 0 if not reverse else T - 1 if lengths is None else lengths - 1
+    xe = xp.zeros((T, B, I + P), x.dtype)
+    xe[:, :, :I] = x
+    xe[first, rows, I:] = h0
+    w_ih, w_m = xp.concatenate((p["w_ih"], w_hh), axis=1), w_hh @ w_hr
+    m, m_n, c_n, saved = backend.kernels.forward_sequence("lstm", xe, xp.zeros((B, H), x.dtype), c0, w_ih, w_m,
+                                                          b_ih, b_hh, lengths, reverse, algo)
+    y = (m.reshape(T * B, H) @ w_hr.T).reshape(T, B, P)
+    return y, m_n @ w_hr.T, c_n, saved, Projected(w_ih, w_m, m, m_n, first)
+
+
+def _projected_backward(backend, saved, rec, dy, dh_n, dc_n, params, grads, names):
+    """BPTT of one direction of a projected LSTM layer: dy (T, B, P), dh_n (B, P), dc_n (B, H),
+    each None for zero. Adds into grads (torch.nn's names) and returns dx (T, B, I), dh0 (B, P),
+    dc0 (B, H). The kernels' weight gradients go to zeros of [W_ih | W_hh] and W_hh W_hr's shapes,
+    then through the chain rule to W_ih, W_hh and W_hr; the biases' go straight into grads."""
+    xp = backend.xp
+    w_hh, w_hr = params[names["w_hh"]], params[names["w_hr"]]
+    (P, H), (T, B) = w_hr.shape, rec.m.shape[:2]
+    I = rec.w_ih.shape[1] - P
+    g_hr = grads[names["w_hr"]]
+    dm = dm_n = None
+    if dy is not None:                  # y = m W_hrᵀ
+        dm = (dy.reshape(T * B, P) @ w_hr).reshape(T, B, H)
+        g_hr += dy.reshape(T * B, P).T @ rec.m.reshape(T * B, H)
+    if dh_n is not None:                # h_n = m_n W_hrᵀ
+        dm_n = dh_n @ w_hr
+        g_hr += dh_n.T @ rec.m_n
+    g = {"w_ih": xp.zeros_like(rec.w_ih), "w_hh": xp.zeros_like(rec.w_hh)}
+    g.update((k, grads[names[k]]) for k in ("b_ih", "b_hh") if k in names)
+    dxe, _, dc0 = backend.kernels.backward_sequence("lstm", saved, dm, dm_n, dc_n, rec.w_ih, rec.w_hh, g)
+    grads[names["w_ih"]] += g["w_ih"][:, :I]
+    grads[names["w_hh"]] += g["w_ih"][:, I:] + g["w_hh"] @ w_hr.T       # W_hh h0, and W_hh W_hr m
+    g_hr += w_hh.T @ g["w_hh"]
+    return xp.ascontiguousarray(dxe[:, :, :I]), dxe[rec.first, xp.arange(B), I:], dc0
 
 
 class RNNBase(Module):
