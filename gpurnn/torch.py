@@ -1,4 +1,4 @@
-"""gpurnn inside PyTorch: RNN, LSTM and GRU as ``torch.nn.Module``s whose forward and BPTT are
+"""gpurnn inside PyTorch: RNN, LSTM and GRU as ``torch.nn`` modules whose forward and BPTT are
 gpurnn's kernels. Swap one import and train as usual::
 
     from gpurnn.torch import LSTM                    # was: from torch.nn import LSTM
@@ -6,20 +6,29 @@ gpurnn's kernels. Swap one import and train as usual::
     out, (h_n, c_n) = lstm(x)                        # x: a tensor or a PackedSequence
     loss.backward(); optimizer.step()                # torch's autograd, optimisers, clipping, DDP
 
-- The constructors are torch.nn's, argument for argument (positional order included), plus
+- The modules ARE torch.nn's: ``LSTM`` subclasses ``torch.nn.LSTM`` (so ``torch.nn.RNNBase``), and
+  only ``forward`` is gpurnn's. Constructor, argument checks and their exceptions, parameters
+  (names, order, shapes, initialisation under the same seed), ``state_dict``, ``_flat_weights``,
+  ``mode``, ``proj_size``, ``flatten_parameters``, ``repr`` and pickling are torch.nn's own. Added:
   ``backend`` ("auto": the cpu backend for CPU tensors, the cuda backend for CUDA tensors; or
   "cpu", "cuda", "reference") and ``algo`` (the cuda backend's algorithm, see gpurnn.LSTM).
-- The parameters are ``nn.Parameter``s with torch.nn's names, order, shapes and initialisation:
-  under the same ``torch.manual_seed`` a module starts with the weights torch.nn's would, and
-  ``state_dict()`` loads into torch.nn's modules and back, strict.
-- ``forward(input, hx=None)`` returns what torch.nn returns: for a PackedSequence (lengths in any
-  order) a PackedSequence laid out like the input; unbatched (T, I) input works too.
-- One ``torch.autograd.Function`` (``_Stack``) runs ``layers.stack_forward`` and, in backward,
-  ``layers.stack_backward``: the very code gpurnn's own layers run. Its gradients reach the input,
-  the initial states and every parameter.
+- ``forward(input, hx=None)`` follows torch.nn's forward step by step (its checks, its exception
+  types, packed input, unbatched input, batch_first, B = 0); where torch.nn calls its C++ RNN,
+  this module calls two PyTorch custom operators, ``gpurnn::stack_forward`` and
+  ``gpurnn::stack_backward``, which run ``layers.stack_forward`` / ``layers.stack_backward``: the
+  very code gpurnn's own layers run. Being operators with shape functions, they work under
+  ``torch.compile``, ``torch.export``, ``torch.func`` (grad, vmap) and on the meta device.
+- What the forward keeps for BPTT stays in the backend's arrays, held under a key: a tensor that
+  autograd saves. When autograd frees the graph, the key dies and the arrays with it (so a second
+  backward needs ``retain_graph``, as in torch.nn). The inputs and weights are saved too, so an
+  in-place change between forward and backward raises torch's error instead of wrong gradients.
+- Double backward (a gradient of a gradient, e.g. a gradient penalty) is refused with a
+  RuntimeError when it is attempted; TorchScript (``torch.jit.script``) is refused with one line
+  that names what works instead.
 - No copies on the way in or out: CPU tensors pass as NumPy views of their memory, CUDA tensors
-  as CuPy arrays through DLPack, and the kernels run on torch's current CUDA stream. Only what the
-  kernels' layout needs is copied (a batch_first input is made time-major, as torch.nn does too).
+  as CuPy arrays through DLPack, and the kernels run on torch's current CUDA stream.
+- On the cpu backend NumPy's BLAS uses as many threads as torch (``torch.get_num_threads()``), so
+  the two thread pools do not fight over the cores.
 - Dropout between stacked layers draws its masks from torch's generator, as torch.nn does: on the
   CPU, the masks (and so the results) in training mode are torch.nn's own.
 - Like torch.nn, and unlike gpurnn's layers, the modules do not check values for NaN (that would
@@ -27,300 +36,392 @@ gpurnn's kernels. Swap one import and train as usual::
 """
 
 import contextlib
-import dataclasses
+import itertools
+import weakref
+from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
-from torch.autograd.function import once_differentiable
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .backend import BACKENDS, get_backend
-from .layers import check_algo, layer_names, parameter_shapes, set_stack_arguments, stack_backward, stack_forward
+from .kernels.vocabulary import GATES
+from .layers import check_algo, parameter_shapes, stack_backward, stack_forward
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
 DTYPES = (torch.float32, torch.float64)
+CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
+DOUBLE_BACKWARD = ("gpurnn.torch: a gradient of a gradient (double backward, e.g. a gradient penalty) is not "
+                   "supported by gpurnn's kernels; compute it with torch.nn's modules")
 
 
-class _RNNBase(nn.Module):
-    """What RNN, LSTM and GRU share; ``cell`` is one of gpurnn's cells ("rnn_tanh", "lstm", ...)."""
+class _Bridge:
+    """gpurnn's forward for torch.nn.RNN, LSTM and GRU (this class comes first in their bases)."""
 
-    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None, *, backend="auto", algo="auto"):
-        super().__init__()
+    def _set_backend(self, backend, algo):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"gpurnn computes in float32 or float64, got dtype={dtype}")
         self.backend = backend
         self.algo = check_algo(algo, backend)
-        set_stack_arguments(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                            bidirectional)
-        shapes = parameter_shapes(cell, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
-                                  self.bias)
-        self._names = list(shapes)          # torch.nn's parameter names, in its order
-        for name, shape in shapes.items():
-            self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        """torch.nn's initialisation, drawn in its order: every parameter ~ U(-1/√H, 1/√H)."""
-        bound = 1.0 / self.hidden_size ** 0.5
-        for w in self.parameters():
-            nn.init.uniform_(w, -bound, bound)
-
-    def flatten_parameters(self):
-        """Nothing to do (torch.nn's modules pack their weights for cuDNN here); kept so that code
-        written for torch.nn runs unchanged."""
-
-    @property
-    def all_weights(self):
-        """The parameters of each layer and direction, as torch.nn's ``all_weights``."""
-        D = 2 if self.bidirectional else 1
-        return [[getattr(self, n) for n in layer_names(layer, d, self.bias).values()]
-                for layer in range(self.num_layers) for d in range(D)]
 
     def extra_repr(self):
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.cell == "rnn_relu":
-            s += ", nonlinearity='relu'"
-        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
-            if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)}"
-        return s + f", backend={self.backend!r}" + (f", algo={self.algo!r}" if self.algo != "auto" else "")
+        return (super().extra_repr() + f", backend={self.backend!r}"
+                + (f", algo={self.algo!r}" if self.algo != "auto" else ""))
 
-    # ------------------------------------------------------------ forward
+    def __prepare_scriptable__(self):
+        raise RuntimeError(f"gpurnn.torch.{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script): "
+                           "its kernels are PyTorch custom operators in Python; use torch.compile or torch.export")
+
+    # ------------------------------------------------------------ forward, as torch.nn's
     def forward(self, input, hx=None):
+        lstm = self.mode == "LSTM"
         name = type(self).__name__
-        packed = isinstance(input, PackedSequence)
-        lengths = None
-        if packed:
-            x, lengths = pad_packed_sequence(input)      # (T, B, I), rows in the caller's order
-            batched = True
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched, batch_dim = True, 1
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
         else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"{name}: input must be a torch.Tensor or a PackedSequence, got {type(input).__name__}")
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if not isinstance(input, Tensor):
+                raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: expected input of 3 dimensions, (T, B, {self.input_size})"
-                                 f"{' with batch_first (B, T, ...)' if self.batch_first else ''}, or 2 "
-                                 f"(unbatched, (T, {self.input_size})), got shape {tuple(input.shape)}")
-            batched = input.dim() == 3
-            x = input if batched else input.unsqueeze(1)
-            if batched and self.batch_first:
-                x = x.transpose(0, 1)
-        T, B, I = x.shape
-        if I != self.input_size:
-            raise ValueError(f"{name}: expected input with {self.input_size} features (input_size), got {I}; "
-                             f"input shape {tuple(input.data.shape if packed else input.shape)}")
-        if T == 0 or B == 0:
-            raise ValueError(f"{name}: input has shape {tuple(input.shape)}; expected at least one time step "
-                             f"and one batch row")
-        weight = self.weight_ih_l0
-        if weight.dtype not in DTYPES:
-            raise TypeError(f"{name}: the parameters are {weight.dtype}, but gpurnn computes in float32 or float64; "
-                            "convert the module with .float() or .double()")
-        if x.dtype != weight.dtype:
-            raise TypeError(f"{name}: input has dtype {x.dtype} but the parameters are {weight.dtype}; convert one "
-                            f"(x.to({weight.dtype}) or module.to({x.dtype}))")
-        if x.device != weight.device:
-            raise ValueError(f"{name}: input is on {x.device} but the parameters are on {weight.device}; move one "
-                             f"(x.to('{weight.device}') or module.to('{x.device}'))")
-        h0, c0 = self._initial_state(hx, B, batched, x)
-        be = self._backend_for(x.device)
-        masks = None
-        if self.training and self.dropout and self.num_layers > 1:
-            masks = self._dropout_masks(T, B, x)
-        run = _Run(be, self.cell, self.num_layers, self.bidirectional, self._names, lengths, self.algo, x.device)
-        out = _Stack.apply(run, masks, x, h0, c0, *(getattr(self, n) for n in self._names))
-        y, h_n = out[0], out[1]
-        c_n = out[2] if self.cell == "lstm" else None
-        if packed:
-            y = _repack(y, input)
-        elif not batched:
-            y, h_n = y.squeeze(1), h_n.squeeze(1)
-            c_n = None if c_n is None else c_n.squeeze(1)
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                hx = _hx_with_batch(hx, lstm, is_batched, name)
+        if hx is None:
+            self.check_input(input, batch_sizes)
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
+        output, hidden = self._stack(input, hx, batch_sizes)
+        if isinstance(orig_input, PackedSequence):
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
+        return output, hidden
+
+    def _stack(self, input, hx, batch_sizes):
+        """What torch.nn's C++ RNN does: input (T, B, I), (B, T, I) with batch_first, or packed
+        rows (N, I) with ``batch_sizes``; hx checked (None, a tensor, or (h_0, c_0)).
+        Returns the output laid out as the input and h_n (or (h_n, c_n))."""
+        lstm = self.mode == "LSTM"
+        # read by name, not from _flat_weights: torch.func.functional_call and torch.export swap them
+        weights = [getattr(self, n) for n in self._flat_weights_names]
+        wdtype = weights[0].dtype
+        if wdtype not in DTYPES:
+            raise NotImplementedError(f"{type(self).__name__}: the parameters are {wdtype}, but gpurnn computes in "
+                                      "float32 or float64; convert the module with .float() or .double()")
+        lengths = None
+        if batch_sizes is not None:
+            x, lengths = pad_packed_sequence(PackedSequence(input, batch_sizes))    # (T, B, I), sorted order
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input
+        T, B, _ = x.shape
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+        for label, h in (("hx", h0), ("cx", c0)):
+            if h is not None and (h.dtype != x.dtype or h.device != x.device):
+                raise RuntimeError(f"{type(self).__name__}: {label} is {h.dtype} on {h.device}, the input "
+                                   f"{x.dtype} on {x.device}; give both the same dtype and device")
+        D = 2 if self.bidirectional else 1
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if B == 0:
+            y, h_n, c_n = _empty_outputs(x, h0, c0, weights, (T, 0, D * out_size),
+                                         (self.num_layers * D, 0, out_size), (self.num_layers * D, 0, self.hidden_size))
+        else:
+            masks = None
+            if self.training and self.dropout and self.num_layers > 1:
+                masks = _dropout_masks(self.dropout, self.num_layers, (T, B, D * out_size), x)
+            # the operators' description of the stack, after their tensors
+            config = (CELL_OF_MODE[self.mode], self.num_layers, bool(self.bidirectional), bool(self.bias),
+                      int(self.proj_size), self._backend_for(x.device), self.algo)
+            keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+            y, h_n, c_n, _key = _Stack.apply(config, keep, x, h0, c0, masks, lengths, *weights)
+        if batch_sizes is not None:
+            y = _packed_rows(y, batch_sizes)
         elif self.batch_first:
             y = y.transpose(0, 1)
-        return y, ((h_n, c_n) if self.cell == "lstm" else h_n)
-
-    def _initial_state(self, hx, B, batched, x):
-        """(h0, c0) as (L*D, B, H) tensors, or None for zeros; checks hx as torch.nn does."""
-        name = type(self).__name__
-        if hx is None:
-            return None, None
-        if self.cell == "lstm":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
-            states = [("h_0", hx[0]), ("c_0", hx[1])]
-        else:
-            if not isinstance(hx, torch.Tensor):
-                raise TypeError(f"{name}: hx must be a tensor, got {type(hx).__name__}")
-            states = [("h_0", hx)]
-        L_D = self.num_layers * (2 if self.bidirectional else 1)
-        expected = (L_D, B, self.hidden_size) if batched else (L_D, self.hidden_size)
-        out = []
-        for label, h in states:
-            if not isinstance(h, torch.Tensor):
-                raise TypeError(f"{name}: {label} must be a tensor, got {type(h).__name__}")
-            if tuple(h.shape) != expected:
-                raise ValueError(f"{name}: expected {label} of shape {expected} (num_layers * num_directions, "
-                                 f"{'batch, ' if batched else ''}hidden_size), got {tuple(h.shape)}")
-            if h.dtype != x.dtype or h.device != x.device:
-                raise ValueError(f"{name}: {label} is {h.dtype} on {h.device}, the input {x.dtype} on {x.device}; "
-                                 "give both the same dtype and device")
-            out.append(h if batched else h.unsqueeze(1))
-        return out[0], (out[1] if len(out) > 1 else None)
+        return y, ((h_n, c_n) if lstm else h_n)
 
     def _backend_for(self, device):
-        """The gpurnn backend that computes on ``device``'s tensors (``backend`` "auto" follows them)."""
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"{type(self).__name__}: gpurnn runs tensors on the CPU or a CUDA GPU, got {device}")
+        """The name of the gpurnn backend that computes on ``device``'s tensors."""
+        if device.type not in ("cpu", "cuda", "meta"):
+            raise RuntimeError(f"{type(self).__name__}: gpurnn runs tensors on the CPU or a CUDA GPU, got {device}")
         name = self.backend
         if name == "auto":
-            name = "cuda" if device.type == "cuda" else "cpu"
-        be = get_backend(name)
-        if device.type == "cuda" and not be.on_gpu:
-            raise ValueError(f"{type(self).__name__}: the input is on {device}, but backend={name!r} computes on "
-                             "the host; build the module with backend='auto' or 'cuda', or move it to the CPU")
-        if device.type == "cpu" and be.on_gpu:
-            raise ValueError(f"{type(self).__name__}: backend='cuda' computes on the GPU, but the input and the "
-                             "parameters are on the CPU; move both to the GPU (module.cuda(), x.cuda())")
-        return be
-
-    def _dropout_masks(self, T, B, x):
-        """The L-1 masks (T, B, D*H) between layers, drawn as torch.nn's CPU kernel draws them:
-        a Bernoulli(1 - p) tensor per layer, in layer order, divided by 1 - p."""
-        keep = 1.0 - self.dropout
-        shape = (T, B, (2 if self.bidirectional else 1) * self.hidden_size)
-        if keep == 0:
-            return [torch.zeros(shape, dtype=x.dtype, device=x.device) for _ in range(self.num_layers - 1)]
-        return [torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
-                for _ in range(self.num_layers - 1)]
+            return "cuda" if device.type == "cuda" else "cpu"
+        if device.type == "cuda" and name != "cuda":
+            raise RuntimeError(f"{type(self).__name__}: the input is on {device}, but backend={name!r} computes on "
+                               "the host; build the module with backend='auto' or 'cuda', or move it to the CPU")
+        if device.type == "cpu" and name == "cuda" and get_backend("cuda").on_gpu:
+            raise RuntimeError(f"{type(self).__name__}: backend='cuda' computes on the GPU, but the input and the "
+                               "parameters are on the CPU; move both to the GPU (module.cuda(), x.cuda())")
+        return name
 
 
-class RNN(_RNNBase):
+class RNN(_Bridge, nn.RNN):
     """torch.nn.RNN on gpurnn's kernels: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", algo="auto"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
-        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype, backend=backend, algo=algo)
+    def __init__(self, *args, backend="auto", algo="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend, algo)
 
 
-class LSTM(_RNNBase):
-    """torch.nn.LSTM on gpurnn's kernels; gate rows [i, f, g, o]. ``proj_size`` must be 0."""
+class LSTM(_Bridge, nn.LSTM):
+    """torch.nn.LSTM on gpurnn's kernels; gate rows [i, f, g, o]; ``proj_size`` as torch.nn's."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, device=None, dtype=None, *, backend="auto", algo="auto"):
-        if proj_size != 0:
-            raise ValueError(f"proj_size={proj_size}: gpurnn's LSTM has no projection; use proj_size=0 "
-                             "(or torch.nn.LSTM)")
-        self.proj_size = 0
-        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype, backend=backend, algo=algo)
+    def __init__(self, *args, backend="auto", algo="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend, algo)
 
 
-class GRU(_RNNBase):
+class GRU(_Bridge, nn.GRU):
     """torch.nn.GRU on gpurnn's kernels; gate rows [r, z, n]."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None, *, backend="auto", algo="auto"):
-        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype, backend=backend, algo=algo)
+    def __init__(self, *args, backend="auto", algo="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend, algo)
 
 
-# ---------------------------------------------------------------- the autograd Function
-class _Run:
-    """What one call of _Stack needs besides tensors: the stack's shape and where it runs.
-    ``lengths``: a CPU int64 tensor (B,) or None. It stays with the graph until the graph is freed,
-    so it holds no activations (the dropout masks go through save_for_backward with the rest)."""
-
-    def __init__(self, backend, cell, num_layers, bidirectional, names, lengths, algo, device):
-        self.backend, self.cell, self.num_layers, self.bidirectional = backend, cell, num_layers, bidirectional
-        self.names, self.lengths, self.algo, self.device = names, lengths, algo, device
-
-    @contextlib.contextmanager
-    def stream(self):
-        """Every launch inside goes on torch's current stream of the input's GPU (CuPy's current
-        stream, which the cuda backend launches on); nothing to do on the host."""
-        if not self.backend.on_gpu:
-            yield
-            return
-        import cupy
-        ptr = torch.cuda.current_stream(self.device).cuda_stream
-        # torch's default stream is the legacy default stream, pointer 0: CuPy's null stream
-        stream = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr)
-        with cupy.cuda.Device(self.device.index or 0), stream:
-            yield
+def _hx_with_batch(hx, lstm, is_batched, name):
+    """hx as (L*D, B, ...) tensors: checks its dimensions as torch.nn does, adds the batch axis
+    of an unbatched call."""
+    want = 3 if is_batched else 2
+    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+    if lstm:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(h, Tensor) for h in hx):
+            # torch.nn indexes hx: a tensor fails its dimension check (RuntimeError), anything else a TypeError
+            error = RuntimeError if isinstance(hx, Tensor) else TypeError
+            raise error(f"{name}: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
+        if hx[0].dim() != want or hx[1].dim() != want:
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                               f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+        return tuple(hx) if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+    if hx.dim() != want:
+        raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
+    return hx if is_batched else hx.unsqueeze(1)
 
 
+def _empty_outputs(x, h0, c0, weights, y_shape, h_shape, c_shape):
+    """The outputs of a batch of no rows: empty tensors that depend on every input, so that
+    backward gives each its zero gradient, as torch.nn's does."""
+    anchor = sum(t.sum() for t in (x, h0, c0, *weights) if t is not None) * 0
+    y = x.new_zeros(y_shape) + anchor
+    return y, x.new_zeros(h_shape) + anchor, x.new_zeros(c_shape) + anchor
+
+
+def _dropout_masks(p, num_layers, shape, x):
+    """The L-1 masks (T, B, D*H) between layers, drawn as torch.nn's CPU kernel draws them:
+    a Bernoulli(1 - p) tensor per layer, in layer order, divided by 1 - p."""
+    keep = 1.0 - p
+    if keep == 0:
+        return [x.new_zeros(shape) for _ in range(num_layers - 1)]
+    return [x.new_empty(shape).bernoulli_(keep).div_(keep) for _ in range(num_layers - 1)]
+
+
+def _packed_rows(y, batch_sizes):
+    """y (T, B, F) in sorted order as the rows of a PackedSequence with ``batch_sizes``: the rows
+    of step t are the first batch_sizes[t] rows of y[t]."""
+    T, B = y.shape[:2]
+    valid = torch.arange(B)[None, :] < batch_sizes[:, None]                    # (T, B)
+    return y.reshape(T * B, -1)[valid.reshape(-1).to(y.device)]
+
+
+# ---------------------------------------------------------------- autograd, over the two operators
 class _Stack(torch.autograd.Function):
-    """y, h_n[, c_n] = stack(x, h0, c0, *weights) with gpurnn's forward, the dropout ``masks``
-    (a list of tensors, or None) between layers; BPTT in backward.
-
-    The arrays that backward reads are handed to ``save_for_backward`` as tensors (views of the
-    same memory), so torch frees them after backward as it frees its own, and refuses a second
-    backward without ``retain_graph``; the inputs and weights are saved too, so that an in-place
-    change to them between forward and backward raises torch's error instead of giving wrong
-    gradients.
-    """
+    """y, h_n, c_n, key = stack(x, h0, c0, *weights) through gpurnn::stack_forward; backward
+    through gpurnn::stack_backward (``_Backward``, which refuses to be differentiated again).
+    ``masks``: dropout between layers (a list of tensors, or None); ``lengths``: a CPU int64
+    tensor (B,) for packed input, or None."""
 
     @staticmethod
-    def forward(ctx, run, masks, x, h0, c0, *weights):
-        be = run.backend
-        xp = be.xp
-        with run.stream():
-            xa = _array(x.contiguous(), be)
-            T, B, _ = xa.shape
-            L_D, H = run.num_layers * (2 if run.bidirectional else 1), weights[1].shape[1]
-            h0a = xp.zeros((L_D, B, H), xa.dtype) if h0 is None else _array(h0.contiguous(), be)
-            c0a = None
-            if run.cell == "lstm":
-                c0a = xp.zeros((L_D, B, H), xa.dtype) if c0 is None else _array(c0.contiguous(), be)
-            lens = None
-            if run.lengths is not None:
-                lens = be.asarray(run.lengths.numpy(), np.int32)
-            params = {n: _array(w, be) for n, w in zip(run.names, weights)}
-            masks = None if masks is None else [_array(m, be) for m in masks]
-            y, h_n, c_n, state = stack_forward(be, run.cell, params, xa, h0a, c0a, lens, run.num_layers,
-                                               run.bidirectional, masks, run.algo)
-        arrays = []
-        ctx.skeleton = _split(state, arrays, be)
-        ctx.run = run
-        ctx.save_for_backward(x, h0, c0, *weights, *(_tensor(a, be) for a in arrays))
+    def forward(config, keep, x, h0, c0, masks, lengths, *weights):
+        return stack_forward_op(x, h0, c0, list(weights), masks or [], lengths, *config, keep)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        config, keep, x, h0, c0, masks, lengths, *weights = inputs
+        ctx.config = config
+        ctx.has_h0, ctx.has_c0 = h0 is not None, c0 is not None
+        key = output[3]
+        ctx.mark_non_differentiable(key)
+        if config[0] != "lstm":
+            ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(key, x, h0, c0, *weights)
         ctx.set_materialize_grads(False)
-        outputs = (_tensor(y, be), _tensor(h_n, be))
-        return outputs + ((_tensor(c_n, be),) if run.cell == "lstm" else ())
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n=None):
-        run, be = ctx.run, ctx.run.backend
-        saved = ctx.saved_tensors
-        x, h0, c0 = saved[:3]
-        weights = saved[3:3 + len(run.names)]
-        with run.stream():
-            state = _join(ctx.skeleton, [_array(t, be) for t in saved[3 + len(run.names):]])
-            params = {n: _array(w, be) for n, w in zip(run.names, weights)}
-            # the backend's own zeros, not torch's: a torch op here would wake torch's thread pool,
-            # whose spinning workers then slow the BLAS calls of the backward on a small machine
-            grads = {n: be.xp.zeros(p.shape, p.dtype) for n, p in params.items()}
-            dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be), _array_or_none(dh_n, be),
-                                          _array_or_none(dc_n, be), params, grads)
-        return (None, None, _tensor(dx, be), None if h0 is None else _tensor(dh0, be),
-                None if c0 is None else _tensor(dc0, be), *(_tensor(grads[n], be) for n in run.names))
+    def backward(ctx, dy, dh_n, dc_n, _dkey):
+        key, x, h0, c0, *weights = ctx.saved_tensors
+        grads = _Backward.apply(ctx.config, key, dy, dh_n, dc_n, x, *weights)
+        dx, dh0, dc0, dweights = grads[0], grads[1], grads[2], grads[3:]
+        return (None, None, dx, dh0 if ctx.has_h0 else None, dc0 if ctx.has_c0 else None, None, None, *dweights)
+
+    @staticmethod
+    def vmap(info, in_dims, config, keep, x, h0, c0, masks, lengths, *weights):
+        """Under torch.func.vmap: one call per sample, the results stacked on dim 0."""
+        dims = in_dims[2:5] + in_dims[7:]
+        tensors = (x, h0, c0) + weights
+        if any(d is not None for d in (in_dims[5], in_dims[6])):
+            raise NotImplementedError("gpurnn.torch: vmap over dropout masks or packed lengths is not supported")
+        outs = []
+        for i in range(info.batch_size):
+            x_i, h0_i, c0_i, *w_i = (_select(t, d, i) for t, d in zip(tensors, dims))
+            outs.append(_Stack.apply(config, keep, x_i, h0_i, c0_i, masks, lengths, *w_i))
+        y, h_n, c_n, keys = (torch.stack(parts) for parts in zip(*outs))
+        _hold(keys, [int(k) for part in outs for k in part[3].reshape(-1).tolist()])
+        return (y, h_n, c_n, keys), (0, 0, 0, 0)
 
 
+class _Backward(torch.autograd.Function):
+    """dx, dh0, dc0, *dweights of one _Stack call (``key``); its own backward raises."""
+
+    @staticmethod
+    def forward(config, key, dy, dh_n, dc_n, x, *weights):
+        return tuple(stack_backward_op(key, dy, dh_n, dc_n, x, list(weights), *config))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD)
+
+    @staticmethod
+    def vmap(info, in_dims, config, key, dy, dh_n, dc_n, x, *weights):
+        tensors = (key, dy, dh_n, dc_n, x) + weights
+        outs = [_Backward.apply(config, *(_select(t, d, i) for t, d in zip(tensors, in_dims[1:])))
+                for i in range(info.batch_size)]
+        return tuple(torch.stack(parts) for parts in zip(*outs)), tuple(0 for _ in outs[0])
+
+
+def _select(t, dim, i):
+    return t if t is None or dim is None else t.select(dim, i)
+
+
+# ---------------------------------------------------------------- the arrays kept for backward
+_kept = {}              # key -> [backend, StackSaved, number of key tensors that hold it]
+_keys = itertools.count(1)
+
+
+def _hold(key_tensor, keys):
+    """``key_tensor`` holds the kept arrays of ``keys`` until it is freed."""
+    for k in keys:
+        if k in _kept:
+            _kept[k][2] += 1
+    weakref.finalize(key_tensor, _release, keys)
+
+
+def _release(keys):
+    for k in keys:
+        entry = _kept.get(k)
+        if entry is not None:
+            entry[2] -= 1
+            if entry[2] <= 0:
+                del _kept[k]
+
+
+# ---------------------------------------------------------------- the operators
+@torch.library.custom_op("gpurnn::stack_forward", mutates_args=())
+def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: list[Tensor],
+                     masks: list[Tensor], lengths: Optional[Tensor], cell: str, num_layers: int,
+                     bidirectional: bool, bias: bool, proj_size: int, backend: str, algo: str,
+                     keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y (T, B, D*O), h_n (L*D, B, O), c_n (L*D, B, H) (empty unless "lstm"; O = proj_size or
+    H) and key, a CPU int64 scalar: 0, or (``keep``) the number under which the arrays that
+    backward needs are kept until the key tensor is freed. x (T, B, I); h0, c0 as h_n, c_n or
+    None for zeros; weights in torch.nn's order (``_flat_weights``); masks: the L-1 dropout
+    masks (T, B, D*O) between layers, or none."""
+    be = get_backend(backend)
+    xp = be.xp
+    names = list(parameter_shapes(cell, x.shape[2], _hidden(cell, weights), num_layers, bidirectional, bias,
+                                  proj_size))
+    with _threads(be), _stream(be, x.device):
+        xa = _array(x, be)
+        T, B, _ = xa.shape
+        L_D, H = num_layers * (2 if bidirectional else 1), _hidden(cell, weights)
+        h0a = xp.zeros((L_D, B, proj_size or H), xa.dtype) if h0 is None else _array(h0, be)
+        c0a = None
+        if cell == "lstm":
+            c0a = xp.zeros((L_D, B, H), xa.dtype) if c0 is None else _array(c0, be)
+        lens = None if lengths is None else be.asarray(lengths.numpy(), np.int32)
+        params = {n: _array(w, be) for n, w in zip(names, weights)}
+        masks = [_array(m, be) for m in masks] or None
+        y, h_n, c_n, state = stack_forward(be, cell, params, xa, h0a, c0a, lens, num_layers, bidirectional, masks,
+                                           algo)
+    key = next(_keys) if keep else 0
+    key_tensor = torch.tensor(key, dtype=torch.int64)
+    if keep:
+        _kept[key] = [be, state, 0]
+        _hold(key_tensor, [key])
+    c_n = _tensor(c_n, be) if c_n is not None else x.new_empty(0)
+    return _tensor(y, be), _tensor(h_n, be), c_n, key_tensor
+
+
+@stack_forward_op.register_fake
+def _(x, h0, c0, weights, masks, lengths, cell, num_layers, bidirectional, bias, proj_size, backend, algo, keep):
+    T, B, _ = x.shape
+    D, H = 2 if bidirectional else 1, _hidden(cell, weights)
+    O = proj_size or H
+    c_shape = (num_layers * D, B, H) if cell == "lstm" else (0,)
+    return (x.new_empty((T, B, D * O)), x.new_empty((num_layers * D, B, O)), x.new_empty(c_shape),
+            torch.empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("gpurnn::stack_backward", mutates_args=())
+def stack_backward_op(key: Tensor, dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
+                      x: Tensor, weights: list[Tensor], cell: str, num_layers: int, bidirectional: bool,
+                      bias: bool, proj_size: int, backend: str, algo: str) -> list[Tensor]:
+    """[dx, dh0, dc0, *dweights] of the stack_forward call that returned ``key``, for the
+    gradients dy, dh_n, dc_n of its outputs (None for zeros); dc0 is empty unless "lstm"."""
+    entry = _kept.get(int(key))
+    if entry is None:
+        raise RuntimeError("gpurnn.torch: the arrays of this forward were freed (a second backward needs "
+                           "retain_graph=True, as in torch.nn), or the forward ran without gradients")
+    be, state = entry[0], entry[1]
+    names = list(parameter_shapes(cell, x.shape[2], _hidden(cell, weights), num_layers, bidirectional, bias,
+                                  proj_size))
+    with _threads(be), _stream(be, x.device):
+        params = {n: _array(w, be) for n, w in zip(names, weights)}
+        grads = {n: be.xp.zeros(p.shape, p.dtype) for n, p in params.items()}
+        dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be), _array_or_none(dh_n, be),
+                                      _array_or_none(dc_n, be), params, grads)
+    dc0 = _tensor(dc0, be) if dc0 is not None else x.new_empty(0)
+    return [_tensor(dx, be), _tensor(dh0, be), dc0] + [_tensor(grads[n], be) for n in names]
+
+
+@stack_backward_op.register_fake
+def _(key, dy, dh_n, dc_n, x, weights, cell, num_layers, bidirectional, bias, proj_size, backend, algo):
+    T, B, _ = x.shape
+    D, H = 2 if bidirectional else 1, _hidden(cell, weights)
+    c_shape = (num_layers * D, B, H) if cell == "lstm" else (0,)
+    return ([x.new_empty(x.shape), x.new_empty((num_layers * D, B, proj_size or H)), x.new_empty(c_shape)]
+            + [w.new_empty(w.shape) for w in weights])
+
+
+def _hidden(cell, weights):
+    """H, from weight_ih_l0 (G*H, I)."""
+    return weights[0].shape[0] // GATES[cell]
+
+
+# ---------------------------------------------------------------- tensors and arrays
 def _array(t, be):
-    """A tensor's memory as the backend's array, without a copy: a NumPy view of a CPU tensor, a
-    CuPy array (DLPack) of a CUDA tensor."""
-    t = t.detach()
+    """A tensor's memory as the backend's array, without a copy where it is contiguous: a NumPy
+    view of a CPU tensor, a CuPy array (DLPack) of a CUDA tensor."""
+    t = t.detach().contiguous()
     if be.on_gpu:
         import cupy
         return cupy.from_dlpack(t)
@@ -328,7 +429,7 @@ def _array(t, be):
 
 
 def _array_or_none(t, be):
-    return None if t is None else _array(t.contiguous(), be)
+    return None if t is None else _array(t, be)
 
 
 def _tensor(a, be):
@@ -336,64 +437,22 @@ def _tensor(a, be):
     return torch.from_dlpack(a) if be.on_gpu else torch.from_numpy(a)
 
 
-class _Slot(int):
-    """Where an array of stack_forward's state was put in the list of saved tensors."""
+@contextlib.contextmanager
+def _stream(be, device):
+    """Every launch inside goes on torch's current stream of the input's GPU (CuPy's current
+    stream, which the cuda backend launches on); nothing to do on the host."""
+    if not be.on_gpu:
+        yield
+        return
+    import cupy
+    ptr = torch.cuda.current_stream(device).cuda_stream
+    # torch's default stream is the legacy default stream, pointer 0: CuPy's null stream
+    stream = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr)
+    with cupy.cuda.Device(device.index or 0), stream:
+        yield
 
 
-def _split(obj, arrays, be):
-    """``obj`` (dataclasses, dicts, lists, tuples of anything) with every backend array replaced by
-    a _Slot, the arrays appended to ``arrays``."""
-    if isinstance(obj, be.xp.ndarray):
-        arrays.append(obj)
-        return _Slot(len(arrays) - 1)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _replace_fields(obj, lambda v: _split(v, arrays, be))
-    if isinstance(obj, dict):
-        return {k: _split(v, arrays, be) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return _same_sequence(obj, [_split(v, arrays, be) for v in obj])
-    return obj
-
-
-def _same_sequence(obj, items):
-    """``items`` as a sequence of ``obj``'s type (a list, a tuple, a named tuple); ``obj`` itself
-    when every item is the one it held."""
-    if all(new is old for new, old in zip(items, obj)):
-        return obj
-    return obj._make(items) if hasattr(obj, "_make") else type(obj)(items)
-
-
-def _replace_fields(obj, fn):
-    """A dataclass ``obj`` with ``fn`` applied to its fields; ``obj`` itself where nothing changed
-    (a plan, the geometry: records with no arrays in them)."""
-    changed = {}
-    for f in dataclasses.fields(obj):
-        old = getattr(obj, f.name)
-        new = fn(old)
-        if new is not old:
-            changed[f.name] = new
-    return dataclasses.replace(obj, **changed) if changed else obj
-
-
-def _join(obj, arrays):
-    """The inverse of _split."""
-    if isinstance(obj, _Slot):
-        return arrays[obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _replace_fields(obj, lambda v: _join(v, arrays))
-    if isinstance(obj, dict):
-        return {k: _join(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return _same_sequence(obj, [_join(v, arrays) for v in obj])
-    return obj
-
-
-def _repack(y, like):
-    """y (T, B, F), rows in the caller's order, as a PackedSequence laid out like ``like``: the
-    rows of step t are the first batch_sizes[t] rows in ``like``'s sorted order."""
-    T, B = y.shape[:2]
-    order = torch.arange(B) if like.sorted_indices is None else like.sorted_indices.cpu()
-    valid = torch.arange(B)[None, :] < like.batch_sizes[:, None]                    # (T, B), sorted order
-    flat = (torch.arange(T)[:, None] * B + order[None, :])[valid]                 # packed order
-    data = y.reshape(T * B, -1).index_select(0, flat.to(y.device))
-    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+@contextlib.contextmanager
+def _threads(be):
+    """NumPy's BLAS with torch's number of threads, on the host backends (set when it changes)."""
+    yield
