@@ -265,7 +265,14 @@ class _Stack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _dkey):
         key, x, h0, c0, *weights = ctx.saved_tensors
-        grads = _Backward.apply(ctx.config, key, dy, dh_n, dc_n, x, *weights)
+        if ctx.config[0] != "lstm":
+            dc_n = None         # the placeholder c_n (compiled graphs hand it a gradient of zeros)
+        if torch.compiler.is_compiling():
+            # Dynamo garbles a Function applied inside a traced backward; a compiled backward is
+            # once-differentiable anyway (AOTAutograd refuses double backward itself)
+            grads = stack_backward_op(key, dy, dh_n, dc_n, x, list(weights), *ctx.config)
+        else:
+            grads = _Backward.apply(ctx.config, key, dy, dh_n, dc_n, x, *weights)
         dx, dh0, dc0, dweights = grads[0], grads[1], grads[2], grads[3:]
         return (None, None, dx, dh0 if ctx.has_h0 else None, dc0 if ctx.has_c0 else None, None, None, *dweights)
 

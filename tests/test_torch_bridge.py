@@ -316,6 +316,127 @@ def test_no_copies_between_tensors_and_arrays():
     assert gt._tensor(a, be).data_ptr() == t.data_ptr()
 
 
+# ---------------------------------------------------------------- PyTorch's transforms
+def _model(cell, backend, **kw):
+    """A small model around a gpurnn.torch stack, float64: the stack, then a linear head."""
+    ours, _ = pair(cell, backend, 3, 4, 2, **kw)
+    head = torch.nn.Linear(ours.proj_size or 4, 2).double()
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = ours, head
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+    return Model()
+
+
+def _loss_and_grads(model, x):
+    model.zero_grad()
+    y = model(x)
+    y.square().sum().backward()
+    return y.detach(), {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_torch_compile_matches_eager(backend, cell):
+    """Forward and every gradient as eager's; aot_eager runs AOTAutograd's forward and backward
+    graphs without a C compiler. Dynamo breaks the graph at any torch.nn.RNNBase, so at these
+    modules too, unless allow_rnn is set: then the whole model is one graph (fullgraph=True)."""
+    model = _model(cell, backend)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    want = _loss_and_grads(model, x)
+    got = _loss_and_grads(torch.compile(model, backend="aot_eager"), x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        got = _loss_and_grads(torch.compile(model, backend="aot_eager", fullgraph=True), x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.skipif(not any(os.path.exists(os.path.join(d, "cc")) for d in os.get_exec_path()),
+                    reason="torch.compile's default backend (inductor) needs a C compiler")
+def test_torch_compile_with_inductor_matches_eager():
+    model = _model("lstm", "cpu", proj_size=2)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    want = _loss_and_grads(model, x)
+    with torch._dynamo.config.patch(allow_rnn=True):
+        got = _loss_and_grads(torch.compile(model, fullgraph=True), x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_export_matches_eager(cell):
+    model = _model(cell, "cpu").eval()
+    x = torch.randn(5, 2, 3, dtype=F64)
+    program = torch.export.export(model, (x,))
+    assert "gpurnn.stack_forward" in str(program.graph_module.code)
+    torch.testing.assert_close(program.module()(x), model(x), rtol=1e-12, atol=1e-14)
+    other = torch.randn(7, 2, 3, dtype=F64)           # the shapes are the example's, the values any
+    torch.testing.assert_close(program.module()(other[:5]), model(other[:5]), rtol=1e-12, atol=1e-14)
+
+
+def test_torch_func_grad_and_per_sample_gradients_with_vmap():
+    """torch.func.grad as autograd's backward; vmap(grad) (per-sample gradients) as a loop."""
+    model = _model("gru", "cpu")
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    xs = torch.randn(3, 5, 2, 3, dtype=F64)
+
+    def loss(p, x):
+        return torch.func.functional_call(model, p, (x,)).square().sum()
+    one = torch.func.grad(loss)(params, xs[0])
+    torch.testing.assert_close(one, _loss_and_grads(model, xs[0])[1], rtol=1e-12, atol=1e-14)
+    each = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, xs)
+    for i in range(3):
+        want = torch.func.grad(loss)(params, xs[i])
+        torch.testing.assert_close({n: g[i] for n, g in each.items()}, want, rtol=1e-12, atol=1e-14)
+
+
+def test_meta_device_gives_shapes_without_computing():
+    m = gt.LSTM(3, 6, 2, proj_size=4, bidirectional=True, device="meta")
+    y, (h, c) = m(torch.empty(5, 2, 3, device="meta"))
+    assert (y.shape, h.shape, c.shape) == ((5, 2, 8), (4, 2, 4), (4, 2, 6)) and y.device.type == "meta"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_double_backward_raises_instead_of_zeros(cell):
+    """A gradient penalty needs the gradient of a gradient, which the kernels do not compute:
+    refused when it is asked for, never a silent zero (torch.nn's numbers show it matters)."""
+    ours, _ = pair(cell, "cpu", 3, 4, 2)
+    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
+    y, _ = ours(x)
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="gradient of a gradient"):
+        gx.square().sum().backward()
+    with pytest.raises(RuntimeError, match="gradient of a gradient"):
+        torch.autograd.gradgradcheck(lambda x: ours(x)[0], (x,))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.script itself is deprecated
+def test_torchscript_is_refused_with_what_works_instead():
+    with pytest.raises(RuntimeError, match="use torch.compile or torch.export"):
+        torch.jit.script(gt.GRU(3, 4))
+
+
+def test_what_backward_reads_is_freed_with_the_graph():
+    m = gt.LSTM(3, 4, 2, backend="cpu")
+    x = torch.randn(5, 2, 3)
+    before = set(gt._kept)
+    y, _ = m(x)
+    assert len(set(gt._kept) - before) == 1
+    y.sum().backward()
+    assert set(gt._kept) == before                # backward freed the graph
+    out = m(x)
+    del out
+    assert set(gt._kept) == before                # so did dropping it unused
+    with torch.no_grad():
+        m(x)
+    m(x.requires_grad_(False))[0].detach()
+    assert set(gt._kept) == before
+
+
 @pytest.mark.parametrize("make,call,error,message", [
     # torch.nn's exception types for torch.nn's checks (tests/test_torch_modules.py compares them all)
     (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3, 1)), ValueError, r"Expected input to be 2D or 3D"),
