@@ -46,7 +46,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .backend import BACKENDS, get_backend
-from .kernels.vocabulary import GATES
 from .layers import check_algo, parameter_shapes, stack_backward, stack_forward
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -87,7 +86,7 @@ class _Bridge:
         else:
             batch_sizes = sorted_indices = unsorted_indices = None
             if not isinstance(input, Tensor):
-                raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+                raise NotATensor(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
             is_batched = input.dim() == 3
@@ -144,7 +143,7 @@ class _Bridge:
                 masks = _dropout_masks(self.dropout, self.num_layers, (T, B, D * out_size), x)
             # the operators' description of the stack, after their tensors
             config = (CELL_OF_MODE[self.mode], self.num_layers, bool(self.bidirectional), bool(self.bias),
-                      int(self.proj_size), self._backend_for(x.device), self.algo)
+                      self.hidden_size, int(self.proj_size), self._backend_for(x.device), self.algo)
             keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
             y, h_n, c_n, _key = _Stack.apply(config, keep, x, h0, c0, masks, lengths, *weights)
         if batch_sizes is not None:
@@ -193,6 +192,11 @@ class GRU(_Bridge, nn.GRU):
         self._set_backend(backend, algo)
 
 
+class NotATensor(TypeError, AttributeError):
+    """A tensor was expected and something else came: a TypeError, and also the AttributeError
+    torch.nn raises there (it calls ``.dim()`` on it), so that either ``except`` catches it."""
+
+
 def _hx_with_batch(hx, lstm, is_batched, name):
     """hx as (L*D, B, ...) tensors: checks its dimensions as torch.nn does, adds the batch axis
     of an unbatched call."""
@@ -200,15 +204,17 @@ def _hx_with_batch(hx, lstm, is_batched, name):
     kind = "batched 3-D" if is_batched else "unbatched 2-D"
     if lstm:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(h, Tensor) for h in hx):
-            # torch.nn indexes hx: a tensor fails its dimension check (RuntimeError), anything else a TypeError
-            error = RuntimeError if isinstance(hx, Tensor) else TypeError
+            # as torch.nn, which indexes hx: a tensor fails its dimension check, a pair of
+            # non-tensors has no .dim(), anything else cannot be indexed
+            error = (RuntimeError if isinstance(hx, Tensor) else
+                     NotATensor if isinstance(hx, (tuple, list)) and len(hx) == 2 else TypeError)
             raise error(f"{name}: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
         if hx[0].dim() != want or hx[1].dim() != want:
             raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
                                f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
         return tuple(hx) if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
     if not isinstance(hx, Tensor):
-        raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+        raise NotATensor(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
     if hx.dim() != want:
         raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
     return hx if is_batched else hx.unsqueeze(1)
@@ -244,7 +250,8 @@ class _Stack(torch.autograd.Function):
     """y, h_n, c_n, key = stack(x, h0, c0, *weights) through gpurnn::stack_forward; backward
     through gpurnn::stack_backward (``_Backward``, which refuses to be differentiated again).
     ``masks``: dropout between layers (a list of tensors, or None); ``lengths``: a CPU int64
-    tensor (B,) for packed input, or None."""
+    tensor (B,) for packed input, or None. Under vmap both run the operators' vmap rules."""
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(config, keep, x, h0, c0, masks, lengths, *weights):
@@ -270,34 +277,21 @@ class _Stack(torch.autograd.Function):
         if torch.compiler.is_compiling():
             # Dynamo garbles a Function applied inside a traced backward; a compiled backward is
             # once-differentiable anyway (AOTAutograd refuses double backward itself)
-            grads = stack_backward_op(key, dy, dh_n, dc_n, x, list(weights), *ctx.config)
+            dx, dh0, dc0, dweights = stack_backward_op(key, dy, dh_n, dc_n, x, *ctx.config)
         else:
-            grads = _Backward.apply(ctx.config, key, dy, dh_n, dc_n, x, *weights)
-        dx, dh0, dc0, dweights = grads[0], grads[1], grads[2], grads[3:]
-        return (None, None, dx, dh0 if ctx.has_h0 else None, dc0 if ctx.has_c0 else None, None, None, *dweights)
-
-    @staticmethod
-    def vmap(info, in_dims, config, keep, x, h0, c0, masks, lengths, *weights):
-        """Under torch.func.vmap: one call per sample, the results stacked on dim 0."""
-        dims = in_dims[2:5] + in_dims[7:]
-        tensors = (x, h0, c0) + weights
-        if any(d is not None for d in (in_dims[5], in_dims[6])):
-            raise NotImplementedError("gpurnn.torch: vmap over dropout masks or packed lengths is not supported")
-        outs = []
-        for i in range(info.batch_size):
-            x_i, h0_i, c0_i, *w_i = (_select(t, d, i) for t, d in zip(tensors, dims))
-            outs.append(_Stack.apply(config, keep, x_i, h0_i, c0_i, masks, lengths, *w_i))
-        y, h_n, c_n, keys = (torch.stack(parts) for parts in zip(*outs))
-        _hold(keys, [int(k) for part in outs for k in part[3].reshape(-1).tolist()])
-        return (y, h_n, c_n, keys), (0, 0, 0, 0)
+            dx, dh0, dc0, dweights = _Backward.apply(ctx.config, key, dy, dh_n, dc_n, x, *weights)
+        return (None, None, dx, dh0 if ctx.has_h0 else None, dc0 if ctx.has_c0 else None, None, None,
+                *_unflatten(dweights, [w.shape for w in weights]))
 
 
 class _Backward(torch.autograd.Function):
-    """dx, dh0, dc0, *dweights of one _Stack call (``key``); its own backward raises."""
+    """dx, dh0, dc0, dweights of one _Stack call (``key``); its own backward raises. It takes the
+    weights only so that a graph built through it (create_graph) reaches this refusal."""
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(config, key, dy, dh_n, dc_n, x, *weights):
-        return tuple(stack_backward_op(key, dy, dh_n, dc_n, x, list(weights), *config))
+        return stack_backward_op(key, dy, dh_n, dc_n, x, *config)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -307,20 +301,22 @@ class _Backward(torch.autograd.Function):
     def backward(ctx, *grads):
         raise RuntimeError(DOUBLE_BACKWARD)
 
-    @staticmethod
-    def vmap(info, in_dims, config, key, dy, dh_n, dc_n, x, *weights):
-        tensors = (key, dy, dh_n, dc_n, x) + weights
-        outs = [_Backward.apply(config, *(_select(t, d, i) for t, d in zip(tensors, in_dims[1:])))
-                for i in range(info.batch_size)]
-        return tuple(torch.stack(parts) for parts in zip(*outs)), tuple(0 for _ in outs[0])
+
+def _unflatten(flat, shapes):
+    """Views of ``flat`` with ``shapes``, one after another."""
+    return [part.view(shape) for part, shape in zip(torch.split(flat, [s.numel() for s in shapes]), shapes)]
 
 
-def _select(t, dim, i):
-    return t if t is None or dim is None else t.select(dim, i)
+def _sample(arg, dim, i):
+    """Sample i of an operator's argument under vmap: a tensor, None, or a list of tensors
+    (``dim`` then a list too), each batched on ``dim`` or, for None, shared."""
+    if isinstance(arg, (list, tuple)):
+        return [_sample(a, None if dim is None else d, i) for a, d in zip(arg, dim or [None] * len(arg))]
+    return arg if arg is None or dim is None else arg.select(dim, i)
 
 
 # ---------------------------------------------------------------- the arrays kept for backward
-_kept = {}              # key -> [backend, StackSaved, number of key tensors that hold it]
+_kept = {}              # key -> [backend, StackSaved, the weights' arrays, number of key tensors that hold it]
 _keys = itertools.count(1)
 
 
@@ -328,7 +324,7 @@ def _hold(key_tensor, keys):
     """``key_tensor`` holds the kept arrays of ``keys`` until it is freed."""
     for k in keys:
         if k in _kept:
-            _kept[k][2] += 1
+            _kept[k][3] += 1
     weakref.finalize(key_tensor, _release, keys)
 
 
@@ -336,8 +332,8 @@ def _release(keys):
     for k in keys:
         entry = _kept.get(k)
         if entry is not None:
-            entry[2] -= 1
-            if entry[2] <= 0:
+            entry[3] -= 1
+            if entry[3] <= 0:
                 del _kept[k]
 
 
@@ -345,7 +341,7 @@ def _release(keys):
 @torch.library.custom_op("gpurnn::stack_forward", mutates_args=())
 def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: list[Tensor],
                      masks: list[Tensor], lengths: Optional[Tensor], cell: str, num_layers: int,
-                     bidirectional: bool, bias: bool, proj_size: int, backend: str, algo: str,
+                     bidirectional: bool, bias: bool, hidden_size: int, proj_size: int, backend: str, algo: str,
                      keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """y (T, B, D*O), h_n (L*D, B, O), c_n (L*D, B, H) (empty unless "lstm"; O = proj_size or
     H) and key, a CPU int64 scalar: 0, or (``keep``) the number under which the arrays that
@@ -354,12 +350,11 @@ def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weig
     masks (T, B, D*O) between layers, or none."""
     be = get_backend(backend)
     xp = be.xp
-    names = list(parameter_shapes(cell, x.shape[2], _hidden(cell, weights), num_layers, bidirectional, bias,
-                                  proj_size))
+    names = list(parameter_shapes(cell, x.shape[2], hidden_size, num_layers, bidirectional, bias, proj_size))
     with _threads(be), _stream(be, x.device):
         xa = _array(x, be)
         T, B, _ = xa.shape
-        L_D, H = num_layers * (2 if bidirectional else 1), _hidden(cell, weights)
+        L_D, H = num_layers * (2 if bidirectional else 1), hidden_size
         h0a = xp.zeros((L_D, B, proj_size or H), xa.dtype) if h0 is None else _array(h0, be)
         c0a = None
         if cell == "lstm":
@@ -372,16 +367,17 @@ def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weig
     key = next(_keys) if keep else 0
     key_tensor = torch.tensor(key, dtype=torch.int64)
     if keep:
-        _kept[key] = [be, state, 0]
+        _kept[key] = [be, state, params, 0]
         _hold(key_tensor, [key])
     c_n = _tensor(c_n, be) if c_n is not None else x.new_empty(0)
     return _tensor(y, be), _tensor(h_n, be), c_n, key_tensor
 
 
 @stack_forward_op.register_fake
-def _(x, h0, c0, weights, masks, lengths, cell, num_layers, bidirectional, bias, proj_size, backend, algo, keep):
+def _(x, h0, c0, weights, masks, lengths, cell, num_layers, bidirectional, bias, H, proj_size, backend, algo,
+      keep):
     T, B, _ = x.shape
-    D, H = 2 if bidirectional else 1, _hidden(cell, weights)
+    D = 2 if bidirectional else 1
     O = proj_size or H
     c_shape = (num_layers * D, B, H) if cell == "lstm" else (0,)
     return (x.new_empty((T, B, D * O)), x.new_empty((num_layers * D, B, O)), x.new_empty(c_shape),
@@ -390,38 +386,56 @@ def _(x, h0, c0, weights, masks, lengths, cell, num_layers, bidirectional, bias,
 
 @torch.library.custom_op("gpurnn::stack_backward", mutates_args=())
 def stack_backward_op(key: Tensor, dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
-                      x: Tensor, weights: list[Tensor], cell: str, num_layers: int, bidirectional: bool,
-                      bias: bool, proj_size: int, backend: str, algo: str) -> list[Tensor]:
-    """[dx, dh0, dc0, *dweights] of the stack_forward call that returned ``key``, for the
-    gradients dy, dh_n, dc_n of its outputs (None for zeros); dc0 is empty unless "lstm"."""
+                      x: Tensor, cell: str, num_layers: int, bidirectional: bool, bias: bool, hidden_size: int,
+                      proj_size: int, backend: str, algo: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dx, dh0, dc0 (empty unless "lstm") and the weights' gradients, one after another in
+    torch.nn's order in one flat tensor, of the stack_forward call that returned ``key``, for the
+    gradients dy, dh_n, dc_n of its outputs (None for zeros). The weights are the arrays that
+    forward ran with. No tensor lists: torch's older vmap, which gradcheck's batched gradients
+    use, can then run the operator once per sample."""
     entry = _kept.get(int(key))
     if entry is None:
         raise RuntimeError("gpurnn.torch: the arrays of this forward were freed (a second backward needs "
                            "retain_graph=True, as in torch.nn), or the forward ran without gradients")
-    be, state = entry[0], entry[1]
-    names = list(parameter_shapes(cell, x.shape[2], _hidden(cell, weights), num_layers, bidirectional, bias,
-                                  proj_size))
+    be, state, params = entry[0], entry[1], entry[2]
     with _threads(be), _stream(be, x.device):
-        params = {n: _array(w, be) for n, w in zip(names, weights)}
-        grads = {n: be.xp.zeros(p.shape, p.dtype) for n, p in params.items()}
+        flat = be.xp.zeros(sum(p.size for p in params.values()), state.saved[0].x.dtype)
+        grads, start = {}, 0
+        for name, p in params.items():          # views of flat, in torch.nn's order
+            grads[name] = flat[start:start + p.size].reshape(p.shape)
+            start += p.size
         dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be), _array_or_none(dh_n, be),
                                       _array_or_none(dc_n, be), params, grads)
     dc0 = _tensor(dc0, be) if dc0 is not None else x.new_empty(0)
-    return [_tensor(dx, be), _tensor(dh0, be), dc0] + [_tensor(grads[n], be) for n in names]
+    return _tensor(dx, be), _tensor(dh0, be), dc0, _tensor(flat, be)
 
 
 @stack_backward_op.register_fake
-def _(key, dy, dh_n, dc_n, x, weights, cell, num_layers, bidirectional, bias, proj_size, backend, algo):
-    T, B, _ = x.shape
-    D, H = 2 if bidirectional else 1, _hidden(cell, weights)
+def _(key, dy, dh_n, dc_n, x, cell, num_layers, bidirectional, bias, H, proj_size, backend, algo):
+    T, B, I = x.shape
+    D = 2 if bidirectional else 1
     c_shape = (num_layers * D, B, H) if cell == "lstm" else (0,)
-    return ([x.new_empty(x.shape), x.new_empty((num_layers * D, B, proj_size or H)), x.new_empty(c_shape)]
-            + [w.new_empty(w.shape) for w in weights])
+    n = sum(int(np.prod(s)) for s in parameter_shapes(cell, I, H, num_layers, bidirectional, bias, proj_size).values())
+    return (x.new_empty(x.shape), x.new_empty((num_layers * D, B, proj_size or H)), x.new_empty(c_shape),
+            x.new_empty((n,)))
 
 
-def _hidden(cell, weights):
-    """H, from weight_ih_l0 (G*H, I)."""
-    return weights[0].shape[0] // GATES[cell]
+@torch.library.register_vmap("gpurnn::stack_forward")
+def _(info, in_dims, x, h0, c0, weights, masks, lengths, *config):
+    """One call per sample, the results stacked on dim 0; the stacked keys hold every sample's arrays."""
+    outs = [stack_forward_op(*(_sample(a, d, i) for a, d in zip((x, h0, c0, weights, masks, lengths), in_dims)),
+                             *config) for i in range(info.batch_size)]
+    y, h_n, c_n, keys = (torch.stack(parts) for parts in zip(*outs))
+    _hold(keys, [int(out[3]) for out in outs])
+    return (y, h_n, c_n, keys), (0, 0, 0, 0)
+
+
+@torch.library.register_vmap("gpurnn::stack_backward")
+def _(info, in_dims, key, dy, dh_n, dc_n, x, *config):
+    """One call per sample (gradcheck's batched gradients share the key; vmap of grad does not)."""
+    outs = [stack_backward_op(*(_sample(a, d, i) for a, d in zip((key, dy, dh_n, dc_n, x), in_dims)), *config)
+            for i in range(info.batch_size)]
+    return tuple(torch.stack(parts) for parts in zip(*outs)), (0, 0, 0, 0)
 
 
 # ---------------------------------------------------------------- tensors and arrays
