@@ -21,7 +21,7 @@ from conftest import SIMULATED
 TESTS = Path(__file__).resolve().parent
 FILES = ["test_backends.py", "test_contract.py", "test_random_shapes.py", "test_cuda_kernels.py",
          "test_cuda_persistent.py", "test_cuda_graphs.py", "test_cuda_syncs.py", "test_layers_api.py",
-         "test_torch_bridge.py", "test_proj.py"]
+         "test_torch_bridge.py", "test_proj.py", "test_torch_modules.py"]
 
 
 # The cuda cases in four children, so that a parallel run (pytest -n) spreads them over its
