@@ -97,7 +97,7 @@ INFO = {cls: next(mi for mi in cm.module_db if mi.module_cls is getattr(torch.nn
 
 CUDA_USABLE = gpurnn.cuda_status()[0]
 ON_GPU = CUDA_USABLE and not SIMULATED
-BACKENDS = ["reference", "cpu"]
+HOST_BACKENDS = ["reference", "cpu"]
 
 
 class MessageDiffers(UserWarning):
@@ -196,7 +196,7 @@ def sample_cases(default_only=False, dtypes=("f32", "f64"), subset=None):
                 continue
             if subset is not None and i not in subset[cls]:
                 continue
-            for backend, dt in product(BACKENDS, dtypes):
+            for backend, dt in product(HOST_BACKENDS, dtypes):
                 yield pytest.param(cls, i, backend, DTYPES[dt], id=f"{name}-{backend}-{dt}")
             if CUDA_USABLE and i in CUDA_SAMPLES[cls] and "f64" in dtypes:
                 yield pytest.param(cls, i, "cuda", F64, id=f"{name}-cuda-f64")
@@ -204,7 +204,7 @@ def sample_cases(default_only=False, dtypes=("f32", "f64"), subset=None):
 
 def loop_cases(dtypes=("f32", "f64"), cuda=False):
     """pytest params (cls, backend, dtype) for the tests that loop over the samples, as torch's do."""
-    for cls, backend, dt in product(CLASSES, BACKENDS + (["cuda"] if cuda and CUDA_USABLE else []), dtypes):
+    for cls, backend, dt in product(CLASSES, HOST_BACKENDS + (["cuda"] if cuda and CUDA_USABLE else []), dtypes):
         if backend == "cuda" and dt != "f64":
             continue
         yield pytest.param(cls, backend, DTYPES[dt], id=f"{cls}-{backend}-{dt}")
@@ -319,7 +319,7 @@ def note_message(exc, regex, what):
 # ---------------------------------------------------------------- the contract: what the modules are
 def class_cases():
     for cls, nl in (("RNN", "tanh"), ("RNN", "relu"), ("GRU", None), ("LSTM", None)):
-        for backend in BACKENDS + (["cuda"] if CUDA_USABLE else []):
+        for backend in HOST_BACKENDS + (["cuda"] if CUDA_USABLE else []):
             yield pytest.param(cls, nl, backend, id=f"{cls}{'-' + nl if nl else ''}-{backend}")
 
 
@@ -346,7 +346,7 @@ FLAT_CONFIGS = [  # (cls, args, kwargs)
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("cls,args,kwargs", FLAT_CONFIGS,
                          ids=[f"{c}-{'-'.join(map(str, a))}-{'-'.join(f'{k}{v}' for k, v in kw.items())}"
                               for c, a, kw in FLAT_CONFIGS])
@@ -474,7 +474,7 @@ def test_gradgrad(cls, index, backend, dtype):
     gradgrad_passes_or_raises(lambda: gradients_helper(m, sample, gradgradcheck, partials=True))
 
 
-@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in BACKENDS])
+@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in HOST_BACKENDS])
 def test_double_backward_raises_or_equals_torch_nn(cls, backend):
     """Second derivatives through autograd.grad(create_graph=True): gpurnn.torch raises, or gives
     torch.nn's. A loss that mixes the first-order gradients with a term of its own (x²) must not
@@ -612,7 +612,7 @@ def test_if_train_and_eval_modes_differ(cls, backend, dtype):
             assert "'training'" in str(exc), exc
 
 
-@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in BACKENDS])
+@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in HOST_BACKENDS])
 def test_device_ctx_init(cls, backend):
     """torch's test: built under torch.device('meta'), the parameters are meta tensors with the
     metadata of the CPU module's."""
@@ -650,7 +650,7 @@ def ids_and_cdatas(m):
 
 @pytest.mark.parametrize("swap", [False, True], ids=["noswap", "swap"])
 @pytest.mark.parametrize("set_grad", [False, True], ids=["nograd", "grad"])
-@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in BACKENDS])
+@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in HOST_BACKENDS])
 def test_to(cls, backend, swap, set_grad):
     """torch's TestModule.test_to: the parameters set one by one (not by .to()), then .to() each
     CPU dtype, with and without swap_module_params_on_conversion: Parameters of that dtype, whose
@@ -693,7 +693,7 @@ def test_to(cls, backend, swap, set_grad):
 
 
 @pytest.mark.parametrize("swap", [False, True], ids=["noswap", "swap"])
-@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in BACKENDS])
+@pytest.mark.parametrize("cls,backend", [pytest.param(c, b, id=f"{c}-{b}") for c in CLASSES for b in HOST_BACKENDS])
 def test_to_empty(cls, backend, swap):
     """torch's TestModule.test_to_empty: built on the meta device, to_empty(device='cpu') gives
     CPU Parameters, ids and _cdata changed as torch.nn's; loaded with torch.nn's weights, the
@@ -728,7 +728,7 @@ def error_cases():
         errors = error_inputs(cls, F32)
         for i, e in enumerate(errors):
             slug = re.sub(r"\W+", "_", e.error_regex)[:40].strip("_")
-            for backend, dt in product(BACKENDS, ("f32", "f64")):
+            for backend, dt in product(HOST_BACKENDS, ("f32", "f64")):
                 yield pytest.param(cls, i, backend, DTYPES[dt], id=f"{cls}-e{i}-{slug}-{backend}-{dt}")
             if CUDA_USABLE and not ON_GPU and e.error_on == cm.ModuleErrorEnum.FORWARD_ERROR:
                 yield pytest.param(cls, i, "cuda", F64, id=f"{cls}-e{i}-{slug}-cuda-f64")
@@ -782,7 +782,7 @@ def constructor_mistakes():
         for name, args, kwargs in CONSTRUCTOR_MISTAKES + extra:
             if name == "proj_size2" and cls == "LSTM":
                 continue            # a valid LSTM
-            for backend in BACKENDS:
+            for backend in HOST_BACKENDS:
                 yield pytest.param(cls, args, kwargs, backend, id=f"{cls}-{name}-{backend}")
 
 
@@ -800,7 +800,7 @@ ACCEPTED = [  # (id, args, kwargs): what torch.nn accepts (not a mistake), gpurn
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("args,kwargs", [a[1:] for a in ACCEPTED], ids=[a[0] for a in ACCEPTED])
 def test_constructor_accepts_what_torch_accepts(cls, args, kwargs, backend):
@@ -892,7 +892,7 @@ def forward_mistakes():
 FORWARD_MISTAKES = list(forward_mistakes())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("cls,kwargs,call", [pytest.param(c, kw, f, id=f"{c}-{name}")
                                              for c, name, kw, f in FORWARD_MISTAKES])
 def test_forward_mistakes_raise_what_torch_raises(cls, kwargs, call, backend):
@@ -946,7 +946,7 @@ def accepted_calls():
                                                                                         torch.randn(L, B, H)))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("cls,kwargs,call", [pytest.param(c, kw, f, id=f"{c}-{name}")
                                              for c, name, kw, f in accepted_calls()])
 def test_forward_accepts_what_torch_accepts(cls, kwargs, call, backend):
@@ -974,7 +974,7 @@ EMPTY_BATCH = [  # (cls, layers, bidirectional, batch_first, hx given, proj_size
 def empty_batch_cases():
     for c in EMPTY_BATCH:
         name = f"{c[0]}-L{c[1]}" + "-bi" * c[2] + "-bf" * c[3] + "-hx" * c[4] + f"-proj{c[5]}" * bool(c[5]) + f"-{c[6]}"
-        for backend in BACKENDS + (["cuda"] if CUDA_USABLE and c[1] == 2 and c[5] == 0 else []):
+        for backend in HOST_BACKENDS + (["cuda"] if CUDA_USABLE and c[1] == 2 and c[5] == 0 else []):
             yield pytest.param(c, backend, id=f"{name}-{backend}")
 
 
@@ -1006,7 +1006,7 @@ def test_empty_batch_as_torch_handles_it(config, backend):
 
 
 # ---------------------------------------------------------------- torch's test_nn.py, the RNN tests of a CPU module
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_RNN_nonlinearity(backend):
     """test_nn.py's test_RNN_nonlinearity and test_RNN_nonlinearity_passed_as_arg."""
     assert gt.RNN(1, 10, backend=backend).nonlinearity == "tanh"
@@ -1019,7 +1019,7 @@ def test_RNN_nonlinearity(backend):
         gt.RNN(1, 10, nonlinearity="garbage", backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("cls", ["RNN", "GRU"])
 def test_projections_errors_on_gru_and_rnn(cls, backend):
     with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
@@ -1028,7 +1028,7 @@ def test_projections_errors_on_gru_and_rnn(cls, backend):
         ours_cls(cls)(30, 20, 2, proj_size=10, backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("cls,proj_size", [("RNN", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 10)],
                          ids=["RNN", "GRU", "LSTM", "LSTM-proj"])
 def test_rnn_initial_hidden_state(cls, proj_size, backend):
@@ -1045,7 +1045,7 @@ def test_rnn_initial_hidden_state(cls, proj_size, backend):
     torch.testing.assert_close(hidden1, hidden2)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_RNN_dropout(backend):
     """test_nn.py's test_RNN_dropout, on the CPU: dropout only between the layers, scaled by
     1/(1-p), and only in training."""
@@ -1071,7 +1071,7 @@ def test_RNN_dropout(backend):
         assert hy[1][0][0].item() == output_val
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_RNN_dropout_state(backend):
     """test_nn.py's test_RNN_dropout_state: fresh masks each call in training, none in eval; the
     module pickles (torch.save / torch.load) and flatten_parameters() after loading."""
@@ -1097,7 +1097,7 @@ def test_RNN_dropout_state(backend):
             assert not torch.allclose(hy1, hy2) and not torch.allclose(hy1, hy3)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_RNN_change_dropout(backend):
     """test_nn.py's test_RNN_change_dropout: setting module.dropout between calls takes effect."""
     for train in (True, False):
@@ -1124,7 +1124,7 @@ def test_RNN_change_dropout(backend):
             prev_output = output1.data
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_rnn_retain_variables(dtype, backend):
     """test_nn.py's test_rnn_retain_variables: backward(retain_graph=True) five times gives the
@@ -1142,7 +1142,7 @@ def test_rnn_retain_variables(dtype, backend):
             torch.testing.assert_close([x.grad] + [p.grad for p in rnn.parameters()], grads)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_variable_sequence(backend):
     """test_nn.py's test_variable_sequence (LSTM, two layers, bidirectional, proj_size 0 and 2),
     float32 as torch runs it on the CPU: a packed batch gives what each sequence gives alone,
@@ -1196,7 +1196,7 @@ def test_variable_sequence(backend):
             check_lengths(seq_lens, enforce_sorted, use_default_hiddens, proj_size)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
 def test_grad_and_gradgrad(cls, backend):
     """test_nn.py's test_LSTM_grad_and_gradgrad and test_GRU_grad_and_gradgrad (there run on CUDA
@@ -1214,7 +1214,7 @@ def test_grad_and_gradgrad(cls, backend):
         gradgrad_passes_or_raises(lambda f=flatten_out: gradgradcheck(f, inp, check_batched_grad=False))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_rnn_weight_norm(backend):
     """test_nn.py's test_rnn_weight_norm: weight_norm turns one of _flat_weights from a Parameter
     into a tensor and remove_weight_norm turns it back; the module computes torch.nn's outputs
@@ -1247,7 +1247,7 @@ def test_rnn_weight_norm(backend):
         check_weight_norm((ours, theirs), name, num_params)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_partial_flat_weights(backend):
     """test_nn.py's test_partial_flat_weights, with a dtype change where torch's moves the module
     to CUDA (the same Module._apply with a parameter missing): delete weight_hh_l0, convert,
