@@ -144,7 +144,9 @@ class _Bridge:
             # the operators' description of the stack, after their tensors
             config = (CELL_OF_MODE[self.mode], self.num_layers, bool(self.bidirectional), bool(self.bias),
                       self.hidden_size, int(self.proj_size), self._backend_for(x.device), self.algo)
-            keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *weights))
+            # keep what backward reads only where a backward may come (a trace may be trained later)
+            keep = torch.jit.is_tracing() or (torch.is_grad_enabled() and
+                                              any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)))
             y, h_n, c_n, _key = _Stack.apply(config, keep, x, h0, c0, masks, lengths, *weights)
         if batch_sizes is not None:
             y = _packed_rows(y, batch_sizes)

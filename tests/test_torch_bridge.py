@@ -414,10 +414,17 @@ def test_double_backward_raises_instead_of_zeros(cell):
         torch.autograd.gradgradcheck(lambda x: ours(x)[0], (x,))
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.script itself is deprecated
-def test_torchscript_is_refused_with_what_works_instead():
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit itself is deprecated
+def test_torchscript_is_refused_with_what_works_instead_and_a_trace_runs():
     with pytest.raises(RuntimeError, match="use torch.compile or torch.export"):
         torch.jit.script(gt.GRU(3, 4))
+    m = gt.LSTM(3, 4, 2, dtype=F64).eval()
+    x = torch.randn(5, 2, 3, dtype=F64)
+    traced = torch.jit.trace(m, (x,))           # torch's check_trace reruns it: the same graph
+    other = torch.randn(5, 2, 3, dtype=F64)
+    torch.testing.assert_close(traced(other), m(other), rtol=1e-12, atol=1e-14)
+    traced(other)[0].sum().backward()
+    assert m.weight_hh_l1.grad is not None
 
 
 def test_what_backward_reads_is_freed_with_the_graph():
