@@ -27,8 +27,9 @@ gpurnn's kernels. Swap one import and train as usual::
   that names what works instead.
 - No copies on the way in or out: CPU tensors pass as NumPy views of their memory, CUDA tensors
   as CuPy arrays through DLPack, and the kernels run on torch's current CUDA stream.
-- On the cpu backend NumPy's BLAS uses as many threads as torch (``torch.get_num_threads()``), so
-  the two thread pools do not fight over the cores.
+- On the cpu backend the dense products run through torch.mm, so that one thread pool (torch's,
+  sized by ``torch.set_num_threads``) runs them: NumPy's BLAS pool would fight torch's OpenMP
+  workers for the cores.
 - Dropout between stacked layers draws its masks from torch's generator, as torch.nn does: on the
   CPU, the masks (and so the results) in training mode are torch.nn's own.
 - Like torch.nn, and unlike gpurnn's layers, the modules do not check values for NaN (that would
@@ -353,7 +354,8 @@ def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weig
     be = get_backend(backend)
     xp = be.xp
     names = list(parameter_shapes(cell, x.shape[2], hidden_size, num_layers, bidirectional, bias, proj_size))
-    with _threads(be), _stream(be, x.device):
+    _one_thread_pool(be)
+    with _stream(be, x.device):
         xa = _array(x, be)
         T, B, _ = xa.shape
         L_D, H = num_layers * (2 if bidirectional else 1), hidden_size
@@ -400,7 +402,8 @@ def stack_backward_op(key: Tensor, dy: Optional[Tensor], dh_n: Optional[Tensor],
         raise RuntimeError("gpurnn.torch: the arrays of this forward were freed (a second backward needs "
                            "retain_graph=True, as in torch.nn), or the forward ran without gradients")
     be, state, params = entry[0], entry[1], entry[2]
-    with _threads(be), _stream(be, x.device):
+    _one_thread_pool(be)
+    with _stream(be, x.device):
         flat = be.xp.zeros(sum(p.size for p in params.values()), state.saved[0].x.dtype)
         grads, start = {}, 0
         for name, p in params.items():          # views of flat, in torch.nn's order
@@ -475,7 +478,21 @@ def _stream(be, device):
         yield
 
 
-@contextlib.contextmanager
-def _threads(be):
-    """NumPy's BLAS with torch's number of threads, on the host backends (set when it changes)."""
-    yield
+_products_through_torch = False
+
+
+def _one_thread_pool(be):
+    """On the cpu backend, every dense product through torch.mm, on the arrays' memory
+    (kernels/cpu.use_products, set once): then one thread pool, torch's, sized by
+    torch.set_num_threads, runs them, instead of NumPy's BLAS pool fighting torch's OpenMP
+    workers for the cores."""
+    global _products_through_torch
+    if be.name == "cpu" and not _products_through_torch:
+        be.kernels.use_products(_torch_product)
+        _products_through_torch = True
+
+
+def _torch_product(a, b, out):
+    """np.dot(a, b, out=out) of 2-D arrays by torch.mm, on the same memory."""
+    torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+    return out

@@ -24,7 +24,7 @@ Why it is laid out this way (the per-step loop runs T times, so it does only wha
   step makes one kernel call and one BLAS call, both writing into buffers allocated once per sequence.
 - The recurrent products use ``W_hhᵀ`` as a contiguous (H, G*H) copy (forward) and ``W_hh`` itself
   (backward), so both are plain row-major GEMMs and go through ``np.dot``, which has the least
-  per-call overhead.
+  per-call overhead (or the function ``use_products`` names: gpurnn.torch's torch.mm).
 - The backward step kernel adds the previous step's recurrent gradient ``dh_rec`` into ``dh`` itself,
   which saves one pass over (B, H) and one Python call per step.
 - The pointwise math is vectorised (AVX): see "the cell math, compiled for the CPU" and "row kernels"
@@ -402,6 +402,22 @@ def column_sums(a):
     return out
 
 
+# ---------------------------------------------------------------- the dense products
+_product = np.dot
+
+
+def use_products(fn):
+    """Compute every dense product of this backend with ``fn(a, b, out=out)`` (2-D arrays; ``out``
+    C-contiguous, written and returned), for the rest of the process; None: NumPy's ``np.dot``.
+    Inside a torch program, gpurnn.torch passes torch.mm's: NumPy's BLAS brings a thread pool of
+    its own, whose spinning workers and torch's OpenMP workers then fight over the cores (on two
+    cores a char-level LSTM model stepped 2-5x slower than on torch.nn; benchmarks/bench_bridge.py).
+    Returns the function used before."""
+    global _product
+    before, _product = _product, (np.dot if fn is None else fn)
+    return before
+
+
 # ---------------------------------------------------------------- sequences
 def active_mask(lengths, T, B):
     """(T, B) uint8: 1 where row b takes a step at time t."""
@@ -418,7 +434,7 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     dt = x.dtype
     empty = WORKSPACE.empty
     xw = empty((T, B, GH), dt)                                  # input projection of every step
-    np.dot(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
+    _product(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
     w_hh_t = empty((H, GH), dt)
     w_hh_t[...] = w_hh.T
     hw = empty((B, GH), dt)
@@ -434,7 +450,7 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
         cs[first] = c0
     hn = empty((T, B, H), dt) if cell == "gru" else None
     for t, r, w in steps(T, reverse):
-        np.dot(hs[r], w_hh_t, out=hw)
+        _product(hs[r], w_hh_t, out=hw)
         if cell in ("rnn_tanh", "rnn_relu"):
             rnn_step_forward(cell == "rnn_relu", t, r, w, xw, hw, b_ih, b_hh, active, hs, y)
         elif cell == "lstm":
@@ -467,20 +483,20 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
             lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, saved.gates, saved.cs, dg_x)
         else:
             gru_step_backward(t, r, dy, dh, dh_rec, active, saved.gates, saved.hn, hs, dg_x, dg_h)
-        np.dot(dg_h[t], w_hh, out=dh_rec)                       # dh_{t-1} through W_hh
+        _product(dg_h[t], w_hh, out=dh_rec)                     # dh_{t-1} through W_hh
     dh += dh_rec
     # BPTT accumulation over all T*B rows at once: deterministic, no per-step products.
     h_prev = hs[1:] if reverse else hs[:T]                      # the state each step read, time order
     dgx2, dgh2 = dg_x.reshape(T * B, GH), dg_h.reshape(T * B, GH)
-    grads["w_ih"] += np.dot(dgx2.T, x.reshape(T * B, I), out=empty((GH, I), dt))
-    grads["w_hh"] += np.dot(dgh2.T, h_prev.reshape(T * B, H), out=empty((GH, H), dt))
+    grads["w_ih"] += _product(dgx2.T, x.reshape(T * B, I), out=empty((GH, I), dt))
+    grads["w_hh"] += _product(dgh2.T, h_prev.reshape(T * B, H), out=empty((GH, H), dt))
     if "b_ih" in grads:
         # float64 sums added into the float32 gradients: each bias rounds once (column_sums)
         db_x = column_sums(dgx2)
         grads["b_ih"] += db_x
         grads["b_hh"] += db_x if dg_h is dg_x else column_sums(dgh2)
     dx = empty((T, B, I), dt)
-    np.dot(dgx2, w_ih, out=dx.reshape(T * B, I))
+    _product(dgx2, w_ih, out=dx.reshape(T * B, I))
     return dx, dh, dc
 
 

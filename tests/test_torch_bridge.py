@@ -308,6 +308,20 @@ def test_backward_twice_needs_retain_graph():
         y.sum().backward()
 
 
+def test_the_cpu_backends_products_run_in_torchs_thread_pool():
+    """After a call through gpurnn.torch, the cpu backend's dense products are torch.mm's, on the
+    arrays' memory, and give np.dot's results (transposed operands and float64 included)."""
+    from gpurnn.kernels import cpu
+    gt.GRU(3, 4, backend="cpu")(torch.randn(2, 1, 3))
+    assert cpu._product is gt._torch_product
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        a, b = rng.standard_normal((6, 5)).astype(dt), rng.standard_normal((7, 5)).astype(dt)
+        out = np.empty((6, 7), dt)
+        assert gt._torch_product(a, b.T, out=out) is out
+        np.testing.assert_allclose(out, np.dot(a, b.T), rtol=1e-6 if dt is np.float32 else 1e-14)
+
+
 def test_no_copies_between_tensors_and_arrays():
     be = get_backend("cpu")
     t = torch.randn(4, 3)
