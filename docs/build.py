@@ -281,6 +281,29 @@ def threads_label(data):
     return f"{data['threads']}" + (f", `OMP_WAIT_POLICY={policy}`" if policy else "")
 
 
+@generates("bridge-charlm", "benchmarks/results/bench_bridge.json")
+def bridge_charlm(src):
+    """The char-level LSTM model through gpurnn.torch against torch.nn, each in its own process,
+    with the products through torch.mm ("none") and through NumPy's BLAS ("numpy-products")."""
+    d = src.json("benchmarks/results/bench_bridge.json")
+    m = d["model"]
+    rows = []
+    for c in d["configs"]:
+        ours, before = c["gpurnn"]["none"], c["gpurnn"].get("numpy-products")
+        row = ["idle" if c["load"] == 0 else f"{c['load']} busy processes", c["threads"], f"{c['torch_ms']:.1f}",
+               f"{ours['median_ms']:.1f}", f"{ours['ratio']:.2f}"]
+        if before:
+            row += [f"{before['median_ms']:.1f}", f"{before['ratio']:.2f}"]
+        rows.append(row)
+    head = ["machine", "threads", "torch.nn ms", "gpurnn.torch ms", "ratio"]
+    if len(rows[0]) > 5:
+        head += ["products by NumPy's BLAS ms", "ratio"]
+    return (f"Embedding({m['vocab']}, {m['embed']}), LSTM({m['embed']}, {m['hidden']}, num_layers={m['layers']}), "
+            f"Linear, cross-entropy, {m['optimizer']}; batches of {m['batch']} × {m['seq']} characters; medians of "
+            f"{d['rounds']} blocks of {d['steps']} steps per side, measured {d['started_utc'][:10]} "
+            f"(`benchmarks/results/bench_bridge.json`):\n\n" + table(head, rows, "lrrrrrr"[:len(head)]))
+
+
 @generates("bridge-table", *BRIDGE)
 def bridge_table(src):
     rows = []
