@@ -65,6 +65,8 @@ CHANGES = [
      "speedup", "cpu-1thread"),
     ("benchmarks/results/bench_torch_bridge_omp_passive.json", lambda d: d["bridge_rows"][2], "model_ms",
      "bridge-table"),
+    ("benchmarks/results/bench_bridge.json", lambda d: d["configs"][1]["gpurnn"]["none"], "median_ms",
+     "bridge-charlm"),
     ("benchmarks/results/2026-11-27-nvidia-h200-bench.json",
      lambda d: next(r for r in d["rows"] if (r["cell"], r["mode"], r["T"], r["B"], r["H"]) ==
                     ("gru", "train", 128, 64, 1024)), "ratio", "h200-grid"),
