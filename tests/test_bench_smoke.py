@@ -95,3 +95,22 @@ def test_bench_gpu_sim_measures_every_torch_side_and_the_host_time(tmp_path):
     # the accumulation kernel at an RNN's G·H and an LSTM's, as on the GPU (G·H = 256 and more)
     assert [(a["cell"], a["GH"]) for a in result["accumulate"]] == [("rnn_tanh", 5), ("lstm", 20)]
     assert "| rnn_tanh | 3 | 2 | 5 | 6 | 5 |" in table
+
+
+@pytest.mark.slow
+def test_bench_bridge_runs_both_sides_in_their_own_processes(tmp_path):
+    """bench_bridge.py on a tiny model: each side's child trains on the same characters (the same
+    first loss), and the configuration records a ratio per patch."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_bridge.py"), "--threads", "1", "--load", "0",
+           "--patch", "none", "numpy-products", "--rounds", "1", "--steps", "1", "--warmup", "1",
+           "--hidden", "8", "--embed", "4", "--layers", "1", "--batch", "2", "--seq", "3", "--quiet-wait", "0",
+           "--out", str(tmp_path), "--name", "b"]
+    run_child(cmd, timeout=240)
+    result = json.loads((tmp_path / "b.json").read_text())
+    (config,) = result["configs"]
+    assert (config["load"], config["threads"]) == (0, 1) and config["torch_ms"] > 0
+    for patch in ("none", "numpy-products"):
+        side = config["gpurnn"][patch]
+        assert side["ratio"] == pytest.approx(side["median_ms"] / config["torch_ms"])
+    losses = {run["patch"]: run["losses"][0] for run in result["runs"]}
+    assert len(losses) == 3 and max(losses.values()) - min(losses.values()) < 1e-5
