@@ -1,7 +1,7 @@
 """A char-level LSTM language model trained through gpurnn.torch against the same model on torch.nn,
 on 1 and 2 threads, with the machine idle and loaded: does the bridge's BLAS fight torch's threads?
 
-    python benchmarks/bench_bridge.py                       # threads 1 and 2, idle and --load 2, 2-3 minutes
+    python benchmarks/bench_bridge.py                       # threads 1 and 2, idle and --load 2, 3-4 minutes
     python benchmarks/bench_bridge.py --threads 2 --load 2  # one configuration
     python benchmarks/bench_bridge.py --patch none numpy-products blas-follow   # experiments (below), side by side
 
@@ -335,7 +335,8 @@ def main(argv=None):
     p.add_argument("--patch", nargs="+", default=["none"], type=patch_name,
                    help="experiments on the gpurnn side, see above; several joined by + (none)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per block (4)")
-    p.add_argument("--rounds", type=int, default=5, help="blocks per side and configuration (5)")
+    # 10: beside busy processes, 5 rounds left the 2-thread ratio moving between 1.0 and 1.3 from run to run
+    p.add_argument("--rounds", type=int, default=10, help="blocks per side and configuration (10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps when a child starts (3)")
     p.add_argument("--pause", type=float, default=0.3, help="seconds of rest before each block (0.3)")
     p.add_argument("--quiet-wait", type=float, default=30.0,

@@ -298,10 +298,14 @@ def bridge_charlm(src):
     head = ["machine", "threads", "torch.nn ms", "gpurnn.torch ms", "ratio"]
     if len(rows[0]) > 5:
         head += ["products by NumPy's BLAS ms", "ratio"]
+    over = [f"{r[0]} on {r[1]} thread{'s' if r[1] > 1 else ''} ({r[4]})" for r in rows if float(r[4]) > 1.10]
+    verdict = ("Every row is within 10% of torch.nn." if not over else
+               "More than 10% slower than torch.nn: " + ", ".join(over) + ".")
     return (f"Embedding({m['vocab']}, {m['embed']}), LSTM({m['embed']}, {m['hidden']}, num_layers={m['layers']}), "
             f"Linear, cross-entropy, {m['optimizer']}; batches of {m['batch']} × {m['seq']} characters; medians of "
             f"{d['rounds']} blocks of {d['steps']} steps per side, measured {d['started_utc'][:10]} "
-            f"(`benchmarks/results/bench_bridge.json`):\n\n" + table(head, rows, "lrrrrrr"[:len(head)]))
+            f"(`benchmarks/results/bench_bridge.json`):\n\n" + table(head, rows, "lrrrrrr"[:len(head)])
+            + "\n" + verdict + "\n")
 
 
 @generates("bridge-table", *BRIDGE)
