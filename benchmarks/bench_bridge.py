@@ -60,12 +60,13 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from host import cpu_facts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "GOTO_NUM_THREADS")
@@ -298,16 +299,7 @@ def spinners(k):
 
 
 def machine_info():
-    info = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                python=platform.python_version())
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in lscpu.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "L2 cache", "L3 cache"):
-                info["lscpu " + key.strip()] = value.strip()
-    except OSError:
-        pass
+    info = cpu_facts()
     info["env"] = {k: os.environ.get(k) for k in THREAD_VARS + ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                                 "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "PYTHONPATH")}
     return info

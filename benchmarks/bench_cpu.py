@@ -52,7 +52,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -62,6 +61,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gpurnn  # noqa: E402
+from host import cpu_facts  # noqa: E402
 from gpurnn.kernels.vocabulary import GATES  # noqa: E402
 
 # (label, T, B, I, H): launch/overhead bound -> compute bound.
@@ -329,17 +329,8 @@ def bridge_rows(torch, grid, args):
 
 # ---------------------------------------------------------------- machine and report
 def machine_info(torch):
-    info = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
-                torch=torch.__version__, gpurnn=getattr(gpurnn, "__version__", "?"))
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in lscpu.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "L2 cache", "L3 cache"):
-                info["lscpu " + key.strip()] = value.strip()
-    except OSError:
-        pass
+    info = dict(cpu_facts(), numpy=np.__version__, numba=numba.__version__, torch=torch.__version__,
+                gpurnn=getattr(gpurnn, "__version__", "?"))
     info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
                                                   "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                                                   "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
