@@ -26,10 +26,13 @@ gpurnn's kernels. Swap one import and train as usual::
   RuntimeError when it is attempted; TorchScript (``torch.jit.script``) is refused with one line
   that names what works instead.
 - No copies on the way in or out: CPU tensors pass as NumPy views of their memory, CUDA tensors
-  as CuPy arrays through DLPack, and the kernels run on torch's current CUDA stream.
-- On the cpu backend the dense products run through torch.mm, so that one thread pool (torch's,
-  sized by ``torch.set_num_threads``) runs them: NumPy's BLAS pool would fight torch's OpenMP
-  workers for the cores.
+  as CuPy arrays through DLPack, and the kernels run on torch's current CUDA stream. Only what the
+  kernels' layout needs is copied (a batch_first input is made time-major, as torch.nn does too).
+- Under ``torch.autocast`` they compute in the parameters' dtype (float32 or float64), where
+  torch.nn's would compute in the lower precision.
+- On the cpu backend the kernels' dense products run through torch.mm, so that one thread pool
+  (torch's, sized by ``torch.set_num_threads``) runs them: NumPy's BLAS pool would fight torch's
+  OpenMP workers for the cores. (An LSTM's projections, ``proj_size``, still multiply with NumPy.)
 - Dropout between stacked layers draws its masks from torch's generator, as torch.nn does: on the
   CPU, the masks (and so the results) in training mode are torch.nn's own.
 - Like torch.nn, and unlike gpurnn's layers, the modules do not check values for NaN (that would
@@ -76,6 +79,7 @@ class _Bridge:
 
     # ------------------------------------------------------------ forward, as torch.nn's
     def forward(self, input, hx=None):
+        self._update_flat_weights()         # as torch.nn's: functional_call swaps the parameters
         lstm = self.mode == "LSTM"
         name = type(self).__name__
         orig_input = input
@@ -114,12 +118,19 @@ class _Bridge:
         rows (N, I) with ``batch_sizes``; hx checked (None, a tensor, or (h_0, c_0)).
         Returns the output laid out as the input and h_n (or (h_n, c_n))."""
         lstm = self.mode == "LSTM"
-        # read by name, not from _flat_weights: torch.func.functional_call and torch.export swap them
-        weights = [getattr(self, n) for n in self._flat_weights_names]
+        name = type(self).__name__
+        weights = self._flat_weights
         wdtype = weights[0].dtype
         if wdtype not in DTYPES:
-            raise NotImplementedError(f"{type(self).__name__}: the parameters are {wdtype}, but gpurnn computes in "
+            raise NotImplementedError(f"{name}: the parameters are {wdtype}, but gpurnn computes in "
                                       "float32 or float64; convert the module with .float() or .double()")
+        if any(w.dtype != wdtype or w.device != input.device for w in weights):
+            raise RuntimeError(f"{name}: every parameter must have the input's device ({input.device}) and one "
+                               f"dtype; got {sorted({(str(w.dtype), str(w.device)) for w in weights})}")
+        if input.dtype != wdtype and torch._C._is_any_autocast_enabled():
+            # under autocast torch.nn skips its dtype check; gpurnn computes in the parameters' dtype
+            input = input.to(wdtype)
+            hx = None if hx is None else (tuple(h.to(wdtype) for h in hx) if lstm else hx.to(wdtype))
         lengths = None
         if batch_sizes is not None:
             x, lengths = pad_packed_sequence(PackedSequence(input, batch_sizes))    # (T, B, I), sorted order
@@ -131,7 +142,7 @@ class _Bridge:
         h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
         for label, h in (("hx", h0), ("cx", c0)):
             if h is not None and (h.dtype != x.dtype or h.device != x.device):
-                raise RuntimeError(f"{type(self).__name__}: {label} is {h.dtype} on {h.device}, the input "
+                raise RuntimeError(f"{name}: {label} is {h.dtype} on {h.device}, the input "
                                    f"{x.dtype} on {x.device}; give both the same dtype and device")
         D = 2 if self.bidirectional else 1
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -141,14 +152,21 @@ class _Bridge:
         else:
             masks = None
             if self.training and self.dropout and self.num_layers > 1:
-                masks = _dropout_masks(self.dropout, self.num_layers, (T, B, D * out_size), x)
+                if batch_sizes is None:
+                    masks = _dropout_masks(self.dropout, self.num_layers, (T, B, D * out_size), x)
+                else:           # drawn over the packed rows, as torch.nn draws them
+                    masks = [_padded_rows(m, batch_sizes, T, B)
+                             for m in _dropout_masks(self.dropout, self.num_layers, (len(input), D * out_size), x)]
             # the operators' description of the stack, after their tensors
             config = (CELL_OF_MODE[self.mode], self.num_layers, bool(self.bidirectional), bool(self.bias),
                       self.hidden_size, int(self.proj_size), self._backend_for(x.device), self.algo)
             # keep what backward reads only where a backward may come (a trace may be trained later)
             keep = torch.jit.is_tracing() or (torch.is_grad_enabled() and
                                               any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)))
-            y, h_n, c_n, _key = _Stack.apply(config, keep, x, h0, c0, masks, lengths, *weights)
+            if keep:
+                y, h_n, c_n, _key = _Stack.apply(config, keep, x, h0, c0, masks, lengths, *weights)
+            else:               # nothing to differentiate: the operator alone (what compiles under no_grad)
+                y, h_n, c_n, _key = stack_forward_op(x, h0, c0, weights, masks or [], lengths, *config, keep)
         if batch_sizes is not None:
             y = _packed_rows(y, batch_sizes)
         elif self.batch_first:
@@ -207,11 +225,8 @@ def _hx_with_batch(hx, lstm, is_batched, name):
     kind = "batched 3-D" if is_batched else "unbatched 2-D"
     if lstm:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(h, Tensor) for h in hx):
-            # as torch.nn, which indexes hx: a tensor fails its dimension check, a pair of
-            # non-tensors has no .dim(), anything else cannot be indexed
-            error = (RuntimeError if isinstance(hx, Tensor) else
-                     NotATensor if isinstance(hx, (tuple, list)) and len(hx) == 2 else TypeError)
-            raise error(f"{name}: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
+            raise _hx_pair_error(hx)(f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                     f"{type(hx).__name__}{f' of {len(hx)}' if isinstance(hx, (tuple, list)) else ''}")
         if hx[0].dim() != want or hx[1].dim() != want:
             raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
                                f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
@@ -221,6 +236,18 @@ def _hx_with_batch(hx, lstm, is_batched, name):
     if hx.dim() != want:
         raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
     return hx if is_batched else hx.unsqueeze(1)
+
+
+def _hx_pair_error(hx):
+    """The exception type torch.nn raises for an LSTM's hx that is not a pair of tensors: it
+    reads hx[0].dim() and hx[1].dim(), then wants exactly two states."""
+    try:
+        hx[0].dim(), hx[1].dim()
+    except AttributeError:
+        return NotATensor
+    except (TypeError, IndexError, KeyError) as e:
+        return type(e)
+    return RuntimeError
 
 
 def _empty_outputs(x, h0, c0, weights, y_shape, h_shape, c_shape):
@@ -238,6 +265,15 @@ def _dropout_masks(p, num_layers, shape, x):
     if keep == 0:
         return [x.new_zeros(shape) for _ in range(num_layers - 1)]
     return [x.new_empty(shape).bernoulli_(keep).div_(keep) for _ in range(num_layers - 1)]
+
+
+def _padded_rows(rows, batch_sizes, T, B):
+    """The inverse of _packed_rows: rows (N, F) of a PackedSequence as (T, B, F) in sorted
+    order, zeros where no row is."""
+    valid = (torch.arange(B)[None, :] < batch_sizes[:, None]).reshape(-1).to(rows.device)     # (T*B,)
+    out = rows.new_zeros((T * B, rows.shape[1]))
+    out[valid] = rows
+    return out.reshape(T, B, -1)
 
 
 def _packed_rows(y, batch_sizes):
@@ -266,6 +302,10 @@ class _Stack(torch.autograd.Function):
         ctx.config = config
         ctx.has_h0, ctx.has_c0 = h0 is not None, c0 is not None
         key = output[3]
+        if not torch.compiler.is_compiling():
+            # the node holds the arrays too: a saved-tensor hook (save_on_cpu, compression) may
+            # replace the saved key by a copy, and the key tensor itself holds them only while it lives
+            ctx.key = key
         ctx.mark_non_differentiable(key)
         if config[0] != "lstm":
             ctx.mark_non_differentiable(output[2])
@@ -283,6 +323,8 @@ class _Stack(torch.autograd.Function):
             dx, dh0, dc0, dweights = stack_backward_op(key, dy, dh_n, dc_n, x, *ctx.config)
         else:
             dx, dh0, dc0, dweights = _Backward.apply(ctx.config, key, dy, dh_n, dc_n, x, *weights)
+            if not torch._C._autograd._get_current_graph_task_keep_graph():
+                ctx.key = None  # no second backward: the arrays go with the saved key, after this one
         return (None, None, dx, dh0 if ctx.has_h0 else None, dc0 if ctx.has_c0 else None, None, None,
                 *_unflatten(dweights, [w.shape for w in weights]))
 
@@ -368,13 +410,13 @@ def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weig
         masks = [_array(m, be) for m in masks] or None
         y, h_n, c_n, state = stack_forward(be, cell, params, xa, h0a, c0a, lens, num_layers, bidirectional, masks,
                                            algo)
+        outputs = _tensor(y, be), _tensor(h_n, be), (_tensor(c_n, be) if c_n is not None else x.new_empty(0))
     key = next(_keys) if keep else 0
     key_tensor = torch.tensor(key, dtype=torch.int64)
     if keep:
         _kept[key] = [be, state, params, 0]
         _hold(key_tensor, [key])
-    c_n = _tensor(c_n, be) if c_n is not None else x.new_empty(0)
-    return _tensor(y, be), _tensor(h_n, be), c_n, key_tensor
+    return (*outputs, key_tensor)
 
 
 @stack_forward_op.register_fake
@@ -411,8 +453,8 @@ def stack_backward_op(key: Tensor, dy: Optional[Tensor], dh_n: Optional[Tensor],
             start += p.size
         dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be), _array_or_none(dh_n, be),
                                       _array_or_none(dc_n, be), params, grads)
-    dc0 = _tensor(dc0, be) if dc0 is not None else x.new_empty(0)
-    return _tensor(dx, be), _tensor(dh0, be), dc0, _tensor(flat, be)
+        return (_tensor(dx, be), _tensor(dh0, be), _tensor(dc0, be) if dc0 is not None else x.new_empty(0),
+                _tensor(flat, be))
 
 
 @stack_backward_op.register_fake

@@ -308,6 +308,61 @@ def test_backward_twice_needs_retain_graph():
         y.sum().backward()
 
 
+def test_saved_tensor_hooks_that_copy_keep_backward_working():
+    """A hook that replaces what autograd saves (save_on_cpu, compression) saves a copy of the key;
+    the node itself holds the arrays, until backward is done."""
+    m = gt.GRU(3, 4, 2, backend="cpu", dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
+    before = set(gt._kept)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        y = m(x)[0]
+    y.sum().backward(retain_graph=True)
+    once = x.grad.clone()
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * once, rtol=1e-14, atol=0)
+    assert set(gt._kept) == before
+
+
+def test_autocast_computes_in_the_parameters_dtype():
+    """Under autocast torch.nn skips its dtype check and a bfloat16 activation arrives: gpurnn
+    computes in the parameters' float32 (mixed precision itself is not gpurnn's yet)."""
+    m = gt.LSTM(3, 4, backend="cpu")
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = m(x.bfloat16())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, m(x.bfloat16().float())[0], rtol=0, atol=0)
+
+
+def test_compiled_inference_is_one_graph():
+    """Under no_grad nothing is kept for backward and the operator runs without a Function."""
+    m = gt.GRU(3, 4, 2, backend="cpu", dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    with torch.no_grad(), torch._dynamo.config.patch(allow_rnn=True):
+        got = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, m(x), rtol=1e-14, atol=0)
+
+
+def test_functional_call_with_parameters_of_another_dtype():
+    m = gt.GRU(3, 4, backend="cpu", dtype=F64)
+    params = {n: p.float() for n, p in m.named_parameters()}
+    y, _ = torch.func.functional_call(m, params, (torch.randn(5, 2, 3),))
+    assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_of_packed_input_is_torch_nn_dropout(cell):
+    """torch.nn draws the masks over the packed rows (N, D*H), not the padded (T, B, D*H)."""
+    ours, theirs = pair(cell, "cpu", 3, 5, 3, dropout=0.4, bidirectional=True)
+    x = torch.randn(6, 4, 3, dtype=F64)
+    torch.manual_seed(9)
+    got = run(ours, cell, x, None, [6, 2, 5, 3], False)
+    torch.manual_seed(9)
+    want = run(theirs, cell, x, None, [6, 2, 5, 3], False)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
 def test_the_cpu_backends_products_run_in_torchs_thread_pool():
     """After a call through gpurnn.torch, the cpu backend's dense products are torch.mm's, on the
     arrays' memory, and give np.dot's results (transposed operands and float64 included)."""
@@ -467,8 +522,10 @@ def test_what_backward_reads_is_freed_with_the_graph():
      r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
     (lambda: gt.GRU(3, 4, 2), lambda m: m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), RuntimeError,
      r"Expected hidden size \(2, 2, 4\), got \[1, 2, 4\]"),
-    (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), RuntimeError,
-     r"hx must be a tuple \(h_0, c_0\)"),
+    (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), IndexError,
+     r"hx must be a tuple \(h_0, c_0\) of two tensors, got Tensor"),
+    (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),) * 3), RuntimeError,
+     r"hx must be a tuple \(h_0, c_0\) of two tensors, got tuple of 3"),
     (lambda: gt.LSTM(3, 4), lambda m: m(torch.randn(5, 2, 3), 7), TypeError, r"hx must be a tuple \(h_0, c_0\)"),
     (lambda: gt.GRU(3, 4), lambda m: m(np.zeros((5, 2, 3))), TypeError, r"input must be a Tensor"),
     (lambda: gt.GRU(3, 4), lambda m: m(torch.randn(0, 2, 3)), RuntimeError, r"sequence length to be larger than 0"),

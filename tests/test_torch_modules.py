@@ -842,6 +842,8 @@ def forward_mistakes():
         yield cls, "input_int64", {}, lambda m: m(torch.ones(T, B, I, dtype=torch.int64))
         yield cls, "input_numpy", {}, lambda m: m(torch.randn(T, B, I).numpy())
         yield cls, "input_list", {}, lambda m: m([[[0.0] * I] * B] * T)
+        yield cls, "input_on_meta", {}, lambda m: m(torch.randn(T, B, I, device="meta"))
+        yield cls, "parameters_of_two_dtypes", {}, lambda m: _one_weight_float64(m)(torch.randn(T, B, I))
         yield cls, "seq_len0", {}, lambda m: m(torch.randn(0, B, I))
         yield cls, "seq_len0_unbatched", {}, lambda m: m(torch.randn(0, I))
         yield cls, "seq_len0_batch_first", dict(batch_first=True), lambda m: m(torch.randn(B, 0, I))
@@ -866,6 +868,11 @@ def forward_mistakes():
             lambda m, hx=hx: m(pack_padded_sequence(torch.randn(T, B, I), torch.tensor([6, 5, 3, 1])), hx((L, bad, H)))
         if cls == "LSTM":
             yield cls, "lstm_hx_tensor", {}, lambda m: m(torch.randn(T, B, I), torch.randn(L, B, H))
+            yield cls, "lstm_hx_tensor_of_one", {}, lambda m: m(torch.randn(T, B, I), torch.randn(1, B, H))
+            yield cls, "lstm_hx_one_state", {}, lambda m: m(torch.randn(T, B, I), (torch.randn(L, B, H),))
+            yield cls, "lstm_hx_three_states", {}, lambda m: m(torch.randn(T, B, I), (torch.randn(L, B, H),) * 3)
+            yield cls, "lstm_hx_str", {}, lambda m: m(torch.randn(T, B, I), "ab")
+            yield cls, "lstm_hx_int", {}, lambda m: m(torch.randn(T, B, I), 5)
             yield cls, "lstm_c_wrong_size", {}, lambda m, hx=hx: m(torch.randn(T, B, I), hx((L, B, H), (L, B, bad)))
             yield cls, "lstm_c_wrong_batch", {}, lambda m, hx=hx: m(torch.randn(T, B, I), hx((L, B, H), (L, bad, H)))
             yield cls, "lstm_c_float64", {}, \
@@ -887,6 +894,12 @@ def forward_mistakes():
                 lambda m, hx=hx: m(torch.randn(T, B, I), hx((L, B, P), (L, B, P)))
         else:
             yield cls, "hx_tuple", {}, lambda m: m(torch.randn(T, B, I), (torch.randn(L, B, H),))
+
+
+def _one_weight_float64(m):
+    """m, with weight_hh_l0 made float64 in place and the rest left float32."""
+    m.weight_hh_l0.data = m.weight_hh_l0.data.double()
+    return m
 
 
 FORWARD_MISTAKES = list(forward_mistakes())
