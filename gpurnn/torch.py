@@ -19,7 +19,8 @@ gpurnn's kernels. Swap one import and train as usual::
   very code gpurnn's own layers run. Being operators with shape functions, they work under
   ``torch.compile``, ``torch.export``, ``torch.func`` (grad, vmap) and on the meta device.
 - What the forward keeps for BPTT stays in the backend's arrays, held under a key: a tensor that
-  autograd saves. When autograd frees the graph, the key dies and the arrays with it (so a second
+  autograd saves, and that the autograd node holds until a backward without ``retain_graph`` is
+  done. The arrays go with the graph, at that backward or when the graph is dropped (so a second
   backward needs ``retain_graph``, as in torch.nn). The inputs and weights are saved too, so an
   in-place change between forward and backward raises torch's error instead of wrong gradients.
 - Double backward (a gradient of a gradient, e.g. a gradient penalty) is refused with a
@@ -33,8 +34,9 @@ gpurnn's kernels. Swap one import and train as usual::
 - On the cpu backend the kernels' dense products run through torch.mm, so that one thread pool
   (torch's, sized by ``torch.set_num_threads``) runs them: NumPy's BLAS pool would fight torch's
   OpenMP workers for the cores. (An LSTM's projections, ``proj_size``, still multiply with NumPy.)
-- Dropout between stacked layers draws its masks from torch's generator, as torch.nn does: on the
-  CPU, the masks (and so the results) in training mode are torch.nn's own.
+- Dropout between stacked layers draws its masks from torch's generator, as torch.nn does (over
+  the packed rows of a PackedSequence): on the CPU, the masks (and so the results) in training
+  mode are torch.nn's own.
 - Like torch.nn, and unlike gpurnn's layers, the modules do not check values for NaN (that would
   cost a GPU synchronisation per call); a NaN propagates as it would through torch.nn.
 """
