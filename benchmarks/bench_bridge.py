@@ -44,7 +44,7 @@ products through torch.mm: kernels/cpu.use_products):
     none            gpurnn.torch untouched
     numpy-products  the cpu backend's products through NumPy's np.dot, as before gpurnn.torch routed
                     them through torch.mm: NumPy's BLAS pool beside torch's OpenMP pool
-    blas-follow     numpy-products, and before each operator call NumPy's BLAS limited to
+    blas-follow     numpy-products, and before each forward NumPy's BLAS limited to
                     torch.get_num_threads() when that changed (threadpoolctl, no restore): fewer
                     threads, still two pools
     omp-passive     OMP_WAIT_POLICY=PASSIVE in the child's environment (torch's OpenMP workers sleep

@@ -49,7 +49,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .backend import BACKENDS, get_backend
 from .layers import check_algo, parameter_shapes, stack_backward, stack_forward
@@ -157,7 +157,7 @@ class _Bridge:
                 if batch_sizes is None:
                     masks = _dropout_masks(self.dropout, self.num_layers, (T, B, D * out_size), x)
                 else:           # drawn over the packed rows, as torch.nn draws them
-                    masks = [_padded_rows(m, batch_sizes, T, B)
+                    masks = [pad_packed_sequence(PackedSequence(m, batch_sizes))[0]
                              for m in _dropout_masks(self.dropout, self.num_layers, (len(input), D * out_size), x)]
             # the operators' description of the stack, after their tensors
             config = (CELL_OF_MODE[self.mode], self.num_layers, bool(self.bidirectional), bool(self.bias),
@@ -170,7 +170,7 @@ class _Bridge:
             else:               # nothing to differentiate: the operator alone (what compiles under no_grad)
                 y, h_n, c_n, _key = stack_forward_op(x, h0, c0, weights, masks or [], lengths, *config, keep)
         if batch_sizes is not None:
-            y = _packed_rows(y, batch_sizes)
+            y = pack_padded_sequence(y, lengths).data       # the packed rows, as the input's
         elif self.batch_first:
             y = y.transpose(0, 1)
         return y, ((h_n, c_n) if lstm else h_n)
@@ -267,23 +267,6 @@ def _dropout_masks(p, num_layers, shape, x):
     if keep == 0:
         return [x.new_zeros(shape) for _ in range(num_layers - 1)]
     return [x.new_empty(shape).bernoulli_(keep).div_(keep) for _ in range(num_layers - 1)]
-
-
-def _padded_rows(rows, batch_sizes, T, B):
-    """The inverse of _packed_rows: rows (N, F) of a PackedSequence as (T, B, F) in sorted
-    order, zeros where no row is."""
-    valid = (torch.arange(B)[None, :] < batch_sizes[:, None]).reshape(-1).to(rows.device)     # (T*B,)
-    out = rows.new_zeros((T * B, rows.shape[1]))
-    out[valid] = rows
-    return out.reshape(T, B, -1)
-
-
-def _packed_rows(y, batch_sizes):
-    """y (T, B, F) in sorted order as the rows of a PackedSequence with ``batch_sizes``: the rows
-    of step t are the first batch_sizes[t] rows of y[t]."""
-    T, B = y.shape[:2]
-    valid = torch.arange(B)[None, :] < batch_sizes[:, None]                    # (T, B)
-    return y.reshape(T * B, -1)[valid.reshape(-1).to(y.device)]
 
 
 # ---------------------------------------------------------------- autograd, over the two operators
@@ -446,8 +429,7 @@ def stack_backward_op(key: Tensor, dy: Optional[Tensor], dh_n: Optional[Tensor],
         raise RuntimeError("gpurnn.torch: the arrays of this forward were freed (a second backward needs "
                            "retain_graph=True, as in torch.nn), or the forward ran without gradients")
     be, state, params = entry[0], entry[1], entry[2]
-    _one_thread_pool(be)
-    with _stream(be, x.device):
+    with _stream(be, x.device):             # the products were routed by the forward (_one_thread_pool)
         flat = be.xp.zeros(sum(p.size for p in params.values()), state.saved[0].x.dtype)
         grads, start = {}, 0
         for name, p in params.items():          # views of flat, in torch.nn's order
