@@ -3,7 +3,7 @@
 
 Legend: T time steps, B batch rows, I input features, H hidden units, G gates (vocabulary.GATES).
 
-    forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto")
+    forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", half=None)
         -> y (T, B, H), h_n (B, H), c_n (B, H) or None, saved (a Saved)
     backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads)
         -> dx (T, B, I), dh0 (B, H), dc0 (B, H) or None
@@ -18,6 +18,10 @@ Legend: T time steps, B batch rows, I input features, H hidden units, G gates (v
     reverse   run t = T-1 .. 0 instead of 0 .. T-1
     algo      how the recursion runs: one of vocabulary.ALGOS. Only the cuda backend has a choice;
               the others run their one algorithm for "auto" and reject any other (``one_algorithm``)
+    half      None, or one of vocabulary.HALF: the arrays are float32 and hold values of that
+              format (the caller rounded x, h0, c0 and the weights), and forward rounds every
+              state and activation it stores (hs, cs, gates, hn, y) to it, as half-precision
+              storage holds them (kernels/precision.py); backward then runs as in float32
     dy        (T, B, H) or None; dh_n, dc_n (B, H) or None: gradients arriving from the loss
     grads     dict with "w_ih", "w_hh" and, when the layer has biases, "b_ih", "b_hh":
               backward ADDS the weight gradients into these arrays
@@ -89,7 +93,7 @@ class BackendKernels(Protocol):
 
     def forward_sequence(self, cell: str, x: Array, h0: Array, c0: Optional[Array], w_ih: Array, w_hh: Array,
                          b_ih: Array, b_hh: Array, lengths: Optional[Array], reverse: bool,
-                         algo: str = "auto") -> tuple: ...
+                         algo: str = "auto", half: Optional[str] = None) -> tuple: ...
 
     def backward_sequence(self, cell: str, saved: Saved, dy: Optional[Array], dh_n: Optional[Array],
                           dc_n: Optional[Array], w_ih: Array, w_hh: Array, grads: dict) -> tuple: ...

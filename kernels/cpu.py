@@ -56,6 +56,7 @@ from numba.extending import intrinsic, overload
 from . import cells
 from .contract import Saved, dims_of, one_algorithm, steps
 from .numba_cache import cached
+from .precision import check_half, round_in_place
 from .vocabulary import GATES
 from .workspace import Workspace
 
@@ -426,8 +427,9 @@ def active_mask(lengths, T, B):
     return (np.arange(T)[:, None] < np.asarray(lengths)[None, :]).astype(np.uint8)
 
 
-def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto"):
+def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", half=None):
     one_algorithm("cpu", algo)
+    check_half(half)
     dims = dims_of(cell, x, w_hh)
     T, B, I, H, G = dims
     GH = G * H
@@ -457,6 +459,14 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
             lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates)
         else:
             gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn)
+        if half is not None:        # the state as half storage holds it, before the next step reads it
+            round_in_place(hs[w], half)
+            if cs is not None:
+                round_in_place(cs[w], half)
+    if half is not None:            # what no later step reads: rounded once, at the end
+        for a in (y, gates, hn):
+            if a is not None:
+                round_in_place(a, half)
     last = 0 if reverse else T
     saved = Saved(cell, dims, x, hs, cs, gates, hn, lengths, bool(reverse))
     return y, hs[last].copy(), (cs[last].copy() if cell == "lstm" else None), saved

@@ -17,6 +17,7 @@ zero. Running backwards through time, a row therefore starts at its own last val
 import numpy as np
 
 from .contract import Saved, dims_of, one_algorithm, steps
+from .precision import check_half, round_in_place
 from .vocabulary import check_cell
 
 
@@ -31,14 +32,15 @@ def active_rows(t, lengths, B):
     return (t < lengths)[:, None]
 
 
-def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto"):
+def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", half=None):
     one_algorithm("reference", algo)
     check_cell(cell)
+    check_half(half)
     if cell == "lstm":
-        return lstm_forward_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+        return lstm_forward_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, half)
     if cell == "gru":
-        return gru_forward_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    return rnn_forward_reference(cell, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+        return gru_forward_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, half)
+    return rnn_forward_reference(cell, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, half)
 
 
 def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
@@ -76,6 +78,13 @@ def _accumulate(grads, sums, dg_x, dg_h, x_t, h_prev):
         sums["b_hh"] += dg_h.sum(axis=0, dtype=np.float64)
 
 
+def _stored(half, *arrays):
+    """Round what a step stored to the half format (kernels/precision.py): the next step reads
+    the state as half-precision storage would hold it. Nothing for ``half`` None."""
+    for a in arrays:
+        round_in_place(a, half)
+
+
 def _float64_sums(grads):
     return {k: np.zeros(grads[k].shape) for k in ("w_ih", "w_hh", "b_ih", "b_hh") if k in grads}
 
@@ -86,7 +95,7 @@ def _add_sums(grads, sums):
 
 
 # ---------------------------------------------------------------- RNN
-def rnn_forward_reference(cell, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+def rnn_forward_reference(cell, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, half=None):
     T, B, _ = x.shape
     hs = _states(x, h0, reverse)
     y = np.zeros((T, B, h0.shape[1]), x.dtype)
@@ -97,6 +106,8 @@ def rnn_forward_reference(cell, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
         act = active_rows(t, lengths, B)
         y[t] = np.where(act, h_new, 0)                     # outputs past a row's length are zero
         hs[after] = np.where(act, h_new, h)                 # inactive rows keep their state
+        _stored(half, hs[after])
+    _stored(half, y)
     saved = Saved(cell, dims_of(cell, x, w_hh), x, hs, None, None, None, lengths, reverse)
     return y, hs[after], None, saved
 
@@ -123,7 +134,7 @@ def rnn_backward_reference(cell, saved, dy, dh_n, w_ih, w_hh, grads):
 
 
 # ---------------------------------------------------------------- LSTM
-def lstm_forward_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+def lstm_forward_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, half=None):
     T, B, _ = x.shape
     H = h0.shape[1]
     hs, cs = _states(x, h0, reverse), _states(x, c0, reverse)
@@ -143,6 +154,8 @@ def lstm_forward_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
         y[t] = np.where(act, h_new, 0)
         hs[after] = np.where(act, h_new, h)
         cs[after] = np.where(act, c_new, c)
+        _stored(half, hs[after], cs[after])
+    _stored(half, y, gates)
     saved = Saved("lstm", dims_of("lstm", x, w_hh), x, hs, cs, gates, None, lengths, reverse)
     return y, hs[after], cs[after], saved
 
@@ -175,7 +188,7 @@ def lstm_backward_reference(saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
 
 
 # ---------------------------------------------------------------- GRU
-def gru_forward_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+def gru_forward_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, half=None):
     T, B, _ = x.shape
     H = h0.shape[1]
     hs = _states(x, h0, reverse)
@@ -196,6 +209,8 @@ def gru_forward_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
         hns[t] = hn
         y[t] = np.where(act, h_new, 0)
         hs[after] = np.where(act, h_new, h)
+        _stored(half, hs[after])
+    _stored(half, y, gates, hns)
     saved = Saved("gru", dims_of("gru", x, w_hh), x, hs, None, gates, hns, lengths, reverse)
     return y, hs[after], None, saved
 

@@ -3,6 +3,7 @@
     python -m gpurnn.kernels.report            a table: one row per kernel x cell x dtype x target
     python -m gpurnn.kernels.report --json     the same rows as JSON
     python -m gpurnn.kernels.report --target sm_90     one target only (the test runs one process each)
+    python -m gpurnn.kernels.report --cell lstm        one cell's kernels (and the accumulation kernel)
 
 Each kernel of ``kernels/cuda/`` (``build_kernels``, with the GPU block geometry) is compiled to PTX
 by ``numba.cuda.compile_ptx`` for compute capability 8.0 and 9.0, and the PTX is linked to SASS by
@@ -19,6 +20,13 @@ register-tiled product. ``occupancy`` is the theoretical occupancy (resident war
 holds) on an A100 for sm_80 and an H100 for sm_90, from the registers, the block size and the static
 shared memory (the persistent kernels also take dynamic shared memory, which their plan sizes: their
 figure is an upper bound).
+
+Half-precision layers (kernels/precision.py) compute in float32 arrays and have forward kernels of
+their own, which round what they store (``step_forward`` and ``persistent_forward`` with ``half``;
+their backward kernels are float32's). The report lists those of REPORTED_HALF, bfloat16, under
+the dtype "bfloat16": its rounding (integer operations, a NaN test) costs more instructions than
+float16's (a conversion there and back), and reporting both formats would add half again to the
+report's run time; ``python -m gpurnn.kernels.report --half float16`` lists float16's instead.
 
 Then the limits of the persistent path on an A100 (108 SMs, sm_80) and an H100 SXM (132 SMs,
 sm_90), from those resources: ``kernels/cuda/plan.py``'s choice on a modelled device given the
@@ -39,8 +47,23 @@ import json
 import re
 import sys
 
+from .vocabulary import CELLS, HALF
+
 TARGETS = ((8, 0), (9, 0))
 DTYPES = ("float32", "float64")
+REPORTED_HALF = ("bfloat16",)            # the half formats whose forward kernels are listed
+HALF_KERNELS = ("step_forward", "persistent_forward")   # what a half format compiles of its own
+
+
+def itemsize_of(dtype):
+    """Bytes an element of a report row's dtype takes: a half format's kernels compute in float32."""
+    return 8 if dtype == "float64" else 4
+
+
+def kernels_run_by(dtype, name):
+    """The report dtype whose row is the kernel ``name`` that a layer of ``dtype`` runs: its own
+    but for a half format's backward kernels, which are float32's."""
+    return dtype if dtype in DTYPES or name in HALF_KERNELS else "float32"
 
 
 class _TargetDevice:
@@ -285,11 +308,11 @@ def parse_log(log, name):
     )
 
 
-def kernel_list():
+def kernel_list(halves=REPORTED_HALF):
     """(kernel name, cell, dtype, pyfunc, signature) for every kernel the cuda backend launches.
-    The accumulation kernel does not depend on the cell: it is listed once per dtype (cell "*")."""
+    The accumulation kernel does not depend on the cell: it is listed once per dtype (cell "*").
+    The forward kernels of each half format of ``halves`` follow, with that format as their dtype."""
     from .cuda import GPU_GEOMETRY, build_kernels
-    from .vocabulary import CELLS
     out = []
     for dtype in DTYPES:
         for cell in CELLS:
@@ -297,17 +320,24 @@ def kernel_list():
             for name in ("step_forward", "step_backward", "persistent_forward", "persistent_backward"):
                 out.append((name, cell, dtype) + kernels[name])
         out.append(("accumulate", "*", dtype) + build_kernels("lstm", dtype, GPU_GEOMETRY)["accumulate"])
+    for half in halves:
+        for cell in CELLS:
+            kernels = build_kernels(cell, "float32", GPU_GEOMETRY, half)
+            for name in HALF_KERNELS:
+                out.append((name, cell, half) + kernels[name])
     return out
 
 
-def report(targets=TARGETS):
+def report(targets=TARGETS, halves=REPORTED_HALF, cells=None):
     from numba import cuda
     from .cuda import GPU_GEOMETRY, toolchain
     from .cuda.runtime import kernel_options
     device = _TargetDevice()
     _patch_current_device(device)
     rows = []
-    for name, cell, dtype, fn, sig in kernel_list():
+    for name, cell, dtype, fn, sig in kernel_list(halves):
+        if cells and cell not in cells and cell != "*":
+            continue
         for cc in targets:
             device.compute_capability = cc
             ptx, _ = cuda.compile_ptx(fn, sig, cc=cc, **kernel_options(fn))
@@ -322,7 +352,7 @@ def report(targets=TARGETS):
                 row["critical_path"] = critical_path(row, cell, dtype)
             rows.append(row)
     return dict(toolchain=toolchain(), geometry=GPU_GEOMETRY.__dict__, rows=rows,
-                persistent_limits=persistent_limits(rows), critical_path_shape=CRITICAL_PATH_SHAPE)
+                persistent_limits=persistent_limits(rows, halves=halves), critical_path_shape=CRITICAL_PATH_SHAPE)
 
 
 # The shape each persistent kernel's ``critical_path`` is given for: B batch rows, H hidden units,
@@ -336,7 +366,7 @@ def critical_path(row, cell, dtype, B=CRITICAL_PATH_SHAPE["B"], H=CRITICAL_PATH_
     H100: ``plan.step_instructions`` of the loops, the exchange excluded (it is a wait, measured
     by benchmarks/calibrate.py, not instructions)."""
     from .cuda import GPU_GEOMETRY, plan
-    itemsize = 4 if dtype == "float32" else 8
+    itemsize = itemsize_of(dtype)
     the_plan = plan.choose(cell, itemsize, B, H, plan.with_registers(plan.H100, row["registers"]), "persistent",
                            GPU_GEOMETRY, graphs=False)
     return plan.step_instructions(row["kernel"], the_plan, cell, H, itemsize, row["step_loops"], GPU_GEOMETRY)
@@ -367,22 +397,24 @@ def occupancy(row, name):
     return round(warps / (device.threads_per_sm // plan.WARP), 3)
 
 
-def persistent_limits(rows, batch=8):
-    """Per modelled device, cell and dtype: the persistent kernels' registers (the larger of
-    forward and backward) and what ``plan.choose`` accepts with them at a batch of ``batch``."""
+def persistent_limits(rows, batch=8, halves=REPORTED_HALF):
+    """Per modelled device, cell and dtype (a half format of ``halves`` too): the persistent
+    kernels' registers (the larger of forward and backward, as the layer runs them:
+    ``kernels_run_by``) and what ``plan.choose`` accepts with them at a batch of ``batch``."""
     from .cuda import GPU_GEOMETRY, plan
-    from .vocabulary import CELLS
     out = []
     for target, model in DEVICES:
         if not any(r["target"] == target for r in rows):
             continue
         for cell in CELLS:
-            for dtype in DTYPES:
-                regs = max(r["registers"] for r in rows if r["target"] == target and r["cell"] == cell
-                           and r["dtype"] == dtype and r["kernel"].startswith("persistent"))
-                device = plan.with_registers(getattr(plan, model), regs)
-                itemsize = 4 if dtype == "float32" else 8
-                out.append(dict(device=device.name, sms=device.sms, cell=cell, dtype=dtype, registers=regs,
+            for dtype in DTYPES + tuple(halves):
+                regs = [r["registers"] for r in rows if r["target"] == target and r["cell"] == cell
+                        and r["kernel"].startswith("persistent") and r["dtype"] == kernels_run_by(dtype, r["kernel"])]
+                if not regs:          # a cell the report was not asked for
+                    continue
+                device = plan.with_registers(getattr(plan, model), max(regs))
+                itemsize = itemsize_of(dtype)
+                out.append(dict(device=device.name, sms=device.sms, cell=cell, dtype=dtype, registers=max(regs),
                                 B=batch, **plan.limits(cell, itemsize, device, GPU_GEOMETRY, batch)))
     return out
 
@@ -407,6 +439,11 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--target", action="append", choices=[f"sm_{a}{b}" for a, b in TARGETS],
                         help="compile for this target only (repeatable; default: all of them)")
+    parser.add_argument("--half", action="append", choices=HALF,
+                        help="list the forward kernels of this half format (repeatable; default: "
+                             f"{', '.join(REPORTED_HALF)})")
+    parser.add_argument("--cell", action="append", choices=CELLS,
+                        help="this cell's kernels only, and the accumulation kernel (repeatable; default: every cell)")
     args = parser.parse_args(argv)
     from . import cuda_simulated
     if cuda_simulated():
@@ -416,7 +453,7 @@ def main(argv=None):
         print(f"cannot compile: {missing}", file=sys.stderr)
         return MISSING_TOOLCHAIN
     targets = [cc for cc in TARGETS if not args.target or f"sm_{cc[0]}{cc[1]}" in args.target]
-    result = report(targets)
+    result = report(targets, tuple(args.half or REPORTED_HALF), args.cell)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -425,7 +462,8 @@ def main(argv=None):
               "call_stack includes the functions a kernel calls)")
         print(table(result["rows"]))
         print("fma, lds: multiply-adds (FFMA; DFMA for float64) and shared-memory loads in the hottest "
-              "loop's SASS; occupancy: resident warps / 64 on an A100 (sm_80) or H100 (sm_90)")
+              "loop's SASS; occupancy: resident warps / 64 on an A100 (sm_80) or H100 (sm_90); a half "
+              "format's dtype: its own forward kernels (float32 arrays of its values; its backward is float32's)")
         print("\nlimits of the persistent path (hidden sizes; beyond the last, the step path; W_hh in "
               "registers: no value of it in shared memory, in either kernel)")
         print(table(result["persistent_limits"], LIMIT_COLUMNS))
@@ -447,14 +485,14 @@ MIN_FFMA_PER_LDS = 4
 
 
 def failures(rows):
-    """One line per kernel that spills, or per float32 register-tiled kernel whose hottest loop
-    does fewer than MIN_FFMA_PER_LDS multiply-adds a shared-memory load."""
+    """One line per kernel that spills, or per float32 (or half-format) register-tiled kernel
+    whose hottest loop does fewer than MIN_FFMA_PER_LDS multiply-adds a shared-memory load."""
     out = []
     for r in rows:
         name = f"{r['kernel']} {r['cell']} {r['dtype']} {r['target']}"
         if r["spill_stores"] or r["spill_loads"]:
             out.append(f"{name} spills: {r['spill_stores']} bytes stored, {r['spill_loads']} loaded")
-        if r["kernel"] in TILED and r["dtype"] == "float32" and (r["ffma_per_lds"] or 0) < MIN_FFMA_PER_LDS:
+        if r["kernel"] in TILED and r["dtype"] != "float64" and (r["ffma_per_lds"] or 0) < MIN_FFMA_PER_LDS:
             out.append(f"{name}: {r['ffma_per_lds']} FFMA per LDS in its hottest loop "
                        f"({r['fma']} FFMA, {r['lds']} LDS), below {MIN_FFMA_PER_LDS}")
     return out

@@ -10,6 +10,10 @@ the benchmarks import them from this module (``from gpurnn.kernels.vocabulary im
                  steps), "step" (one launch per step), or "auto" (kernels/cuda/plan.py decides)
     BACKENDS     where a layer runs: "reference" (NumPy, the oracle), "cpu" (Numba and BLAS),
                  "cuda" (Numba CUDA and CuPy), or "auto" ("cuda" when a GPU is usable, else "cpu")
+    HALF         the half-precision formats of the recurrent layers: their values are rounded to
+                 the format where a half-precision kernel stores them, and computed in float32
+                 (kernels/precision.py says where)
+    DTYPES       a recurrent layer's ``dtype``: float32 or float64 throughout, or one of HALF
 """
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -17,6 +21,8 @@ CELLS = tuple(GATES)
 MODEL_CELLS = {"rnn": "rnn_tanh", "rnn-relu": "rnn_relu", "lstm": "lstm", "gru": "gru"}
 ALGOS = ("auto", "persistent", "step")
 BACKENDS = ("auto", "reference", "cpu", "cuda")
+HALF = ("bfloat16", "float16")
+DTYPES = ("float32", "float64", *HALF)
 
 
 def check_cell(cell):

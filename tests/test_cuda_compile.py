@@ -1,6 +1,7 @@
-"""Every CUDA kernel compiles to SASS for sm_80 and sm_90, without a GPU, and spills nothing; the
+"""Every CUDA kernel compiles to SASS for sm_80 and sm_90, without a GPU, and spills nothing, the
+forward kernels of a half format (bfloat16, kernels/report.py's REPORTED_HALF) too; the
 register-tiled kernels feed at least 4 multiply-adds per shared-memory load in their hottest loop
-(float32); the persistent kernels' flag waits still load, and their time step's loops are found;
+(float32 and the half format); the persistent kernels' flag waits still load, and their time step's loops are found;
 the persistent path's limits on an A100 and an H100 follow from the compiled kernels' resources.
 
 Runs ``python -m gpurnn.kernels.report --json --target sm_XX`` in two subprocesses at once (the
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CELLS, SIMULATED
-from gpurnn.kernels.report import MIN_FFMA_PER_LDS, MISSING_TOOLCHAIN, TILED, hot_loop
+from gpurnn.kernels.report import (HALF_KERNELS, MIN_FFMA_PER_LDS, MISSING_TOOLCHAIN, REPORTED_HALF, TILED,
+                                   hot_loop, kernels_run_by)
 
 KERNELS = ("step_forward", "step_backward", "persistent_forward", "persistent_backward")
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "kernel_report.json"
@@ -48,8 +50,18 @@ def test_every_kernel_compiles_without_spills():
 
     want = {(k, c, d, t) for d in ("float32", "float64") for t in TARGETS
             for k, c in [("accumulate", "*")] + [(n, c) for c in CELLS for n in KERNELS]}
+    want |= {(k, c, h, t) for h in REPORTED_HALF for t in TARGETS for c in CELLS for k in HALF_KERNELS}
     got = {(r["kernel"], r["cell"], r["dtype"], r["target"]) for r in rows}
     assert got == want, f"missing {sorted(want - got)}, unexpected {sorted(got - want)}"
+    # The half format's forward kernels (their rounding at every store) compile as float32's do:
+    # no spill, no local memory, the same hot loop.
+    half = [r for r in rows if r["dtype"] in REPORTED_HALF]
+    assert len(half) == len(REPORTED_HALF) * len(TARGETS) * len(CELLS) * len(HALF_KERNELS)
+    for r in half:
+        f32 = next(x for x in rows if (x["kernel"], x["cell"], x["dtype"], x["target"]) ==
+                   (r["kernel"], r["cell"], "float32", r["target"]))
+        assert r["spill_stores"] == r["spill_loads"] == r["stack"] == r["local"] == 0, r
+        assert (r["fma"], r["lds"]) == (f32["fma"], f32["lds"]), (r, f32)
     for r in rows:
         name = f"{r['kernel']} {r['cell']} {r['dtype']} {r['target']}"
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{name} spills: {r}"
@@ -69,16 +81,19 @@ def test_every_kernel_compiles_without_spills():
             assert loops["step"] <= r["critical_path"] < 100 * loops["step"], f"{name}: {r}"
         # Every kernel's hottest loop is a product: multiply-adds fed from shared memory.
         assert r["fma"] > 0 and r["lds"] > 0, f"{name}: no multiply-add loop found: {r}"
-        if r["kernel"] in TILED and r["dtype"] == "float32":
+        if r["kernel"] in TILED and r["dtype"] != "float64":
             assert r["ffma_per_lds"] >= MIN_FFMA_PER_LDS, f"{name}: {r['ffma_per_lds']} FFMA per LDS: {r}"
     for code, err, _ in results:
         assert code == 0, err[-4000:]
 
     limits = {(r["device"].split()[0], r["cell"], r["dtype"]): r for r in limits}
-    assert set(limits) == {(d, c, t) for d in ("A100", "H100") for c in CELLS for t in ("float32", "float64")}
+    assert set(limits) == {(d, c, t) for d in ("A100", "H100") for c in CELLS
+                           for t in ("float32", "float64", *REPORTED_HALF)}
     for (device, cell, dtype), r in limits.items():
+        # a half format's layer runs its own persistent_forward and float32's persistent_backward
         regs = max(x["registers"] for x in rows if x["kernel"].startswith("persistent") and x["cell"] == cell
-                   and x["dtype"] == dtype and x["target"] == {"A100": "sm_80", "H100": "sm_90"}[device])
+                   and x["dtype"] == kernels_run_by(dtype, x["kernel"])
+                   and x["target"] == {"A100": "sm_80", "H100": "sm_90"}[device])
         assert r["registers"] == regs, r
         assert r["largest_grid"] == {"A100": 108, "H100": 132}[device], r      # one block per SM
         assert 0 < r["largest_hidden_w_in_registers"] <= r["largest_hidden"], r

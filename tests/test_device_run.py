@@ -68,11 +68,12 @@ def test_device_run_sim(tmp_path):
 
     tests = _only(tmp_path, "tests.log").read_text()
     assert f"gpurnn from {link.group(1)}/gpurnn" in tests       # the tests ran on what was installed
-    # one case a cell, dtype and algorithm, and launch_config: 4 x 2 x 3 + 1
-    assert re.search(r"\b25 passed\b", tests) and not re.search(r"\b(failed|error)\b", tests), tests[-3000:]
+    # one case a cell, dtype and algorithm, and launch_config: 4 x 2 x 3 + 1; a half-precision
+    # forward a cell, algorithm (step, persistent) and format (tests/test_half_cuda.py): 4 x 2 x 2
+    assert re.search(r"\b41 passed\b", tests) and not re.search(r"\b(failed|error)\b", tests), tests[-3000:]
 
     result = json.loads(_only(tmp_path, "bench.json").read_text())
-    assert result["tests"].startswith("25 passed")
+    assert result["tests"].startswith("41 passed")
     assert result["calibration"] == calibration.name
     assert result["machine"]["gpu"] == "simulator" and result["machine"]["toolchain"].startswith("numba-cuda")
     lo = result["launch_overhead"]

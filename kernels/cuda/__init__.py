@@ -46,6 +46,12 @@ and ``hn`` (T, B, H) the GRU's W_hn h + b_hn. For a row that is inactive at time
 (t >= lengths[b]) a step copies the state through, writes y = 0, and backward writes dG = 0 and
 passes dh (dc) through untouched: exactly the reference's packed-sequence semantics, with no
 packing copies. Both algorithms write and read the same saved arrays.
+
+Half precision (``half`` "bfloat16" or "float16", float32 arrays holding the format's values,
+kernels/precision.py): both algorithms' forward kernels round every value they store to the format
+(pointwise.py), and every step reads h_{t-1} (c_{t-1}) back from the stored, rounded state. Those
+kernels are built per format (``build_kernels``, ``compiled_kernels``), and so are the plan and the
+CUDA graphs of a layer; backward runs float32's kernels on the saved, rounded arrays.
 """
 
 import warnings
@@ -59,6 +65,7 @@ from numba import cuda
 
 from .. import cuda_simulated
 from ..contract import Array, Saved, dims_of
+from ..precision import check_half
 from . import accumulate as _accumulate
 from . import graphs, persistent, plan, step
 from . import runtime as rt
@@ -71,12 +78,17 @@ if cuda_simulated():
     simulator.install()
 
 
-def build_kernels(cell, dtype, geo):
+FORWARD_KERNELS = ("step_forward", "persistent_forward")     # the kernels a half format changes
+
+
+def build_kernels(cell, dtype, geo, half=None):
     """The Python functions of every kernel for one cell and dtype (not yet compiled), and the
     signatures they are compiled with: {name: (pyfunc, signature)}. Names: "step_forward",
-    "step_backward", "persistent_forward", "persistent_backward", "accumulate"."""
-    kernels = dict(step.build(cell, dtype, geo))
-    kernels.update(persistent.build(cell, dtype, geo))
+    "step_backward", "persistent_forward", "persistent_backward", "accumulate". ``half`` (None,
+    or one of vocabulary.HALF, float32 only): the format the forward kernels (FORWARD_KERNELS)
+    round what they store to (pointwise.py); the others are the same for every format."""
+    kernels = dict(step.build(cell, dtype, geo, half))
+    kernels.update(persistent.build(cell, dtype, geo, half))
     kernels.update(_accumulate.build(dtype, geo))
     return kernels
 
@@ -89,10 +101,12 @@ class _Kernels:
     launch with other argument types then fails loudly instead of compiling a second, unprepared
     version."""
 
-    def __init__(self, built):
-        self._built, self._made = built, {}
+    def __init__(self, built, others=None):
+        self._built, self._made, self._others = built, {}, others
 
     def __getitem__(self, name):
+        if name not in self._built:             # a half format's backward: float32's, compiled once
+            return self._others[name]
         if name not in self._made:
             fn, sig = self._built[name]
             eager = name.startswith("persistent") and not cuda_simulated()
@@ -103,13 +117,23 @@ class _Kernels:
     def overload(self, name):
         """The kernel compiled for its declared signature (what the driver's occupancy and
         attribute calls take)."""
+        if name not in self._built:
+            return self._others.overload(name)
         return self[name].compile(self._built[name][1])
 
 
+def compiled_kernels(cell, dtype, geo, half=None):
+    """The kernels of ``build_kernels`` as Numba dispatchers, each compiled when first needed. A
+    half format has forward kernels of its own and shares the others with float32."""
+    return _compiled_kernels(cell, np.dtype(dtype).name, geo, half)
+
+
 @lru_cache(maxsize=None)
-def compiled_kernels(cell, dtype, geo):
-    """The kernels of ``build_kernels`` as Numba dispatchers, each compiled when first needed."""
-    return _Kernels(build_kernels(cell, np.dtype(dtype).name, geo))
+def _compiled_kernels(cell, dtype, geo, half):
+    if half is None:
+        return _Kernels(build_kernels(cell, dtype, geo))
+    built = build_kernels(cell, dtype, geo, half)
+    return _Kernels({name: built[name] for name in FORWARD_KERNELS}, others=_compiled_kernels(cell, dtype, geo, None))
 
 
 # ---------------------------------------------------------------- the device and the plan
@@ -161,10 +185,10 @@ def _allow_dynamic_shared(kernel, nbytes):
     return True
 
 
-def _driver_cooperative_blocks(cell, dtype, geo):
+def _driver_cooperative_blocks(cell, dtype, geo, half=None):
     """cooperative_blocks for ``plan.choose`` from the driver's occupancy calculator, for the
-    persistent kernels compiled for this cell and dtype."""
-    kernels = compiled_kernels(cell, dtype, geo)
+    persistent kernels compiled for this cell, dtype and half format."""
+    kernels = compiled_kernels(cell, dtype, geo, half)
 
     @lru_cache(maxsize=None)
     def blocks(name, threads, static_smem, dyn_smem):
@@ -175,15 +199,16 @@ def _driver_cooperative_blocks(cell, dtype, geo):
     return blocks
 
 
-def choose_plan(cell, dtype, B, H, algo, geo, device):
-    """``plan.choose`` for this layer on ``device``, with graphs on or off as GPURNN_GRAPHS says."""
-    return _choose_plan(cell, dtype, B, H, algo, geo, device, graphs.enabled())
+def choose_plan(cell, dtype, B, H, algo, geo, device, half=None):
+    """``plan.choose`` for this layer on ``device``, with graphs on or off as GPURNN_GRAPHS says;
+    a half format's forward kernels are its own (their occupancy is asked for on a GPU)."""
+    return _choose_plan(cell, np.dtype(dtype).name, B, H, algo, geo, device, graphs.enabled(), half)
 
 
 @lru_cache(maxsize=4096)
-def _choose_plan(cell, dtype, B, H, algo, geo, device, with_graphs):
+def _choose_plan(cell, dtype, B, H, algo, geo, device, with_graphs, half):
     """Cached: the same shapes get the same plan."""
-    coop = None if cuda_simulated() else _driver_cooperative_blocks(cell, dtype, geo)
+    coop = None if cuda_simulated() else _driver_cooperative_blocks(cell, dtype, geo, half)
     return plan.choose(cell, np.dtype(dtype).itemsize, B, H, device, algo, geo, coop, graphs=with_graphs)
 
 
@@ -240,22 +265,26 @@ def _fill(dst, src):
 
 
 # ---------------------------------------------------------------- one layer and direction
-def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", geometry=None):
+def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", half=None,
+                     geometry=None):
+    check_half(half)
     geo = geometry or default_geometry()
     xp = rt.xp_of()
     dims = dims_of(cell, x, w_hh)
     T, B, I, H, G = dims
     GH = G * H
     dt = x.dtype
+    if half is not None and dt != np.float32:
+        raise ValueError(f"half={half!r} needs float32 arrays holding {half} values, got {dt}")
     rev = int(bool(reverse))
     first = T if rev else 0
-    the_plan = choose_plan(cell, dt.name, B, H, algo, geo, current_device())
+    the_plan = choose_plan(cell, dt.name, B, H, algo, geo, current_device(), half)
     geo = the_plan.geometry(geo)               # the step kernels' rows a thread, from B
-    k = compiled_kernels(cell, dt.name, geo)
+    k = compiled_kernels(cell, dt.name, geo, half)
     stream = rt.current_stream()
     graph = ws = None
     if the_plan.algo == "step":
-        graph = graphs.plan_for(cell, dt.name, T, B, H, lengths is not None, rev, geo, _device_key())
+        graph = graphs.plan_for(cell, dt.name, T, B, H, lengths is not None, rev, geo, _device_key(), half)
         ws = graph.take(w_hh, b_ih, b_hh, stream) if graph is not None else None
     if ws is not None:      # a graph replay on a free workspace, whose arrays this call hands out
         out = ws.hand_out()

@@ -26,7 +26,9 @@ workspace while the first layer's activations are held), and a caller that keeps
 same workspace back at every call. A layer drops its last forward's record before the next forward
 (layers.py), so a one-layer model alternates between one or two workspaces.
 
-    Plan key    cell, dtype, T, B, H, lengths given or not, direction, geometry, device
+    Plan key    cell, dtype, T, B, H, lengths given or not, direction, geometry, device, half format
+                (a half format's forward kernels are its own: a graph captures the kernels it
+                launches; the backward graph, captured on the same workspace, is float32's)
     Cache       the MAX_PLANS most recently used plans (their workspaces with them; a workspace
                 still held lives on with its lease)
     Capture     a plan's first forward and first backward launch directly (a one-off shape makes
@@ -284,12 +286,12 @@ class Graph:
 _plans = OrderedDict()
 
 
-def plan_for(cell, dtype, T, B, H, has_lengths, rev, geo, device):
+def plan_for(cell, dtype, T, B, H, has_lengths, rev, geo, device, half=None):
     """The plan of this key, made (and the least recently used one dropped past MAX_PLANS) when new;
-    None when graphs are off."""
+    None when graphs are off. ``half``: the layer's half format (None for float32, float64)."""
     if not enabled():
         return None
-    key = (cell, str(dtype), T, B, H, bool(has_lengths), int(rev), geo, device)
+    key = (cell, str(dtype), T, B, H, bool(has_lengths), int(rev), geo, device, half)
     p = _plans.pop(key, None) or Recursion(key)
     _plans[key] = p
     while len(_plans) > MAX_PLANS:

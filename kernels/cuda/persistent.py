@@ -117,9 +117,13 @@ def wait_for_group(flags, first, slices, count):
 
 
 # ================================================================ kernels
-def build(cell, dtype, geo):
+def build(cell, dtype, geo, half=None):
     """The Python functions of the two persistent kernels of one cell and dtype, and their
-    signatures: {"persistent_forward": (pyfunc, signature), "persistent_backward": (...)}."""
+    signatures: {"persistent_forward": (pyfunc, signature), "persistent_backward": (...)}.
+    ``half``: the format persistent_forward rounds what it stores to (pointwise.py); a step stages
+    h_{t-1} from hs[src] and the pointwise step reads c_{t-1} from cs[src], so the next step reads
+    the rounded state, never a copy kept in registers. persistent_backward is the same for every
+    format."""
     G = GATES[cell]
     dt = numba.from_dtype(np.dtype(dtype))
     NT, RB = geo.persist_threads, geo.persist_rows
@@ -128,7 +132,7 @@ def build(cell, dtype, geo):
     KB = max(WR, 1)                  # backward: gate rows of the team's first column in registers
     WF, GRB = G * KF, G * RB
 
-    point_forward = pointwise.build(cell, dtype, 1)[0]       # one row's G pre-activations at a time
+    point_forward = pointwise.build(cell, dtype, 1, half=half)[0]     # one row's G pre-activations at a time
     point_backward = pointwise.build(cell, dtype, RB)[1]
     FWD_RED = plan.static_elements("persistent_forward", G, geo)     # the lane sums' static shared memory
     BWD_RED = plan.static_elements("persistent_backward", G, geo)

@@ -9,20 +9,46 @@ Shapes as in ``__init__.py``: xw (T, B, G*H); hs, cs (T+1, B, H); gates (T, B, G
 y, dy (T, B, H); dg_x, dg_h (T, B, G*H); dh, dc (B, H). An array a cell does not have (cs but for
 the LSTM, gates for the RNN, hn but for the GRU) is passed as any array of that rank: it is never
 touched.
+
+Half precision (kernels/precision.py). A layer of a half format ``half`` ("bfloat16", "float16")
+computes in float32 and rounds to the format every value it stores: h_t, c_t, y, the gates and the
+GRU's W_hn h + b_hn, here, at the store (``rounding``), so the next step reads h_{t-1} (c_{t-1})
+rounded from hs[src] (cs[src]) as half-precision storage holds it. What stays in registers stays
+float32: the LSTM's h_t comes from the unrounded c_t, the GRU's n from the unrounded W_hn h + b_hn.
+An inactive row copies its stored (already rounded) state. The format is a build-time constant: a
+float32 or float64 kernel (``half`` None) calls an identity, which the compiler removes.
 """
 
 import numba
 import numpy as np
 
 from . import runtime as rt
+from ..precision import check_half
 from ..vocabulary import GATES, check_cell
+from .primitives import round_bfloat16, round_float16
 from .runtime import device_function
 from ..cells import (gru_backward, gru_forward, lstm_backward, lstm_forward, rnn_relu_backward,
                      rnn_relu_forward, rnn_tanh_backward, rnn_tanh_forward)
 
 
-def build(cell, dtype, rows, bias_in_acc=False):
-    """(step_point_forward, step_point_backward) for one cell and dtype.
+def rounding(dtype, half):
+    """The device function a forward kernel stores its values through: the identity for ``half``
+    None, else the rounding to the format (primitives.py), which only float32 kernels have
+    (ValueError otherwise)."""
+    if half is None:
+        @device_function
+        def identity(v):
+            return v
+        return identity
+    check_half(half)
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"a {half} layer computes in float32 arrays that hold {half} values; got dtype {dtype}")
+    return {"bfloat16": round_bfloat16, "float16": round_float16}[half]
+
+
+def build(cell, dtype, rows, bias_in_acc=False, half=None):
+    """(step_point_forward, step_point_backward) for one cell and dtype; with ``half``, forward
+    rounds every value it stores to that format (the module docstring; backward is the same).
 
     ``step_point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, r, t, b, j, src, dst)``:
     the input side of gate g of (b, j) is xw[t, b, g*H + j] + b_ih[g*H + j] (the input bias is
@@ -41,6 +67,7 @@ def build(cell, dtype, rows, bias_in_acc=False):
     G = GATES[cell]
     dt = numba.from_dtype(np.dtype(dtype))
     R = rows
+    rnd = rounding(dtype, half)
 
     @device_function
     def rec(acc, b_hh, g, r, j, H):
@@ -55,7 +82,7 @@ def build(cell, dtype, rows, bias_in_acc=False):
 
         @device_function
         def active_forward(xw, hs, cs, gates, hn, b_ih, b_hh, y, acc, r, t, b, j, src, dst):
-            hj = act(xw[t, b, j] + b_ih[j] + rec(acc, b_hh, 0, r, j, 0))
+            hj = rnd(act(xw[t, b, j] + b_ih[j] + rec(acc, b_hh, 0, r, j, 0)))
             hs[dst, b, j] = hj
             y[t, b, j] = hj
 
@@ -73,13 +100,14 @@ def build(cell, dtype, rows, bias_in_acc=False):
                 xw[t, b, 3 * H + j] + b_ih[3 * H + j],
                 rec(acc, b_hh, 0, r, j, H), rec(acc, b_hh, 1, r, j, H), rec(acc, b_hh, 2, r, j, H),
                 rec(acc, b_hh, 3, r, j, H), cs[src, b, j])
-            gates[t, b, j] = i
-            gates[t, b, H + j] = f
-            gates[t, b, 2 * H + j] = g
-            gates[t, b, 3 * H + j] = o
-            cs[dst, b, j] = c
-            hs[dst, b, j] = h
-            y[t, b, j] = h
+            gates[t, b, j] = rnd(i)
+            gates[t, b, H + j] = rnd(f)
+            gates[t, b, 2 * H + j] = rnd(g)
+            gates[t, b, 3 * H + j] = rnd(o)
+            cs[dst, b, j] = rnd(c)
+            hr = rnd(h)
+            hs[dst, b, j] = hr
+            y[t, b, j] = hr
 
         @device_function
         def active_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):
@@ -102,12 +130,13 @@ def build(cell, dtype, rows, bias_in_acc=False):
             rr, z, n, h = gru_forward(xw[t, b, j] + b_ih[j], xw[t, b, H + j] + b_ih[H + j],
                                       xw[t, b, 2 * H + j] + b_ih[2 * H + j],
                                       rec(acc, b_hh, 0, r, j, H), rec(acc, b_hh, 1, r, j, H), hnj, hs[src, b, j])
-            gates[t, b, j] = rr
-            gates[t, b, H + j] = z
-            gates[t, b, 2 * H + j] = n
-            hn[t, b, j] = hnj
-            hs[dst, b, j] = h
-            y[t, b, j] = h
+            gates[t, b, j] = rnd(rr)
+            gates[t, b, H + j] = rnd(z)
+            gates[t, b, 2 * H + j] = rnd(n)
+            hn[t, b, j] = rnd(hnj)
+            hr = rnd(h)
+            hs[dst, b, j] = hr
+            y[t, b, j] = hr
 
         @device_function
         def active_backward(dg_x, dg_h, dy, dh, dc, gates, cs, hn, hs, d, t, b, k, rev):

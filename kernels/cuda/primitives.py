@@ -5,6 +5,9 @@ kernels that exchange values between blocks (persistent.py) and the calibration 
     clock64       the SM's 64-bit cycle counter
     load_relaxed  a strong load at GPU scope: the load a flag wait must issue every time
     store_relaxed a strong store at GPU scope: the flag's store that such a load pairs with
+    round_bfloat16, round_float16
+                  a float32 value rounded to the format (round to nearest, ties to even), as a
+                  float32: where a half-precision layer stores a value (kernels/precision.py)
 """
 
 import time
@@ -28,6 +31,16 @@ if cuda_simulated():
     def store_relaxed(array, i, value):
         """The simulator's store (Python threads see every store at once)."""
         array[i] = value
+
+    def round_bfloat16(v):
+        """The simulator's rounding: kernels/precision.py's, on one value."""
+        from ..precision import round_scalar
+        return round_scalar(v, "bfloat16")
+
+    def round_float16(v):
+        """The simulator's rounding: kernels/precision.py's, on one value."""
+        from ..precision import round_scalar
+        return round_scalar(v, "float16")
 
 else:
     from llvmlite import ir
@@ -86,3 +99,35 @@ else:
             builder.call(store, [ptr, v])
             return context.get_dummy_value()
         return numba.void(array, i, value), codegen
+
+    @intrinsic
+    def round_bfloat16(typingctx, v):
+        """v (float32) rounded to bfloat16, as float32: the upper 16 bits, rounded to nearest,
+        ties to even, by integer operations (no sm_80 conversion needed); a NaN stays a NaN."""
+        if v != numba.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            u = builder.bitcast(args[0], i32)
+            lsb = builder.and_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+            r = builder.and_(builder.add(u, builder.add(lsb, ir.Constant(i32, 0x7FFF))),
+                             ir.Constant(i32, 0xFFFF0000))
+            nan = builder.fcmp_unordered("uno", args[0], args[0])
+            r = builder.select(nan, builder.or_(u, ir.Constant(i32, 0x00400000)), r)
+            return builder.bitcast(r, ir.FloatType())
+        return numba.float32(numba.float32), codegen
+
+    @intrinsic
+    def round_float16(typingctx, v):
+        """v (float32) rounded to float16, as float32: ``cvt.rn.f16.f32`` and back (float16's
+        range: inf beyond 65504, subnormals)."""
+        if v != numba.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            f32 = ir.FloatType()
+            cvt = ir.InlineAsm(ir.FunctionType(f32, [f32]),
+                               "{ .reg .b16 h; cvt.rn.f16.f32 h, $1; cvt.f32.f16 $0, h; }", "=f,f")
+            return builder.call(cvt, [args[0]])
+        return numba.float32(numba.float32), codegen

@@ -42,9 +42,9 @@ STEP_FROM_BATCH batch rows on, and below that wherever the persistent kernels
 (``persistent.py``) cannot run; without graphs, only where they cannot (plan.py says why, as
 measured).
 
-Kernels are built per (cell, dtype, geometry) by ``build``, because tile sizes and dtypes of shared
-and local arrays must be compile-time constants; ``kernels/report.py`` compiles the very same Python
-functions to SASS.
+Kernels are built per (cell, dtype, geometry, half format) by ``build``, because tile sizes and
+dtypes of shared and local arrays must be compile-time constants, and so is the rounding of a half
+format's stores (pointwise.py); ``kernels/report.py`` compiles the very same Python functions to SASS.
 """
 
 import numba
@@ -60,10 +60,11 @@ from .runtime import ceil_div, device_function
 
 
 # ================================================================ kernels
-def build(cell, dtype, geo):
+def build(cell, dtype, geo, half=None):
     """The Python functions of the step kernels for one cell and dtype (not yet compiled), and the
     signatures they are compiled with: {name: (pyfunc, signature)}, names "step_forward" and
-    "step_backward"."""
+    "step_backward". ``half``: the format step_forward rounds what it stores to (pointwise.py);
+    step_backward is the same for every format."""
     G = GATES[cell]
     dt = numba.from_dtype(np.dtype(dtype))
     TX, RX = geo.step_h, geo.step_units(dtype)   # threads along the hidden units, units a thread
@@ -258,8 +259,47 @@ def build(cell, dtype, geo):
 
     # ------------------------------------------------------------ the step kernels
     # The pointwise part is pointwise.py's, shared with the persistent kernels; acc[g * R + r]
-    # holds gate g of the thread's output r.
-    point_forward, point_backward = pointwise.build(cell, dtype, R, bias_in_acc=True)
+    # holds gate g of the thread's output r. A half layer's step_forward rounds what it stores
+    # there, and every step reads h_{t-1} from hs[src] (gate_products stages it from global
+    # memory; the LSTM's c_{t-1} and the GRU's h_{t-1} in the pointwise step too): rounded.
+    point_forward, point_backward = pointwise.build(cell, dtype, R, bias_in_acc=True, half=half)
+
+    # acc stays in registers only where r is a constant, i.e. where the loop over the R outputs is
+    # unrolled. NVVM unrolls it only while its body stays under a size threshold, and the float32
+    # LSTM's is close to it: a half format's rounding at each of its six stores (more than three
+    # PTX instructions each) crosses it, and the rolled loop kept acc in local memory (a 128-byte
+    # stack frame). So a half format's kernel unrolls the loop when it is built
+    # (``points_forward``); float32's and float64's keep the loop, and the code they had.
+    def points_forward(n):
+        """A device function that runs the pointwise step of the thread's outputs r = 0 .. n-1, one
+        after another, each r a constant."""
+        if n == 0:
+            @device_function
+            def no_point(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, t, src, dst):
+                pass
+            return no_point
+        before, r = points_forward(n - 1), n - 1
+
+        @device_function
+        def points(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, t, src, dst):
+            before(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, t, src, dst)
+            b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
+            j = cuda.blockIdx.x * BX + cuda.threadIdx.x * RX + r % RX
+            if b < hs.shape[1] and j < hs.shape[2]:
+                point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, r, t, b, j, src, dst)
+        return points
+
+    if half is None:
+        @device_function
+        def all_points_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, t, src, dst):
+            B, H = hs.shape[1], hs.shape[2]
+            for r in range(R):
+                b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
+                j = cuda.blockIdx.x * BX + cuda.threadIdx.x * RX + r % RX
+                if b < B and j < H:
+                    point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, r, t, b, j, src, dst)
+    else:
+        all_points_forward = points_forward(R)
 
     # Two blocks an SM (plan.STEP_REGISTERS): the LSTM's forward takes 126-128 registers unbounded.
     @rt.bounded(NT, 2)
@@ -290,12 +330,7 @@ def build(cell, dtype, geo):
         gate_products(hs[src], w_hh, b_hh, sh_h, sh_w, sh_red, acc, rh, rw)
         if not add_parts(acc, GR, parts, counters, last) or cuda.threadIdx.z != 0:
             return
-        B, H = hs.shape[1], hs.shape[2]
-        for r in range(R):
-            b = cuda.blockIdx.y * BY + cuda.threadIdx.y * RY + r // RX
-            j = cuda.blockIdx.x * BX + cuda.threadIdx.x * RX + r % RX
-            if b < B and j < H:
-                point_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, r, t, b, j, src, dst)
+        all_points_forward(xw, hs, cs, gates, hn, b_ih, b_hh, lengths, y, acc, t, src, dst)
 
     @rt.bounded(NT, 2)
     def step_backward(dg_x, dg_h, w_hh, dy, dh, dc, gates, cs, hn, hs, lengths, parts, counters, t_prod, t, rev):
