@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from .backend import device_get
+from .kernels.vocabulary import DTYPES, HALF
 
 
 def shape_str(shape):
@@ -263,8 +264,31 @@ def dtype_of(dtype):
     except TypeError as e:
         raise TypeError(f"dtype {dtype!r} is not a NumPy dtype; use 'float32' or 'float64'") from e
     if dt not in (np.float32, np.float64):
+        if dt == np.float16:
+            raise ValueError("dtype float16 (and bfloat16) is for the recurrent layers (RNN, LSTM, GRU); "
+                             "give this layer float32")
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def recurrent_dtype(dtype):
+    """(the arrays' NumPy dtype, the half format or None) of a recurrent layer's ``dtype``: one of
+    vocabulary.DTYPES ("bfloat16" and "float16" keep float32 arrays that hold the format's
+    values, kernels/precision.py), as a name, a NumPy dtype or a torch dtype."""
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
+    if name is None and str(dtype).startswith("torch."):
+        name = str(dtype)[len("torch."):]
+    if name is None:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = None
+    if name in HALF:
+        return np.dtype(np.float32), name
+    if name not in DTYPES:
+        raise (ValueError if isinstance(dtype, str) or name else TypeError)(
+            f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return np.dtype(name), None
 
 
 def positive_int(value, name, minimum=1):

@@ -23,6 +23,7 @@ from . import _checks
 from .backend import BackendUnavailable, get_backend
 from .kernels import vocabulary
 from .kernels.contract import Saved, one_algorithm
+from .kernels.precision import check_half, round_in_place, rounded
 from .kernels.vocabulary import GATES
 
 
@@ -264,6 +265,8 @@ class StackSaved:
     bias: bool
     masks: Optional[list]   # None, or L-1 arrays (T, B, D*H) (D*P with projections): dropout between layers
     proj: Optional[list] = None     # a projected LSTM's L*D ``Projected``, index as ``saved``; else None
+    half: Optional[str] = None      # the half format the stack ran in (kernels/precision.py), or None
+    weights: Optional[dict] = None  # half: the rounded copies of the weights that forward ran with
 
     @property
     def T(self):
@@ -298,18 +301,24 @@ def _zeros(xp, n, dtype):
 
 
 def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirectional, masks=None,
-                  algo="auto"):
+                  algo="auto", half=None):
     """Forward through ``num_layers`` layers of ``cell``, each one or two directions.
 
     params: torch.nn's names -> arrays (no bias entries: the layers have no bias; weight_hr
     entries: an LSTM with projections, see ``Projected``);
     x (T, B, I); h0, c0 (L*D, B, H) (c0 only for "lstm"); lengths (B,) int32 or None;
     masks: None, or L-1 arrays (T, B, D*H) that multiply the output of layer l before layer l+1
-    reads it (dropout); algo: the cuda backend's algorithm.
+    reads it (dropout); algo: the cuda backend's algorithm; half: None, or a half format
+    (vocabulary.HALF) for float32 arrays: x, h0, c0 and copies of the weights are rounded to it,
+    then every value at the rounding points of kernels/precision.py.
     Returns y (T, B, D*H), h_n, c_n (L*D, B, H; c_n None unless "lstm") and what stack_backward
     needs. With projections to P units, h0, h_n are (L*D, B, P), y and masks (T, B, D*P).
     """
     xp = backend.xp
+    if check_half(half) is not None:        # the inputs and weights as autocast casts them
+        params = {name: rounded(p, half) for name, p in params.items()}
+        x, h0 = rounded(x, half), rounded(h0, half)
+        c0 = None if c0 is None else rounded(c0, half)
     proj = "weight_hr_l0" in params
     G, H, D = GATES[cell], (c0 if proj else h0).shape[2], 2 if bidirectional else 1
     bias = "bias_ih_l0" in params
@@ -324,12 +333,12 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
             p = {key: params[n] for key, n in names.items()}
             if proj:
                 y, h, c, s, record = _projected_forward(backend, layer_input, h0[k], c0[k], p, p.get("b_ih", zero_bias),
-                                                        p.get("b_hh", zero_bias), lengths, bool(d), algo)
+                                                        p.get("b_hh", zero_bias), lengths, bool(d), algo, half)
                 records.append(record)
             else:
                 y, h, c, s = backend.kernels.forward_sequence(
                     cell, layer_input, h0[k], None if c0 is None else c0[k], p["w_ih"], p["w_hh"],
-                    p.get("b_ih", zero_bias), p.get("b_hh", zero_bias), lengths, bool(d), algo)
+                    p.get("b_ih", zero_bias), p.get("b_hh", zero_bias), lengths, bool(d), algo, half=half)
             h_n[k] = h
             if c_n is not None:
                 c_n[k] = c
@@ -338,7 +347,9 @@ def stack_forward(backend, cell, params, x, h0, c0, lengths, num_layers, bidirec
         layer_input = outputs[0] if D == 1 else xp.concatenate(outputs, axis=2)
         if masks is not None and layer < num_layers - 1:
             layer_input = layer_input * masks[layer]
-    return layer_input, h_n, c_n, StackSaved(cell, saved, num_layers, D, bias, masks, records if proj else None)
+            round_in_place(layer_input, half)
+    return layer_input, h_n, c_n, StackSaved(cell, saved, num_layers, D, bias, masks, records if proj else None,
+                                             half, params if half is not None else None)
 
 
 def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
@@ -347,9 +358,16 @@ def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
 
     dy (T, B, D*H), dh_n, dc_n (L*D, B, H): the loss's gradients, each None for zero. With
     projections to P units, dy is (T, B, D*P), dh_n and the dh0 returned (L*D, B, P).
+    A stack that ran in a half format (``state.half``) multiplies with the rounded weights its
+    forward ran with, and rounds dy, dh_n, dc_n and its results dx, dh0, dc0 to the format; the
+    weight gradients stay float32 (kernels/precision.py).
     """
     xp = backend.xp
     cell, saved, D, H, masks, L = state.cell, state.saved, state.D, state.H, state.masks, state.num_layers
+    half = state.half
+    if half is not None:
+        params = state.weights
+        dy, dh_n, dc_n = (None if a is None else rounded(a, half) for a in (dy, dh_n, dc_n))
     proj = state.proj
     S = H if proj is None else params["weight_hr_l0"].shape[0]     # the size of h
     dt = params["weight_hh_l0"].dtype
@@ -376,13 +394,17 @@ def stack_backward(backend, state, dy, dh_n, dc_n, params, grads):
                 dc0[k] = dc
             dx = dx_d if dx is None else dx + dx_d
         dy = dx  # the gradient of this layer's input is the next-lower layer's output gradient
+    for a in (dx, dh0, dc0):
+        if a is not None:
+            round_in_place(a, half)
     return dx, dh0, dc0
 
 
-def _projected_forward(backend, x, h0, c0, p, b_ih, b_hh, lengths, reverse, algo):
+def _projected_forward(backend, x, h0, c0, p, b_ih, b_hh, lengths, reverse, algo, half=None):
     """One direction of a projected LSTM layer (``Projected`` says how): x (T, B, I), h0 (B, P),
     c0 (B, H), p the kernels' names -> arrays with "w_hr". Returns y (T, B, P), h_n (B, P),
-    c_n (B, H), the kernels' Saved and the Projected record."""
+    c_n (B, H), the kernels' Saved and the Projected record. In a half format, W_hh W_hr is
+    rounded as a weight, and y and h_n as the outputs they are."""
     xp = backend.xp
     T, B, I = x.shape
     w_hh, w_hr = p["w_hh"], p["w_hr"]
@@ -392,11 +414,13 @@ def _projected_forward(backend, x, h0, c0, p, b_ih, b_hh, lengths, reverse, algo
     xe = xp.zeros((T, B, I + P), x.dtype)
     xe[:, :, :I] = x
     xe[first, rows, I:] = h0
-    w_ih, w_m = xp.concatenate((p["w_ih"], w_hh), axis=1), w_hh @ w_hr
+    w_ih, w_m = xp.concatenate((p["w_ih"], w_hh), axis=1), rounded(w_hh @ w_hr, half)
     m, m_n, c_n, saved = backend.kernels.forward_sequence("lstm", xe, xp.zeros((B, H), x.dtype), c0, w_ih, w_m,
-                                                          b_ih, b_hh, lengths, reverse, algo)
-    y = (m.reshape(T * B, H) @ w_hr.T).reshape(T, B, P)
-    return y, m_n @ w_hr.T, c_n, saved, Projected(w_ih, w_m, m, m_n, first)
+                                                          b_ih, b_hh, lengths, reverse, algo, half=half)
+    y, h_n = (m.reshape(T * B, H) @ w_hr.T).reshape(T, B, P), m_n @ w_hr.T
+    round_in_place(y, half)
+    round_in_place(h_n, half)
+    return y, h_n, c_n, saved, Projected(w_ih, w_m, m, m_n, first)
 
 
 def _projected_backward(backend, saved, rec, dy, dh_n, dc_n, params, grads, names):
@@ -439,13 +463,22 @@ class RNNBase(Module):
     (the default), step from 16 batch rows on, persistent below that where its grid and W_hh fit
     the GPU; without them, persistent wherever it fits. Other backends have one algorithm and
     accept only "auto".
+    ``dtype``: "float32" or "float64" throughout, or a half format, "bfloat16" or "float16"
+    (``self.half``): then the parameters and their gradients stay float32 (master weights, as
+    under torch.autocast), and the layer computes as a half-precision kernel with float32
+    arithmetic does: its inputs, a copy of the weights, the states and activations it stores
+    and its results are rounded to the format, sums and weight gradients stay float32
+    (kernels/precision.py). Its arrays are float32 holding the format's values (NumPy and CuPy
+    have no bfloat16); ``y.astype(numpy.float16)`` of a float16 layer loses nothing.
     """
 
     _forward_state = ("_saved", "plans")
+    half = None         # the half format, or None (pickles from before half formats have none)
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, backend="auto", dtype="float32", seed=None, algo="auto"):
-        super().__init__(backend, dtype)
+        array_dtype, self.half = _checks.recurrent_dtype(dtype)
+        super().__init__(backend, array_dtype)
         self.algo = check_algo(algo, self.backend.name)
         self.plans = []   # the cuda backend's plan of each layer and direction in the last forward
         set_stack_arguments(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
@@ -477,7 +510,7 @@ class RNNBase(Module):
             used = " [last forward: " + "; ".join(sorted({p.describe() for p in self.plans})) + "]"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, bias={self.bias}{extra}, "
-                f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, algo={self.algo!r}){used}")
+                f"backend={self.backend.name!r}, dtype={self.half or self.dtype.name!r}, algo={self.algo!r}){used}")
 
     def _time_major(self, a, name, last):
         """``a`` as given (T, B, last), or its (T, B, last) view when batch_first (B, T, last)."""
@@ -512,7 +545,7 @@ class RNNBase(Module):
         # workspace (kernels/cuda/graphs.py), which this forward may then reuse.
         self._saved = None
         y, h_n, c_n, self._saved = stack_forward(be, self.cell, self.params, x, h0, c0, lens, self.num_layers,
-                                                 self.bidirectional, masks, self.algo)
+                                                 self.bidirectional, masks, self.algo, self.half)
         self.plans = self._saved.plans
         return (y.swapaxes(0, 1) if self.batch_first else y), h_n, c_n
 
