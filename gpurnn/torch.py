@@ -29,8 +29,37 @@ gpurnn's kernels. Swap one import and train as usual::
 - No copies on the way in or out: CPU tensors pass as NumPy views of their memory, CUDA tensors
   as CuPy arrays through DLPack, and the kernels run on torch's current CUDA stream. Only what the
   kernels' layout needs is copied (a batch_first input is made time-major, as torch.nn does too).
-- Under ``torch.autocast`` they compute in the parameters' dtype (float32 or float64), where
-  torch.nn's would compute in the lower precision.
+- Half precision, as torch.nn's: ``module.bfloat16()``, ``.half()``, ``.to(dtype)`` with inputs
+  of that dtype give outputs, dx and every parameter's gradient in it. Under ``torch.autocast``
+  the float32 parameters stay the master weights: their gradients come back float32, dx in the
+  input's dtype, and the outputs (y, h_n, c_n) are of the dtype torch.nn's would return there
+  (``half_format`` decides, the only place that does)::
+
+      float32 module under autocast   RNN (tanh, relu)   LSTM              GRU
+      CPU, dtype=torch.bfloat16       bfloat16           bfloat16          float32 (*)
+      CPU, dtype=torch.float16        float16            float16 (**)      float32 (*)
+      CUDA, either dtype              float16            float16           float16
+
+  (*) CPU autocast has no rule for the GRU: torch.nn's runs its products through autocast's
+  linear and returns float32, gpurnn's computes in float32; with an h0 of the autocast dtype
+  (or, without h0, an input of it) both return that dtype, gpurnn's computing in it.
+  (**) torch.nn's LSTM raises a oneDNN RuntimeError there; gpurnn's computes float16.
+  On CUDA torch's autocast wrapper of cuDNN's RNN casts to float16 whatever the autocast dtype
+  (aten/src/ATen/cudnn/AutocastRNN.cpp); gpurnn's does the same. float64 modules compute in
+  float64, autocast or not. One dtype differs: under CPU autocast torch.nn's LSTM with
+  ``proj_size`` returns c_n in float32, gpurnn's in the format.
+  A half computation is gpurnn's mixed precision (kernels/precision.py): the input, the states
+  and a copy of the weights rounded to the format, every stored state and output rounded, sums
+  and the weights' gradients in float32. The tensors pass as float32 (exact copies of bfloat16
+  and float16 tensors: NumPy has no bfloat16), the results come back in the half dtype (exact:
+  they hold its values). Against torch.nn on the CPU, in units of the format's unit roundoff u,
+  measured (tests/test_torch_half.py): outputs within 2.4 u of torch.nn's, dx 3.1 u, weights'
+  gradients 7.5 u; gpurnn's own error against float64 on the same rounded values is below 1 u,
+  1.6 u and 2.8 u (torch.nn's: 2.3, 2.9, 7.2). A relu RNN's gradients differ more wherever a
+  pre-activation lies within rounding of zero, torch.nn's as often as gpurnn's.
+  Loss scaling (``torch.amp.GradScaler``, "cpu" or "cuda") works through autograd: the scaled
+  gradient reaches the kernels, an overflow of float16 gives inf gradients, and the scaler
+  skips that step.
 - On the cpu backend the kernels' dense products run through torch.mm, so that one thread pool
   (torch's, sized by ``torch.set_num_threads``) runs them: NumPy's BLAS pool would fight torch's
   OpenMP workers for the cores. (An LSTM's projections, ``proj_size``, still multiply with NumPy.)
@@ -56,7 +85,9 @@ from .layers import check_algo, parameter_shapes, stack_backward, stack_forward
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+HALF_OF_DTYPE = {torch.bfloat16: "bfloat16", torch.float16: "float16"}     # torch dtype -> kernels/precision's
+DTYPE_OF_HALF = {name: dt for dt, name in HALF_OF_DTYPE.items()}
 CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 DOUBLE_BACKWARD = ("gpurnn.torch: a gradient of a gradient (double backward, e.g. a gradient penalty) is not "
                    "supported by gpurnn's kernels; compute it with torch.nn's modules")
@@ -124,13 +155,19 @@ class _Bridge:
         weights = self._flat_weights
         wdtype = weights[0].dtype
         if wdtype not in DTYPES:
-            raise NotImplementedError(f"{name}: the parameters are {wdtype}, but gpurnn computes in "
-                                      "float32 or float64; convert the module with .float() or .double()")
+            raise NotImplementedError(f"{name}: the parameters are {wdtype}, but gpurnn computes in float32, "
+                                      "float64, bfloat16 or float16; convert the module with .float() or .double()")
         if any(w.dtype != wdtype or w.device != input.device for w in weights):
             raise RuntimeError(f"{name}: every parameter must have the input's device ({input.device}) and one "
                                f"dtype; got {sorted({(str(w.dtype), str(w.device)) for w in weights})}")
-        if input.dtype != wdtype and torch._C._is_any_autocast_enabled():
-            # under autocast torch.nn skips its dtype check; gpurnn computes in the parameters' dtype
+        device = input.device.type
+        state_dtype = input.dtype if hx is None else (hx[0] if lstm else hx).dtype
+        half = half_format(device, CELL_OF_MODE[self.mode], wdtype, state_dtype, _autocast_dtype(device))
+        # float32 master weights under autocast: the operators take the tensors as they come and round them
+        mixed = half is not None and wdtype == torch.float32
+        if not mixed and torch._C._is_any_autocast_enabled():
+            # under autocast torch.nn skips its dtype checks; outside the half formats of
+            # half_format, gpurnn computes in the parameters' dtype
             input = input.to(wdtype)
             hx = None if hx is None else (tuple(h.to(wdtype) for h in hx) if lstm else hx.to(wdtype))
         lengths = None
@@ -143,14 +180,15 @@ class _Bridge:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
         for label, h in (("hx", h0), ("cx", c0)):
-            if h is not None and (h.dtype != x.dtype or h.device != x.device):
+            if h is not None and ((h.dtype != x.dtype and not mixed) or h.device != x.device):
                 raise RuntimeError(f"{name}: {label} is {h.dtype} on {h.device}, the input "
                                    f"{x.dtype} on {x.device}; give both the same dtype and device")
         D = 2 if self.bidirectional else 1
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         if B == 0:
             y, h_n, c_n = _empty_outputs(x, h0, c0, weights, (T, 0, D * out_size),
-                                         (self.num_layers * D, 0, out_size), (self.num_layers * D, 0, self.hidden_size))
+                                         (self.num_layers * D, 0, out_size), (self.num_layers * D, 0, self.hidden_size),
+                                         DTYPE_OF_HALF.get(half, x.dtype))
         else:
             masks = None
             if self.training and self.dropout and self.num_layers > 1:
@@ -161,7 +199,7 @@ class _Bridge:
                              for m in _dropout_masks(self.dropout, self.num_layers, (len(input), D * out_size), x)]
             # the operators' description of the stack, after their tensors
             config = (CELL_OF_MODE[self.mode], self.num_layers, bool(self.bidirectional), bool(self.bias),
-                      self.hidden_size, int(self.proj_size), self._backend_for(x.device), self.algo)
+                      self.hidden_size, int(self.proj_size), self._backend_for(x.device), self.algo, half)
             # keep what backward reads only where a backward may come (a trace may be trained later)
             keep = torch.jit.is_tracing() or (torch.is_grad_enabled() and
                                               any(t is not None and t.requires_grad for t in (x, h0, c0, *weights)))
@@ -189,6 +227,42 @@ class _Bridge:
             raise RuntimeError(f"{type(self).__name__}: backend='cuda' computes on the GPU, but the input and the "
                                "parameters are on the CPU; move both to the GPU (module.cuda(), x.cuda())")
         return name
+
+
+def half_format(device_type, cell, weight_dtype, state_dtype, autocast_dtype):
+    """The half format (kernels/precision.py) that a stack of ``cell`` computes in, or None for
+    its parameters' dtype: the rule of the module docstring's table, here and nowhere else.
+    ``state_dtype``: the dtype of the initial state h0 (the input's when none is given: torch.nn
+    makes its zeros so); ``autocast_dtype``: torch.autocast's dtype for ``device_type`` where it
+    is enabled, else None.
+
+    A half module (bfloat16 or float16 parameters) computes in its own format. A float32 module
+    under autocast computes as torch.nn's does there:
+    - CUDA: float16 for every cell, whatever the autocast dtype: torch's autocast wrapper of
+      cuDNN's RNN (aten/src/ATen/cudnn/AutocastRNN.cpp) casts the input, the states and the
+      weights to at::kHalf, not to the autocast dtype;
+    - CPU: RNN and LSTM in the autocast dtype (rnn_tanh, rnn_relu and lstm are on CPU autocast's
+      lower-precision list). The GRU is on none: its products run through autocast's linear, the
+      rest in the states' dtype, and its results are of the two dtypes promoted (float32 but
+      for a half state of the autocast dtype); gpurnn's GRU computes in that format, or in
+      float32.
+    Otherwise (no autocast, float64 parameters, another device): None."""
+    if weight_dtype in HALF_OF_DTYPE:
+        return HALF_OF_DTYPE[weight_dtype]
+    if weight_dtype != torch.float32 or autocast_dtype is None or device_type not in ("cpu", "cuda"):
+        return None
+    if device_type == "cuda":
+        return "float16"
+    if cell != "gru":
+        return HALF_OF_DTYPE.get(autocast_dtype)        # None for an autocast to float32 or float64
+    return HALF_OF_DTYPE.get(torch.promote_types(autocast_dtype, state_dtype))
+
+
+def _autocast_dtype(device_type):
+    """torch.autocast's dtype for ``device_type`` where it is enabled there, else None."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 class RNN(_Bridge, nn.RNN):
@@ -252,12 +326,11 @@ def _hx_pair_error(hx):
     return RuntimeError
 
 
-def _empty_outputs(x, h0, c0, weights, y_shape, h_shape, c_shape):
-    """The outputs of a batch of no rows: empty tensors that depend on every input, so that
-    backward gives each its zero gradient, as torch.nn's does."""
-    anchor = sum(t.sum() for t in (x, h0, c0, *weights) if t is not None) * 0
-    y = x.new_zeros(y_shape) + anchor
-    return y, x.new_zeros(h_shape) + anchor, x.new_zeros(c_shape) + anchor
+def _empty_outputs(x, h0, c0, weights, y_shape, h_shape, c_shape, dtype):
+    """The outputs of a batch of no rows, of ``dtype``: empty tensors that depend on every input,
+    so that backward gives each its zero gradient, as torch.nn's does."""
+    anchor = (sum(t.float().sum() for t in (x, h0, c0, *weights) if t is not None) * 0).to(dtype)
+    return tuple(x.new_zeros(shape, dtype=dtype) + anchor for shape in (y_shape, h_shape, c_shape))
 
 
 def _dropout_masks(p, num_layers, shape, x):
@@ -310,8 +383,10 @@ class _Stack(torch.autograd.Function):
             dx, dh0, dc0, dweights = _Backward.apply(ctx.config, key, dy, dh_n, dc_n, x, *weights)
             if not torch._C._autograd._get_current_graph_task_keep_graph():
                 ctx.key = None  # no second backward: the arrays go with the saved key, after this one
-        return (None, None, dx, dh0 if ctx.has_h0 else None, dc0 if ctx.has_c0 else None, None, None,
-                *_unflatten(dweights, [w.shape for w in weights]))
+        # each gradient in its input's dtype (the operator's are float32 in a half format: the
+        # rounding to a half module's parameters' dtype happens here, the only one they get)
+        return (None, None, _as(dx, x), _as(dh0, h0) if ctx.has_h0 else None, _as(dc0, c0) if ctx.has_c0 else None,
+                None, None, *(_as(g, w) for g, w in zip(_unflatten(dweights, [w.shape for w in weights]), weights)))
 
 
 class _Backward(torch.autograd.Function):
@@ -330,6 +405,11 @@ class _Backward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         raise RuntimeError(DOUBLE_BACKWARD)
+
+
+def _as(grad, t):
+    """``grad`` in the dtype of ``t``, the tensor it is the gradient of."""
+    return grad if grad.dtype == t.dtype else grad.to(t.dtype)
 
 
 def _unflatten(flat, shapes):
@@ -372,30 +452,34 @@ def _release(keys):
 def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: list[Tensor],
                      masks: list[Tensor], lengths: Optional[Tensor], cell: str, num_layers: int,
                      bidirectional: bool, bias: bool, hidden_size: int, proj_size: int, backend: str, algo: str,
-                     keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     half: Optional[str], keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """y (T, B, D*O), h_n (L*D, B, O), c_n (L*D, B, H) (empty unless "lstm"; O = proj_size or
     H) and key, a CPU int64 scalar: 0, or (``keep``) the number under which the arrays that
     backward needs are kept until the key tensor is freed. x (T, B, I); h0, c0 as h_n, c_n or
     None for zeros; weights in torch.nn's order (``_flat_weights``); masks: the L-1 dropout
-    masks (T, B, D*O) between layers, or none."""
+    masks (T, B, D*O) between layers, or none. ``half``: None (every tensor of x's dtype, the
+    outputs too), or a half format: the tensors, of any floating dtype, become float32 arrays
+    that the stack rounds to it, and the outputs are of its torch dtype."""
     be = get_backend(backend)
     xp = be.xp
     names = list(parameter_shapes(cell, x.shape[2], hidden_size, num_layers, bidirectional, bias, proj_size))
     _one_thread_pool(be)
-    with _stream(be, x.device):
-        xa = _array(x, be)
+    with _stream(be, x.device), _no_autocast(x.device):
+        xa = _array(x, be, half)
         T, B, _ = xa.shape
         L_D, H = num_layers * (2 if bidirectional else 1), hidden_size
-        h0a = xp.zeros((L_D, B, proj_size or H), xa.dtype) if h0 is None else _array(h0, be)
+        h0a = xp.zeros((L_D, B, proj_size or H), xa.dtype) if h0 is None else _array(h0, be, half)
         c0a = None
         if cell == "lstm":
-            c0a = xp.zeros((L_D, B, H), xa.dtype) if c0 is None else _array(c0, be)
+            c0a = xp.zeros((L_D, B, H), xa.dtype) if c0 is None else _array(c0, be, half)
         lens = None if lengths is None else be.asarray(lengths.numpy(), np.int32)
-        params = {n: _array(w, be) for n, w in zip(names, weights)}
-        masks = [_array(m, be) for m in masks] or None
+        params = {n: _array(w, be, half) for n, w in zip(names, weights)}
+        masks = [_array(m, be, half) for m in masks] or None
         y, h_n, c_n, state = stack_forward(be, cell, params, xa, h0a, c0a, lens, num_layers, bidirectional, masks,
-                                           algo)
-        outputs = _tensor(y, be), _tensor(h_n, be), (_tensor(c_n, be) if c_n is not None else x.new_empty(0))
+                                           algo, half)
+        dtype = DTYPE_OF_HALF.get(half, x.dtype)
+        outputs = (_tensor(y, be, dtype), _tensor(h_n, be, dtype),
+                   _tensor(c_n, be, dtype) if c_n is not None else x.new_empty(0, dtype=dtype))
     key = next(_keys) if keep else 0
     key_tensor = torch.tensor(key, dtype=torch.int64)
     if keep:
@@ -405,50 +489,56 @@ def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weig
 
 
 @stack_forward_op.register_fake
-def _(x, h0, c0, weights, masks, lengths, cell, num_layers, bidirectional, bias, H, proj_size, backend, algo,
+def _(x, h0, c0, weights, masks, lengths, cell, num_layers, bidirectional, bias, H, proj_size, backend, algo, half,
       keep):
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     O = proj_size or H
     c_shape = (num_layers * D, B, H) if cell == "lstm" else (0,)
-    return (x.new_empty((T, B, D * O)), x.new_empty((num_layers * D, B, O)), x.new_empty(c_shape),
-            torch.empty((), dtype=torch.int64))
+    dtype = DTYPE_OF_HALF.get(half, x.dtype)
+    return (x.new_empty((T, B, D * O), dtype=dtype), x.new_empty((num_layers * D, B, O), dtype=dtype),
+            x.new_empty(c_shape, dtype=dtype), torch.empty((), dtype=torch.int64))
 
 
 @torch.library.custom_op("gpurnn::stack_backward", mutates_args=())
 def stack_backward_op(key: Tensor, dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
                       x: Tensor, cell: str, num_layers: int, bidirectional: bool, bias: bool, hidden_size: int,
-                      proj_size: int, backend: str, algo: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      proj_size: int, backend: str, algo: str,
+                      half: Optional[str]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """dx, dh0, dc0 (empty unless "lstm") and the weights' gradients, one after another in
     torch.nn's order in one flat tensor, of the stack_forward call that returned ``key``, for the
     gradients dy, dh_n, dc_n of its outputs (None for zeros). The weights are the arrays that
-    forward ran with. No tensor lists: torch's older vmap, which gradcheck's batched gradients
-    use, can then run the operator once per sample."""
+    forward ran with. All of x's dtype, or float32 in a half format (the weights' gradients are
+    float32 sums, dx, dh0, dc0 hold values of the format). No tensor lists: torch's older vmap,
+    which gradcheck's batched gradients use, can then run the operator once per sample."""
     entry = _kept.get(int(key))
     if entry is None:
         raise RuntimeError("gpurnn.torch: the arrays of this forward were freed (a second backward needs "
                            "retain_graph=True, as in torch.nn), or the forward ran without gradients")
     be, state, params = entry[0], entry[1], entry[2]
-    with _stream(be, x.device):             # the products were routed by the forward (_one_thread_pool)
+    # the products were routed by the forward (_one_thread_pool)
+    with _stream(be, x.device), _no_autocast(x.device):
         flat = be.xp.zeros(sum(p.size for p in params.values()), state.saved[0].x.dtype)
         grads, start = {}, 0
         for name, p in params.items():          # views of flat, in torch.nn's order
             grads[name] = flat[start:start + p.size].reshape(p.shape)
             start += p.size
-        dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be), _array_or_none(dh_n, be),
-                                      _array_or_none(dc_n, be), params, grads)
-        return (_tensor(dx, be), _tensor(dh0, be), _tensor(dc0, be) if dc0 is not None else x.new_empty(0),
+        dx, dh0, dc0 = stack_backward(be, state, _array_or_none(dy, be, half), _array_or_none(dh_n, be, half),
+                                      _array_or_none(dc_n, be, half), params, grads)
+        return (_tensor(dx, be), _tensor(dh0, be),
+                _tensor(dc0, be) if dc0 is not None else x.new_empty(0, dtype=torch.float32 if half else x.dtype),
                 _tensor(flat, be))
 
 
 @stack_backward_op.register_fake
-def _(key, dy, dh_n, dc_n, x, cell, num_layers, bidirectional, bias, H, proj_size, backend, algo):
+def _(key, dy, dh_n, dc_n, x, cell, num_layers, bidirectional, bias, H, proj_size, backend, algo, half):
     T, B, I = x.shape
     D = 2 if bidirectional else 1
     c_shape = (num_layers * D, B, H) if cell == "lstm" else (0,)
     n = sum(int(np.prod(s)) for s in parameter_shapes(cell, I, H, num_layers, bidirectional, bias, proj_size).values())
-    return (x.new_empty(x.shape), x.new_empty((num_layers * D, B, proj_size or H)), x.new_empty(c_shape),
-            x.new_empty((n,)))
+    dtype = x.dtype if half is None else torch.float32
+    return (x.new_empty(x.shape, dtype=dtype), x.new_empty((num_layers * D, B, proj_size or H), dtype=dtype),
+            x.new_empty(c_shape, dtype=dtype), x.new_empty((n,), dtype=dtype))
 
 
 @torch.library.register_vmap("gpurnn::stack_forward")
@@ -470,23 +560,37 @@ def _(info, in_dims, key, dy, dh_n, dc_n, x, *config):
 
 
 # ---------------------------------------------------------------- tensors and arrays
-def _array(t, be):
+def _array(t, be, half=None):
     """A tensor's memory as the backend's array, without a copy where it is contiguous: a NumPy
-    view of a CPU tensor, a CuPy array (DLPack) of a CUDA tensor."""
-    t = t.detach().contiguous()
+    view of a CPU tensor, a CuPy array (DLPack) of a CUDA tensor. In a half format, a float32
+    tensor's, or a float32 copy of another dtype's (exact for bfloat16 and float16: NumPy has no
+    bfloat16, and the arrays of a half format are float32, kernels/precision.py)."""
+    t = t.detach()
+    t = t.contiguous() if half is None or t.dtype == torch.float32 else t.float().contiguous()
     if be.on_gpu:
         import cupy
         return cupy.from_dlpack(t)
     return t.numpy()
 
 
-def _array_or_none(t, be):
-    return None if t is None else _array(t, be)
+def _array_or_none(t, be, half=None):
+    return None if t is None else _array(t, be, half)
 
 
-def _tensor(a, be):
-    """A backend array as a tensor over the same memory."""
-    return torch.from_dlpack(a) if be.on_gpu else torch.from_numpy(a)
+def _tensor(a, be, dtype=None):
+    """A backend array as a tensor over the same memory; a converted copy for another ``dtype``
+    (a half format's float32 array as its torch dtype: exact, its values are the format's)."""
+    t = torch.from_dlpack(a) if be.on_gpu else torch.from_numpy(a)
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
+def _no_autocast(device):
+    """The operators' bodies run outside autocast: inside a custom operator autocast still
+    applies to the torch calls it makes (torch.mm of float32 tensors returns bfloat16 there), and
+    the kernels' arithmetic must be the one they write, whatever region calls them."""
+    if device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 @contextlib.contextmanager
