@@ -5,6 +5,7 @@
     python benchmarks/bench_gpu.py --sim            # the plumbing in the CUDA simulator on one tiny shape
                                                     # (no GPU; its times mean nothing; output to a temp folder)
     python benchmarks/bench_gpu.py --algo step      # gpurnn's per-step path on every row (default: auto)
+    python benchmarks/bench_gpu.py --dtype bfloat16 # gpurnn's bfloat16 layers against torch.nn under autocast
     python benchmarks/bench_gpu.py --ncu-target     # a step_forward, then a persistent training step, for ncu
 
 ``benchmarks/device_run.sh`` runs it after the cuda tests, with what is left of its budget. Results go
@@ -16,7 +17,8 @@ First, the launch overhead: host microseconds per launch of an empty Numba kerne
 of a CuPy elementwise operation; and the device microseconds of one ``step_forward`` when launches
 queue back to back (the launches are enqueued behind a kernel that sleeps, then run without gaps).
 
-Then, per cell and shape (T, B, I = H, H), float32, one layer, one direction:
+Then, per cell and shape (T, B, I = H, H), float32 (``--dtype``: gpurnn's layers in a half format),
+one layer, one direction:
     forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
     train    zero the grads, forward, backward of a fixed dy (weight gradients and dx)
 FLOPs are the dense products only: forward 2·T·B·G·H·(I + H); train 3 x forward. Each row also
@@ -29,7 +31,10 @@ torch is timed four ways in the same run, interleaved with gpurnn (``TORCH_SIDES
 TF32 off, the same math as gpurnn's kernels and the ratio of record (``torch_ms``, ``ratio``); and
 what users run: torch's defaults (cuDNN may use TF32, cuBLAS may not), and autocast to float16 and
 to bfloat16 (``torch_default_*``, ``torch_autocast_fp16_*``, ``torch_autocast_bf16_*``: ms, ratio,
-the dtype of y and its distance from gpurnn's; an ``_error`` instead where torch refused).
+the dtype of y and its distance from gpurnn's; an ``_error`` instead where torch refused). With
+``--dtype bfloat16`` or ``float16`` gpurnn's layers compute in that format (kernels/precision.py)
+and their peer is torch.nn under autocast to it (``peer``, ``peer_ratio`` in each row); the
+accumulation and graph sections, float32 pieces, are left out of such a run.
 
 ``host_us_per_step``: gpurnn's host time per time step outside its kernels. The GPU is first kept
 busy by a kernel that spins on its nanosecond timer for longer than the call takes when synchronised
@@ -67,7 +72,7 @@ from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 
-from gpurnn.kernels.vocabulary import CELLS, GATES
+from gpurnn.kernels.vocabulary import CELLS, GATES, HALF
 
 START = time.monotonic()
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +112,11 @@ TORCH_SIDES = {
 ANCHORS = tuple(TORCH_SIDES)[1:]
 
 
+def peer_side(dtype):
+    """The torch side a row of gpurnn in ``dtype`` is compared with: the same math."""
+    return {"float32": "torch", "bfloat16": "torch_autocast_bf16", "float16": "torch_autocast_fp16"}[dtype]
+
+
 def side_keys(side):
     """The row keys (ms, torch ms / gpurnn ms) of a torch side; the ratio of record keeps its old names."""
     return ("torch_ms", "ratio") if side == "torch" else (f"{side}_ms", f"{side}_ratio")
@@ -119,6 +129,9 @@ def parse_args(argv=None):
     p.add_argument("--ncu-target", action="store_true",
                    help="launch one step_forward, then one persistent training step (persistent_forward, "
                         "persistent_backward, accumulate) of a mid-size LSTM, and exit (for ncu)")
+    p.add_argument("--dtype", choices=("float32", *HALF), default="float32",
+                   help="gpurnn's layers in this dtype (default float32); a half format's peer is torch.nn "
+                        "under autocast to it")
     p.add_argument("--algo", choices=("auto", "persistent", "step"), default="auto",
                    help="gpurnn's algorithm on every row (default auto: chosen per shape)")
     p.add_argument("--budget", type=float, default=300.0,
@@ -431,7 +444,7 @@ def launch_overhead(sim):
 
 
 # ---------------------------------------------------------------- one row
-def build_pair(cell, T, B, H, sim, algo="auto"):
+def build_pair(cell, T, B, H, sim, algo="auto", dtype="float32"):
     """gpurnn (cuda backend) and torch models with the same weights, inputs on their devices.
 
     Returns (fns, agreement, used). fns[mode] = (gpurnn's call, {torch side: torch's call}) for the
@@ -450,10 +463,10 @@ def build_pair(cell, T, B, H, sim, algo="auto"):
     torch.manual_seed(0)
     if cell.startswith("rnn_"):
         peer = torch.nn.RNN(I, H, nonlinearity=cell[4:])
-        ours = gpurnn.RNN(I, H, nonlinearity=cell[4:], backend="cuda", algo=algo)
+        ours = gpurnn.RNN(I, H, nonlinearity=cell[4:], backend="cuda", algo=algo, dtype=dtype)
     else:
         peer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H)
-        ours = {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](I, H, backend="cuda", algo=algo)
+        ours = {"lstm": gpurnn.LSTM, "gru": gpurnn.GRU}[cell](I, H, backend="cuda", algo=algo, dtype=dtype)
     ours.load_state_dict({k: v.detach().numpy() for k, v in peer.state_dict().items()})
     peer = peer.to(device)
     rng = np.random.default_rng(0)
@@ -514,11 +527,11 @@ def first_line(error):
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto"):
+def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto", dtype="float32"):
     """Both modes of one (cell, shape): two rows, and the measured/estimated ratio of gpurnn and of
     torch's side of record."""
     ours_timer, peer_timer = (Timer("host"), Timer("host")) if sim else (Timer("cupy"), Timer("torch"))
-    fns, agreement, used = build_pair(cell, T, B, H, sim, algo)
+    fns, agreement, used = build_pair(cell, T, B, H, sim, algo, dtype)
     rows, ratios = [], []
     for mode, (ours_fn, peer_fns) in fns.items():
         errors = {}
@@ -543,7 +556,7 @@ def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto")
         host = host_time(ours_fn, T, sim, 1 if sim else HOST_REPS)
         t_ours, t_peer = median(times["gpurnn"]), median(times["torch"])
         n_flops = flops(cell, mode, T, B, H)
-        row = dict(cell=cell, mode=mode, T=T, B=B, I=H, H=H, dtype="float32", algo=used.algo,
+        row = dict(cell=cell, mode=mode, T=T, B=B, I=H, H=H, dtype=dtype, algo=used.algo,
                    plan=used.describe(), numba_launches=n_launch, gpurnn_ms=1e3 * t_ours, torch_ms=1e3 * t_peer,
                    ratio=t_peer / t_ours, gpurnn_tflops=n_flops / t_ours / 1e12,
                    torch_tflops=n_flops / t_peer / 1e12, forward_max_abs_diff=agreement["torch"]["max_abs_diff"],
@@ -557,14 +570,18 @@ def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto")
             row[f"{side}_max_abs_diff"] = agreement[side].get("max_abs_diff")
             if t is None:
                 row[f"{side}_error"] = agreement[side].get("error") or errors.get(side)
+        row["peer"] = peer_side(dtype)
+        row["peer_ratio"] = row[side_keys(row["peer"])[1]]
         rows.append(row)
         ratios.append((t_ours / est[0], t_peer / est[1]))
         host_text = ("synchronised with the device" if row["host_synced"]
                      else f"{row['host_us_per_step']:.1f} µs a step")
         print(f"{cell:8s} {mode:7s} T={T:<4d} B={B:<4d} H={H:<5d} gpurnn {row['gpurnn_ms']:9.3f} ms  "
               f"torch {row['torch_ms']:9.3f} ms  torch/gpurnn {row['ratio']:6.2f}  {used.algo:10s} "
-              f"launches {n_launch:5d}  max|y - y_torch| {agreement['torch']['max_abs_diff']:.1e}  host {host_text}",
-              flush=True)
+              f"launches {n_launch:5d}  max|y - y_torch| {agreement['torch']['max_abs_diff']:.1e}  host {host_text}"
+              + (f"  {dtype}: against {TORCH_SIDES[row['peer']][0]} "
+                 + ("did not run" if row["peer_ratio"] is None else f"{row['peer_ratio']:.2f}")
+                 if dtype != "float32" else ""), flush=True)
         print("         " + "  ".join(
             f"{TORCH_SIDES[side][0]} " + (f"{row[side_keys(side)[0]]:.3f} ms ({row[side_keys(side)[1]]:.2f})"
                                           if row[side_keys(side)[0]] is not None else "did not run")
@@ -757,7 +774,7 @@ def markdown(result):
     m, lo = result["machine"], result["launch_overhead"]
     lines = [f"# gpurnn cuda backend vs torch (cuDNN) on {m['gpu']}", "",
              f"{result['date']}; {m['toolchain']}; torch {m['torch']}; tests: {result['tests']}; "
-             f"geometry {result['geometry']}; gpurnn algo {result['algo']}; "
+             f"geometry {result['geometry']}; gpurnn algo {result['algo']}, dtype {result.get('dtype', 'float32')}; "
              f"medians of {result['rounds']} interleaved rounds of up to "
              f"{result['reps']} calls per side; budget {result['budget_s']:.0f} s, "
              f"{result['elapsed_s']:.0f} s used.", "",
@@ -783,6 +800,9 @@ def markdown(result):
               f"figure: y's dtype where autocast left it other than its own. host µs/step: gpurnn's host "
               f"time per time step outside its kernels; \"synced\": the call waited for the device.", "",
               *([f"**{result['torch_sides']['note']}**", ""] if result.get("torch_sides") else []),
+              *([f"**gpurnn computes in {result['dtype']} here: its peer, the same math, is the "
+                 f"{TORCH_SIDES[peer_side(result['dtype'])][0]} column.**", ""]
+                if result.get("dtype", "float32") != "float32" else []),
               "| cell | mode | T | B | H | algo | launches | gpurnn ms | " + TORCH_SIDES["torch"][0] + " ms | "
               "torch/gpurnn | " + " | ".join(f"{TORCH_SIDES[side][0]} ms (torch/gpurnn)" for side in ANCHORS)
               + " | host µs/step | gpurnn TFLOP/s | torch TFLOP/s | max abs diff of y |",
@@ -886,10 +906,12 @@ def main(argv=None):
     out = args.out or scratch or ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or (f"{now:%Y-%m-%d}-{slug(info['gpu'])}-bench"
+                         + (f"-{args.dtype}" if args.dtype != "float32" else "")
                          + (f"-g{slug(args.geometry)}" if args.geometry else ""))
     stem = out / name
     result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=args.tests, calibration=args.calibration,
-                  geometry=cuda_kernels.default_geometry().__dict__, algo=args.algo, budget_s=args.budget,
+                  geometry=cuda_kernels.default_geometry().__dict__, algo=args.algo, dtype=args.dtype,
+                  budget_s=args.budget,
                   rounds=rounds,
                   reps=max_reps, torch_sides=torch_sides(args.sim),
                   host_time=SIM_HOST_TIME_NOTE if args.sim else HOST_TIME_NOTE,
@@ -902,10 +924,11 @@ def main(argv=None):
           f"step_forward {lo['step_forward_host_us']:.1f}, CuPy elementwise {lo['cupy_elementwise_host_us']:.1f}; "
           f"step_forward on the device: {lo['step_forward_device_us']} µs", flush=True)
     write(result, stem)
-    result["accumulate"] = accumulate_rows(args.sim, rounds, max_reps)
-    write(result, stem)
-    result["graphs"] = graph_rows(args.sim, rounds, max_reps)
-    write(result, stem)
+    if args.dtype == "float32":         # float32 pieces: a half run measures the layers alone
+        result["accumulate"] = accumulate_rows(args.sim, rounds, max_reps)
+        write(result, stem)
+        result["graphs"] = graph_rows(args.sim, rounds, max_reps)
+        write(result, stem)
     launch_s = lo["step_forward_host_us"] * 1e-6 if not args.sim else LAUNCH_S
     scale, seen = (1.0, 1.0), set()
     for i, case in enumerate(cases):
@@ -918,7 +941,7 @@ def main(argv=None):
             print(f"skipped {cell} T={case[1]} B={case[2]} H={case[3]}: about {need:.0f} s, {left:.0f} s left",
                   flush=True)
         else:
-            rows, scale = run_case(*case, args.sim, rounds, max_reps, scale, launch_s, args.algo)
+            rows, scale = run_case(*case, args.sim, rounds, max_reps, scale, launch_s, args.algo, args.dtype)
             seen.add(cell)
             result["rows"] += rows
         write(result, stem)

@@ -24,6 +24,8 @@
 #   5. the benchmark against torch.nn (cuDNN): launch overhead first, then rows cheapest first,
 #      JSON and markdown rewritten after every row, rows that would overrun skipped and listed; the
 #      JSON names the calibration file                                           -> <stem>-bench.json, .md
+#      then, with a quarter of its budget (when that is 30 s or more), gpurnn's float16 layers on the
+#      quick shapes against torch.nn under float16 autocast        -> <stem>-bench-float16.json, .md
 #   6. when time remains, ncu on one step_forward of a mid-size LSTM, then on the three launches of
 #      its persistent training step (persistent_forward, persistent_backward, accumulate)
 #                                                                                -> <stem>-ncu.txt
@@ -161,10 +163,18 @@ step_bench() {
         echo "no time left for the benchmark"
         return 1
     fi
-    local sim=()
+    local sim=() half=$((budget / 4)) rc=0
     [ "$SIM" = 1 ] && sim=(--sim)
-    timeout -k 10 $((budget + 60)) "$PY" benchmarks/bench_gpu.py "${sim[@]}" --budget "$budget" \
-        --out "$DIR" --name "$NAME-bench" --tests "$TESTS" --calibration "$NAME-calibrate.json"
+    [ "$half" -lt 30 ] && half=0
+    timeout -k 10 $((budget - half + 60)) "$PY" benchmarks/bench_gpu.py "${sim[@]}" --budget $((budget - half)) \
+        --out "$DIR" --name "$NAME-bench" --tests "$TESTS" --calibration "$NAME-calibrate.json" || rc=1
+    # then float16 layers against cuDNN's float16 path (torch.nn under autocast), on the quick shapes
+    if [ "$half" -gt 0 ]; then
+        echo "== 5b. float16 benchmark ($(left) s left, $half s for it)"
+        timeout -k 10 $((half + 60)) "$PY" benchmarks/bench_gpu.py "${sim[@]}" --quick --dtype float16 \
+            --budget "$half" --out "$DIR" --name "$NAME-bench-float16" --tests "$TESTS" || rc=1
+    fi
+    return "$rc"
 }
 
 NCU_METRICS="sm__warps_active.avg.pct_of_peak_sustained_active

@@ -98,6 +98,26 @@ def test_bench_gpu_sim_measures_every_torch_side_and_the_host_time(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_gpu_sim_half_rows_name_their_autocast_peer(tmp_path):
+    """bench_gpu.py --sim --dtype bfloat16: gpurnn's layers run in bfloat16, every row names torch
+    under bfloat16 autocast as its peer, with that side's ratio; the float32 pieces are left out."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--sim", "--dtype", "bfloat16",
+           "--out", str(tmp_path), "--name", "h"]
+    run_child(cmd, timeout=300)
+    result = json.loads((tmp_path / "h.json").read_text())
+    assert result["dtype"] == "bfloat16" and "accumulate" not in result and "graphs" not in result
+    rows = result["rows"]
+    assert len(rows) == 18
+    for r in rows:
+        assert r["dtype"] == "bfloat16" and r["peer"] == "torch_autocast_bf16", r
+        assert r["peer_ratio"] == r["torch_autocast_bf16_ratio"], r
+        assert r["forward_max_abs_diff"] < 0.05, r        # bfloat16 against torch's float32: to its precision
+    assert any(r["peer_ratio"] is not None for r in rows)
+    assert "computes in bfloat16 here: its peer, the same math, is the torch autocast bf16 column" in \
+        (tmp_path / "h.md").read_text()
+
+
+@pytest.mark.slow
 def test_bench_bridge_runs_both_sides_in_their_own_processes(tmp_path):
     """bench_bridge.py on a tiny model: each side's child trains on the same characters (the same
     first loss), and the configuration records a ratio per patch."""

@@ -39,7 +39,8 @@ def test_device_run_sim(tmp_path):
     assert proc.returncode == 0, out[-6000:]
     assert "every step succeeded" in out
     names = sorted(p.name.split("-simulator-")[1] for p in tmp_path.iterdir())
-    assert names == ["bench.json", "bench.md", "calibrate.json", "env.txt", "ncu.txt", "run.log", "tests.log"]
+    assert names == ["bench-float16.json", "bench-float16.md", "bench.json", "bench.md", "calibrate.json", "env.txt",
+                     "ncu.txt", "run.log", "tests.log"]
 
     # The calibration ran first, every kernel once on tiny grids, each checking what it computed.
     calibration = _only(tmp_path, "calibrate.json")
@@ -111,8 +112,12 @@ def test_device_run_sim(tmp_path):
             "torch autocast fp16 ms (torch/gpurnn) | torch autocast bf16 ms (torch/gpurnn) | host µs/step |") in md
     assert ("ran one step_forward (LSTM B=2 H=5), then a persistent training step (T=2): "
             "persistent (1 groups x 3 slices = 3 blocks") in _only(tmp_path, "ncu.txt").read_text()
+    # then gpurnn's float16 layers against torch.nn under float16 autocast (CPU autocast here)
+    half = json.loads(_only(tmp_path, "bench-float16.json").read_text())
+    assert half["dtype"] == "float16" and len(half["rows"]) == len(result["rows"])
+    assert all(r["dtype"] == "float16" and r["peer"] == "torch_autocast_fp16" for r in half["rows"])
     run_log = _only(tmp_path, "run.log").read_text()
-    assert "== 1. calibration" in run_log and "== 6. ncu" in run_log
+    assert "== 1. calibration" in run_log and "== 5b. float16 benchmark" in run_log and "== 6. ncu" in run_log
     assert f"calibration figures: {calibration}" in run_log
 
 
