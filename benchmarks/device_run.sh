@@ -18,7 +18,7 @@
 #      checkout's gpurnn/ and kernels/ goes on PYTHONPATH; then gpurnn.cuda_status() and the
 #      toolchain that compiles the kernels                                       -> <stem>-env.txt
 #   4. the cuda test cases on the device: -k cuda over the backend, random-shape, kernel, persistent
-#      and half-precision tests, with pytest-xdist when present (never the simulator or compile
+#      half-precision and tensor-core tests, with pytest-xdist when present (never the simulator or compile
 #      tests: CI runs those)
 #                                                                                -> <stem>-tests.log
 #   5. the benchmark against torch.nn (cuDNN): launch overhead first, then rows cheapest first,
@@ -131,7 +131,7 @@ step_tests() {
     echo "== 4. cuda tests ($(left) s left)"
     local files=(tests/test_backends.py tests/test_random_shapes.py tests/test_cuda_kernels.py
                  tests/test_cuda_persistent.py tests/test_cuda_graphs.py tests/test_layers_api.py
-                 tests/test_torch_bridge.py tests/test_half_cuda.py)
+                 tests/test_torch_bridge.py tests/test_half_cuda.py tests/test_torch_half.py tests/test_mma.py)
     local select="cuda and not simulat" workers=()      # the simulator's own tests skip on a GPU
     if [ "$SIM" = 1 ]; then
         # the plumbing: one case a cell, dtype and algo, and a half forward a cell, algo and format

@@ -843,6 +843,8 @@ def kernel_report(src):
         return " / ".join(fmt.format(r[field]) if r else "—" for r in p["rows"])
 
     def fma(p):
+        if p["kernel"] == "mma_products":       # tensor cores, fed from global memory: their HMMA
+            return " / ".join(dict.fromkeys(f"{r['fma']} HMMA" for r in p["rows"] if r))
         values = list(dict.fromkeys(f"{r['ffma_per_lds']:g}" for r in p["rows"] if r))
         return " / ".join(values)
 

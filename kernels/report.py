@@ -311,8 +311,9 @@ def parse_log(log, name):
 def kernel_list(halves=REPORTED_HALF):
     """(kernel name, cell, dtype, pyfunc, signature) for every kernel the cuda backend launches.
     The accumulation kernel does not depend on the cell: it is listed once per dtype (cell "*").
-    The forward kernels of each half format of ``halves`` follow, with that format as their dtype."""
-    from .cuda import GPU_GEOMETRY, build_kernels
+    The forward kernels of each half format of ``halves`` follow, with that format as their dtype,
+    then the tensor cores' products (products_mma.py), one per format (bfloat16, float16, tf32)."""
+    from .cuda import GPU_GEOMETRY, build_kernels, products_mma
     out = []
     for dtype in DTYPES:
         for cell in CELLS:
@@ -325,6 +326,8 @@ def kernel_list(halves=REPORTED_HALF):
             kernels = build_kernels(cell, "float32", GPU_GEOMETRY, half)
             for name in HALF_KERNELS:
                 out.append((name, cell, half) + kernels[name])
+    for mode in products_mma.MODES:      # the opt-in tensor-core products, one per format, any cell
+        out.append(("mma_products", "*", mode) + products_mma.build(mode)["mma_products"])
     return out
 
 
@@ -345,7 +348,9 @@ def report(targets=TARGETS, halves=REPORTED_HALF, cells=None):
             log, cubin = link(ptx, cc)
             row.update(parse_log(log, name))
             sass = disassemble(cubin)
-            row.update(hot_loop(sass, name, "DFMA" if dtype == "float64" else "FFMA"))
+            # the tensor cores' kernels: their hottest loop is the one with the most HMMA
+            row.update(hot_loop(sass, name, "HMMA" if name == "mma_products" else
+                                "DFMA" if dtype == "float64" else "FFMA"))
             row["occupancy"] = occupancy(row, name)
             if name.startswith("persistent"):
                 row["step_loops"] = step_loops(sass, name)
@@ -382,6 +387,9 @@ def block_threads(name, geo):
         return math.prod(step_launch(1, 1, geo, "float32")[1])   # both step kernels' block shape
     if name == "accumulate":
         return geo.acc_threads ** 2
+    if name == "mma_products":
+        from .cuda.products_mma import WARPS
+        return 32 * WARPS
     return geo.persist_threads
 
 

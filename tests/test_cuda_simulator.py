@@ -3,7 +3,7 @@
 The simulator (NUMBA_ENABLE_CUDASIM=1) must be chosen before Numba is imported, and cannot share a
 process with the real compiler, so the cuda cases of the files in FILES (the backends against the
 reference, the kernels, the syncs and allocations of a training step, the layers' torch.nn
-conveniences, gpurnn.torch against torch.nn, the half-precision layers) run in a child pytest,
+conveniences, gpurnn.torch against torch.nn, the half-precision layers, the tensor cores) run in a child pytest,
 each algorithm of the cuda backend (step, persistent, auto) on every case. The test fails when the
 child fails, and when it ran no cuda test at all (nothing selected would otherwise look like
 success).
@@ -22,7 +22,8 @@ from conftest import SIMULATED
 TESTS = Path(__file__).resolve().parent
 FILES = ["test_backends.py", "test_contract.py", "test_random_shapes.py", "test_cuda_kernels.py",
          "test_cuda_persistent.py", "test_cuda_graphs.py", "test_cuda_syncs.py", "test_layers_api.py",
-         "test_torch_bridge.py", "test_proj.py", "test_torch_modules.py", "test_half_cuda.py", "test_torch_half.py"]
+         "test_torch_bridge.py", "test_proj.py", "test_torch_modules.py", "test_half_cuda.py", "test_torch_half.py",
+         "test_mma.py"]
 
 
 # The cuda cases in four children, so that a parallel run (pytest -n) spreads them over its

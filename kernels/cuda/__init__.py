@@ -9,6 +9,8 @@ picks one per layer and direction.
     graphs.py       the per-step path's launches captured into CUDA graphs, replayed per call
     pointwise.py    the pointwise part of a step, once per cell, for both algorithms
     accumulate.py   the BPTT weight gradients: one deterministic reduction over all T*B rows
+    products_mma.py the same products on tensor cores, opt-in (``use_tensor_cores``)
+    mma.py          the tensor cores' mma.sync from numba-cuda, and its stand-in in the simulator
     tiles.py        staging of double-buffered tiles in shared memory (step and accumulation kernels)
     runtime.py      block geometry, streams, the one place launches are configured
     primitives.py   device primitives numba-cuda lacks: strong loads and stores for flags, clock64
@@ -54,6 +56,7 @@ kernels are built per format (``build_kernels``, ``compiled_kernels``), and so a
 CUDA graphs of a layer; backward runs float32's kernels on the saved, rounded arrays.
 """
 
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -67,7 +70,7 @@ from .. import cuda_simulated
 from ..contract import Array, Saved, dims_of
 from ..precision import check_half
 from . import accumulate as _accumulate
-from . import graphs, persistent, plan, step
+from . import graphs, persistent, plan, products_mma, step
 from . import runtime as rt
 from .plan import Plan
 from .runtime import (GPU_GEOMETRY, SIM_GEOMETRY, Geometry, ceil_div,  # noqa: F401  (the API of the backend)
@@ -221,7 +224,9 @@ class CudaSaved(Saved):
     the (B,) int32 lengths the kernels read (T for every row when ``lengths`` is None), the
     geometry and plan the forward ran with, the stream it ran on, and the CUDA graphs it replayed:
     ``graph`` the graphs.Recursion (None when the path has none) and ``workspace`` the
-    graphs.RecursionArrays whose memory holds the activations (None when they are arrays of their own)."""
+    graphs.RecursionArrays whose memory holds the activations (None when they are arrays of their
+    own); ``half`` the forward's half format (None for float32 and float64)."""
+    half: Optional[str] = None
     row_lengths: Array = None
     geometry: Optional[Geometry] = None
     stream: Any = None
@@ -305,7 +310,7 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     hs[first] = h0
     if cell == "lstm":
         cs[first] = c0
-    saved = CudaSaved(cell, dims, x, hs, cs, gates, hn, lengths, bool(rev), row_lengths=lens, geometry=geo,
+    saved = CudaSaved(cell, dims, x, hs, cs, gates, hn, lengths, bool(rev), half=half, row_lengths=lens, geometry=geo,
                       stream=stream, plan=the_plan, graph=graph, workspace=ws)
     if ws is not None:
         graphs.forward(ws, cell, k, saved, w_hh, b_ih, b_hh, stream)
@@ -346,14 +351,54 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
             dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n, dtype=dt, order="C")
         hidden_done = ALGORITHMS[saved.plan.algo].backward(cell, k, saved, dg_x, dg_h, dy, dh, dc, w_hh,
                                                               grads, stream)
-    _accumulate.accumulate_grads(k, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
-                                 hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done,
-                                 splits=_accumulate_splits(T * B, I, H, GH, dt, geo))
+    mode = tensor_core_format(dt, saved.half)
+    if mode is None:
+        _accumulate.accumulate_grads(k, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
+                                     hs[rev:T + rev].reshape(T * B, H), grads, geo, stream, hidden=not hidden_done,
+                                     splits=_accumulate_splits(T * B, I, H, GH, dt, geo))
+    else:
+        _tensor_core_grads(mode, dg_x.reshape(T * B, GH), x.reshape(T * B, I), dg_h.reshape(T * B, GH),
+                           hs[rev:T + rev].reshape(T * B, H), grads, stream, hidden=not hidden_done)
     dx = (dg_x.reshape(T * B, GH) @ w_ih).reshape(T, B, I)
     # The saved arrays came from forward's stream's memory pool, which may hand their memory out
     # again once they are freed: only after this backward has read them.
     rt.wait(saved.stream, stream)
     return dx, dh, dc
+
+
+# ---------------------------------------------------------------- tensor cores, opt-in
+_tensor_cores = [os.environ.get("GPURNN_TENSOR_CORES", "0") == "1"]
+
+
+def use_tensor_cores(enabled=True):
+    """Compute the BPTT weight gradients of float32 and half layers on tensor cores from now on
+    (``enabled``), or as before (False); returns the setting it replaces. Off by default, as
+    torch.backends.cuda.matmul.allow_tf32 is: a float32 layer's products then round both
+    operands to TF32 (10 fraction bits), a half layer's round dG to its format (products_mma.py).
+    ``GPURNN_TENSOR_CORES=1`` in the environment turns it on at import."""
+    before, _tensor_cores[0] = _tensor_cores[0], bool(enabled)
+    return before
+
+
+def tensor_core_format(dtype, half):
+    """The tensor-core format of a layer's weight-gradient products (products_mma.MODES), or None
+    where they run on the accumulation kernel: tensor cores off, or float64."""
+    if not _tensor_cores[0] or np.dtype(dtype) != np.float32:
+        return None
+    return half or "tf32"
+
+
+def _tensor_core_grads(mode, dg_x, x, dg_h, hp, grads, stream, hidden=True):
+    """What accumulate.accumulate_grads adds, with the weights' products on tensor cores
+    (products_mma.py) and the biases' column sums in float64, each rounded once."""
+    xp = rt.xp_of()
+    products_mma.products(mode, dg_x, x, grads["w_ih"], stream)
+    if hidden:
+        products_mma.products(mode, dg_h, hp, grads["w_hh"], stream)
+    if "b_ih" in grads:
+        grads["b_ih"] += xp.sum(dg_x, axis=0, dtype=np.float64)
+        if hidden:
+            grads["b_hh"] += xp.sum(dg_h, axis=0, dtype=np.float64)
 
 
 def accumulate_grads(cell, dg_x, x, dg_h, hp, grads, geo, hidden=True, splits=None):

@@ -267,6 +267,22 @@ def _shuffle(mask, value, source):
     return got
 
 
+def warp_gather(value):
+    """Every lane of the calling thread's warp offers ``value``; each gets the list of all of
+    them, in lane order (the warp-wide instructions' stand-in: mma.py)."""
+    me, warp, lane = _lane()
+    warp.values[lane] = value
+    _meet(me, warp)
+    got = list(warp.values)
+    _meet(me, warp)         # the slots are written again by the next exchange
+    return got
+
+
+def lane_id():
+    """The calling thread's lane in its warp."""
+    return _lane()[2]
+
+
 def _shfl_sync(self, mask, value, src_lane):
     return _shuffle(mask, value, lambda lane: int(src_lane) % WARP)
 
