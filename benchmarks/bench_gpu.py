@@ -33,8 +33,10 @@ what users run: torch's defaults (cuDNN may use TF32, cuBLAS may not), and autoc
 to bfloat16 (``torch_default_*``, ``torch_autocast_fp16_*``, ``torch_autocast_bf16_*``: ms, ratio,
 the dtype of y and its distance from gpurnn's; an ``_error`` instead where torch refused). With
 ``--dtype bfloat16`` or ``float16`` gpurnn's layers compute in that format (kernels/precision.py)
-and their peer is torch.nn under autocast to it (``peer``, ``peer_ratio`` in each row); the
-accumulation and graph sections, float32 pieces, are left out of such a run.
+and their peer is torch.nn under autocast to it (``peer``, ``peer_ratio`` in each row): what users
+run. On a GPU torch's autocast runs cuDNN's float16 path whatever the autocast dtype, so float16
+is the like-for-like comparison; the accumulation and graph sections, float32 pieces, are left
+out of such a run.
 
 ``host_us_per_step``: gpurnn's host time per time step outside its kernels. The GPU is first kept
 busy by a kernel that spins on its nanosecond timer for longer than the call takes when synchronised
@@ -113,7 +115,8 @@ ANCHORS = tuple(TORCH_SIDES)[1:]
 
 
 def peer_side(dtype):
-    """The torch side a row of gpurnn in ``dtype`` is compared with: the same math."""
+    """The torch side a row of gpurnn in ``dtype`` is compared with: float32 with TF32 off (the
+    same math), or torch.nn under autocast to the half format (what users run)."""
     return {"float32": "torch", "bfloat16": "torch_autocast_bf16", "float16": "torch_autocast_fp16"}[dtype]
 
 
@@ -800,8 +803,9 @@ def markdown(result):
               f"figure: y's dtype where autocast left it other than its own. host µs/step: gpurnn's host "
               f"time per time step outside its kernels; \"synced\": the call waited for the device.", "",
               *([f"**{result['torch_sides']['note']}**", ""] if result.get("torch_sides") else []),
-              *([f"**gpurnn computes in {result['dtype']} here: its peer, the same math, is the "
-                 f"{TORCH_SIDES[peer_side(result['dtype'])][0]} column.**", ""]
+              *([f"**gpurnn computes in {result['dtype']} here: its peer is the "
+                 f"{TORCH_SIDES[peer_side(result['dtype'])][0]} column, what torch.nn runs under that autocast "
+                 f"(on a GPU cuDNN in float16, whatever the autocast dtype).**", ""]
                 if result.get("dtype", "float32") != "float32" else []),
               "| cell | mode | T | B | H | algo | launches | gpurnn ms | " + TORCH_SIDES["torch"][0] + " ms | "
               "torch/gpurnn | " + " | ".join(f"{TORCH_SIDES[side][0]} ms (torch/gpurnn)" for side in ANCHORS)

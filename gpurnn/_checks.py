@@ -63,6 +63,8 @@ def host_view(value):
     """A torch CPU tensor as a NumPy view of its memory (no copy); any other value as it is (a CUDA
     tensor already offers ``__cuda_array_interface__``)."""
     if is_torch_tensor(value) and value.device.type == "cpu":
+        if str(value.dtype) == "torch.bfloat16":        # NumPy has none: its float32 values, exact
+            return value.detach().float().numpy()
         return value.detach().numpy()
     return value
 
@@ -259,14 +261,19 @@ def lengths_array(lengths, T, B):
 
 
 def dtype_of(dtype):
+    """The NumPy dtype of a layer other than the recurrent ones (Linear, Embedding): float32 or
+    float64; a half format is refused with a message that says where it belongs."""
+    half = ValueError(f"dtype {dtype!r}: bfloat16 and float16 are for the recurrent layers (RNN, LSTM, GRU); "
+                      "give this layer float32")
+    if str(dtype).removeprefix("torch.") in HALF:
+        raise half
     try:
         dt = np.dtype(dtype)
     except TypeError as e:
         raise TypeError(f"dtype {dtype!r} is not a NumPy dtype; use 'float32' or 'float64'") from e
+    if dt == np.float16:
+        raise half
     if dt not in (np.float32, np.float64):
-        if dt == np.float16:
-            raise ValueError("dtype float16 (and bfloat16) is for the recurrent layers (RNN, LSTM, GRU); "
-                             "give this layer float32")
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
     return dt
 
@@ -274,21 +281,22 @@ def dtype_of(dtype):
 def recurrent_dtype(dtype):
     """(the arrays' NumPy dtype, the half format or None) of a recurrent layer's ``dtype``: one of
     vocabulary.DTYPES ("bfloat16" and "float16" keep float32 arrays that hold the format's
-    values, kernels/precision.py), as a name, a NumPy dtype or a torch dtype."""
-    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
+    values, kernels/precision.py), as a name, a NumPy dtype (any spelling NumPy takes: "f4",
+    "double", "half") or a torch dtype."""
+    name = dtype if isinstance(dtype, str) else None
     if name is None and str(dtype).startswith("torch."):
         name = str(dtype)[len("torch."):]
-    if name is None:
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = None
     if name in HALF:
         return np.dtype(np.float32), name
-    if name not in DTYPES:
-        raise (ValueError if isinstance(dtype, str) or name else TypeError)(
-            f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return np.dtype(name), None
+    try:
+        dt = np.dtype(dtype if name is None else name)
+    except TypeError as e:
+        raise TypeError(f"dtype {dtype!r} is not a dtype; use one of {', '.join(DTYPES)}") from e
+    if dt == np.float16:
+        return np.dtype(np.float32), "float16"
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dt, None
 
 
 def positive_int(value, name, minimum=1):

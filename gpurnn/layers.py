@@ -99,8 +99,9 @@ class Module:
         new = {}
         for name, old in self.params.items():
             value = state_dict[name]
-            if hasattr(value, "detach"):  # a torch tensor
-                value = value.detach().cpu().numpy()
+            if hasattr(value, "detach"):  # a torch tensor (bfloat16: its float32 values, exact)
+                value = value.detach().cpu()
+                value = (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
             new[name] = _checks.float_array(value, f"state_dict[{name!r}]", self.backend,
                                             self.dtype, shape=tuple(old.shape), finite="now")
         for name, value in new.items():  # copies, so that updates never write into the caller's arrays

@@ -44,6 +44,8 @@ gpurnn's kernels. Swap one import and train as usual::
   linear and returns float32, gpurnn's computes in float32; with an h0 of the autocast dtype
   (or, without h0, an input of it) both return that dtype, gpurnn's computing in it.
   (**) torch.nn's LSTM raises a oneDNN RuntimeError there; gpurnn's computes float16.
+  A half module under autocast follows the same table, as torch.nn's does (autocast casts its
+  parameters too): its parameters' gradients come back in their own dtype.
   On CUDA torch's autocast wrapper of cuDNN's RNN casts to float16 whatever the autocast dtype
   (aten/src/ATen/cudnn/AutocastRNN.cpp); gpurnn's does the same. float64 modules compute in
   float64, autocast or not. One dtype differs: under CPU autocast torch.nn's LSTM with
@@ -162,9 +164,14 @@ class _Bridge:
                                f"dtype; got {sorted({(str(w.dtype), str(w.device)) for w in weights})}")
         device = input.device.type
         state_dtype = input.dtype if hx is None else (hx[0] if lstm else hx).dtype
-        half = half_format(device, CELL_OF_MODE[self.mode], wdtype, state_dtype, _autocast_dtype(device))
-        # float32 master weights under autocast: the operators take the tensors as they come and round them
-        mixed = half is not None and wdtype == torch.float32
+        autocast = _autocast_dtype(device)
+        half = half_format(device, CELL_OF_MODE[self.mode], wdtype, state_dtype, autocast)
+        if autocast is not None and half is None and wdtype in HALF_OF_DTYPE:
+            # a half module that autocast leaves in float32 (the CPU's GRU): its weights cast, as autocast's are
+            weights, wdtype = [w.float() for w in weights], torch.float32
+        # master weights under autocast (float32, or half ones autocast casts): the operators take
+        # the tensors as they come and round them to the format
+        mixed = half is not None and (wdtype == torch.float32 or autocast is not None)
         if not mixed and torch._C._is_any_autocast_enabled():
             # under autocast torch.nn skips its dtype checks; outside the half formats of
             # half_format, gpurnn computes in the parameters' dtype
@@ -236,8 +243,9 @@ def half_format(device_type, cell, weight_dtype, state_dtype, autocast_dtype):
     makes its zeros so); ``autocast_dtype``: torch.autocast's dtype for ``device_type`` where it
     is enabled, else None.
 
-    A half module (bfloat16 or float16 parameters) computes in its own format. A float32 module
-    under autocast computes as torch.nn's does there:
+    Without autocast, a half module (bfloat16 or float16 parameters) computes in its own format.
+    Under autocast a float32 or half module computes as torch.nn's does there (autocast casts
+    both kinds of parameters):
     - CUDA: float16 for every cell, whatever the autocast dtype: torch's autocast wrapper of
       cuDNN's RNN (aten/src/ATen/cudnn/AutocastRNN.cpp) casts the input, the states and the
       weights to at::kHalf, not to the autocast dtype;
@@ -247,10 +255,8 @@ def half_format(device_type, cell, weight_dtype, state_dtype, autocast_dtype):
       for a half state of the autocast dtype); gpurnn's GRU computes in that format, or in
       float32.
     Otherwise (no autocast, float64 parameters, another device): None."""
-    if weight_dtype in HALF_OF_DTYPE:
-        return HALF_OF_DTYPE[weight_dtype]
-    if weight_dtype != torch.float32 or autocast_dtype is None or device_type not in ("cpu", "cuda"):
-        return None
+    if autocast_dtype is None or device_type not in ("cpu", "cuda") or weight_dtype == torch.float64:
+        return HALF_OF_DTYPE.get(weight_dtype)
     if device_type == "cuda":
         return "float16"
     if cell != "gru":
@@ -483,7 +489,8 @@ def stack_forward_op(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weig
     key = next(_keys) if keep else 0
     key_tensor = torch.tensor(key, dtype=torch.int64)
     if keep:
-        _kept[key] = [be, state, params, 0]
+        # in a half format the stack keeps the rounded weights it ran with: those, not a second copy
+        _kept[key] = [be, state, params if state.weights is None else state.weights, 0]
         _hold(key_tensor, [key])
     return (*outputs, key_tensor)
 

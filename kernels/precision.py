@@ -10,11 +10,14 @@ such stores runs in float32. The rounding points, the same on every backend:
                            rounded), the outputs y, and what backward reads (gates, the GRU's
                            W_hn h + b_hn)
     dropout                a layer's masked output, before the next layer reads it
-    backward               the loss's gradients dy, dh_n, dc_n, and the results dx, dh0, dc0
+    backward               the loss's gradients dy, dh_n, dc_n, and the stack's results dx, dh0, dc0
+    projections            an LSTM with proj_size: W_hh·W_hr, rounded as a weight, and the projected
+                           outputs y, h_n (its recursion reads the rounded state m_t = o·tanh(c_t))
 
-and nothing else: dot products, BPTT sums (dh, dc between steps, the gate gradients) and the
-weight gradients stay float32, and the weight gradients add into float32 master weights'
-gradients (the parameters stay float32, as torch.autocast keeps them). A product of two half
+and nothing else: dot products, BPTT sums (dh, dc between steps, the gate gradients, the gradient
+one layer of a stack hands the layer below) and the weight gradients stay float32, and the
+weight gradients add into float32 master weights' gradients (the parameters stay float32, as
+torch.autocast keeps them). A product of two half
 values is exact in float32, so a float32 GEMM of rounded operands is what a tensor core computes
 with float32 accumulation, up to the order of the sums.
 

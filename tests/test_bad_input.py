@@ -171,8 +171,8 @@ def test_non_finite_weights_are_reported_at_forward(lstm, x):
 @pytest.mark.parametrize("kwargs,error,message", [
     (dict(backend="tpu"), ValueError, r"unknown backend 'tpu'; expected one of auto, reference, cpu, cuda"),
     (dict(dtype="int32"), ValueError, "dtype must be one of float32, float64, bfloat16, float16, got 'int32'"),
-    (dict(dtype="bogus"), ValueError, "dtype must be one of float32, float64, bfloat16, float16, got 'bogus'"),
-    (dict(dtype=5), TypeError, "dtype must be one of float32, float64, bfloat16, float16, got 5"),
+    (dict(dtype="bogus"), TypeError, "dtype 'bogus' is not a dtype; use one of float32, float64, bfloat16, float16"),
+    (dict(dtype=object), ValueError, "dtype must be one of float32, float64, bfloat16, float16, got <class 'object'>"),
     (dict(num_layers=0), ValueError, "num_layers must be >= 1, got 0"),
     (dict(num_layers=1.5), TypeError, "num_layers must be an int, got float"),
     (dict(algo="fast"), ValueError, "unknown algo 'fast'; expected one of auto, persistent, step"),

@@ -113,8 +113,7 @@ def test_bench_gpu_sim_half_rows_name_their_autocast_peer(tmp_path):
         assert r["peer_ratio"] == r["torch_autocast_bf16_ratio"], r
         assert r["forward_max_abs_diff"] < 0.05, r        # bfloat16 against torch's float32: to its precision
     assert any(r["peer_ratio"] is not None for r in rows)
-    assert "computes in bfloat16 here: its peer, the same math, is the torch autocast bf16 column" in \
-        (tmp_path / "h.md").read_text()
+    assert "computes in bfloat16 here: its peer is the torch autocast bf16 column" in (tmp_path / "h.md").read_text()
 
 
 @pytest.mark.slow

@@ -90,13 +90,36 @@ def test_dtype_names(dtype, half):
     assert f"dtype='{half or np.dtype(dtype).name}'" in repr(m)
 
 
+@pytest.mark.parametrize("spelling, array_dtype, half", [("f4", np.float32, None), ("double", np.float64, None),
+                                                       ("half", np.float32, "float16"), ("<f4", np.float32, None)])
+def test_dtype_numpy_spellings(spelling, array_dtype, half):
+    m = gpurnn.RNN(3, 4, backend="reference", dtype=spelling)
+    assert (m.dtype, m.half) == (np.dtype(array_dtype), half)
+
+
 def test_dtype_torch_names_and_errors():
     torch = pytest.importorskip("torch")
     assert gpurnn.GRU(3, 4, backend="reference", dtype=torch.bfloat16).half == "bfloat16"
-    with pytest.raises(ValueError, match="bfloat16, float16"):
+    assert gpurnn.GRU(3, 4, backend="reference", dtype=torch.float64).dtype == np.float64
+    with pytest.raises(TypeError, match="bfloat16, float16"):
         gpurnn.RNN(3, 4, backend="reference", dtype="float8")
-    with pytest.raises(ValueError, match="recurrent layers"):
-        gpurnn.Linear(3, 4, backend="reference", dtype="float16")
+    with pytest.raises(ValueError, match="bfloat16, float16"):
+        gpurnn.RNN(3, 4, backend="reference", dtype="int8")
+    for half in ("float16", "bfloat16", np.float16, torch.bfloat16):
+        with pytest.raises(ValueError, match="for the recurrent layers"):
+            gpurnn.Linear(3, 4, backend="reference", dtype=half)
+
+
+def test_half_layer_takes_torch_half_tensors():
+    """bfloat16 tensors (which NumPy cannot hold) as inputs and as a state_dict: their values, exact."""
+    torch = pytest.importorskip("torch")
+    ref = torch.nn.LSTM(3, 4).bfloat16()
+    m = gpurnn.LSTM(3, 4, backend="cpu", dtype="bfloat16")
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    y, _ = m(x)
+    np.testing.assert_array_equal(m(x.float().numpy())[0], y)
+    assert np.array_equal(m.params["weight_hh_l0"], ref.weight_hh_l0.detach().float().numpy())
 
 
 def test_half_layer_pickles_and_copies():

@@ -116,7 +116,7 @@ def exact(cell, L, bi, fmt, x, hx, weighting, seed=0):
 
 
 def rel_err(got, want):
-    got, want = got.double(), want.double()
+    got, want = got.detach().double(), want.detach().double()
     return float((got - want).norm() / want.norm().clamp_min(1e-300))
 
 
@@ -324,9 +324,10 @@ def test_bridge_runs_the_layers_half_code(cell, fmt):
 
 # ---------------------------------------------------------------- the rule, and the edges
 @pytest.mark.parametrize("device,cell,weights,states,autocast,want", [
-    # half modules: their own format, autocast or not, on any device
-    ("cpu", "lstm", BF16, BF16, None, "bfloat16"), ("cuda", "gru", F16, F16, BF16, "float16"),
-    ("cpu", "rnn_relu", F16, F16, BF16, "float16"),
+    # half modules: their own format without autocast; under it as float32 modules (autocast casts them)
+    ("cpu", "lstm", BF16, BF16, None, "bfloat16"), ("cuda", "gru", F16, F16, None, "float16"),
+    ("cuda", "gru", BF16, BF16, BF16, "float16"), ("cpu", "rnn_relu", F16, F16, BF16, "bfloat16"),
+    ("cpu", "lstm", F16, F32, BF16, "bfloat16"), ("cpu", "gru", BF16, F32, BF16, None),
     # no autocast, or float64 parameters: the parameters' dtype
     ("cpu", "lstm", F32, F32, None, None), ("cuda", "lstm", torch.float64, F32, F16, None),
     # CPU autocast: RNN and LSTM in its dtype; the GRU in float32, or in the format of a state of its dtype
@@ -341,6 +342,40 @@ def test_bridge_runs_the_layers_half_code(cell, fmt):
 ])
 def test_the_rule(device, cell, weights, states, autocast, want):
     assert gt.half_format(device, cell, weights, states, autocast) == want
+
+
+@pytest.mark.parametrize("autocast", FORMATS)
+@pytest.mark.parametrize("module_dtype", FORMATS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_modules_under_autocast_return_torch_nns_dtypes(cell, module_dtype, autocast):
+    """A bfloat16 or float16 module under CPU autocast with a float32 input: the dtypes of the
+    outputs and of every gradient are torch.nn's (autocast casts half parameters as it casts
+    float32 ones), the values within the format's tolerance of torch.nn's."""
+    if cell == "lstm" and autocast == "float16":
+        pytest.skip("torch.nn's LSTM cannot compute float16 under CPU autocast (oneDNN)")
+    torch.manual_seed(0)
+    kw = {"nonlinearity": "relu"} if cell == "rnn_relu" else {}
+    ref = getattr(torch.nn, CLASS[cell])(I, H, **kw).to(DTYPE[module_dtype])
+    ours = getattr(gt, CLASS[cell])(I, H, backend="cpu", **kw).to(DTYPE[module_dtype])
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+    got = {}
+    for name, m in (("torch", ref), ("gpurnn", ours)):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=DTYPE[autocast]):
+            y, _ = m(xi)
+        y.float().square().sum().backward()
+        got[name] = (y, xi.grad, {k: p.grad for k, p in m.named_parameters()})
+    (y_ref, dx_ref, g_ref), (y, dx, g) = got["torch"], got["gpurnn"]
+    assert y.dtype == y_ref.dtype and dx.dtype == dx_ref.dtype == torch.float32
+    fmt = str(y_ref.dtype).removeprefix("torch.") if y_ref.dtype != F32 else autocast
+    u = UNIT_ROUNDOFF[fmt]
+    assert rel_err(y, y_ref) <= TOL["fwd"][1] * u
+    for k in g_ref:
+        assert g[k].dtype == g_ref[k].dtype == DTYPE[module_dtype], k
+        # relu's kink aside (module docstring): its gradients are compared in the forward's tests
+        if cell != "rnn_relu":
+            assert rel_err(g[k], g_ref[k]) <= TOL["grads"][1] * max(u, UNIT_ROUNDOFF[module_dtype]), k
 
 
 @pytest.mark.parametrize("make,call", [
