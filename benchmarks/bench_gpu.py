@@ -6,6 +6,8 @@
                                                     # (no GPU; its times mean nothing; output to a temp folder)
     python benchmarks/bench_gpu.py --algo step      # gpurnn's per-step path on every row (default: auto)
     python benchmarks/bench_gpu.py --dtype bfloat16 # gpurnn's bfloat16 layers against torch.nn under autocast
+    python benchmarks/bench_gpu.py --tensor-cores   # gpurnn's weight gradients on tensor cores (TF32 for
+                                                    # float32, against torch's defaults, TF32 on)
     python benchmarks/bench_gpu.py --ncu-target     # a step_forward, then a persistent training step, for ncu
 
 ``benchmarks/device_run.sh`` runs it after the cuda tests, with what is left of its budget. Results go
@@ -114,9 +116,12 @@ TORCH_SIDES = {
 ANCHORS = tuple(TORCH_SIDES)[1:]
 
 
-def peer_side(dtype):
+def peer_side(dtype, tensor_cores=False):
     """The torch side a row of gpurnn in ``dtype`` is compared with: float32 with TF32 off (the
-    same math), or torch.nn under autocast to the half format (what users run)."""
+    same math), torch's defaults (TF32 on) where gpurnn's float32 products run on tensor cores
+    (TF32), or torch.nn under autocast to the half format (what users run)."""
+    if dtype == "float32" and tensor_cores:
+        return "torch_default"
     return {"float32": "torch", "bfloat16": "torch_autocast_bf16", "float16": "torch_autocast_fp16"}[dtype]
 
 
@@ -135,6 +140,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=("float32", *HALF), default="float32",
                    help="gpurnn's layers in this dtype (default float32); a half format's peer is torch.nn "
                         "under autocast to it")
+    p.add_argument("--tensor-cores", action="store_true",
+                   help="gpurnn's weight-gradient products on tensor cores (kernels.cuda.use_tensor_cores): TF32 "
+                        "for float32, whose peer is then torch's defaults (TF32 on)")
     p.add_argument("--algo", choices=("auto", "persistent", "step"), default="auto",
                    help="gpurnn's algorithm on every row (default auto: chosen per shape)")
     p.add_argument("--budget", type=float, default=300.0,
@@ -530,7 +538,8 @@ def first_line(error):
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto", dtype="float32"):
+def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto", dtype="float32",
+             tensor_cores=False):
     """Both modes of one (cell, shape): two rows, and the measured/estimated ratio of gpurnn and of
     torch's side of record."""
     ours_timer, peer_timer = (Timer("host"), Timer("host")) if sim else (Timer("cupy"), Timer("torch"))
@@ -573,7 +582,7 @@ def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto",
             row[f"{side}_max_abs_diff"] = agreement[side].get("max_abs_diff")
             if t is None:
                 row[f"{side}_error"] = agreement[side].get("error") or errors.get(side)
-        row["peer"] = peer_side(dtype)
+        row["peer"] = peer_side(dtype, tensor_cores)
         row["peer_ratio"] = row[side_keys(row["peer"])[1]]
         rows.append(row)
         ratios.append((t_ours / est[0], t_peer / est[1]))
@@ -584,7 +593,7 @@ def run_case(cell, T, B, H, sim, rounds, max_reps, scale, launch_s, algo="auto",
               f"launches {n_launch:5d}  max|y - y_torch| {agreement['torch']['max_abs_diff']:.1e}  host {host_text}"
               + (f"  {dtype}: against {TORCH_SIDES[row['peer']][0]} "
                  + ("did not run" if row["peer_ratio"] is None else f"{row['peer_ratio']:.2f}")
-                 if dtype != "float32" else ""), flush=True)
+                 if row["peer"] != "torch" else ""), flush=True)
         print("         " + "  ".join(
             f"{TORCH_SIDES[side][0]} " + (f"{row[side_keys(side)[0]]:.3f} ms ({row[side_keys(side)[1]]:.2f})"
                                           if row[side_keys(side)[0]] is not None else "did not run")
@@ -807,6 +816,10 @@ def markdown(result):
                  f"{TORCH_SIDES[peer_side(result['dtype'])][0]} column, what torch.nn runs under that autocast "
                  f"(on a GPU cuDNN in float16, whatever the autocast dtype).**", ""]
                 if result.get("dtype", "float32") != "float32" else []),
+              *([f"**gpurnn's weight gradients run on tensor cores here "
+                 f"({'TF32' if result.get('dtype', 'float32') == 'float32' else result['dtype']}): its peer is the "
+                 f"{TORCH_SIDES[peer_side(result.get('dtype', 'float32'), True)][0]} column.**", ""]
+                if result.get("tensor_cores") else []),
               "| cell | mode | T | B | H | algo | launches | gpurnn ms | " + TORCH_SIDES["torch"][0] + " ms | "
               "torch/gpurnn | " + " | ".join(f"{TORCH_SIDES[side][0]} ms (torch/gpurnn)" for side in ANCHORS)
               + " | host µs/step | gpurnn TFLOP/s | torch TFLOP/s | max abs diff of y |",
@@ -899,6 +912,7 @@ def main(argv=None):
         cuda_kernels.default_geometry = lambda: geo
     if args.ncu_target:
         return ncu_target(args.sim)
+    cuda_kernels.use_tensor_cores(args.tensor_cores)
 
     rounds = args.rounds or (1 if args.sim else 5)
     max_reps = args.reps or (1 if args.sim else 5)
@@ -911,10 +925,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or (f"{now:%Y-%m-%d}-{slug(info['gpu'])}-bench"
                          + (f"-{args.dtype}" if args.dtype != "float32" else "")
+                         + ("-tensor-cores" if args.tensor_cores else "")
                          + (f"-g{slug(args.geometry)}" if args.geometry else ""))
     stem = out / name
     result = dict(date=now.isoformat(timespec="seconds"), machine=info, tests=args.tests, calibration=args.calibration,
                   geometry=cuda_kernels.default_geometry().__dict__, algo=args.algo, dtype=args.dtype,
+                  tensor_cores=args.tensor_cores,
                   budget_s=args.budget,
                   rounds=rounds,
                   reps=max_reps, torch_sides=torch_sides(args.sim),
@@ -945,7 +961,8 @@ def main(argv=None):
             print(f"skipped {cell} T={case[1]} B={case[2]} H={case[3]}: about {need:.0f} s, {left:.0f} s left",
                   flush=True)
         else:
-            rows, scale = run_case(*case, args.sim, rounds, max_reps, scale, launch_s, args.algo, args.dtype)
+            rows, scale = run_case(*case, args.sim, rounds, max_reps, scale, launch_s, args.algo, args.dtype,
+                                   args.tensor_cores)
             seen.add(cell)
             result["rows"] += rows
         write(result, stem)

@@ -98,6 +98,21 @@ def test_bench_gpu_sim_measures_every_torch_side_and_the_host_time(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_gpu_sim_tensor_cores_rows_name_torchs_defaults(tmp_path):
+    """bench_gpu.py --sim --tensor-cores: gpurnn's float32 weight gradients in TF32, compared with
+    torch's defaults (TF32 on); the rows agree with torch to TF32's precision."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--sim", "--tensor-cores",
+           "--out", str(tmp_path), "--name", "t"]
+    run_child(cmd, timeout=300)
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["tensor_cores"] is True and len(result["rows"]) == 18
+    for r in result["rows"]:
+        assert r["peer"] == "torch_default" and r["peer_ratio"] == r["torch_default_ratio"], r
+        assert r["forward_max_abs_diff"] < 1e-5, r          # the forward is float32's: TF32 is in backward
+    assert "weight gradients run on tensor cores here (TF32)" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.slow
 def test_bench_gpu_sim_half_rows_name_their_autocast_peer(tmp_path):
     """bench_gpu.py --sim --dtype bfloat16: gpurnn's layers run in bfloat16, every row names torch
     under bfloat16 autocast as its peer, with that side's ratio; the float32 pieces are left out."""
