@@ -374,8 +374,10 @@ def use_tensor_cores(enabled=True):
     """Compute the BPTT weight gradients of float32 and half layers on tensor cores from now on
     (``enabled``), or as before (False); returns the setting it replaces. Off by default, as
     torch.backends.cuda.matmul.allow_tf32 is: a float32 layer's products then round both
-    operands to TF32 (10 fraction bits), a half layer's round dG to its format (products_mma.py).
-    ``GPURNN_TENSOR_CORES=1`` in the environment turns it on at import."""
+    operands to TF32 (10 fraction bits), a half layer's round dG to its format (products_mma.py):
+    float16's range then applies to dG too (below 6e-8 it is lost, as in cuDNN's float16 path:
+    scale the loss, e.g. torch's GradScaler). ``GPURNN_TENSOR_CORES=1`` in the environment turns
+    it on at import."""
     before, _tensor_cores[0] = _tensor_cores[0], bool(enabled)
     return before
 
