@@ -20,8 +20,8 @@ from gpurnn.kernels import precision
 from gpurnn.kernels.precision import UNIT_ROUNDOFF, rounded
 from gpurnn.kernels.vocabulary import HALF
 
-BACKENDS = ("reference", "cpu")
-CELLS = {"rnn_tanh": (gpurnn.RNN, {}), "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
+HOST_BACKENDS = ("reference", "cpu")     # the cuda backend: tests/test_half_cuda.py
+LAYER_OF_CELL = {"rnn_tanh": (gpurnn.RNN, {}), "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
          "lstm": (gpurnn.LSTM, {}), "gru": (gpurnn.GRU, {})}
 T, B, I, H = 7, 3, 5, 6
 BOUND = 3.0             # in u, see the module's docstring
@@ -132,7 +132,7 @@ def test_half_layer_pickles_and_copies():
 
 # ---------------------------------------------------------------- half layers against exact math
 def _layers(cell, backend, dtype, seed=3, **kw):
-    cls, extra = CELLS[cell]
+    cls, extra = LAYER_OF_CELL[cell]
     return cls(I, H, 2, bidirectional=True, backend=backend, dtype=dtype, seed=seed, **extra, **kw)
 
 
@@ -175,7 +175,7 @@ def _inputs(lengths):
 
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("half", HALF)
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", LAYER_OF_CELL)
 def test_half_layers_against_exact_math(cell, half, lengths):
     """reference and cpu, two layers, both directions: within BOUND u of float64 on the same
     rounded inputs, every result representable in the format, and the two backends agree
@@ -184,7 +184,7 @@ def test_half_layers_against_exact_math(cell, half, lengths):
     exact = _exact(cell, half, x, h0, dy, lens)
     u = UNIT_ROUNDOFF[half]
     got = {}
-    for backend in BACKENDS:
+    for backend in HOST_BACKENDS:
         got[backend] = _run(_layers(cell, backend, half), x, h0, dy, lens)
         d = _distance(got[backend], exact)
         assert d <= BOUND * u, f"{backend}: {d / u:.2f} u from the exact result"
@@ -200,7 +200,7 @@ def test_half_saved_states_are_rounded_where_stored(half):
     """What forward stores for the next step and for backward is the format's (the reference
     and cpu backends): hs, cs, gates of the LSTM; hs, gates, hn of the GRU."""
     x, h0, _, _ = _inputs(False)
-    for backend in BACKENDS:
+    for backend in HOST_BACKENDS:
         for cell in ("lstm", "gru"):
             m = _layers(cell, backend, half)
             m(x, (h0, h0)) if cell == "lstm" else m(x, h0)

@@ -24,7 +24,7 @@ from gpurnn.kernels.vocabulary import GATES, HALF
 
 pytestmark = needs_cuda
 
-ALGOS = ["step", "persistent"]
+RECURSIONS = ["step", "persistent"]       # the cuda backend's two algorithms
 T, B, I, H = 5, 3, 4, 5                 # odd, and off every simulated tile
 LENGTHS = np.array([T, 2, 4], np.int32)   # the longest row reaches T, the others stop early
 SAVED = ("hs", "cs", "gates", "hn")
@@ -88,7 +88,7 @@ CASE_IDS = dict(lengths=["lengths", "full_rows"], reverse=["rev", "fwd"])
 @pytest.mark.parametrize("reverse", [True, False], ids=CASE_IDS["reverse"])
 @pytest.mark.parametrize("with_lengths", [True, False], ids=CASE_IDS["lengths"])
 @pytest.mark.parametrize("half", HALF)
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", RECURSIONS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_half_forward_stores_what_the_reference_stores(cell, algo, half, with_lengths, reverse):
     p = _problem(cell, half, seed=1)
@@ -103,7 +103,7 @@ def test_cuda_half_forward_stores_what_the_reference_stores(cell, algo, half, wi
 
 @pytest.mark.parametrize("reverse", [True, False], ids=CASE_IDS["reverse"])
 @pytest.mark.parametrize("half", HALF)
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", RECURSIONS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_half_backward_matches_the_reference(cell, algo, half, reverse):
     """backward_sequence after a half forward: float32 on the saved rounded arrays, as the

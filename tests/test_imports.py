@@ -108,7 +108,7 @@ def test_a_copy_without_kernels_says_what_to_do(tmp_path):
 
 
 # ---------------------------------------------------------------- one vocabulary
-WORDS = ("GATES", "CELLS", "MODEL_CELLS", "ALGOS", "BACKENDS")
+WORDS = ("GATES", "CELLS", "MODEL_CELLS", "ALGOS", "BACKENDS", "HALF")
 
 
 def assigned_names(path):
