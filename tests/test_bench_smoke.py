@@ -98,29 +98,18 @@ def test_bench_gpu_sim_measures_every_torch_side_and_the_host_time(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_gpu_sim_tensor_cores_rows_name_torchs_defaults(tmp_path):
-    """bench_gpu.py --sim --tensor-cores: gpurnn's float32 weight gradients in TF32, compared with
-    torch's defaults (TF32 on); the rows agree with torch to TF32's precision."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--sim", "--tensor-cores",
-           "--out", str(tmp_path), "--name", "t"]
-    run_child(cmd, timeout=300)
-    result = json.loads((tmp_path / "t.json").read_text())
-    assert result["tensor_cores"] is True and len(result["rows"]) == 18
-    for r in result["rows"]:
-        assert r["peer"] == "torch_default" and r["peer_ratio"] == r["torch_default_ratio"], r
-        assert r["forward_max_abs_diff"] < 1e-5, r          # the forward is float32's: TF32 is in backward
-    assert "weight gradients run on tensor cores here (TF32)" in (tmp_path / "t.md").read_text()
-
-
-@pytest.mark.slow
-def test_bench_gpu_sim_half_rows_name_their_autocast_peer(tmp_path):
-    """bench_gpu.py --sim --dtype bfloat16: gpurnn's layers run in bfloat16, every row names torch
-    under bfloat16 autocast as its peer, with that side's ratio; the float32 pieces are left out."""
+def test_bench_gpu_sim_half_rows_on_tensor_cores_name_their_autocast_peer(tmp_path):
+    """bench_gpu.py --sim --dtype bfloat16 --tensor-cores (one run for both options, the simulator
+    being slow): gpurnn's layers run in bfloat16 with their weight gradients on tensor cores, every
+    row names torch under bfloat16 autocast as its peer, with that side's ratio; the float32
+    pieces are left out. (A float32 run's peer with --tensor-cores, torch's defaults:
+    tests/test_device_run.py's peer_side test.)"""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--sim", "--dtype", "bfloat16",
-           "--out", str(tmp_path), "--name", "h"]
+           "--tensor-cores", "--out", str(tmp_path), "--name", "h"]
     run_child(cmd, timeout=300)
     result = json.loads((tmp_path / "h.json").read_text())
-    assert result["dtype"] == "bfloat16" and "accumulate" not in result and "graphs" not in result
+    assert result["dtype"] == "bfloat16" and result["tensor_cores"] is True
+    assert "accumulate" not in result and "graphs" not in result
     rows = result["rows"]
     assert len(rows) == 18
     for r in rows:
@@ -128,7 +117,9 @@ def test_bench_gpu_sim_half_rows_name_their_autocast_peer(tmp_path):
         assert r["peer_ratio"] == r["torch_autocast_bf16_ratio"], r
         assert r["forward_max_abs_diff"] < 0.05, r        # bfloat16 against torch's float32: to its precision
     assert any(r["peer_ratio"] is not None for r in rows)
-    assert "computes in bfloat16 here: its peer is the torch autocast bf16 column" in (tmp_path / "h.md").read_text()
+    table = (tmp_path / "h.md").read_text()
+    assert "computes in bfloat16 here: its peer is the torch autocast bf16 column" in table
+    assert "weight gradients run on tensor cores here (bfloat16)" in table
 
 
 @pytest.mark.slow

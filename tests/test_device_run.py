@@ -147,6 +147,15 @@ def test_bench_budget_skips_and_lists_what_it_cannot_fit(tmp_path):
     assert "Skipped, as they would have overrun the budget: " in md and "rnn_tanh T=3 B=1 H=2" in md
 
 
+def test_bench_peer_side():
+    """The torch side each gpurnn configuration is compared with: the same math for float32, torch's
+    defaults (TF32 on) for float32 on tensor cores, torch under autocast for a half format."""
+    assert bench_gpu.peer_side("float32") == "torch"
+    assert bench_gpu.peer_side("float32", tensor_cores=True) == "torch_default"
+    assert bench_gpu.peer_side("bfloat16", tensor_cores=True) == "torch_autocast_bf16"
+    assert bench_gpu.peer_side("float16") == "torch_autocast_fp16"
+
+
 def test_bench_plan_runs_cheapest_rows_first():
     cases = bench_gpu.plan(bench_gpu.GRID, bench_gpu.MEASURED_CELLS, 5, 5)
     assert len(cases) == len(bench_gpu.GRID) * len(bench_gpu.MEASURED_CELLS) == len(set(cases))
