@@ -52,7 +52,6 @@ from .vocabulary import CELLS, HALF
 TARGETS = ((8, 0), (9, 0))
 DTYPES = ("float32", "float64")
 REPORTED_HALF = ("bfloat16",)            # the half formats whose forward kernels are listed
-HALF_KERNELS = ("step_forward", "persistent_forward")   # what a half format compiles of its own
 
 
 def itemsize_of(dtype):
@@ -62,8 +61,9 @@ def itemsize_of(dtype):
 
 def kernels_run_by(dtype, name):
     """The report dtype whose row is the kernel ``name`` that a layer of ``dtype`` runs: its own
-    but for a half format's backward kernels, which are float32's."""
-    return dtype if dtype in DTYPES or name in HALF_KERNELS else "float32"
+    but for a half format's backward kernels, which are float32's (cuda.FORWARD_KERNELS are its own)."""
+    from .cuda import FORWARD_KERNELS
+    return dtype if dtype in DTYPES or name in FORWARD_KERNELS else "float32"
 
 
 class _TargetDevice:
@@ -313,7 +313,7 @@ def kernel_list(halves=REPORTED_HALF):
     The accumulation kernel does not depend on the cell: it is listed once per dtype (cell "*").
     The forward kernels of each half format of ``halves`` follow, with that format as their dtype,
     then the tensor cores' products (products_mma.py), one per format (bfloat16, float16, tf32)."""
-    from .cuda import GPU_GEOMETRY, build_kernels, products_mma
+    from .cuda import FORWARD_KERNELS, GPU_GEOMETRY, build_kernels, products_mma
     out = []
     for dtype in DTYPES:
         for cell in CELLS:
@@ -324,7 +324,7 @@ def kernel_list(halves=REPORTED_HALF):
     for half in halves:
         for cell in CELLS:
             kernels = build_kernels(cell, "float32", GPU_GEOMETRY, half)
-            for name in HALF_KERNELS:
+            for name in FORWARD_KERNELS:
                 out.append((name, cell, half) + kernels[name])
     for mode in products_mma.MODES:      # the opt-in tensor-core products, one per format, any cell
         out.append(("mma_products", "*", mode) + products_mma.build(mode)["mma_products"])
@@ -469,9 +469,10 @@ def main(argv=None):
         print(f"geometry: {result['geometry']}  (bytes; shared is static shared memory per block; "
               "call_stack includes the functions a kernel calls)")
         print(table(result["rows"]))
-        print("fma, lds: multiply-adds (FFMA; DFMA for float64) and shared-memory loads in the hottest "
-              "loop's SASS; occupancy: resident warps / 64 on an A100 (sm_80) or H100 (sm_90); a half "
-              "format's dtype: its own forward kernels (float32 arrays of its values; its backward is float32's)")
+        print("fma, lds: multiply-adds (FFMA; DFMA for float64; HMMA for mma_products) and shared-memory "
+              "loads in the hottest loop's SASS; occupancy: resident warps / 64 on an A100 (sm_80) or H100 "
+              "(sm_90); a half format's dtype: its own forward kernels (float32 arrays of its values; its "
+              "backward is float32's)")
         print("\nlimits of the persistent path (hidden sizes; beyond the last, the step path; W_hh in "
               "registers: no value of it in shared memory, in either kernel)")
         print(table(result["persistent_limits"], LIMIT_COLUMNS))

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CELLS, SIMULATED
-from gpurnn.kernels.report import (HALF_KERNELS, MIN_FFMA_PER_LDS, MISSING_TOOLCHAIN, REPORTED_HALF, TILED,
+from gpurnn.kernels.cuda import FORWARD_KERNELS as HALF_KERNELS  # a half format's own kernels
+from gpurnn.kernels.report import (MIN_FFMA_PER_LDS, MISSING_TOOLCHAIN, REPORTED_HALF, TILED,
                                    hot_loop, kernels_run_by)
 
 KERNELS = ("step_forward", "step_backward", "persistent_forward", "persistent_backward")

@@ -10,6 +10,7 @@ times closer. The bound 3 u leaves room for other seeds and stays far below an e
 format's size in the math (a lost gate or state rounding costs tens of u, see the last tests).
 """
 
+import copy
 import pickle
 
 import numpy as np
@@ -124,7 +125,7 @@ def test_half_layer_takes_torch_half_tensors():
 
 def test_half_layer_pickles_and_copies():
     m = gpurnn.LSTM(I, H, backend="cpu", dtype="bfloat16", seed=1)
-    for other in (pickle.loads(pickle.dumps(m)), __import__("copy").deepcopy(m)):
+    for other in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
         assert other.half == "bfloat16"
         x = np.random.default_rng(0).standard_normal((T, B, I))
         np.testing.assert_array_equal(m(x)[0], other(x)[0])

@@ -85,10 +85,10 @@ if cuda_simulated():
         return D[g, 2 * q], D[g, 2 * q + 1], D[g + 8, 2 * q], D[g + 8, 2 * q + 1]
 
     def mma_bfloat16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        """Either half format: its registers already hold the values the packing rounded."""
         return _mine(_mma(16, (a0, a1, a2, a3), (b0, b1), (c0, c1, c2, c3)))
 
-    def mma_float16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-        return _mine(_mma(16, (a0, a1, a2, a3), (b0, b1), (c0, c1, c2, c3)))
+    mma_float16 = mma_bfloat16
 
     def mma_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         return _mine(_mma(8, (a0, a1, a2, a3), (b0, b1), (c0, c1, c2, c3)))
