@@ -1,23 +1,27 @@
-"""The ``gpurnn`` command: train, measure gradient norms through time, sample text, report runs.
+"""The ``gpurnn`` command: train, predict, measure gradient norms through time, sample text, report
+and plot runs.
 
     gpurnn train [--task adding|copy|charlm] [--cell rnn|rnn-relu|lstm|gru] ... [--out DIR]
     gpurnn train --data FILE.npz | --data FILE.csv --target COLUMN [--seq-len T] [--horizon H] ...
     gpurnn train --resume DIR [--steps N]
-    gpurnn predict DIR --data FILE --out PRED.npy
+    gpurnn predict DIR --data FILE --out PRED.csv|.npz|.npy [--last]
     gpurnn grads [--cell rnn,lstm,gru] [--seq-len T] [--scales 0.5,1,2] [--out DIR]
     gpurnn sample DIR [--length N] [--prime TEXT] [--temperature 0.8]
     gpurnn report DIR [DIR ...]
+    gpurnn plot DIR [DIR ...] [--out curves.png]
 
 ``gpurnn train`` is one call of gpurnn.fit (gpurnn/training.py), the training run, which keeps its
-files in a run folder (gpurnn/runs.py): config.json (what was run), metrics.jsonl (one JSON line per
-logged step), checkpoint.npz (everything needed to continue exactly, and to rebuild the model for
-prediction: gpurnn.load_model) and .lock (held while the run writes the folder). The library names
+files in a run folder (gpurnn/runs.py): config.json (what was run), task.json (how it is scored, and
+the naive baselines), metrics.jsonl (one JSON line per logged step), checkpoint.npz (everything
+needed to continue exactly), best.npz (the state at the best held-out evaluation, which
+prediction uses: gpurnn.load_model) and .lock (held while the run writes the folder). The library names
 config entries by their keys (``seq_len``); this module names them as flags (``--seq-len``, ``flag``)
 and, in one place for every command (``main``), turns whatever a command raises into one line and
 an exit status (``said``, EXIT_STATUS): bad input, a failing filesystem and Ctrl-C included.
 """
 
 import argparse
+import difflib
 import errno
 import json
 import math
@@ -30,6 +34,7 @@ from ._checks import Worded
 from .backend import BackendUnavailable
 from .checkpoint import CheckpointError
 from .data import DataError, check_room
+from .files import write_whole
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS
 from .report import report
@@ -43,7 +48,9 @@ def main(argv=None):
     raises becomes one line on stderr and a status here (``failed``): no command shows a traceback
     for bad input, a failing filesystem or Ctrl-C (``GPURNN_TRACEBACK=1`` shows it, for a bug)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:             # said by the command's own parser: its usage, and the flag meant
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
@@ -55,9 +62,42 @@ def main(argv=None):
         return failed(args.command, e)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose error for a mistyped flag, command or choice names the nearest one
+    (``--hiden``: did you mean --hidden?)."""
+
+    def error(self, message):
+        super().error(message + nearest(self, message))
+
+
+def nearest(parser, message):
+    """"; did you mean X?" for argparse's ``message`` about an unknown flag or an invalid choice
+    (the closest of ``parser``'s flags, or of the choices the message lists), or ""."""
+    import re
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        wanted, known = choice.group(1), [c.strip(" '") for c in choice.group(2).split(",")]
+    elif message.startswith("unrecognized arguments:"):
+        flags = [w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("--")]
+        if not flags:
+            return ""
+        wanted, known = flags[0], [o for o in parser._option_string_actions if o.startswith("--")]
+    else:
+        return ""
+    close = difflib.get_close_matches(wanted, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="gpurnn", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command")
+    from . import __version__
+
+    p = Parser(prog="gpurnn", description="Train recurrent networks (RNN, LSTM, GRU) with backpropagation through "
+                                          "time, on built-in tasks or your own data; predict with them, and report "
+                                          "and plot runs.",
+               epilog="gpurnn COMMAND --help describes a command and each of its flags.")
+    p.add_argument("--version", action="version", version=f"gpurnn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    p.commands = sub.choices
 
     t = sub.add_parser("train", help="train a model (with no options: an LSTM on the adding problem, T = 50)",
                        description="Train a recurrent network with BPTT. Every option defaults to a "
@@ -73,6 +113,12 @@ def build_parser():
                                                "window's last row (default 1)")
     t.add_argument("--validation", type=float, help="--data: the fraction held out to evaluate on (default 0.2; "
                                                     "a .npz's drawn by --seed, a series' last windows)")
+    t.add_argument("--difference", action="store_true", default=None,
+                   help="CSV series: train on the changes from row to row and forecast the change from each "
+                        "window's last value; predictions and scores stay in the series' own levels")
+    t.add_argument("--season", type=int, metavar="N", help="CSV series: rows per season (e.g. 12 for monthly "
+                                                           "data): also score the seasonal-naive forecast, the "
+                                                           "value N rows before the target, as a baseline")
     t.add_argument("--cell", choices=MODEL_CELLS, help="rnn (tanh), rnn-relu, lstm (default) or gru")
     t.add_argument("--hidden", type=int, help="hidden units per layer (default 64)")
     t.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
@@ -83,8 +129,22 @@ def build_parser():
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd")
     t.add_argument("--lr", type=float, help="learning rate (default: adam 0.01, sgd 0.1)")
     t.add_argument("--clip", type=float, help="clip the gradient norm to this value; 0 turns clipping off (default 1)")
+    t.add_argument("--schedule", choices=("constant", "cosine", "step", "plateau"),
+                   help="learning rate: constant (default); cosine from --lr down to --min-lr over the run; "
+                        "step: times --decay every --decay-every steps; plateau: times --decay after "
+                        "--decay-every evaluations without improvement")
+    t.add_argument("--warmup", type=int, metavar="STEPS", help="raise the learning rate linearly from 0 over the "
+                                                               "first STEPS updates (default 0: none)")
+    t.add_argument("--decay", type=float, help="--schedule step or plateau: the factor of each decay (default 0.1)")
+    t.add_argument("--decay-every", type=int, metavar="N", help="--schedule step: steps between decays (default "
+                                                                "a third of --steps); plateau: evaluations without "
+                                                                "improvement before a decay (default 2)")
+    t.add_argument("--min-lr", type=float, help="--schedule cosine: the learning rate it ends at (default 0)")
+    t.add_argument("--early-stop", type=int, metavar="N", help="stop after N evaluations without a better held-out "
+                                                               "score (default 0: train every --steps); the best "
+                                                               "state is kept either way, in best.npz")
     t.add_argument("--tbptt", type=int, help="truncated BPTT segment length k; 0 = full BPTT (default)")
-    t.add_argument("--backend", choices=BACKENDS, help="default auto")
+    t.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     t.add_argument("--seed", type=int, help="seed of the weights and of the data (default 0)")
     t.add_argument("--text", help="charlm: a UTF-8 text file (default: Python standard library docstrings)")
     t.add_argument("--embed", type=int, help="size of the input embedding / projection (default: tokens "
@@ -97,7 +157,8 @@ def build_parser():
     t.add_argument("--save-every", type=int, help="steps between checkpoints (default 100)")
     t.add_argument("--eval-sequences", type=int, help="size of the held-out set (default 1000; with --data, "
                                                             "--validation sets it)")
-    t.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
+    t.add_argument("--dtype", choices=("float32", "float64"), help="precision of the weights and activations "
+                                                                   "(default float32)")
     t.add_argument("--out", help="run folder (default runs/<task>-<cell>, numbered if taken)")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
@@ -114,41 +175,64 @@ def build_parser():
     g.add_argument("--seq-len", type=at_least(2), default=100, help="sequence length T (default 100)")
     g.add_argument("--scales", type=scales, default="0.5,1,2",
                    help=f"comma-separated W_hh scales, from 0 to {SCALE_LIMIT:g} (default 0.5,1,2)")
-    g.add_argument("--hidden", type=at_least(1), default=64)
-    g.add_argument("--batch", type=at_least(1), default=16)
-    g.add_argument("--seed", type=at_least(0), default=0)
-    g.add_argument("--backend", default="auto", choices=BACKENDS)
+    g.add_argument("--hidden", type=at_least(1), default=64, help="hidden units (default 64)")
+    g.add_argument("--batch", type=at_least(1), default=16, help="sequences measured at once (default 16)")
+    g.add_argument("--seed", type=at_least(0), default=0, help="seed of the weights and of the inputs (default 0)")
+    g.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     g.add_argument("--run", action="append", default=[], metavar="DIR",
                    help="also measure the trained recurrent layers of this run, on its own task's inputs "
                         "(repeatable)")
     g.add_argument("--out", default="runs/grads", help="folder for grad_norms.json and grad_norms.png")
-    g.add_argument("--blas-threads", type=BLAS_THREADS, default=1)
+    g.add_argument("--blas-threads", type=BLAS_THREADS, default=1, help="BLAS threads (default 1; 0: BLAS's choice)")
     g.set_defaults(func=cmd_grads)
 
-    s = sub.add_parser("sample", help="generate text from a charlm run")
-    s.add_argument("run", help="a run folder (or its checkpoint.npz) trained with --task charlm")
+    s = sub.add_parser("sample", help="generate text from a charlm run",
+                       description="Generate text, one character at a time, from a model trained with --task "
+                                   "charlm, after it has read --prime; the characters are written as they come.")
+    s.add_argument("run", help="a run folder (its best state, best.npz, or its last without one) or a checkpoint "
+                               ".npz, trained with --task charlm")
     s.add_argument("--length", type=at_least(0), default=500, help="characters to generate (default 500)")
     s.add_argument("--prime", default="\n", help="text the model reads first (default a newline)")
     s.add_argument("--temperature", type=positive_number, default=0.8, help="softmax temperature (default 0.8)")
-    s.add_argument("--seed", type=at_least(0), default=0)
-    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--seed", type=at_least(0), default=0, help="seed of the characters drawn (default 0)")
+    s.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
+    s.add_argument("--last", action="store_true", help="use the run's last state (checkpoint.npz), not its best")
     s.set_defaults(func=cmd_sample)
 
     q = sub.add_parser("predict", help="predict with a trained model on a data file",
                        description="Read FILE as the run's training data was read (a .npz's x and lengths; "
-                                   "every window of a CSV series) and write the model's predictions: class "
-                                   "labels, or values in the data's units.")
-    q.add_argument("run", help="a run folder (or its checkpoint.npz)")
+                                   "every window of a CSV series) and write the model's predictions, class "
+                                   "labels or values in the data's units, with the model's best state (best.npz). "
+                                   "A .csv or .npz says which input row each prediction belongs to (and, for a "
+                                   "series, the row and date it forecasts); a .npy is the bare array.")
+    q.add_argument("run", help="a run folder or a checkpoint .npz")
     q.add_argument("--data", required=True, metavar="FILE", help="a .npz with x (and lengths), or a .csv series")
-    q.add_argument("--out", required=True, metavar="PRED.npy", help="where to write the predictions (.npy)")
+    q.add_argument("--out", required=True, metavar="PRED", help="where to write the predictions: a .csv, a .npz "
+                                                                "of named arrays, or a .npy (the array alone)")
     q.add_argument("--proba", action="store_true", help="classification: class probabilities instead of labels")
-    q.add_argument("--backend", default="auto", choices=BACKENDS)
+    q.add_argument("--last", action="store_true", help="use the run's last state (checkpoint.npz), not its best")
+    q.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     q.set_defaults(func=cmd_predict)
 
-    r = sub.add_parser("report", help="a Markdown table of finished runs, seeds side by side")
-    r.add_argument("runs", nargs="+", help="run folders")
+    r = sub.add_parser("report", help="a Markdown table of runs: the metric, baseline, last and best held-out "
+                                      "scores, seeds side by side",
+                       description="One row per configuration (runs that differ only in --seed share it), "
+                                   "columns for the settings that differ between rows; the held-out metric of "
+                                   "each seed at its last and its best evaluation, beside the naive baselines.")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("plot", help="draw training and held-out loss against steps to a PNG",
+                       description="For one or several runs: the training and held-out loss (left) and metric "
+                                   "(right, with the naive baselines and the best evaluation marked) against "
+                                   "steps. Needs matplotlib: pip install 'gpurnn[plot]'.")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    c.add_argument("--out", default="curves.png", metavar="FILE.png", help="where to write (default curves.png)")
+    c.set_defaults(func=cmd_plot)
     return p
+
+
+BACKEND_HELP = "reference, cpu, cuda or auto (default: cuda when a GPU is usable, else cpu)"
 
 
 # Types of the flags of grads, sample and predict, checked as they are parsed (train's go to
@@ -274,21 +358,6 @@ def make_folder(folder):
     os.makedirs(folder, exist_ok=True)
 
 
-def write_whole(path, write):
-    """``write(f)`` into a temporary file beside ``path``, then renamed over it: a failed write (a
-    full or read-only disk) leaves no half-written file, and its OSError names ``path``."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot be written ({e.strerror or e})", path) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def limit_blas_threads(n):
     """Limit the BLAS that NumPy loaded (OpenBLAS, MKL, BLIS...) to ``n`` threads for the rest of the
     process; 0 or None leaves it alone. Returns whether a limit was set."""
@@ -346,7 +415,7 @@ def cmd_grads(args):
 def cmd_sample(args):
     from .predict import load_model
 
-    trained = load_model(args.run, backend=args.backend)
+    trained = load_model(args.run, backend=args.backend, checkpoint="last" if args.last else "best")
     if trained.config["task"] != "charlm":
         print(f"gpurnn sample: {trained.path} was trained on task {trained.config['task']!r}; sampling needs a "
               f"charlm run", file=sys.stderr)
@@ -392,25 +461,22 @@ def _draw(model, vocab, prime_ids, length, temperature, seed):
 # ---------------------------------------------------------------- predict
 def cmd_predict(args):
     """Write the predictions of a trained model on a data file, read as its training data was."""
-    from .predict import load_model
+    from .predict import load_model, write_predictions
 
     out = args.out
-    if not out.endswith(".npy"):
-        print(f"gpurnn predict: --out {out}: the predictions are written as a .npy file; name it PRED.npy",
-              file=sys.stderr)
+    if os.path.splitext(out)[1].lower() not in (".csv", ".npz", ".npy"):
+        print(f"gpurnn predict: --out {out}: name a .csv (a table), a .npz (named arrays) or a .npy (the bare "
+              f"array), e.g. pred.csv", file=sys.stderr)
         return 2
     if os.path.isdir(out):
-        print(f"gpurnn predict: --out {out} is a folder; name the file to write, e.g. {os.path.join(out, 'pred.npy')}",
+        print(f"gpurnn predict: --out {out} is a folder; name the file to write, e.g. {os.path.join(out, 'pred.csv')}",
               file=sys.stderr)
         return 2
     folder = os.path.dirname(os.path.abspath(out))
     make_folder(folder)                             # before the model runs: a folder that cannot be made fails now
-    model = load_model(args.run, backend=args.backend)
-    pred = model.predict_file(args.data, proba=args.proba)
-    write_whole(out, lambda f: np.save(f, pred))
-    what = "class probabilities" if args.proba else "class labels" if model.kind == "classification" else "values"
-    print(f"gpurnn predict: {len(pred)} predictions ({what}, array {pred.shape} {pred.dtype}) of {model.path} "
-          f"(step {model.step}) written to {out}", file=sys.stderr)
+    model = load_model(args.run, backend=args.backend, checkpoint="last" if args.last else "best")
+    said = write_predictions(model, args.data, out, proba=args.proba)
+    print(f"gpurnn predict: {said} of {model.path} (step {model.step}) written to {out}", file=sys.stderr)
     return 0
 
 
@@ -418,3 +484,10 @@ def cmd_predict(args):
 def cmd_report(args):
     """A Markdown table of the run folders given (gpurnn/report.py)."""
     return report(args.runs)
+
+
+# ---------------------------------------------------------------- plot
+def cmd_plot(args):
+    """Loss curves of the run folders given, to a PNG (gpurnn/plot.py)."""
+    from .plot import plot
+    return plot(args.runs, args.out)

@@ -31,7 +31,9 @@ held-out set is the whole validation part, in order.
 
 The baseline is the score of a naive prediction on the held-out part: the training mean
 (regression), the most common training class (classification), or whatever ``naive`` gives
-(a series' last value, see gpurnn.datafiles).
+(a series' last value, see gpurnn.datafiles). ``other_naive`` adds more naive predictions (a
+series' seasonal-naive one); ``task.baselines`` lists every (name, score), the first being
+``(task.naive_name, task.baseline)``.
 """
 
 import numpy as np
@@ -235,13 +237,16 @@ def split_indices(n, validation, holdout="random", seed=0):
 class ArrayTask(Task):
     """Sequences in arrays as a task (see the module docstring). ``naive``: the naive prediction
     the baseline scores, in y's shape as read ((N, O) for y (N,)) and units (default: the training
-    mean, or the most common class); ``naive_name`` says what it is. ``source``: a JSON-able dict
-    that says where the data came from (kept in the task's config and so in checkpoints)."""
+    mean, or the most common class); ``naive_name`` says what it is. ``other_naive``: a list of
+    (name, prediction) of further naive predictions, each in y's shape and units, scored the same
+    way; only their held-out part is read (elsewhere they may hold NaN). ``baselines``: every
+    (name, score) on the held-out part, ``(naive_name, baseline)`` first. ``source``: a JSON-able
+    dict that says where the data came from (kept in the task's config and so in checkpoints)."""
 
     name = "data"
 
     def __init__(self, x, y, lengths=None, validation=0.2, seed=0, holdout="random", normalize=True,
-                 num_classes=None, naive=None, naive_name=None, source=None):
+                 num_classes=None, naive=None, naive_name=None, other_naive=None, source=None):
         named = (source or {}).get("file")          # errors name the file the arrays came from
         x, y, lengths, kind, readout, num_classes = check_arrays(x, y, lengths, num_classes, source=named)
         N, T, I = x.shape
@@ -249,6 +254,11 @@ class ArrayTask(Task):
             naive = np.asarray(naive)
             if naive.shape != y.shape:
                 raise ValueError(f"naive must have the shape of y as read, {y.shape}, got {naive.shape}")
+        other_naive = [(str(name), np.asarray(p)) for name, p in (other_naive or [])]
+        for name, p in other_naive:
+            if p.shape != y.shape:
+                raise ValueError(f"the naive prediction {name!r} must have the shape of y as read, {y.shape}, "
+                                 f"got {p.shape}")
         super().__init__(T)
         self.kind, self.readout, self.num_sequences = kind, readout, N
         self.lengths = lengths
@@ -279,7 +289,8 @@ class ArrayTask(Task):
             if naive is None:
                 naive = np.full(y.shape, common, np.int64)
                 naive_name = "the most common class"
-            self.baseline = float(np.mean(part(y, self.eval_rows) == part(naive, self.eval_rows)))
+            def score_of(p):
+                return float(np.mean(part(y, self.eval_rows) == part(p, self.eval_rows)))
         else:
             self.loss, self.metric, self.higher_is_better = "mse", "mse", False
             self.num_classes = None
@@ -292,8 +303,15 @@ class ArrayTask(Task):
             if naive is None:
                 naive = np.broadcast_to(target_rows.mean(axis=0), y.shape)
                 naive_name = "the training mean"
-            self.baseline = float(np.mean((part(naive, self.eval_rows) - part(y, self.eval_rows)) ** 2))
+            def score_of(p):
+                return float(np.mean((part(p, self.eval_rows) - part(y, self.eval_rows)) ** 2))
+        self.baseline = score_of(naive)
         self.naive_name = naive_name or "the naive prediction"
+        self.baselines = [(self.naive_name, self.baseline)]
+        for name, p in other_naive:
+            if not np.isfinite(part(p, self.eval_rows)).all():
+                raise ValueError(f"the naive prediction {name!r} must be finite on the held-out part")
+            self.baselines.append((name, score_of(p)))
         self.normalize = bool(normalize)
 
     # ------------------------------------------------------------ batches
@@ -347,10 +365,12 @@ class ArrayTask(Task):
         where = "every step" if self.readout == "steps" else "the last step"
         ragged = "" if (self.lengths == self.seq_len).all() else f" (lengths {self.lengths.min()}..{self.seq_len})"
         origin = (self.source or {}).get("file", "arrays")
-        return (f"data {origin}: {self.num_sequences} sequences of {self.seq_len} steps{ragged} x "
+        changes = " (first differences: the change is learnt, scored as levels)" if (self.source or {}).get(
+            "difference") else ""
+        scores = ", ".join(f"baseline ({name}) {self.metric} {value:.4g}" for name, value in self.baselines)
+        return (f"data {origin}{changes}: {self.num_sequences} sequences of {self.seq_len} steps{ragged} x "
                 f"{self.input_size} features, {what} read at {where}; {len(self.train_rows)} to train on, "
-                f"{len(self.eval_rows)} held out ({self.holdout}); baseline ({self.naive_name}) {self.metric} "
-                f"{self.baseline:.4g}")
+                f"{len(self.eval_rows)} held out ({self.holdout}); {scores}")
 
     def config(self):
         """What rebuilds the model around its weights and reads new inputs as training did."""
@@ -358,7 +378,8 @@ class ArrayTask(Task):
                    output_size=self.output_size, normalize=self.normalize,
                    x_mean=self.x_mean.tolist(), x_std=self.x_std.tolist(),
                    validation=self.validation, holdout=self.holdout, split_seed=self.split_seed,
-                   baseline=self.baseline, naive=self.naive_name)
+                   baseline=self.baseline, naive=self.naive_name,
+                   baselines=[[name, value] for name, value in self.baselines])
         if self.kind == "regression":
             cfg.update(y_mean=self.y_mean.tolist(), y_std=self.y_std.tolist())
         if self.source is not None:

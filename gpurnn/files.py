@@ -6,7 +6,8 @@ text (a run's config, a charlm text) read whole that way, when it is no larger t
 ``read_header``: a .npz member's .npy header is read before its data, so that what it claims
 (dtype, shape, and so how many bytes) is checked against the member's size, and against the memory
 here, before anything that size is allocated (gpurnn.checkpoint and gpurnn.datafiles read their
-archives through it).
+archives through it). ``write_whole``: a file written whole or not at all (a temporary file beside
+it, renamed over it).
 """
 
 import io
@@ -104,3 +105,19 @@ def utf8(data, path, what, first_line=1):
         line = first_line + data.count(b"\n", 0, e.start)
         raise ValueError(f"{what} {path} is not UTF-8 text: line {line} holds bytes that are not UTF-8 "
                          f"({e.reason} at byte {e.start})") from None
+
+
+def write_whole(path, write):
+    """``write(f)`` (``f`` open for writing bytes) into a temporary file beside ``path``, then
+    renamed over it: a failed write (a full or read-only disk, an error in ``write``) leaves no
+    half-written file, and an OSError names ``path``."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot be written ({e.strerror or e})", path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

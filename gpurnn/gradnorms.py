@@ -62,7 +62,7 @@ def grad_norms_through_time(cell, seq_len, scale, hidden_size=64, batch_size=16,
 
 
 def grad_norms_of_run(run_dir, seq_len=None, batch_size=16, seed=0, backend="auto"):
-    """The same measurement for the recurrent layers of a trained run (its checkpoint), on inputs
+    """The same measurement for the recurrent layers of a trained run (its best state), on inputs
     drawn from its own task: does training teach a cell to carry the gradient further?"""
     import os
 

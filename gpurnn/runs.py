@@ -28,29 +28,37 @@ DEFAULTS = dict(task="adding", cell="lstm", hidden=64, layers=1, seq_len=None, b
                 optimizer="adam", lr=None, clip=1.0, tbptt=0, backend="auto", seed=0, text=None,
                 embed=None, init_scale=None, copy_len=10, log_every=10, eval_every=100, save_every=100,
                 eval_sequences=1000, dtype="float32", data=None, target=None, features=None, horizon=None,
-                validation=0.2)
+                validation=0.2, difference=False, season=None, early_stop=0, schedule="constant", warmup=0,
+                decay=0.1, decay_every=None, min_lr=0.0)
+SCHEDULES = ("constant", "cosine", "step", "plateau")
+# decay_every when not given: the step schedule decays twice in a run, reduce-on-plateau after 2
+# evaluations without improvement.
+DECAY_EVERY = {"step": lambda cfg: max(1, cfg["steps"] // 3), "plateau": lambda cfg: 2}
 TASK_SEQ_LEN = {"adding": 50, "copy": 30, "charlm": 100}
 SERIES_DEFAULTS = dict(seq_len=32, horizon=1)     # a CSV series' windows (a .npz gives its own T)
-DATA_KEYS = ("seq_len", "target", "features", "horizon")   # how a CSV series is cut; not for a .npz
+DATA_KEYS = ("seq_len", "target", "features", "horizon", "difference", "season")   # a CSV series' own; not a .npz's
 OPTIMIZER_LR = {"adam": 1e-2, "sgd": 0.1}
 # What may change when a run is resumed (lr and clip: the remedies for a run that diverged);
 # everything else must match the checkpoint.
-RESUME_OVERRIDES = ("steps", "lr", "clip", "backend", "log_every", "eval_every", "save_every")
+RESUME_OVERRIDES = ("steps", "lr", "clip", "backend", "log_every", "eval_every", "save_every", "early_stop")
 
 POSITIVE = ("hidden", "layers", "seq_len", "batch", "steps", "log_every", "eval_every", "save_every",
-            "eval_sequences", "copy_len", "embed", "horizon")
+            "eval_sequences", "copy_len", "embed", "horizon", "season", "decay_every")
 
 # What each config entry must be: one of a few names, or a value of one of the types (None: unset).
 CONFIG_CHOICES = dict(task=TASKS + ("data",), cell=tuple(MODEL_CELLS), optimizer=OPTIMIZERS, backend=BACKENDS,
-                      dtype=("float32", "float64"))
+                      dtype=("float32", "float64"), schedule=SCHEDULES)
 CONFIG_TYPES = dict(hidden=(int,), layers=(int,), seq_len=(int,), batch=(int,), steps=(int,), tbptt=(int,),
                     seed=(int,), copy_len=(int,), log_every=(int,), eval_every=(int,), save_every=(int,),
                     eval_sequences=(int,), lr=(float,), clip=(float,), embed=(int, None),
                     init_scale=(float, None), text=(str, None), data=(str, None), target=(str, None),
-                    features=(str, None), horizon=(int, None), validation=(float,))
-KIND_NAMES = {int: "a whole number", float: "a finite number", str: "a string", None: "None"}
+                    features=(str, None), horizon=(int, None), validation=(float,), difference=(bool,),
+                    season=(int, None), early_stop=(int,), warmup=(int,), decay=(float,), decay_every=(int, None),
+                    min_lr=(float,))
+KIND_NAMES = {int: "a whole number", float: "a finite number", str: "a string", bool: "true or false", None: "None"}
 # absent from checkpoints of older versions: their DEFAULTS
-OPTIONAL = ("embed", "init_scale", "text", "data", "target", "features", "horizon", "validation")
+OPTIONAL = ("embed", "init_scale", "text", "data", "target", "features", "horizon", "validation", "difference",
+            "season", "early_stop", "schedule", "warmup", "decay", "decay_every", "min_lr")
 
 
 class ConfigError(Worded, ValueError):
@@ -60,11 +68,11 @@ class ConfigError(Worded, ValueError):
 
 def fits(value, kind):
     """Whether a config value (from Python, or from a checkpoint's JSON) is of ``kind``: int (not a
-    bool), float (any finite int or float), str, or None."""
+    bool), float (any finite int or float), str, bool, or None."""
     if kind is None:
         return value is None
-    if isinstance(value, bool):
-        return False
+    if kind is bool or isinstance(value, bool):
+        return isinstance(value, bool) and kind is bool
     if kind is float:
         try:
             return isinstance(value, (int, float)) and math.isfinite(value)
@@ -96,7 +104,9 @@ def check_entries(entries):
     for key in POSITIVE:
         if entries.get(key) is not None and entries[key] < 1:
             raise _bad(key, f"must be at least 1, got {entries[key]}")
-    for key in ("clip", "tbptt"):
+    if "min_lr" in entries and entries["min_lr"] < 0:
+        raise _bad("min_lr", f"must be >= 0, got {entries['min_lr']}")
+    for key in ("clip", "tbptt", "early_stop", "warmup"):
         if key in entries and entries[key] < 0:
             raise _bad(key, f"must be >= 0 (0 turns it off), got {entries[key]}")
     if entries.get("init_scale") is not None and not abs(entries["init_scale"]) <= VALUE_LIMIT:
@@ -106,6 +116,9 @@ def check_entries(entries):
         raise _bad("seed", f"must be >= 0, got {entries['seed']}")
     if "lr" in entries and not entries["lr"] > 0:
         raise _bad("lr", f"must be > 0, got {entries['lr']}")
+    if "decay" in entries and not 0 < entries["decay"] < 1:
+        raise _bad("decay", f"must be a factor between 0 and 1 (each decay multiplies the learning rate by it), "
+                            f"got {entries['decay']}")
     if "validation" in entries and not 0 < entries["validation"] < 1:
         raise _bad("validation", f"must be a fraction between 0 and 1, got {entries['validation']}")
 
@@ -121,15 +134,36 @@ def check_config(cfg):
                                        f"built-in task: give one of them", "task")
     if cfg["task"] == "data" and cfg["data"] is None:
         raise ConfigError(lambda name: f"{name('task', 'data')} needs {name('data')}, the file to train on", "data")
-    if cfg["data"] is None:
+    if cfg["data"] is None or not is_series(cfg["data"]):
         for key in DATA_KEYS[1:]:
-            if cfg[key] is not None:
+            if cfg[key] != DEFAULTS[key]:
                 raise ConfigError(lambda name, key=key: f"{name(key)} applies to {name('data')} FILE.csv (a time "
                                                         f"series); leave it out", key)
     elif is_series(cfg["data"]) and cfg["target"] is None:
         raise ConfigError(lambda name: f"{name('data')} FILE.csv needs {name('target')} COLUMN, the column to "
                                        f"forecast", "target")
+    check_schedule(cfg)
 
+
+# The schedule entries that apply to each schedule (the others must keep their defaults).
+SCHEDULE_KEYS = {"constant": (), "cosine": ("min_lr",), "step": ("decay", "decay_every"),
+                 "plateau": ("decay", "decay_every")}
+
+
+def check_schedule(cfg):
+    """A ConfigError for a schedule entry given to a schedule it does not apply to, or out of range."""
+    for key in ("min_lr", "decay", "decay_every"):
+        if key not in SCHEDULE_KEYS[cfg["schedule"]] and cfg[key] != DEFAULTS[key]:
+            takes = " or ".join(s for s, keys in SCHEDULE_KEYS.items() if key in keys)
+            raise ConfigError(lambda name, key=key, takes=takes: f"{name(key)} applies to {name('schedule')} "
+                                                                 f"{takes}; leave it out", key)
+    if cfg["schedule"] == "cosine" and cfg["lr"] is not None and not cfg["min_lr"] < cfg["lr"]:
+        raise ConfigError(lambda name: f"{name('min_lr', cfg['min_lr'])} must be below {name('lr', cfg['lr'])}: "
+                                       f"the cosine schedule falls from lr to min_lr", "min_lr")
+    if cfg["early_stop"] and cfg["eval_every"] > cfg["steps"]:
+        raise ConfigError(lambda name: f"{name('early_stop')} counts evaluations, but {name('eval_every')} "
+                                       f"{cfg['eval_every']} is above {name('steps', cfg['steps'])}: lower "
+                                       f"{name('eval_every')}", "early_stop")
 
 def check_given(given):
     """Raise ConfigError when the entries given for a new run do not go together: a .npz gives its
@@ -167,10 +201,36 @@ def resolve_config(given):
         cfg["seq_len"] = TASK_SEQ_LEN[cfg["task"]]
     if cfg["lr"] is None:
         cfg["lr"] = OPTIMIZER_LR[cfg["optimizer"]]
+    if cfg["decay_every"] is None and cfg["schedule"] in DECAY_EVERY:
+        cfg["decay_every"] = DECAY_EVERY[cfg["schedule"]](cfg)
     if cfg["text"] is not None:
         cfg["text"] = os.path.abspath(cfg["text"])
     check_config(cfg)
     return cfg
+
+
+# The entries that apply only to some runs: config.json leaves out those that do not apply to its run.
+def applies(cfg, key):
+    """Whether the config entry ``key`` means anything for the run ``cfg``."""
+    series = cfg["data"] is not None and is_series(cfg["data"])
+    if key in ("copy_len",):
+        return cfg["task"] == "copy"
+    if key == "text":
+        return cfg["task"] == "charlm"
+    if key in ("data", "validation"):
+        return cfg["data"] is not None
+    if key in DATA_KEYS[1:]:
+        return series
+    if key in ("min_lr", "decay", "decay_every"):
+        return key in SCHEDULE_KEYS[cfg["schedule"]]
+    if key == "eval_sequences":
+        return cfg["data"] is None          # your data: the held-out part is the --validation fraction
+    return True
+
+
+def applicable(cfg):
+    """``cfg`` without the entries that do not apply to its run (what config.json holds)."""
+    return {key: value for key, value in cfg.items() if key not in DEFAULTS or applies(cfg, key)}
 
 
 def plain_entries(given):

@@ -54,6 +54,7 @@ class Task:
     metric = None           # what ``score`` returns, e.g. "mse"
     higher_is_better = False
     baseline = None
+    naive_name = "the naive prediction"     # what scores ``baseline``
 
     def __init__(self, seq_len):
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
@@ -101,6 +102,7 @@ class Adding(Task):
     name, loss, metric, readout = "adding", "mse", "mse", "last"
     input_size, output_size = 2, 1
     baseline = 1.0 / 6.0
+    naive_name = "answering the mean"
 
     def __init__(self, seq_len=50):
         super().__init__(seq_len)
@@ -132,6 +134,7 @@ class Copy(Task):
     n_symbols = 8
     input_size = output_size = n_symbols + 2
     baseline = 1.0 / n_symbols
+    naive_name = "chance"
 
     def __init__(self, seq_len=50, copy_len=10):
         super().__init__(seq_len)
@@ -166,6 +169,7 @@ class Copy(Task):
 
 class CharLM(Task):
     name, loss, metric = "charlm", "cross_entropy", "bits_per_char"
+    naive_name = "a unigram model"
     tokens = True
 
     def __init__(self, seq_len=100, text_path=None, text=None):

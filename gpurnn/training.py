@@ -25,6 +25,7 @@ one stops it at once (KeyboardInterrupt), with the last checkpoint written intac
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,9 +38,10 @@ from .data import ArrayTask, DataError
 from .datafiles import is_series
 from .model import NonFiniteError, Trainer, make_model
 from .predict import check_weights, model_sizes
-from .runs import (RESUME_OVERRIDES, ConfigError, RunLock, carry_metrics, check_config, check_data_file, check_entries,
-                   check_memory, check_vocabulary, config_of_checkpoint, format_metric, number_or, plain_entries,
-                   resolve_config, window_of)
+from .runs import (RESUME_OVERRIDES, ConfigError, RunLock, applicable, carry_metrics, check_config, check_data_file,
+                   check_entries, check_memory, check_vocabulary, config_of_checkpoint, format_metric, number_or,
+                   plain_entries, resolve_config, window_of)
+from .schedule import Best, Schedule
 from .tasks import CharLM, make_task
 
 
@@ -52,11 +54,14 @@ class AlreadyFinished(Worded, Exception):
 class RunResult:
     """What a training run came to.
 
-    ``status``: "done" (trained to its steps), "diverged" (a non-finite value at step ``step + 1``)
-    or "interrupted" (by ``signal``, e.g. "SIGINT"). ``step``: the updates done, the last of them
-    saved in ``checkpoint`` (0, and nothing saved, for a run interrupted before its first step).
-    ``eval_loss`` and ``eval_metric``: the held-out scores at ``step`` when done (None otherwise),
-    ``metric`` names the latter (e.g. "mse") and ``baseline`` is the task's naive score of it."""
+    ``status``: "done" (trained to its steps, or stopped early: ``stopped_early``), "diverged" (a
+    non-finite value at step ``step + 1``) or "interrupted" (by ``signal``, e.g. "SIGINT").
+    ``step``: the updates done, the last of them saved in ``checkpoint`` (0, and nothing saved, for
+    a run interrupted before its first step). ``eval_loss`` and ``eval_metric``: the held-out
+    scores at ``step`` when done (None otherwise), ``metric`` names the latter (e.g. "mse") and
+    ``baseline`` is the task's naive score of it. ``best_step`` and ``best_metric``: the best
+    held-out evaluation so far, whose state is saved in ``best_checkpoint`` (None before the first
+    evaluation)."""
 
     folder: str
     status: str
@@ -66,10 +71,17 @@ class RunResult:
     eval_loss: float | None = None
     eval_metric: float | None = None
     signal: str | None = None
+    best_step: int | None = None
+    best_metric: float | None = None
+    stopped_early: bool = False
 
     @property
     def checkpoint(self):
         return os.path.join(self.folder, "checkpoint.npz")
+
+    @property
+    def best_checkpoint(self):
+        return os.path.join(self.folder, BEST)
 
     @property
     def exit_status(self):
@@ -121,6 +133,7 @@ def fit(out=None, *, resume=None, progress=True, log=None, voice=PYTHON, **confi
         cfg = resumed_config(ckpt, os.path.join(resume, "checkpoint.npz"), given)
         if cfg["steps"] <= ckpt["step"]:
             raise _nothing_to_do(resume, ckpt["step"], cfg["steps"])
+        _refuse_stopped_early(resume, ckpt, cfg["early_stop"])
         out = out or resume
         if not _same_folder(out, resume):
             history = os.path.join(resume, "metrics.jsonl")
@@ -181,6 +194,19 @@ def _nothing_to_do(resume, step, steps):
         return (f"the run in {resume} is at step {step}, {what} ({name('steps', steps)}); give {name('steps')} "
                 f"above {step} to train further. Nothing was changed.")
     return kind(message, "steps")
+
+
+def _refuse_stopped_early(resume, ckpt, patience):
+    """AlreadyFinished when the resumed run stopped early and ``patience`` (early_stop) would stop
+    it again at once."""
+    best = Best(False)
+    best.load_state(ckpt["extra"].get("best"))
+    if patience and best.step is not None and best.since >= patience:
+        def message(name):
+            return (f"the run in {resume} stopped early at step {ckpt['step']}: {best.since} evaluations without "
+                    f"improving on step {best.step}'s; give a larger {name('early_stop')}, or "
+                    f"{name('early_stop', 0)} to turn it off, to train further. Nothing was changed.")
+        raise AlreadyFinished(message, "early_stop")
 
 
 def default_out(cfg):
@@ -249,7 +275,7 @@ def data_task(cfg):
     features = None if cfg["features"] is None else [f.strip() for f in cfg["features"].split(",") if f.strip()]
     task = task_from_file(cfg["data"], seq_len=cfg["seq_len"] if series else None, target=cfg["target"],
                           horizon=cfg["horizon"], features=features, validation=cfg["validation"],
-                          seed=cfg["seed"])
+                          seed=cfg["seed"], difference=cfg["difference"], season=cfg["season"])
     task.data_sha256 = sha256_of(cfg["data"])
     return task
 
@@ -341,21 +367,26 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
         log(f"{voice.who}: removed {len(removed)} temporary file(s) of checkpoint writes that were killed "
             f"({', '.join(removed[:3])})")
     metrics_path = os.path.join(out, "metrics.jsonl")
-    ckpt_path = os.path.join(out, "checkpoint.npz")
+    ckpt_path, best_path = os.path.join(out, "checkpoint.npz"), os.path.join(out, BEST)
     elapsed0, window = 0.0, dict(loss=0.0, metric=0.0, n=0, gmax=0.0)
+    schedule = Schedule(cfg["schedule"], cfg["lr"], cfg["steps"], warmup=cfg["warmup"], decay=cfg["decay"],
+                        decay_every=cfg["decay_every"], min_lr=cfg["min_lr"])
+    best = Best(task.higher_is_better)
     if ckpt is not None:
         trainer.load_state(ckpt)
-        trainer.opt.lr = float(cfg["lr"])          # the checkpoint's, unless the resume changed it
         elapsed0 = number_or(ckpt["extra"].get("elapsed", 0.0))
         window.update(window_of(ckpt["extra"].get("window")))
+        schedule.load_state(ckpt["extra"].get("schedule"))
+        best.load_state(ckpt["extra"].get("best"))
         carry_metrics(history or metrics_path, metrics_path, trainer.step, _warner(voice, log))
-    elif os.path.exists(metrics_path):
-        os.remove(metrics_path)
-    config_path = os.path.join(out, "config.json")
-    with open(config_path + ".tmp", "w") as f:       # then renamed: whole or not at all, and never opened in place
-        json.dump(dict(cfg, backend_used=trainer.model.backend.name), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(config_path + ".tmp", config_path)
+        if history is not None and os.path.isfile(os.path.join(os.path.dirname(history), BEST)):
+            _copy_whole(os.path.join(os.path.dirname(history), BEST), best_path)
+    else:
+        for stale in (metrics_path, best_path):
+            if os.path.exists(stale):
+                os.remove(stale)
+    _write_json(os.path.join(out, "config.json"), dict(applicable(cfg), backend_used=trainer.model.backend.name))
+    _write_json(os.path.join(out, "task.json"), task_scoring(task))
 
     extra = {}                       # the task's config and vocabulary come with trainer.state()
     if isinstance(task, CharLM):
@@ -363,13 +394,15 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
     if isinstance(task, ArrayTask):
         extra["data_sha256"] = task.data_sha256      # and so is a changed data file
 
-    def save():
+    def save(path=ckpt_path):
         extra["elapsed"] = elapsed0 + (time.perf_counter() - t0)
         extra["window"] = {k: window[k] for k in ("loss", "metric", "n", "gmax")}   # the open log line
-        save_checkpoint(ckpt_path, trainer.state(), cfg, extra)
+        extra["best"], extra["schedule"] = best.state(), schedule.state()
+        save_checkpoint(path, trainer.state(), cfg, extra)
 
     def result(status, **scores):
-        return RunResult(out, status, trainer.step, task.metric, task.baseline, signal=interrupted, **scores)
+        return RunResult(out, status, trainer.step, task.metric, task.baseline, signal=interrupted,
+                         best_step=best.step, best_metric=best.metric, stopped_early=stopped_early, **scores)
 
     metric = task.metric
     log(f"{task.describe()}")
@@ -380,7 +413,7 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
     compile_kernels(trainer.model, log)     # before the bar, so that its rate and ETA are the steps'
     t0 = time.perf_counter()
     window.update(t=t0, timed=0)          # the sequences-per-second window: this process's steps only
-    last, interrupted = None, None
+    last, interrupted, stopped_early = None, None, False
     bar = tqdm(total=steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True,
                file=sys.stderr)
     with open(metrics_path, "a") as metrics:
@@ -388,6 +421,7 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
             if stop.requested:
                 interrupted = stop.requested
                 break
+            lr = trainer.opt.lr = schedule.lr(trainer.step + 1)
             try:
                 loss, m, norm = trainer.train_step()
             except NonFiniteError as e:
@@ -411,11 +445,21 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
                        "metric": window["metric"] / window["n"], "grad_norm": norm,
                        "grad_norm_max": window["gmax"],
                        "elapsed": round(elapsed0 + now - t0, 3),
-                       "sequences_per_s": round(window["timed"] * cfg["batch"] / max(now - window["t"], 1e-9), 1)}
-                if step % cfg["eval_every"] == 0 or step == steps:
+                       "sequences_per_s": round(window["timed"] * cfg["batch"] / max(now - window["t"], 1e-9), 1),
+                       "lr": lr}
+                evaluated = step % cfg["eval_every"] == 0 or step == steps
+                if evaluated:
                     rec["eval_loss"], rec["eval_metric"] = trainer.evaluate()
                     last = rec
+                    if best.evaluated(step, rec["eval_loss"], rec["eval_metric"]):
+                        rec["best"] = True
+                        save(best_path)
+                    schedule.evaluated(rec.get("best", False))
                 metrics.write(json.dumps(rec) + "\n")
+                if evaluated and cfg["early_stop"] and best.since >= cfg["early_stop"]:
+                    stopped_early = True
+                    metrics.write(json.dumps({"step": step, "early_stop": f"{best.since} evaluations without "
+                                              f"improving on step {best.step}'s held-out {metric}"}) + "\n")
                 metrics.flush()
                 postfix = f"loss {rec['loss']:.4f}, {metric} {rec['metric']:.4f}, |g| {norm:.3g}, " \
                           f"{rec['sequences_per_s']:.0f} seq/s"
@@ -425,6 +469,8 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
                 window = dict(loss=0.0, metric=0.0, n=0, gmax=0.0, t=time.perf_counter(), timed=0)
             if step % cfg["save_every"] == 0:
                 save()
+            if stopped_early:
+                break
         if interrupted and trainer.step == first and ckpt is None:
             bar.close()
             log(f"{voice.who}: interrupted ({interrupted}) before the first step; nothing was saved. "
@@ -441,7 +487,41 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
         loss, m = trainer.evaluate()
         last = {"step": trainer.step, "eval_loss": loss, "eval_metric": m}
     better = "higher" if task.higher_is_better else "lower"
-    naive = f" ({task.naive_name})" if isinstance(task, ArrayTask) else ""
-    log(f"step {trainer.step}: held-out {metric} {format_metric(last['eval_metric'])} (baseline{naive} "
-        f"{format_metric(task.baseline)}, {better} is better); saved {ckpt_path}")
+    baselines = ", ".join(f"({name}) {format_metric(value)}" for name, value in baselines_of(task))
+    early = (f"stopped early ({best.since} evaluations without improvement): " if stopped_early else "")
+    if best.step is not None:
+        log(f"best held-out {metric}: {format_metric(best.metric)} at step {best.step}, saved in {best_path} "
+            f"(what predict and load_model use); loss curves: gpurnn plot {out}")
+    log(f"{early}step {trainer.step}: held-out {metric} {format_metric(last['eval_metric'])} (baseline {baselines}, "
+        f"{better} is better); saved {ckpt_path}")
     return result("done", eval_loss=last["eval_loss"], eval_metric=last["eval_metric"])
+
+
+BEST = "best.npz"          # the state at the best held-out evaluation, beside checkpoint.npz (the last)
+
+
+def baselines_of(task):
+    """[(what, score)] of the task's naive predictions on its held-out data, the task's own first."""
+    return list(getattr(task, "baselines", None) or [(task.naive_name, task.baseline)])
+
+
+def task_scoring(task):
+    """What task.json holds: how the run is scored (the metric, which way is better, the loss) and
+    the naive baselines, so that a report can show them without loading the data."""
+    return {"task": task.describe(), "metric": task.metric, "higher_is_better": bool(task.higher_is_better),
+            "loss": task.loss,
+            "baselines": [{"name": name, "value": float(value)} for name, value in baselines_of(task)]}
+
+
+def _write_json(path, value):
+    """``value`` as JSON into ``path``, through a temporary file renamed over it: whole or not at all."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def _copy_whole(source, path):
+    """A copy of ``source`` at ``path``, through a temporary file renamed over it."""
+    shutil.copyfile(source, path + ".tmp")
+    os.replace(path + ".tmp", path)

@@ -178,8 +178,8 @@ def test_report_tabulates_runs_by_seed(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["report", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 3 and "(seed 0)" in table[2] and "(seed 1)" in table[2]
-    assert "largest gradient norm" in table[0]
+    assert len(table) == 5 and table[0].startswith("settings common to every row: ") and table[1] == ""
+    assert "(seed 0)" in table[4] and "(seed 1)" in table[4] and "largest gradient norm" in table[2]
 
 
 def test_report_shows_where_a_run_diverged(tmp_path, capsys):
@@ -190,8 +190,9 @@ def test_report_shows_where_a_run_diverged(tmp_path, capsys):
     step = run_metrics(out)[-1]["step"]
     capsys.readouterr()
     assert cli.main(["report", str(out)]) == 0
-    row = capsys.readouterr().out.splitlines()[2]
-    assert f"diverged at step {step} (seed 0)" in row and "W_hh scale 3" in row and "| off |" in row
+    out = capsys.readouterr().out.splitlines()
+    assert "--init-scale 3" in out[0] and "--clip 0" in out[0]          # one run: every setting is common
+    assert f"diverged at step {step} (seed 0)" in out[4]
 
 
 def test_python_dash_m_gpurnn_runs_the_cli():

@@ -137,7 +137,7 @@ def test_sample_refuses_bad_flags(runs, capsys, flags, message):
 def test_predict_out_onto_a_folder_under_a_file_or_a_full_disk(runs, tmp_path, capsys, monkeypatch):
     base = ["predict", str(runs / "adding"), "--data", str(runs / "x.npz"), "--backend", "cpu", "--out"]
     status, err = _run(base + [str(runs / "dir")], capsys)
-    assert status == 2 and "name it PRED.npy" in err
+    assert status == 2 and "name a .csv (a table), a .npz (named arrays) or a .npy" in err
     (tmp_path / "p.npy").mkdir()
     status, err = _run(base + [str(tmp_path / "p.npy")], capsys)
     assert status == 2 and f"--out {tmp_path / 'p.npy'} is a folder; name the file to write" in err, err
@@ -162,7 +162,7 @@ def test_ctrl_c_is_exit_130_with_one_line(runs, tmp_path, capsys, monkeypatch, c
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(gpurnn.gradnorms, "grad_norms_through_time", interrupted)
-    monkeypatch.setattr(gpurnn.predict.TrainedModel, "predict_file", interrupted)
+    monkeypatch.setattr(gpurnn.predict.TrainedModel, "_outputs", interrupted)
     monkeypatch.setattr(cli, "_draw", interrupted)
     argv = {"grads": ["grads", "--cell", "rnn", "--out", str(tmp_path / "g")],
             "sample": ["sample", str(runs / "lm"), "--prime", "ab", "--backend", "cpu"],

@@ -6,7 +6,8 @@ import pytest
 
 import gpurnn
 from gpurnn.data import ArrayTask, DataError, split_indices
-from gpurnn.datafiles import csv_series, inputs_from_file, read_npz, series_windows, task_from_file
+from gpurnn.datafiles import (csv_series, index_at, inputs_from_file, read_npz, series_inputs, series_windows,
+                              task_from_file)
 from gpurnn.predict import TrainedModel
 
 N, T, I = 60, 7, 3
@@ -260,6 +261,152 @@ def test_csv_windows_read_the_rows_before_the_target_horizon_rows_ahead(tmp_path
     x, lengths = inputs_from_file(path, task.source)              # prediction: every window, even past the end
     assert lengths is None and x.shape == (L - seq + 1, seq, 1)
     np.testing.assert_array_equal(x[-1, :, 0], temp[-seq:])
+
+
+def cli_name(key, value=None):
+    """How the command line names a setting (what gpurnn.cli passes to Worded errors)."""
+    flag = "--" + key.replace("_", "-")
+    return flag if value is None else f"{flag} {value}"
+
+
+def wavy(L, seed=0):
+    """A trend, a cycle of 12 rows and noise: (load, temp) columns of a test series."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(L)
+    load = np.round(50 + 10 * np.sin(2 * np.pi * t / 12) + 0.4 * t + rng.standard_normal(L), 3)
+    temp = np.round(20 + 5 * np.cos(2 * np.pi * t / 12) + rng.standard_normal(L), 3)
+    return load, temp
+
+
+def test_differenced_windows_are_the_changes_and_their_target_the_change_over_the_horizon(tmp_path):
+    L, seq, h = 40, 5, 3
+    load, temp = wavy(L)
+    path = tmp_path / "s.csv"
+    write_series(path, load, {"temp": temp})
+    s = csv_series(path, "load", seq, h, difference=True)
+    d = np.stack([load[1:] - load[:-1], temp[1:] - temp[:-1]], axis=1)      # d[k] = v[k + 1] - v[k]
+    n = L - seq - h                                                         # one window fewer than without
+    assert s["x"].shape == (n, seq, 2) and s["y"].shape == (n, 1)
+    for m in (0, 11, n - 1):
+        np.testing.assert_array_equal(s["x"][m], d[m:m + seq])              # level rows m .. m + seq
+        r = m + seq                                                          # the level row it ends at
+        assert s["rows"][m] == r and s["target_rows"][m] == r + h
+        assert s["y"][m, 0] == load[r + h] - load[r]
+    np.testing.assert_array_equal(s["naive"], np.zeros((n, 1)))              # the last value: no change
+    # the last window ends where the undifferenced series' last window does
+    plain = csv_series(path, "load", seq, h)
+    assert s["rows"][-1] == plain["rows"][-1] == L - 1 - h
+    np.testing.assert_array_equal(s["rows"], plain["rows"][1:])
+    np.testing.assert_allclose(s["y"][:, 0] + load[s["rows"]], plain["y"][1:, 0], rtol=1e-12)
+
+
+def test_with_difference_the_naive_baseline_is_the_one_without_on_the_same_target_rows(tmp_path):
+    L, seq, h = 60, 5, 2                  # 54 windows, 53 differenced: round(0.2 * n) = 11 held out either way
+    load, temp = wavy(L)
+    path = tmp_path / "s.csv"
+    write_series(path, load, {"temp": temp})
+    plain = task_from_file(path, seq_len=seq, target="load", horizon=h)
+    diff = task_from_file(path, seq_len=seq, target="load", horizon=h, difference=True)
+    assert len(plain.eval_rows) == len(diff.eval_rows) == 11
+    # the held-out windows end at the same level rows (a differenced window m is the plain window m + 1)...
+    r = diff.eval_rows + seq
+    np.testing.assert_array_equal(r, plain.eval_rows + seq - 1)
+    # ...so the last value's baseline, in level units, is the same number, and this one by hand
+    assert diff.baseline == plain.baseline == np.mean((load[r + h] - load[r]) ** 2)
+    assert diff.source["difference"] is True and "difference" not in plain.source
+    assert "first differences" in diff.describe() and "baseline (the last value)" in diff.describe()
+    with pytest.raises(DataError, match="difference applies to a CSV series"):
+        np.savez(tmp_path / "d.npz", x=np.zeros((4, 3, 1)), y=np.zeros(4))
+        task_from_file(tmp_path / "d.npz", difference=True)
+
+
+@pytest.mark.parametrize("difference", [False, True], ids=["levels", "differences"])
+@pytest.mark.parametrize("season, h, lag", [(12, 1, 12), (12, 3, 12), (4, 6, 8)])
+def test_the_seasonal_baseline_scores_the_value_a_whole_season_before_each_held_out_target(
+        tmp_path, difference, season, h, lag):
+    L, seq = 80, 6
+    load, temp = wavy(L)
+    path = tmp_path / "s.csv"
+    write_series(path, load, {"temp": temp})
+    task = task_from_file(path, seq_len=seq, target="load", horizon=h, difference=difference, season=season)
+    t = task.eval_rows + seq - (0 if difference else 1) + h                 # the held-out target rows
+    assert t[-1] == L - 1
+    (naive_name, naive), (name, seasonal) = task.baselines
+    assert (naive_name, naive) == (task.naive_name, task.baseline) == ("the last value", task.baseline)
+    assert name == (f"the value a season ({lag} rows) earlier" if lag == season else
+                    f"the value {lag // season} seasons ({lag} rows) earlier")
+    # scored on levels, with and without differences (the change's offset cancels up to rounding)
+    assert seasonal == pytest.approx(np.mean((load[t - lag] - load[t]) ** 2), rel=1e-12)
+    assert naive == pytest.approx(np.mean((load[t - h] - load[t]) ** 2), rel=1e-12)
+    assert task.source["season"] == season
+    assert f"baseline ({name}) mse {seasonal:.4g}" in task.describe()
+    assert task.config()["baselines"] == [[naive_name, naive], [name, seasonal]]
+
+
+def test_a_season_longer_than_the_held_out_targets_reach_back_is_a_one_line_error(tmp_path):
+    L, seq, h = 40, 5, 1
+    load, temp = wavy(L)
+    path = tmp_path / "s.csv"
+    write_series(path, load, {"temp": temp})
+    # 35 windows, 7 held out: the first held-out target is row 33, so a season of 33 rows still fits
+    assert task_from_file(path, seq_len=seq, target="load", horizon=h, season=33).baselines[1][1] >= 0
+    with pytest.raises(DataError) as e:
+        task_from_file(path, seq_len=seq, target="load", horizon=h, season=34)
+    said = e.value.worded(cli_name)
+    assert "--season 34 forecasts each target by the value 34 rows before it" in said
+    assert "first held-out target, row 33, has only 33 rows before it" in said and "lower --validation" in said
+    assert "\n" not in said and e.value.key == "season"
+    with pytest.raises(DataError, match="season must be a whole number"):
+        task_from_file(path, seq_len=seq, target="load", season=0)
+
+
+def test_a_differenced_series_needs_one_row_more(tmp_path):
+    load, temp = wavy(8)
+    path = tmp_path / "s.csv"
+    write_series(path, load, {"temp": temp})
+    assert len(csv_series(path, "load", 5, 1)["x"]) == 3
+    assert len(csv_series(path, "load", 5, 1, difference=True)["x"]) == 2
+    with pytest.raises(DataError) as e:
+        csv_series(path, "load", 6, 1, difference=True)
+    assert ("8 rows are too few for --seq-len 6 and --horizon 1: two windows (one to train on, one to hold out) "
+            "need at least seq_len + horizon + 2 = 9 (with --difference") in e.value.worded(cli_name)
+
+
+def test_prediction_inputs_of_a_differenced_series_and_the_levels_they_end_at(tmp_path):
+    L, seq, h = 30, 4, 2
+    load, temp = wavy(L)
+    path = tmp_path / "s.csv"
+    write_series(path, load, {"temp": temp})
+    source = task_from_file(path, seq_len=seq, target="load", horizon=h, features=["temp"], difference=True).source
+    s = series_inputs(path, source, index=True)
+    assert s["x"].shape == (L - seq, seq, 1)                                 # every window, to the file's end
+    np.testing.assert_array_equal(s["rows"], np.arange(seq, L))
+    for k in (0, L - seq - 1):
+        r = s["rows"][k]
+        np.testing.assert_array_equal(s["x"][k, :, 0], np.diff(temp[r - seq:r + 1]))
+    np.testing.assert_array_equal(s["last"], load[seq:])                    # the target's level at each row
+    np.testing.assert_array_equal(s["target"], load)
+    assert list(s["index"]) == ["date"] and s["index"]["date"][3] == "2020-01-0003"
+    np.testing.assert_array_equal(inputs_from_file(path, source)[0], s["x"])
+    with open(tmp_path / "no_target.csv", "w") as f:                         # the changes need the last level
+        f.write("temp\n" + "\n".join(map(str, temp)) + "\n")
+    with pytest.raises(DataError, match="no column 'load': this model forecasts the change of 'load'"):
+        series_inputs(tmp_path / "no_target.csv", source)
+
+
+@pytest.mark.parametrize("values, rows, want", [
+    (["1700", "1701", "1702"], [1, 2, 3, 5], ["1701", "1702", "1703", "1705"]),
+    (["0.5", "1.0", "1.5"], [2, 3, 4], ["1.5", "2.0", "2.5"]),
+    (["2020-01-01", "2020-01-08", "2020-01-15"], [3, 4], ["2020-01-22", "2020-01-29"]),
+    (["1958-03", "1958-04", "1958-05"], [3, 13], ["1958-06", "1959-04"]),
+    (["2020-01-15", "2020-02-15", "2020-03-15"], [3, 4], ["2020-04-15", "2020-05-15"]),
+    (["2020-01-01 00:00", "2020-01-01 06:00", "2020-01-01 12:00"], [3], ["2020-01-01 18:00"]),
+    (["1", "2", "4"], [2, 3], ["4", ""]),                                  # not evenly spaced: not extrapolated
+    (["day0", "day1", "day2"], [0, 3], ["day0", ""]),
+    (["2020-01-31", "2020-02-29", "2020-03-31"], [3], [""]),
+])
+def test_an_index_column_past_the_end_of_the_file(values, rows, want):
+    assert index_at(values, np.array(rows)) == want
 
 
 def test_series_windows_of_a_short_series():

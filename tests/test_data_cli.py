@@ -253,3 +253,52 @@ def test_report_keeps_runs_on_different_files_apart(tmp_path, capsys):
     captured = capsys.readouterr()
     rows = [line for line in captured.out.splitlines() if line.startswith("| a.npz") or line.startswith("| b.npz")]
     assert len(rows) == 2 and "same configuration and seed" not in captured.err
+
+
+def test_a_differenced_series_with_a_season_trains_and_predicts_levels_from_the_command_line(tmp_path, capsys):
+    load = series_csv(tmp_path / "s.csv", L=150)
+    flags = ["--target", "load", "--seq-len", "12", "--horizon", "2", "--difference", "--season", "16"]
+    assert train(tmp_path / "run", "--data", str(tmp_path / "s.csv"), "--steps", "20", *flags) == 0
+    err = capsys.readouterr().err
+    assert "(the value a season (16 rows) earlier)" in err and "first differences" in err
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["difference"] is True and cfg["season"] == 16
+    source = gpurnn.load_checkpoint(tmp_path / "run" / "checkpoint.npz")["extra"]["task"]["source"]
+    assert source["difference"] is True and source["season"] == 16
+    for which, extra in (("best.npz", []), ("checkpoint.npz", ["--last"])):
+        out = tmp_path / "pred" / "p.csv"
+        assert cli.main(["predict", str(tmp_path / "run"), "--data", str(tmp_path / "s.csv"), "--out", str(out),
+                         *extra]) == 0
+        said = capsys.readouterr().err
+        assert said.startswith("gpurnn predict: 138 forecasts of load (2 rows ahead) of ")
+        assert os.path.join("run", which) in said and said.count("\n") == 1
+        model = gpurnn.load_model(tmp_path / "run", checkpoint="last" if extra else "best")
+        lines = out.read_text().splitlines()
+        assert lines[0] == "row,date,target_row,target_date,actual,prediction" and len(lines) == 1 + 150 - 12
+        cells = [line.split(",") for line in lines[1:]]
+        np.testing.assert_array_equal([float(c[5]) for c in cells], model.predict_file(tmp_path / "s.csv")[:, 0])
+        for row, date, target_row, target_date, actual, _ in cells[:-2]:
+            assert date == f"day{row}" and target_date == f"day{target_row}"
+            assert float(actual) == float(f"{load[int(target_row)]:.3f}")          # as the file has it
+        assert [c[3:5] for c in cells[-2:]] == [["", ""], ["", ""]]      # day150 is not extrapolated: not a date
+
+
+def test_a_season_the_held_out_windows_cannot_reach_back_is_a_one_line_error(tmp_path, capsys):
+    series_csv(tmp_path / "s.csv", L=60)
+    assert train(tmp_path / "run", "--data", str(tmp_path / "s.csv"), "--target", "load", "--seq-len", "10",
+                 "--season", "55", "--steps", "2") == 2
+    err = capsys.readouterr().err
+    assert "--season 55 forecasts each target by the value 55 rows before it" in err and "--validation" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_predict_refuses_a_csv_of_predictions_at_every_step(tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((20, 4, 2))
+    np.savez(tmp_path / "d.npz", x=x, y=np.cumsum(x, axis=1))
+    assert train(tmp_path / "run", "--data", str(tmp_path / "d.npz"), "--steps", "2") == 0
+    capsys.readouterr()
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(tmp_path / "run"), "--data", str(tmp_path / "d.npz"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "predicts at every step" in err and "write a .npz" in err and err.count("\n") == 1
+    assert not out.exists()

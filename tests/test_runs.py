@@ -270,13 +270,13 @@ def test_report_marks_unfinished_runs_and_counts_a_repeated_seed_once(tmp_path, 
     runs = [str(tmp_path / n) for n in ("s0", "s0-again", "s1")]
     assert cli.main(["report", *runs]) == 0
     out, err = capsys.readouterr()
-    row = out.splitlines()[2]
+    row = out.splitlines()[4]
     assert f"(seed 0, {runs[0]})" in row and f"(seed 0, {runs[1]})" in row and "same configuration and seed" in err
     finals = {r: run_metrics(r)[-1]["eval_metric"] for r in runs}
     mean = (finals[runs[0]] + finals[runs[2]]) / 2
     assert f"| {format_metric(mean)} |" in row
     assert cli.main(["report", runs[0], str(tmp_path / "s2")]) == 0
-    row = capsys.readouterr().out.splitlines()[2]
+    row = capsys.readouterr().out.splitlines()[4]
     assert "step 2 of 4, unfinished (seed 2)" in row and "| — |" in row
 
 
@@ -294,13 +294,14 @@ def test_a_crafted_config_in_a_checkpoint_is_refused_naming_the_field(tmp_path, 
     from gpurnn import checkpoint as ck
     out = tmp_path / "run"
     assert train_tiny(out, "--steps", "2") == 0
-    with np.load(out / "checkpoint.npz") as f:
-        arrays = {k: f[k] for k in f.files if k != "checksum"}
-    meta = json.loads(arrays["meta"].tobytes().decode())
-    meta["config"][field] = value
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    arrays["checksum"] = np.frombuffer(ck._digest(arrays).encode(), dtype=np.uint8)
-    np.savez(out / "checkpoint.npz", **arrays)
+    for name in ("checkpoint.npz", "best.npz"):           # the last state (resume) and the best (grads, sample)
+        with np.load(out / name) as f:
+            arrays = {k: f[k] for k in f.files if k != "checksum"}
+        meta = json.loads(arrays["meta"].tobytes().decode())
+        meta["config"][field] = value
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        arrays["checksum"] = np.frombuffer(ck._digest(arrays).encode(), dtype=np.uint8)
+        np.savez(out / name, **arrays)
     capsys.readouterr()
     for command in (["train", "--resume", str(out), "--steps", "4", "--no-progress"],
                     ["grads", "--run", str(out), "--out", str(tmp_path / "g")],

@@ -229,7 +229,7 @@ def test_fit_writes_the_run_folder_and_returns_where_the_run_ended(tmp_path):
     assert [r["step"] for r in recs] == [2, 4]
     assert (run.eval_loss, run.eval_metric) == (recs[-1]["eval_loss"], recs[-1]["eval_metric"])
     assert load_checkpoint(run.checkpoint)["step"] == 4
-    assert said[-1].startswith(f"step 4: held-out mse {run.eval_metric:.4f} (baseline 0.1667")
+    assert said[-1].startswith(f"step 4: held-out mse {run.eval_metric:.4f} (baseline (answering the mean) 0.1667")
 
     # the trained model comes back with load_model and scores what the run reported on the held-out set
     m = gpurnn.load_model(run.folder)
