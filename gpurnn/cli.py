@@ -118,7 +118,8 @@ def build_parser():
                         "window's last value; predictions and scores stay in the series' own levels")
     t.add_argument("--season", type=int, metavar="N", help="CSV series: rows per season (e.g. 12 for monthly "
                                                            "data): also score the seasonal-naive forecast, the "
-                                                           "value N rows before the target, as a baseline")
+                                                           "value a season before the target (N rows; whole "
+                                                           "seasons, N*ceil(h/N), at --horizon h), as a baseline")
     t.add_argument("--cell", choices=MODEL_CELLS, help="rnn (tanh), rnn-relu, lstm (default) or gru")
     t.add_argument("--hidden", type=int, help="hidden units per layer (default 64)")
     t.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")

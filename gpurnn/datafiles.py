@@ -308,6 +308,7 @@ def task_from_file(path, seq_len=None, target=None, horizon=None, features=None,
     source.update(target=target, features=s["features"], seq_len=seq_len, horizon=horizon)
     if difference:
         source["difference"] = True
+        validation = same_held_out(len(s["x"]), validation)
     others = None
     if season is not None:
         source["season"] = int(season)
@@ -322,6 +323,14 @@ def task_from_file(path, seq_len=None, target=None, horizon=None, features=None,
         others = [(f"the value {seasons} ({lag} rows) earlier", s["seasonal"])]
     return ArrayTask(s["x"], s["y"], validation=validation, seed=seed, holdout="last", naive=s["naive"],
                      naive_name="the last value", other_naive=others, source=source)
+
+
+def same_held_out(n, validation):
+    """The fraction of ``n`` differenced windows that holds out the target rows that ``validation``
+    holds out of the n + 1 windows of the levels (the first level window has no difference before
+    it), so that a run with --difference and one without score the same rows."""
+    n_val = min(max(int(round((n + 1) * validation)), 1), n - 1)
+    return n_val / n
 
 
 def inputs_from_file(path, source):

@@ -16,9 +16,9 @@ pyplot, so that no window opens and no backend is changed.
 """
 
 import os
-import tempfile
 from dataclasses import dataclass
 
+from .files import write_whole
 from .report import RunUnreadable, _printable, finite_number, folders_exist, read_run, sayer
 from .runs import format_metric
 
@@ -115,15 +115,7 @@ def _legend_names(folders):
 def write_png(fig, path):
     """Save ``fig`` as a PNG at ``path`` through a temporary file beside it, renamed over it, so
     that a failure leaves no part of a file (OSError when it cannot be written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_whole(path, lambda f: fig.savefig(f, format="png"))
 
 
 def plot(runs, out_png, warn=None):
@@ -152,7 +144,7 @@ def plot(runs, out_png, warn=None):
     try:
         write_png(figure(read), out_png)
     except OSError as e:
-        say(f"cannot write {out_png}: {e.strerror or e}")
+        say(f"{out_png}: {e.strerror or e}")         # write_whole's: "cannot be written (why)"
         return 1
     print(_printable(f"loss curves: {out_png}"))
     return 0

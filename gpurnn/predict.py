@@ -263,10 +263,20 @@ def write_predictions(model, data_path, out_path, proba=False):
         arrays["prediction"] = pred
         if proba:
             arrays["proba"] = p
-        write_whole(out_path, lambda f: np.savez(f, **arrays))
+        write_whole(out_path, lambda f: _save_arrays(f, arrays))
     else:
         write_whole(out_path, lambda f: _write_csv(f, columns, pred, p))
     return said
+
+
+def _save_arrays(f, arrays):
+    """What numpy.savez writes, without passing the names as keywords (a column named "file" or
+    "allow_pickle" is an array like any other)."""
+    import zipfile
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, a in arrays.items():
+            with z.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
 
 
 def _said(model, pred, series, proba):

@@ -9,9 +9,12 @@ keeps current, and that a later run can continue exactly.
 The config entries are the keys of ``gpurnn.runs.DEFAULTS``, named as ``gpurnn train``'s flags
 (``seq_len`` for ``--seq-len``); an entry left out takes its default (the task's sequence length,
 the optimiser's learning rate). The folder (``out``; default runs/<task>-<cell>, numbered if taken)
-holds config.json, metrics.jsonl (one JSON line per ``log_every`` steps, with held-out scores every
-``eval_every``), checkpoint.npz (every ``save_every`` steps, and at the end) and .lock, held for the
-whole run (gpurnn/runs.py).
+holds config.json (the settings that apply to the run), task.json (its metric and naive baselines),
+metrics.jsonl (one JSON line per ``log_every`` steps, with held-out scores every ``eval_every``),
+checkpoint.npz (the last state: every ``save_every`` steps, and at the end), best.npz (the state at
+the best held-out evaluation, which load_model uses) and .lock, held for the whole run
+(gpurnn/runs.py). ``early_stop`` ends the run after that many evaluations without improvement;
+``schedule`` and its entries set the learning rate of each update (gpurnn/schedule.py).
 
 What cannot start raises before anything is written: ConfigError (an entry unknown, of the wrong
 kind, out of range, or at odds with another or with the run resumed; ``e.key`` names it),
@@ -24,6 +27,7 @@ one stops it at once (KeyboardInterrupt), with the last checkpoint written intac
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -33,14 +37,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ._checks import Worded, keyword
-from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .data import ArrayTask, DataError
 from .datafiles import is_series
 from .model import NonFiniteError, Trainer, make_model
 from .predict import check_weights, model_sizes
 from .runs import (RESUME_OVERRIDES, ConfigError, RunLock, applicable, carry_metrics, check_config, check_data_file,
-                   check_entries, check_memory, check_vocabulary, config_of_checkpoint, format_metric, number_or,
-                   plain_entries, resolve_config, window_of)
+                   check_entries, check_memory, check_vocabulary, config_of_checkpoint, fits, format_metric, number_or,
+                   plain_entries, read_metrics, resolve_config, window_of)
 from .schedule import Best, Schedule
 from .tasks import CharLM, make_task
 
@@ -117,7 +121,7 @@ def fit(out=None, *, resume=None, progress=True, log=None, voice=PYTHON, **confi
     folder ``out``, and return its RunResult (see the module docstring).
 
     ``resume``: the config is the resumed run's; ``steps`` (above the step reached), ``lr``,
-    ``clip``, ``backend`` and the logging intervals may change, other entries must match. With
+    ``clip``, ``backend``, ``early_stop`` and the logging intervals may change, other entries must match. With
     ``out`` another folder (new or empty), the run continues there, its metrics carried over.
     ``progress``: a progress bar on stderr. ``log``: a function that takes each line the run
     reports (default: print it to stderr). ``voice``: how those lines name the run and its
@@ -201,7 +205,7 @@ def _refuse_stopped_early(resume, ckpt, patience):
     it again at once."""
     best = Best(False)
     best.load_state(ckpt["extra"].get("best"))
-    if patience and best.step is not None and best.since >= patience:
+    if ckpt["extra"].get("stopped_early") is True and patience and best.since >= patience:
         def message(name):
             return (f"the run in {resume} stopped early at step {ckpt['step']}: {best.since} evaluations without "
                     f"improving on step {best.step}'s; give a larger {name('early_stop')}, or "
@@ -367,7 +371,7 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
         log(f"{voice.who}: removed {len(removed)} temporary file(s) of checkpoint writes that were killed "
             f"({', '.join(removed[:3])})")
     metrics_path = os.path.join(out, "metrics.jsonl")
-    ckpt_path, best_path = os.path.join(out, "checkpoint.npz"), os.path.join(out, BEST)
+    ckpt_path, best_path, pending_path = (os.path.join(out, name) for name in ("checkpoint.npz", BEST, PENDING))
     elapsed0, window = 0.0, dict(loss=0.0, metric=0.0, n=0, gmax=0.0)
     schedule = Schedule(cfg["schedule"], cfg["lr"], cfg["steps"], warmup=cfg["warmup"], decay=cfg["decay"],
                         decay_every=cfg["decay_every"], min_lr=cfg["min_lr"])
@@ -377,12 +381,16 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
         elapsed0 = number_or(ckpt["extra"].get("elapsed", 0.0))
         window.update(window_of(ckpt["extra"].get("window")))
         schedule.load_state(ckpt["extra"].get("schedule"))
-        best.load_state(ckpt["extra"].get("best"))
         carry_metrics(history or metrics_path, metrics_path, trainer.step, _warner(voice, log))
-        if history is not None and os.path.isfile(os.path.join(os.path.dirname(history), BEST)):
-            _copy_whole(os.path.join(os.path.dirname(history), BEST), best_path)
+        if "best" in ckpt["extra"]:
+            best.load_state(ckpt["extra"]["best"])
+        else:                            # a run from before best states were kept: its evaluations say
+            for r in read_metrics(metrics_path) if os.path.exists(metrics_path) else []:
+                if "eval_metric" in r and fits(r["eval_metric"], float):
+                    best.evaluated(r["step"], number_or(r.get("eval_loss"), math.nan), r["eval_metric"])
+        keep_best(os.path.dirname(os.path.abspath(history)) if history else out, out, best.step)
     else:
-        for stale in (metrics_path, best_path):
+        for stale in (metrics_path, best_path, pending_path):
             if os.path.exists(stale):
                 os.remove(stale)
     _write_json(os.path.join(out, "config.json"), dict(applicable(cfg), backend_used=trainer.model.backend.name))
@@ -395,10 +403,16 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
         extra["data_sha256"] = task.data_sha256      # and so is a changed data file
 
     def save(path=ckpt_path):
+        """The state to ``path``: checkpoint.npz, and then the best state waiting beside it becomes
+        best.npz, so that best.npz is always the best evaluation a checkpoint knows (a run killed
+        in between keeps the pending one only if its checkpoint names it: keep_best)."""
         extra["elapsed"] = elapsed0 + (time.perf_counter() - t0)
         extra["window"] = {k: window[k] for k in ("loss", "metric", "n", "gmax")}   # the open log line
         extra["best"], extra["schedule"] = best.state(), schedule.state()
+        extra["stopped_early"] = stopped_early
         save_checkpoint(path, trainer.state(), cfg, extra)
+        if path == ckpt_path and os.path.exists(pending_path):
+            os.replace(pending_path, best_path)
 
     def result(status, **scores):
         return RunResult(out, status, trainer.step, task.metric, task.baseline, signal=interrupted,
@@ -453,10 +467,10 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
                     last = rec
                     if best.evaluated(step, rec["eval_loss"], rec["eval_metric"]):
                         rec["best"] = True
-                        save(best_path)
+                        save(pending_path)
                     schedule.evaluated(rec.get("best", False))
                 metrics.write(json.dumps(rec) + "\n")
-                if evaluated and cfg["early_stop"] and best.since >= cfg["early_stop"]:
+                if evaluated and cfg["early_stop"] and best.since >= cfg["early_stop"] and step < steps:
                     stopped_early = True
                     metrics.write(json.dumps({"step": step, "early_stop": f"{best.since} evaluations without "
                                               f"improving on step {best.step}'s held-out {metric}"}) + "\n")
@@ -489,15 +503,51 @@ def _train(cfg, out, ckpt, task, history, progress, log, voice, stop):
     better = "higher" if task.higher_is_better else "lower"
     baselines = ", ".join(f"({name}) {format_metric(value)}" for name, value in baselines_of(task))
     early = (f"stopped early ({best.since} evaluations without improvement): " if stopped_early else "")
-    if best.step is not None:
+    if best.step is not None and os.path.exists(best_path):
         log(f"best held-out {metric}: {format_metric(best.metric)} at step {best.step}, saved in {best_path} "
             f"(what predict and load_model use); loss curves: gpurnn plot {out}")
+    elif best.step is not None:
+        log(f"best held-out {metric}: {format_metric(best.metric)} at step {best.step}, not kept (the run began "
+            f"before gpurnn kept best states): predict and load_model use the last; loss curves: gpurnn plot {out}")
     log(f"{early}step {trainer.step}: held-out {metric} {format_metric(last['eval_metric'])} (baseline {baselines}, "
         f"{better} is better); saved {ckpt_path}")
     return result("done", eval_loss=last["eval_loss"], eval_metric=last["eval_metric"])
 
 
 BEST = "best.npz"          # the state at the best held-out evaluation, beside checkpoint.npz (the last)
+PENDING = ".best-pending.npz"   # a better state than best.npz's, until the next checkpoint is written
+
+
+def keep_best(source, out, step):
+    """Make ``out``'s best.npz the state of step ``step`` (the best evaluation the resumed
+    checkpoint knows; None: none yet), taken from ``source``'s best.npz or pending best, or no
+    best.npz at all when neither holds that step: a state from steps after the checkpoint (a
+    run killed between writing them) is never kept."""
+    found = None
+    for name in (PENDING, BEST):
+        path = os.path.join(source, name)
+        if step is not None and os.path.isfile(path) and _step_of(path) == step:
+            found = path
+            break
+    best_path, pending_path = os.path.join(out, BEST), os.path.join(out, PENDING)
+    if found is None:
+        for stale in (best_path, pending_path):
+            if os.path.exists(stale):
+                os.remove(stale)
+    elif found == pending_path:
+        os.replace(pending_path, best_path)
+    elif found != best_path:
+        _copy_whole(found, best_path)
+    if os.path.exists(pending_path):
+        os.remove(pending_path)
+
+
+def _step_of(path):
+    """The step of the checkpoint at ``path``, or None when it cannot be read."""
+    try:
+        return load_checkpoint(path)["step"]
+    except CheckpointError:
+        return None
 
 
 def baselines_of(task):

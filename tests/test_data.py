@@ -300,14 +300,15 @@ def test_differenced_windows_are_the_changes_and_their_target_the_change_over_th
     np.testing.assert_allclose(s["y"][:, 0] + load[s["rows"]], plain["y"][1:, 0], rtol=1e-12)
 
 
-def test_with_difference_the_naive_baseline_is_the_one_without_on_the_same_target_rows(tmp_path):
-    L, seq, h = 60, 5, 2                  # 54 windows, 53 differenced: round(0.2 * n) = 11 held out either way
+@pytest.mark.parametrize("L, held", [(60, 11), (59, 11)])   # 54 or 53 windows, one fewer differenced: at L = 59
+def test_with_difference_the_naive_baseline_is_the_one_without_on_the_same_target_rows(tmp_path, L, held):
+    seq, h = 5, 2                         # round(0.2 * 52) = 10, but the same 11 rows must be held out
     load, temp = wavy(L)
     path = tmp_path / "s.csv"
     write_series(path, load, {"temp": temp})
     plain = task_from_file(path, seq_len=seq, target="load", horizon=h)
     diff = task_from_file(path, seq_len=seq, target="load", horizon=h, difference=True)
-    assert len(plain.eval_rows) == len(diff.eval_rows) == 11
+    assert len(plain.eval_rows) == len(diff.eval_rows) == held
     # the held-out windows end at the same level rows (a differenced window m is the plain window m + 1)...
     r = diff.eval_rows + seq
     np.testing.assert_array_equal(r, plain.eval_rows + seq - 1)

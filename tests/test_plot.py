@@ -156,10 +156,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_part_of_the_new(tmp_path, mpl
     out = tmp_path / "c.png"
     out.write_bytes(b"the old plot")
     status, warnings = run_plot([make_run(tmp_path / "good")], out)
-    assert (status, warnings) == (1, [f"cannot write {out}: No space left on device"])
+    assert (status, warnings) == (1, [f"{out}: cannot be written (No space left on device)"])
     assert out.read_bytes() == b"the old plot" and sorted(os.listdir(tmp_path)) == ["c.png", "good"]
 
 
 def test_a_folder_to_write_into_that_does_not_exist_is_one_line(tmp_path, mpl):
     status, warnings = run_plot([make_run(tmp_path / "good")], tmp_path / "none" / "c.png")
-    assert (status, warnings) == (1, [f"cannot write {tmp_path / 'none' / 'c.png'}: No such file or directory"])
+    assert (status, warnings) == (1, [f"{tmp_path / 'none' / 'c.png'}: cannot be written (No such file or directory)"])
+
+
+def test_the_png_is_readable_as_the_umask_allows_like_any_file_written(tmp_path, mpl):
+    old = os.umask(0o022)
+    try:
+        assert run_plot([make_run(tmp_path / "good")], tmp_path / "c.png")[0] == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.png").stat().st_mode & 0o777 == 0o644

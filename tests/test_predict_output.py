@@ -112,6 +112,18 @@ def test_a_npz_of_forecasts_holds_the_same_as_named_arrays_without_pickles(diffe
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), m.predict_file(data))
 
 
+def test_index_columns_named_as_numpy_savez_arguments_are_arrays_like_any_other(tmp_path):
+    with open(tmp_path / "s.csv", "w") as f:
+        f.write("file,allow_pickle,load\n")
+        for i in range(30):
+            f.write(f"day {i},w{i % 7},{np.sin(i / 3):.4f}\n")
+    gpurnn.fit(tmp_path / "run", data=str(tmp_path / "s.csv"), target="load", seq_len=4, **TINY)
+    write_predictions(gpurnn.load_model(tmp_path / "run"), tmp_path / "s.csv", tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
+        assert {"file", "allow_pickle", "target_file", "target_allow_pickle"} <= set(z.files)
+        assert list(z["file"][:2]) == ["day 3", "day 4"] and z["allow_pickle"][0] == "w3"
+
+
 def test_a_numeric_first_column_that_is_not_a_feature_is_the_index(tmp_path):
     """YEAR beside --features SUNACTIVITY: the years say which row is which, and go on past the end;
     another numeric column that is not a feature is no index."""

@@ -245,3 +245,84 @@ def test_version_and_every_command_and_flag_are_described(capsys):
         assert command.description, name
         for action in command._actions:
             assert action.help, f"gpurnn {name} {'/'.join(action.option_strings) or action.dest} has no help"
+
+
+# ---------------------------------------------------------------- the best state across stops and resumes
+def test_a_run_killed_between_a_better_state_and_its_checkpoint_never_keeps_a_state_it_threw_away(
+        tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_step = Trainer.train_step
+
+    def killed_at_step_80(self):          # a second Ctrl-C (or a kill): no save, the last checkpoint stays
+        if self.step == 79:
+            raise KeyboardInterrupt
+        return real_step(self)
+    monkeypatch.setattr(Trainer, "train_step", killed_at_step_80)
+    _scores(monkeypatch, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])               # better at every evaluation
+    with pytest.raises(KeyboardInterrupt):
+        _fit(out, steps=100, eval_every=10, save_every=50)
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoint.npz")["step"] == 50
+    assert load_checkpoint(out / ".best-pending.npz")["step"] == 70        # better states after the checkpoint...
+    assert load_checkpoint(out / "best.npz")["step"] == 50                 # ...wait for the next one
+
+    _scores(monkeypatch, [0.55])                                            # the resumed run's one evaluation
+    run = gpurnn.fit(resume=out, steps=60, progress=False, log=lambda line: None)    # now it ends at 60
+    assert [r["step"] for r in run_metrics(out) if r.get("best")] == [10, 20, 30, 40, 50]
+    assert run.best_step == 50 and load_checkpoint(out / "best.npz")["step"] == 50
+    assert gpurnn.load_model(out).step == 50 and not (out / ".best-pending.npz").exists()
+
+
+def test_resumed_into_another_folder_the_best_state_comes_along(tmp_path, monkeypatch):
+    _scores(monkeypatch, [0.5, 0.4, 0.3, 0.2, 0.1, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2])
+    _fit(tmp_path / "a", steps=20)
+    run = gpurnn.fit(tmp_path / "b", resume=tmp_path / "a", steps=21, eval_every=100, progress=False,
+                     log=lambda line: None)
+    assert run.best_step == 10 and load_checkpoint(tmp_path / "b" / "best.npz")["step"] == 10
+    assert load_checkpoint(tmp_path / "a" / "best.npz")["step"] == 10
+
+
+def _scores(monkeypatch, values):
+    """Trainer.evaluate returns these held-out scores, one per call."""
+    it = iter(values)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (v := next(it), v))
+
+
+def test_early_stopping_on_the_last_step_is_no_early_stop(tmp_path, monkeypatch):
+    _scores(monkeypatch, [0.5, 0.6, 0.7, 0.8])
+    run = _fit(tmp_path / "run", steps=8, early_stop=3)
+    assert (run.step, run.stopped_early, run.best_step) == (8, False, 2)
+    assert all("early_stop" not in r for r in run_metrics(tmp_path / "run"))
+    _scores(monkeypatch, [0.5, 0.6, 0.7, 0.8])
+    run = _fit(tmp_path / "longer", steps=10, early_stop=3)
+    assert (run.step, run.stopped_early) == (8, True)
+
+
+def test_a_run_that_never_stopped_early_resumes_under_a_patience_it_has_used_up(tmp_path, monkeypatch):
+    _scores(monkeypatch, [0.5, 0.6, 0.7])
+    assert _fit(tmp_path / "run", steps=6).stopped_early is False
+    _scores(monkeypatch, [0.4, 0.45, 0.46, 0.47])
+    run = gpurnn.fit(resume=tmp_path / "run", steps=20, early_stop=2, progress=False, log=lambda line: None)
+    assert (run.step, run.stopped_early, run.best_step) == (12, True, 8)    # trained on, then stopped
+
+
+def test_a_run_from_before_best_states_were_kept_takes_its_best_from_its_metrics(tmp_path):
+    from gpurnn import checkpoint as ck
+    out = tmp_path / "run"
+    _fit(out, steps=20, lr=0.01)
+    with np.load(out / "checkpoint.npz") as f:                  # as an older gpurnn wrote it
+        arrays = {k: f[k] for k in f.files if k != "checksum"}
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    for key in ("best", "schedule", "stopped_early"):
+        del meta["extra"][key]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays["checksum"] = np.frombuffer(ck._digest(arrays).encode(), dtype=np.uint8)
+    np.savez(out / "checkpoint.npz", **arrays)
+    (out / "best.npz").unlink()
+    said = []
+    run = gpurnn.fit(resume=out, steps=22, lr=10.0, eval_every=100, progress=False, log=said.append)
+    evals = [r for r in run_metrics(out) if "eval_metric" in r]
+    best = min(evals, key=lambda r: r["eval_metric"])
+    assert run.best_step == best["step"] < 22 and run.best_metric == best["eval_metric"]
+    assert "not kept (the run began before gpurnn kept best states)" in said[-2]
+    assert gpurnn.load_model(out).which == "last"
