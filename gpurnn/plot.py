@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from .files import write_whole
-from .report import RunUnreadable, _printable, finite_number, folders_exist, read_run, sayer
+from .report import RunUnreadable, _printable, finite_number, read_run, read_runs, sayer
 from .runs import format_metric
 
 MISSING = "matplotlib is not installed; pip install 'gpurnn[plot]'"
@@ -130,17 +130,9 @@ def plot(runs, out_png, warn=None):
     except ImportError:
         say(MISSING)
         return 2
-    if not folders_exist(runs, say):
-        return 2
-    read = []
-    for folder in runs:
-        try:
-            read.append(curves_of(folder, warn=lambda m: say(f"warning: {m}")))
-        except RunUnreadable as e:
-            say(f"skipping {folder}: {e}")
-    if not read:
-        say("no run could be read; nothing to plot")
-        return 1
+    status, read = read_runs(runs, curves_of, say, "plot")
+    if status:
+        return status
     try:
         write_png(figure(read), out_png)
     except OSError as e:

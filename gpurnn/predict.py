@@ -236,9 +236,9 @@ def write_predictions(model, data_path, out_path, proba=False):
     """Write ``model``'s predictions on the data file ``data_path`` (read as ``predict_file`` reads
     it) to ``out_path``, as its extension says: .csv, .npz or .npy (see the module docstring).
     ``proba``: classification's probabilities too (.npy: they alone). Written whole or not at all;
-    a ValueError, before anything is read, for another extension or a CSV of predictions at every
-    step. Returns what was written, e.g. "1797 predictions (class labels)" or "2252 forecasts of
-    co2 (1 row ahead)"."""
+    a ValueError, before anything is read, for another extension, a CSV of predictions at every
+    step, or ``out_path`` naming the data file or the model's checkpoint. Returns what was written,
+    e.g. "1797 predictions (class labels)" or "2252 forecasts of co2 (1 row ahead)"."""
     out_path = os.fspath(out_path)
     ext = os.path.splitext(out_path)[1].lower()
     if ext not in OUT_FORMATS:
@@ -249,6 +249,10 @@ def write_predictions(model, data_path, out_path, proba=False):
                          f"prediction cannot hold; write a .npz (arrays prediction, row) or a .npy")
     if proba and model.kind != "classification":
         raise ValueError("predict_proba is for classification; this model predicts values: use predict")
+    for what, path in (("the data file", data_path), ("the model's checkpoint", model.path)):
+        if path is not None and _same_file(out_path, path):
+            raise ValueError(f"{out_path} is {what}: writing the predictions there would replace it; name "
+                             f"another file")
     out, lengths, series = model._file_outputs(data_path, index=ext != ".npy")
     pred = model._levels(model._predictions(out, lengths), series)
     p = model._proba(out, lengths) if proba else None
@@ -267,6 +271,14 @@ def write_predictions(model, data_path, out_path, proba=False):
     else:
         write_whole(out_path, lambda f: _write_csv(f, columns, pred, p))
     return said
+
+
+def _same_file(a, b):
+    """Whether the paths ``a`` and ``b`` name one file (through links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:                          # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(os.fspath(b))
 
 
 def _save_arrays(f, arrays):

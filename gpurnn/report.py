@@ -111,17 +111,9 @@ def report(runs, out=None, warn=None):
     means out; a run that stopped early (its held-out metric stopped improving) is finished."""
     out = sys.stdout if out is None else out
     say = sayer(warn, "gpurnn report")
-    if not folders_exist(runs, say):
-        return 2
-    read = []
-    for folder in runs:
-        try:
-            read.append(read_run(folder, warn=lambda m: say(f"warning: {m}")))
-        except RunUnreadable as e:
-            say(f"skipping {folder}: {e}")
-    if not read:
-        say("no run could be read; nothing to report")
-        return 1
+    status, read = read_runs(runs, read_run, say, "report")
+    if status:
+        return status
     rows = group(read)
     columns, common = _columns([settings for settings, _ in rows])
     if common:
@@ -142,6 +134,24 @@ def report(runs, out=None, warn=None):
         _write(out, "| " + " | ".join(cells) + " |")
     say("loss curves: gpurnn plot " + " ".join(shlex.quote(r.folder) for r in read) + " --out curves.png")
     return 0
+
+
+def read_runs(runs, read, say, what):
+    """(status, [``read(folder, warn)`` of each run folder]): the unreadable ones skipped with one
+    line on ``say`` each; status 2 when a name is not a folder (and nothing is read), 1 when no run
+    could be read (nothing to ``what``), else 0."""
+    if not folders_exist(runs, say):
+        return 2, []
+    read_ = []
+    for folder in runs:
+        try:
+            read_.append(read(folder, warn=lambda m: say(f"warning: {m}")))
+        except RunUnreadable as e:
+            say(f"skipping {folder}: {e}")
+    if not read_:
+        say(f"no run could be read; nothing to {what}")
+        return 1, []
+    return 0, read_
 
 
 def folders_exist(runs, say):

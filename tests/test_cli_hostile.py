@@ -4,6 +4,7 @@ exception that main did not foresee; Ctrl-C is exit 130, a closed pipe ends quie
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,19 @@ def test_predict_out_onto_a_folder_under_a_file_or_a_full_disk(runs, tmp_path, c
     assert status == 1 and err == (f"gpurnn predict: {tmp_path / 'q.npy'}: cannot be written "
                                    f"({os.strerror(errno.ENOSPC)})\n"), err
     assert sorted(os.listdir(tmp_path)) == ["p.npy"]            # no prediction, no temporary file
+
+
+def test_predict_never_writes_over_its_data_or_its_model(runs, tmp_path, capsys):
+    shutil.copy(runs / "x.npz", tmp_path / "x.npz")
+    shutil.copytree(runs / "adding", tmp_path / "adding")
+    data, model = (tmp_path / "x.npz").read_bytes(), (tmp_path / "adding" / "best.npz").read_bytes()
+    for out, what in ((tmp_path / "x.npz", "the data file"),
+                      (tmp_path / "adding" / "best.npz", "the model's checkpoint")):
+        status, err = _run(["predict", str(tmp_path / "adding"), "--data", str(tmp_path / "x.npz"), "--out", str(out),
+                            "--backend", "cpu"], capsys)
+        assert status == 2 and err == (f"gpurnn predict: {out} is {what}: writing the predictions there would replace "
+                                       f"it; name another file\n"), err
+    assert (tmp_path / "x.npz").read_bytes() == data and (tmp_path / "adding" / "best.npz").read_bytes() == model
 
 
 @pytest.mark.parametrize("command", ["grads", "sample", "predict"])
