@@ -211,3 +211,22 @@ def test_blas_threads_are_limited():
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
         assert blas and all(p["num_threads"] == 1 for p in blas)
     assert limit_blas_threads(0) is False
+
+
+def test_plot_draws_runs_to_a_png_and_report_points_to_it(tmp_path, capsys):
+    for seed in (0, 1):
+        assert train_tiny(tmp_path / f"s{seed}", "--steps", "4", "--eval-every", "2", "--seed", str(seed)) == 0
+    capsys.readouterr()
+    runs = [str(tmp_path / "s0"), str(tmp_path / "s1")]
+    assert cli.main(["report", *runs]) == 0
+    assert f"gpurnn report: loss curves: gpurnn plot {' '.join(runs)} --out curves.png" in capsys.readouterr().err
+    assert cli.main(["plot", *runs, "--out", str(tmp_path / "c.png")]) == 0
+    assert capsys.readouterr().out == f"loss curves: {tmp_path / 'c.png'}\n"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("command", ["report", "plot"])
+def test_report_and_plot_of_a_folder_that_is_not_there_are_one_line(tmp_path, capsys, command):
+    assert cli.main([command, str(tmp_path / "nope")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"gpurnn {command}: {tmp_path / 'nope'}: no such run folder\n"
