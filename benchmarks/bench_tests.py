@@ -1,7 +1,7 @@
 """How long the test suite takes here: the README's test command, the same spread over the cores
 by pytest-xdist, and the fast lane, each timed once.
 
-    python benchmarks/bench_tests.py      # about 15 minutes on 2 cores; --out, --name
+    python benchmarks/bench_tests.py      # about 50 minutes on 2 cores; --out, --name, --runs full,fast
 
 Runs, from the repository root, in child processes one after the other:
     full    python -m pytest                  (the README's test command: every test, one process)
@@ -42,9 +42,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the results (default benchmarks/results)")
     ap.add_argument("--name", default="bench_tests", help="file name of the results, without suffix")
+    ap.add_argument("--runs", default=",".join(RUNS), help=f"which runs, comma-separated (default {','.join(RUNS)}; "
+                                                            f"full and fast are needed by the docs)")
     args = ap.parse_args(argv)
+    chosen = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = sorted(set(chosen) - set(RUNS))
+    if unknown or not {"full", "fast"} <= set(chosen):
+        ap.error(f"--runs: give some of {', '.join(RUNS)}, full and fast among them; got {args.runs!r}")
     rows = []
     for name, extra in RUNS.items():
+        if name not in chosen:
+            continue
         if name == "xdist" and importlib.util.find_spec("xdist") is None:
             print("bench_tests: pytest-xdist is not installed: no xdist run", flush=True)
             continue
