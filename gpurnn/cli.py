@@ -38,7 +38,7 @@ from .files import write_whole
 from .kernels.vocabulary import BACKENDS, MODEL_CELLS
 from .model import OPTIMIZERS
 from .report import report
-from .runs import DEFAULTS, ConfigError, MemoryTooSmall, RunBusy
+from .runs import DEFAULTS, SCHEDULES, ConfigError, MemoryTooSmall, RunBusy, flag
 from .tasks import TASKS
 from .training import AlreadyFinished, Voice, fit
 
@@ -130,7 +130,7 @@ def build_parser():
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd")
     t.add_argument("--lr", type=float, help="learning rate (default: adam 0.01, sgd 0.1)")
     t.add_argument("--clip", type=float, help="clip the gradient norm to this value; 0 turns clipping off (default 1)")
-    t.add_argument("--schedule", choices=("constant", "cosine", "step", "plateau"),
+    t.add_argument("--schedule", choices=SCHEDULES,
                    help="learning rate: constant (default); cosine from --lr down to --min-lr over the run; "
                         "step: times --decay every --decay-every steps; plateau: times --decay after "
                         "--decay-every evaluations without improvement")
@@ -315,13 +315,6 @@ def failed(command, e):
     elif not (isinstance(e, KeyboardInterrupt) and command == "train"):   # fit has said where the run stands
         print(said(command, e), file=sys.stderr)
     return status
-
-
-def flag(key, value=None):
-    """How the command line names a config entry: as its flag (``--seq-len``), with its value when
-    one is given (``--seq-len 50``)."""
-    name = "--" + key.replace("_", "-")
-    return name if value is None else f"{name} {value}"
 
 
 # How gpurnn train's log lines name the run and its settings (gpurnn.fit's are Python's).

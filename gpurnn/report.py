@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from .checkpoint import CheckpointError, load_checkpoint
 from .files import read_text
 from .kernels.vocabulary import MODEL_CELLS
-from .runs import CONFIG_CHOICES, CONFIG_TYPES, DEFAULTS, applies, fits, format_metric, read_metrics
+from .runs import CONFIG_CHOICES, CONFIG_TYPES, DEFAULTS, applies, fits, flag, format_metric, read_metrics
 
 # config.json is about 600 bytes and task.json about 300 (a path or two in them); anything near this
 # is not a run's.
@@ -68,11 +68,6 @@ HIGHER_IS_BETTER = {"adding": False, "copy": True, "charlm": False}
 COLUMNS = ("metric", "baseline", "last held-out metric, per seed", "mean of last", "best held-out metric, per seed",
            "mean of best", "largest gradient norm")
 ABSENT = object()                    # an entry that does not apply to a row's runs
-
-
-def flag(key):
-    """A config entry as the command line names it (as gpurnn.cli.flag): ``seq_len`` is ``--seq-len``."""
-    return "--" + key.replace("_", "-")
 
 
 class RunUnreadable(ValueError):

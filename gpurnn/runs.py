@@ -61,6 +61,13 @@ OPTIONAL = ("embed", "init_scale", "text", "data", "target", "features", "horizo
             "season", "early_stop", "schedule", "warmup", "decay", "decay_every", "min_lr")
 
 
+def flag(key, value=None):
+    """How the command line names a config entry: as its flag (``--seq-len``), with its value when
+    one is given (``--seq-len 50``)."""
+    name = "--" + key.replace("_", "-")
+    return name if value is None else f"{name} {value}"
+
+
 class ConfigError(Worded, ValueError):
     """A config entry that is unknown, of the wrong kind, out of range, or at odds with another;
     ``key`` names it."""

@@ -40,6 +40,7 @@ from ._checks import Worded, keyword
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .data import ArrayTask, DataError
 from .datafiles import is_series
+from .files import write_whole
 from .model import NonFiniteError, Trainer, make_model
 from .predict import check_weights, model_sizes
 from .runs import (RESUME_OVERRIDES, ConfigError, RunLock, applicable, carry_metrics, check_config, check_data_file,
@@ -564,14 +565,12 @@ def task_scoring(task):
 
 
 def _write_json(path, value):
-    """``value`` as JSON into ``path``, through a temporary file renamed over it: whole or not at all."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    """``value`` as JSON into ``path``, whole or not at all (files.write_whole)."""
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    write_whole(path, lambda f: f.write(text.encode()))
 
 
 def _copy_whole(source, path):
-    """A copy of ``source`` at ``path``, through a temporary file renamed over it."""
-    shutil.copyfile(source, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    """A copy of ``source`` at ``path``, whole or not at all (files.write_whole)."""
+    with open(source, "rb") as f:
+        write_whole(path, lambda out: shutil.copyfileobj(f, out))
