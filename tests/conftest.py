@@ -161,3 +161,20 @@ def run_metrics(out):
     import os
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def interrupt_at(monkeypatch, step, sig=None):
+    """Make every training run send itself ``sig`` (default SIGINT, what Ctrl-C sends) once it has
+    finished update ``step``, as a signal arriving mid-run would."""
+    import os
+    import signal
+
+    from gpurnn.model import Trainer
+    real_step = Trainer.train_step
+
+    def step_then_signal(self):
+        result = real_step(self)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGINT if sig is None else sig)
+        return result
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)

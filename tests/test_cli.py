@@ -11,9 +11,8 @@ import pytest
 
 from gpurnn import cli
 from gpurnn.checkpoint import load_checkpoint
-from gpurnn.model import Trainer
 
-from conftest import run_metrics, train_charlm, train_tiny
+from conftest import interrupt_at, run_metrics, train_charlm, train_tiny
 
 def test_train_writes_config_metrics_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
@@ -81,14 +80,7 @@ def test_resume_from_a_corrupted_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_ctrl_c_saves_the_finished_steps_and_exits_cleanly(tmp_path, monkeypatch, capsys):
-    real_step = Trainer.train_step
-
-    def step_then_interrupt(self):
-        result = real_step(self)
-        if self.step == 3:
-            os.kill(os.getpid(), signal.SIGINT)     # what Ctrl-C sends
-        return result
-    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    interrupt_at(monkeypatch, 3)                    # SIGINT, what Ctrl-C sends
     out = tmp_path / "run"
     assert train_tiny(out, "--steps", "50") == 130
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 3

@@ -4,7 +4,6 @@ files that say what the run is scored on (task.json) and what it ran with (confi
 
 import json
 import math
-import os
 import signal
 
 import numpy as np
@@ -18,7 +17,7 @@ from gpurnn.runs import DEFAULTS
 from gpurnn.schedule import Best, Schedule
 from gpurnn.tasks import Adding
 
-from conftest import run_metrics
+from conftest import interrupt_at, run_metrics
 
 torch = pytest.importorskip("torch")
 
@@ -126,14 +125,7 @@ def test_early_stop_ends_the_run_after_n_evaluations_without_improvement(tmp_pat
                                       dict(schedule="step", decay_every=6, decay=0.5, early_stop=4)])
 def test_a_resumed_run_continues_its_schedule_and_best_exactly(tmp_path, schedule, monkeypatch):
     straight = _fit(tmp_path / "straight", steps=24, **schedule)
-    real_step = Trainer.train_step
-
-    def step_then_sigterm(self):
-        result = real_step(self)
-        if self.step == 11:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    interrupt_at(monkeypatch, 11, signal.SIGTERM)
     assert _fit(tmp_path / "split", steps=24, **schedule).step == 11
     monkeypatch.undo()
     resumed = gpurnn.fit(tmp_path / "elsewhere", resume=tmp_path / "split", progress=False, log=lambda line: None)

@@ -18,7 +18,7 @@ from gpurnn.model import Trainer, make_model, training_memory
 from gpurnn.runs import RunLock, check_memory, format_metric
 from gpurnn.tasks import make_task
 
-from conftest import TINY_RUN, run_metrics, train_charlm, train_tiny
+from conftest import TINY_RUN, interrupt_at, run_metrics, train_charlm, train_tiny
 
 def _resume(run, *extra):
     return cli.main(["train", "--resume", str(run), "--no-progress", *extra])
@@ -27,17 +27,6 @@ def _resume(run, *extra):
 def _files(folder):
     """Every file's bytes (the lock file aside): what a refused command must leave as it was."""
     return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder)) if n != RunLock.NAME}
-
-
-def _interrupt_at(monkeypatch, step, sig=signal.SIGINT):
-    real_step = Trainer.train_step
-
-    def step_then_signal(self):
-        result = real_step(self)
-        if self.step == step:
-            os.kill(os.getpid(), sig)
-        return result
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
 
 
 # ---------------------------------------------------------------- resuming into another folder
@@ -91,7 +80,7 @@ def test_two_trains_started_at_once_on_one_folder_leave_one_consistent_run(tmp_p
 def test_the_log_after_an_interrupted_resume_matches_a_run_that_never_stopped(tmp_path, monkeypatch):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train_tiny(straight, "--steps", "12", "--log-every", "4") == 0
-    _interrupt_at(monkeypatch, 6)                   # in the middle of the window of steps 5..8
+    interrupt_at(monkeypatch, 6)                   # in the middle of the window of steps 5..8
     assert train_tiny(split, "--steps", "12", "--log-every", "4") == 130
     monkeypatch.undo()
     assert _resume(split) == 0
@@ -127,7 +116,7 @@ def test_damage_inside_the_log_names_the_file_and_line(tmp_path, capsys):
 # ---------------------------------------------------------------- signals
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_sigterm_and_sighup_save_and_stop_like_ctrl_c(tmp_path, monkeypatch, capsys, sig, status):
-    _interrupt_at(monkeypatch, 3, sig)
+    interrupt_at(monkeypatch, 3, sig)
     out = tmp_path / "run"
     assert train_tiny(out, "--steps", "50") == status
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 3
@@ -263,7 +252,7 @@ def test_check_memory_says_what_to_lower():
 def test_report_marks_unfinished_runs_and_counts_a_repeated_seed_once(tmp_path, monkeypatch, capsys):
     for name in ("s0", "s0-again", "s1"):
         assert train_tiny(tmp_path / name, "--steps", "4", "--seed", "1" if name == "s1" else "0") == 0
-    _interrupt_at(monkeypatch, 2)
+    interrupt_at(monkeypatch, 2)
     assert train_tiny(tmp_path / "s2", "--steps", "4", "--seed", "2") == 130
     monkeypatch.undo()
     capsys.readouterr()

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import re
 import signal
 
@@ -13,6 +12,8 @@ import gpurnn
 from gpurnn.checkpoint import load_checkpoint, save_checkpoint
 from gpurnn.model import Embedding, NonFiniteError, SequenceModel, Trainer, make_model
 from gpurnn.tasks import Adding, CharLM, Copy
+
+from conftest import interrupt_at
 
 
 def test_embedding_gradient_matches_finite_differences():
@@ -286,14 +287,7 @@ def test_fit_will_not_overwrite_a_run_and_says_how_to_continue_it(tmp_path):
 
 
 def test_fit_stopped_by_a_signal_or_a_non_finite_step_says_so_in_its_result(tmp_path, monkeypatch):
-    real_step = Trainer.train_step
-
-    def step_then_sigterm(self):
-        result = real_step(self)
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    interrupt_at(monkeypatch, 2, signal.SIGTERM)
     said = []
     run = gpurnn.fit(tmp_path / "run", **dict(TINY, steps=50), progress=False, log=said.append)
     assert (run.status, run.signal, run.step, run.eval_metric) == ("interrupted", "SIGTERM", 2, None)
