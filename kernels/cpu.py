@@ -1,52 +1,65 @@
-"""CPU backend: BLAS for every dense product, Numba @njit kernels for the fused pointwise cell math.
+"""CPU backend: the dense products register-tiled on threads of its own (float32) or through BLAS
+(float64, half layers); Numba @njit kernels for the fused pointwise cell math.
 
 Legend: T time steps, B batch rows, I input features, H hidden units, G gates (RNN 1, LSTM 4, GRU 3).
 The contract of ``forward_sequence`` / ``backward_sequence`` is written in kernels/contract.py.
 
 Forward, one layer and direction:
-    XW = x (T*B, I) @ W_ihᵀ                           one GEMM for all time steps
+    XW = x (T*B, I) @ W_ihᵀ                                   the input projection of every step
     for each step t:  HW = h_{t-1} (B, H) @ W_hhᵀ (H, G*H)    the only sequential product
                       step kernel: + biases, gates, h_t (c_t), the activations backward needs
 Backward (BPTT):
     for each step t, reversed:  step kernel: dG_t from dh_t (dc_t) and the saved activations
                                 dh_{t-1} += dG_t (B, G*H) @ W_hh (G*H, H)
-    dW_ih += dGᵀ (G*H, T*B) @ x (T*B, I)               one GEMM each, after the loop: the
+    dW_ih += dGᵀ (G*H, T*B) @ x (T*B, I)               one product each, after the loop: the
     dW_hh += dGᵀ @ h_prev (T*B, H)                     BPTT sums over time and batch at once
     db    += column sums of dG (float64);  dx = dG @ W_ih
+
+Two paths run this, picked in one place (``tiled``):
+- float32, the tiled path: the batch rows of a sequence are independent, so the whole loop runs in
+  compiled code split by batch row over ``parts`` threads (kernels/cpu_threads.py), each part
+  doing both products of every step of its rows with register-tiled products and never waiting
+  for another part; then the weight gradients split by row. No BLAS call: NumPy's OpenBLAS keeps
+  its worker threads spinning after each call, and measured beside them our parts ran up to 1.8x
+  slower (an LSTM forward at T = 100, B = 32, H = 128: 6.9 against 3.8 ms). Results are the same
+  bits whatever the number of threads. Against the BLAS path on 2 threads, an LSTM training step
+  went from 2.0 to 1.6 ms at T = 100, B = 8, H = 64 and from 16.2 to 10-11 ms at B = 32, H = 128
+  (torch 1.9 and 8.4 ms): a product of that size is a BLAS call per step, which OpenBLAS runs on
+  one thread, while its per-step cell math ran on one core too.
+- float64 and half layers, the BLAS path: one BLAS product per step, the step kernel on all rows;
+  a half layer rounds its states between steps (kernels/precision.py).
 
 Why it is laid out this way (the per-step loop runs T times, so it does only what must be sequential):
 - States live in one array ``hs`` (T+1, B, H) in time order: the forward step at t reads the state
   ``hs[t]`` and writes ``hs[t+1]`` (reversed: reads ``hs[t+1]``, writes ``hs[t]``). Nothing is copied
   per step, and h_prev of every step is a contiguous (T*B, H) view for the dW_hh product. The LSTM
   cell state ``cs`` is laid out the same way.
-- Step kernels take the whole (T, ...) arrays and the step's indices instead of per-step slices
-  (each slice made in Python costs a few hundred nanoseconds, and a step would need a dozen); each
-  step makes one kernel call and one BLAS call, both writing into buffers allocated once per sequence.
-- The recurrent products use ``W_hhᵀ`` as a contiguous (H, G*H) copy (forward) and ``W_hh`` itself
-  (backward), so both are plain row-major GEMMs and go through ``np.dot``, which has the least
-  per-call overhead (or the function ``use_products`` names: gpurnn.torch's torch.mm).
+- Step kernels take the whole (T, ...) arrays, the step's indices and a range of batch rows
+  instead of per-step slices (each slice made in Python costs a few hundred nanoseconds, and a
+  step would need a dozen); the BLAS path makes one kernel call and one BLAS call a step, both
+  writing into buffers allocated once per sequence.
+- On the BLAS path the recurrent products use ``W_hhᵀ`` as a contiguous (H, G*H) copy (forward) and
+  ``W_hh`` itself (backward), so both are plain row-major GEMMs and go through ``np.dot``, which has
+  the least per-call overhead (or the function ``use_products`` names: gpurnn.torch's torch.mm).
 - The backward step kernel adds the previous step's recurrent gradient ``dh_rec`` into ``dh`` itself,
-  which saves one pass over (B, H) and one Python call per step.
+  which saves one pass over (B, H) and one call per step.
 - The pointwise math is vectorised (AVX): see "the cell math, compiled for the CPU" and "row kernels"
-  below for the three things that takes. At H = 256 it costs about a third of the recurrent product
-  (an LSTM forward step at B = 32: 60 µs of cell math, 225 µs of product on 2 threads); the rest is BLAS.
+  below for the three things that takes. On the tiled path at B = 32, H = 128 it is about a third
+  of an LSTM forward (1.1 of 3.2 ms on 2 threads; the products 0.8 + 1.3 ms).
 - The per-sequence buffers come from a workspace that hands an array out again once nothing refers
   to it (kernels/workspace.py): fresh ones are faulted in page by page on every call.
 - The kernels compile per cell and dtype on first use (``compile_kernels`` does it up front), and
   copy rows with loops, not slice assignments, which Numba compiles in a tenth of the time.
-Measured and left out: row loops spread over threads (numba prange) fight BLAS's threads for the
-cores and ran many times slower. The whole time loop in one compiled call: with the recurrent
-product through SciPy's BLAS (Numba's np.dot) it ran slower than this loop (4.7 against 3.2 ms for
-an LSTM training step at T=100, B=8, H=64, 1 thread; up to 2.7x slower on 2 threads, where SciPy's
-OpenBLAS is a second thread pool beside NumPy's). With a product written in Numba, four batch rows
-at a time (48 GFLOP/s on one core at B=8, H=64, as fast as OpenBLAS there, 65% of it at H = 256),
-it took that step from 4.1 to 3.2 ms, torch 3.7 ms, on 2 threads, but lost from H = 128 up and
-adds a second path to every cell.
+Measured and left out: splitting a step's hidden units (not its batch rows) over the threads, which
+needs a barrier every step and shares cache lines between parts at every block edge (a forward
+step at B = 32, H = 128 went from 53 to only 50 µs on 2 threads); numba prange, whose threading
+layer is the user's (workqueue took 110 µs a launch here, omp is not fork-safe).
 """
 
 import math
 import types as pytypes
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -55,9 +68,10 @@ from numba.extending import intrinsic, overload
 
 from . import cells
 from .contract import Saved, dims_of, one_algorithm, steps
+from .cpu_threads import PANEL, matmul, matmul_at, matmul_panel, pack, pack_transposed, part_rows, parts_for, run_parts
 from .numba_cache import cached
 from .precision import check_half, round_in_place
-from .vocabulary import GATES
+from .vocabulary import CELLS, GATES
 from .workspace import Workspace
 
 # The per-sequence buffers (xw, the states, gates, gate gradients, dx) are reused between calls
@@ -65,10 +79,17 @@ from .workspace import Workspace
 WORKSPACE = Workspace()
 
 
-def kernel(fn):
+def kernel(fn=None, *, allocates=False):
     """A CPU kernel: compiled on first use with NumPy's error model (below), and kept in Numba's
-    on-disk cache outside the installed package (kernels/numba_cache.py says why)."""
-    return cached(njit(error_model="numpy")(fn))
+    on-disk cache outside the installed package (kernels/numba_cache.py says why).
+
+    A kernel that allocates nothing is compiled without Numba's reference counting (``_nrt``):
+    every array a kernel slices would otherwise be counted in and out, two atomic operations
+    each, and a step kernel slices a dozen per row (they took a sixth of an LSTM step's cell math
+    at B = 32, H = 128). ``allocates=True`` keeps it for the kernels that make arrays."""
+    if fn is None:
+        return lambda f: kernel(f, allocates=allocates)
+    return cached(njit(error_model="numpy", _nrt=allocates)(fn))
 
 
 # ---------------------------------------------------------------- the cell math, compiled for the CPU
@@ -247,21 +268,21 @@ def copy_row(src, dst):
 
 @kernel
 def pre_activation(t, b, n, xw, hw, b_ih, b_hh):
-    """hw[b, :n] += xw[t, b, :n] + b_ih[:n] + b_hh[:n], and return the row hw[b].
+    """hw[b, :n] += xw[t, b, :n] + b_ih[:n] + b_hh[:n].
 
     Adding b_ih here rather than to all of xw up front saves a pass over (T, B, G*H)."""
     a, x_b = hw[b], xw[t, b]
     for k in range(n):
         a[k] += x_b[k] + b_ih[k] + b_hh[k]
-    return a
 
 
 @kernel
-def rnn_step_forward(relu, t, r, w, xw, hw, b_ih, b_hh, active, hs, y):
+def rnn_step_forward(relu, t, r, w, xw, hw, b_ih, b_hh, active, hs, y, b0, b1):
     """relu: the nonlinearity is relu, else tanh (chosen per row, outside the vectorised loop)."""
-    for b in range(hw.shape[0]):
+    for b in range(b0, b1):
         if active[t, b]:
-            a = pre_activation(t, b, hw.shape[1], xw, hw, b_ih, b_hh)
+            pre_activation(t, b, hw.shape[1], xw, hw, b_ih, b_hh)
+            a = hw[b]
             if relu:
                 rnn_relu_row_forward(a, hs[w, b])
             else:
@@ -273,11 +294,12 @@ def rnn_step_forward(relu, t, r, w, xw, hw, b_ih, b_hh, active, hs, y):
 
 
 @kernel
-def lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates):
+def lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates, b0, b1):
     H = hs.shape[2]
-    for b in range(hw.shape[0]):
+    for b in range(b0, b1):
         if active[t, b]:
-            a, gt = pre_activation(t, b, hw.shape[1], xw, hw, b_ih, b_hh), gates[t, b]
+            pre_activation(t, b, hw.shape[1], xw, hw, b_ih, b_hh)
+            a, gt = hw[b], gates[t, b]
             lstm_row_forward(a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:], cs[r, b],
                              gt[:H], gt[H:2 * H], gt[2 * H:3 * H], gt[3 * H:], cs[w, b], hs[w, b])
             copy_row(hs[w, b], y[t, b])
@@ -288,11 +310,12 @@ def lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates):
 
 
 @kernel
-def gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn):
+def gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn, b0, b1):
     H = hs.shape[2]
-    for b in range(hw.shape[0]):
+    for b in range(b0, b1):
         if active[t, b]:
-            a, gt, hn_b, x_b = pre_activation(t, b, 2 * H, xw, hw, b_ih, b_hh), gates[t, b], hn[t, b], xw[t, b]
+            pre_activation(t, b, 2 * H, xw, hw, b_ih, b_hh)
+            a, gt, hn_b, x_b = hw[b], gates[t, b], hn[t, b], xw[t, b]
             for j in range(H):                                    # n: its two parts apart
                 hn_b[j] = a[2 * H + j] + b_hh[2 * H + j]
                 x_b[2 * H + j] += b_ih[2 * H + j]
@@ -316,7 +339,7 @@ def gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn):
 
 @kernel
 def sum_dh(t, b, active, dy, dh, dh_rec):
-    """dh[b] += dh_rec[b] (+ dy[t, b] when the row is active); returns the row dh[b]."""
+    """dh[b] += dh_rec[b] (+ dy[t, b] when the row is active)."""
     dh_b, rec_b, dy_b = dh[b], dh_rec[b], dy[t, b]
     if active[t, b]:
         for j in range(dh_b.shape[0]):
@@ -324,13 +347,13 @@ def sum_dh(t, b, active, dy, dh, dh_rec):
     else:
         for j in range(dh_b.shape[0]):
             dh_b[j] += rec_b[j]
-    return dh_b
 
 
 @kernel
-def rnn_step_backward(relu, t, w, dy, dh, dh_rec, active, hs, dg):
-    for b in range(dh.shape[0]):
-        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
+def rnn_step_backward(relu, t, w, dy, dh, dh_rec, active, hs, dg, b0, b1):
+    for b in range(b0, b1):
+        sum_dh(t, b, active, dy, dh, dh_rec)
+        dh_b = dh[b]
         if not active[t, b]:
             dg[t, b, :] = 0
         elif relu:
@@ -340,10 +363,11 @@ def rnn_step_backward(relu, t, w, dy, dh, dh_rec, active, hs, dg):
 
 
 @kernel
-def lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, gates, cs, dg):
+def lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, gates, cs, dg, b0, b1):
     H = dh.shape[1]
-    for b in range(dh.shape[0]):
-        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
+    for b in range(b0, b1):
+        sum_dh(t, b, active, dy, dh, dh_rec)
+        dh_b = dh[b]
         if active[t, b]:
             gt, d = gates[t, b], dg[t, b]
             lstm_row_backward(dh_b, dc[b], gt[:H], gt[H:2 * H], gt[2 * H:3 * H], gt[3 * H:], cs[w, b], cs[r, b],
@@ -353,10 +377,11 @@ def lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, gates, cs, dg):
 
 
 @kernel
-def gru_step_backward(t, r, dy, dh, dh_rec, active, gates, hn, hs, dg_x, dg_h):
+def gru_step_backward(t, r, dy, dh, dh_rec, active, gates, hn, hs, dg_x, dg_h, b0, b1):
     H = dh.shape[1]
-    for b in range(dh.shape[0]):
-        dh_b = sum_dh(t, b, active, dy, dh, dh_rec)
+    for b in range(b0, b1):
+        sum_dh(t, b, active, dy, dh, dh_rec)
+        dh_b = dh[b]
         if active[t, b]:
             gt, dx_, dh_ = gates[t, b], dg_x[t, b], dg_h[t, b]
             gru_row_backward(dh_b, gt[:H], gt[H:2 * H], gt[2 * H:], hn[t, b], hs[r, b],
@@ -371,9 +396,9 @@ def gru_step_backward(t, r, dy, dh, dh_rec, active, gates, hn, hs, dg_x, dg_h):
 COLUMN_BLOCK = 512      # rows a block of column_sums adds before its sum joins the total
 
 
-@kernel
-def column_sums_into(a, out):
-    """out (C,) float64 = Σ_n a[n] for a (N, C), overwritten.
+@kernel(allocates=True)
+def column_sums_into(a, out, c0, c1):
+    """out[c0:c1] (float64) = Σ_n a[n, c0:c1] for a (N, C), overwritten.
 
     NumPy's ``a.sum(axis=0)`` adds one row at a time in a's dtype: in float32 its error grows
     with N (1e-5 relative at N = 1e6 on random data, 3% at worst). Here every row is added in
@@ -381,25 +406,24 @@ def column_sums_into(a, out):
     (COLUMN_BLOCK + N / COLUMN_BLOCK)·2**-53 of Σ_n |a[n, c]|, 2.7e-13 at N = 1e6, a 200000th of
     float32's rounding (2**-24) where the column has one sign: rounded once to float32, it is
     the true sum rounded. One pass over a: 0.25-1.1x the time of NumPy's float32 sum (memory bound)."""
-    C = a.shape[1]
-    part = np.empty(C, np.float64)
-    for j in range(C):
+    part = np.empty(c1 - c0, np.float64)
+    for j in range(c0, c1):
         out[j] = 0.0
     for n0 in range(0, a.shape[0], COLUMN_BLOCK):
-        for j in range(C):
+        for j in range(c1 - c0):
             part[j] = 0.0
         for n in range(n0, min(n0 + COLUMN_BLOCK, a.shape[0])):
-            row = a[n]
-            for j in range(C):
+            row = a[n, c0:c1]
+            for j in range(c1 - c0):
                 part[j] += row[j]
-        for j in range(C):
-            out[j] += part[j]
+        for j in range(c1 - c0):
+            out[c0 + j] += part[j]
 
 
 def column_sums(a):
     """Σ_n a[n] over the rows of a (N, C), as float64 (C,): see ``column_sums_into``."""
     out = np.empty(a.shape[1], np.float64)
-    column_sums_into(a, out)
+    column_sums_into(a, out, 0, a.shape[1])
     return out
 
 
@@ -419,12 +443,106 @@ def use_products(fn):
     return before
 
 
+# ---------------------------------------------------------------- float32: the tiled path, on parts
+# In float32 every product runs as kernels/cpu_threads.py's tiles, split over ``parts`` threads:
+# the batch rows of a sequence are independent, so part p runs the whole loop of its rows
+# [b0, b1), both products of each step (x_t @ W_ihᵀ and h_{t-1} @ W_hhᵀ) and the step kernel,
+# without ever waiting for another part. The weight gradients then split by gate row, dx by (t, b)
+# row, the bias sums by column. Every element is computed by one part, in one fixed order, so the
+# results are the same (bitwise) whatever the number of threads.
+#   w_ih_p, w_hh_p     the second operand of a product as panels (cpu_threads.pack): W_ihᵀ and
+#                      W_hhᵀ forward, W_hh and W_ih backward
+#   gates, cs, hn                      a cell that has none gets an empty array (compiled code
+#                                      needs an array of the right dimensions)
+
+# a part function's ``cell``: the cell's index in CELLS
+RNN_RELU, LSTM, GRU = CELLS.index("rnn_relu"), CELLS.index("lstm"), CELLS.index("gru")
+
+
+def parted(fn):
+    """A part function fn(p, parts, ...): compiled without the GIL, so that cpu_threads.run_parts
+    runs its parts in parallel."""
+    return cached(njit(nogil=True, error_model="numpy")(fn))
+
+
+@parted
+def forward_rows(p, parts, cell, reverse, x, w_ih_p, w_hh_p, b_ih, b_hh, active, xw, hw, hs, cs, y, gates, hn):
+    T, B = active.shape
+    b0, b1 = part_rows(p, parts, B)
+    for q in range(w_ih_p.shape[0]):        # x_t @ W_ihᵀ of every step first, a panel of W_ih at a
+        for t in range(T):                  # time: each panel is read from memory once, not T times
+            matmul_panel(x[t], w_ih_p, xw[t], b0, b1, q, False)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        r = t + 1 if reverse else t
+        w = t if reverse else t + 1
+        matmul(hs[r], w_hh_p, hw, b0, b1, False)
+        if cell == LSTM:
+            lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates, b0, b1)
+        elif cell == GRU:
+            gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn, b0, b1)
+        else:
+            rnn_step_forward(cell == RNN_RELU, t, r, w, xw, hw, b_ih, b_hh, active, hs, y, b0, b1)
+
+
+@parted
+def backward_rows(p, parts, cell, reverse, w_hh_p, active, dy, dh, dh_rec, dc, hs, cs, gates, hn, dg_x, dg_h):
+    T, B = active.shape
+    b0, b1 = part_rows(p, parts, B)
+    for s in range(T):
+        t = s if reverse else T - 1 - s          # forward's steps, last first
+        r = t + 1 if reverse else t
+        w = t if reverse else t + 1
+        if cell == LSTM:
+            lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, gates, cs, dg_x, b0, b1)
+        elif cell == GRU:
+            gru_step_backward(t, r, dy, dh, dh_rec, active, gates, hn, hs, dg_x, dg_h, b0, b1)
+        else:
+            rnn_step_backward(cell == RNN_RELU, t, w, dy, dh, dh_rec, active, hs, dg_x, b0, b1)
+        matmul(dg_h[t], w_hh_p, dh_rec, b0, b1, False)          # dh_{t-1} through W_hh
+
+
+@parted
+def gradient_rows(p, parts, x, h_prev, dg_x, dg_h, w_ih_p, dw_ih, dw_hh, db_x, db_h, dx):
+    """dW_ih += dG_xᵀ x, dW_hh += dG_hᵀ h_prev (rows of G*H), dx = dG_x W_ih (rows of T*B), and the
+    float64 bias sums db_x, db_h (columns; db_h is skipped when it has no columns)."""
+    GH = dg_x.shape[1]
+    g0, g1 = part_rows(p, parts, GH)
+    matmul_at(dg_x, x, dw_ih, g0, g1, True)
+    matmul_at(dg_h, h_prev, dw_hh, g0, g1, True)
+    column_sums_into(dg_x, db_x, g0, g1)
+    if db_h.shape[0]:
+        column_sums_into(dg_h, db_h, g0, g1)
+    n0, n1 = part_rows(p, parts, x.shape[0])
+    matmul(dg_x, w_ih_p, dx, n0, n1, False)
+
+
 # ---------------------------------------------------------------- sequences
+def threads():
+    """The threads the tiled path runs on: Numba's count (NUMBA_NUM_THREADS, numba.set_num_threads)."""
+    return numba.get_num_threads()
+
+
+def tiled(dtype, half):
+    """Whether a sequence runs on the tiled path (float32) or through BLAS (float64, and half
+    layers, whose states the BLAS path rounds between steps): the one place the cpu backend picks."""
+    return dtype == np.float32 and half is None
+
+
 def active_mask(lengths, T, B):
     """(T, B) uint8: 1 where row b takes a step at time t."""
     if lengths is None:
         return np.ones((T, B), np.uint8)
     return (np.arange(T)[:, None] < np.asarray(lengths)[None, :]).astype(np.uint8)
+
+
+def _none3(dt):
+    return np.empty((0, 0, 0), dt)
+
+
+def panels(N, K, dt):
+    """A workspace array for the panels of a (K, N) operand (cpu_threads.pack)."""
+    return WORKSPACE.empty((-(-N // PANEL), K, PANEL), dt)
 
 
 def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, algo="auto", half=None):
@@ -436,9 +554,6 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     dt = x.dtype
     empty = WORKSPACE.empty
     xw = empty((T, B, GH), dt)                                  # input projection of every step
-    _product(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
-    w_hh_t = empty((H, GH), dt)
-    w_hh_t[...] = w_hh.T
     hw = empty((B, GH), dt)
     y = empty((T, B, H), dt)
     hs = empty((T + 1, B, H), dt)                               # states in time order, see the top
@@ -451,18 +566,28 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
         cs = empty((T + 1, B, H), dt)
         cs[first] = c0
     hn = empty((T, B, H), dt) if cell == "gru" else None
-    for t, r, w in steps(T, reverse):
-        _product(hs[r], w_hh_t, out=hw)
-        if cell in ("rnn_tanh", "rnn_relu"):
-            rnn_step_forward(cell == "rnn_relu", t, r, w, xw, hw, b_ih, b_hh, active, hs, y)
-        elif cell == "lstm":
-            lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates)
-        else:
-            gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn)
-        if half is not None:        # the state as half storage holds it, before the next step reads it
-            round_in_place(hs[w], half)
-            if cs is not None:
-                round_in_place(cs[w], half)
+    if tiled(dt, half):
+        none = _none3(dt)
+        run_parts(forward_rows, parts_for(B, threads()), CELLS.index(cell), bool(reverse), x,
+                  pack_transposed(w_ih, panels(GH, I, dt)), pack_transposed(w_hh, panels(GH, H, dt)),
+                  b_ih, b_hh, active, xw, hw, hs, none if cs is None else cs, y, none if gates is None else gates,
+                  none if hn is None else hn)
+    else:
+        _product(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
+        w_hh_t = empty((H, GH), dt)
+        w_hh_t[...] = w_hh.T
+        for t, r, w in steps(T, reverse):
+            _product(hs[r], w_hh_t, out=hw)
+            if cell in ("rnn_tanh", "rnn_relu"):
+                rnn_step_forward(cell == "rnn_relu", t, r, w, xw, hw, b_ih, b_hh, active, hs, y, 0, B)
+            elif cell == "lstm":
+                lstm_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, cs, y, gates, 0, B)
+            else:
+                gru_step_forward(t, r, w, xw, hw, b_ih, b_hh, active, hs, y, gates, hn, 0, B)
+            if half is not None:    # the state as half storage holds it, before the next step reads it
+                round_in_place(hs[w], half)
+                if cs is not None:
+                    round_in_place(cs[w], half)
     if half is not None:            # what no later step reads: rounded once, at the end
         for a in (y, gates, hn):
             if a is not None:
@@ -486,18 +611,35 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     dh_rec = zeros((B, H), dt)
     if dy is None:
         dy = zeros((T, B, H), dt)
+    h_prev = hs[1:] if reverse else hs[:T]                      # the state each step read, time order
+    dgx2, dgh2 = dg_x.reshape(T * B, GH), dg_h.reshape(T * B, GH)
+    dx = empty((T, B, I), dt)
+    if tiled(dt, None):             # (a half layer's backward runs as float32's)
+        none = _none3(dt)
+        run_parts(backward_rows, parts_for(B, threads()), CELLS.index(cell), bool(reverse),
+                  pack(w_hh, panels(H, GH, dt)), active, dy, dh,
+                  dh_rec, np.empty((0, 0), dt) if dc is None else dc, hs, none if saved.cs is None else saved.cs,
+                  none if saved.gates is None else saved.gates, none if saved.hn is None else saved.hn, dg_x, dg_h)
+        dh += dh_rec
+        # BPTT accumulation over all T*B rows at once: deterministic, no per-step products.
+        db_x, db_h = np.empty(GH, np.float64), np.empty(GH if dg_h is not dg_x else 0, np.float64)
+        run_parts(gradient_rows, parts_for(GH, threads()), x.reshape(T * B, I), h_prev.reshape(T * B, H), dgx2,
+                  dgh2, pack(w_ih, panels(I, GH, dt)), grads["w_ih"], grads["w_hh"], db_x, db_h,
+                  dx.reshape(T * B, I))
+        if "b_ih" in grads:
+            grads["b_ih"] += db_x
+            grads["b_hh"] += db_x if dg_h is dg_x else db_h
+        return dx, dh, dc
     for t, r, w in reversed(steps(T, reverse)):
         if cell in ("rnn_tanh", "rnn_relu"):
-            rnn_step_backward(cell == "rnn_relu", t, w, dy, dh, dh_rec, active, hs, dg_x)
+            rnn_step_backward(cell == "rnn_relu", t, w, dy, dh, dh_rec, active, hs, dg_x, 0, B)
         elif cell == "lstm":
-            lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, saved.gates, saved.cs, dg_x)
+            lstm_step_backward(t, r, w, dy, dh, dh_rec, dc, active, saved.gates, saved.cs, dg_x, 0, B)
         else:
-            gru_step_backward(t, r, dy, dh, dh_rec, active, saved.gates, saved.hn, hs, dg_x, dg_h)
+            gru_step_backward(t, r, dy, dh, dh_rec, active, saved.gates, saved.hn, hs, dg_x, dg_h, 0, B)
         _product(dg_h[t], w_hh, out=dh_rec)                     # dh_{t-1} through W_hh
     dh += dh_rec
     # BPTT accumulation over all T*B rows at once: deterministic, no per-step products.
-    h_prev = hs[1:] if reverse else hs[:T]                      # the state each step read, time order
-    dgx2, dgh2 = dg_x.reshape(T * B, GH), dg_h.reshape(T * B, GH)
     grads["w_ih"] += _product(dgx2.T, x.reshape(T * B, I), out=empty((GH, I), dt))
     grads["w_hh"] += _product(dgh2.T, h_prev.reshape(T * B, H), out=empty((GH, H), dt))
     if "b_ih" in grads:
@@ -505,7 +647,6 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
         db_x = column_sums(dgx2)
         grads["b_ih"] += db_x
         grads["b_hh"] += db_x if dg_h is dg_x else column_sums(dgh2)
-    dx = empty((T, B, I), dt)
     _product(dgx2, w_ih, out=dx.reshape(T * B, I))
     return dx, dh, dc
 

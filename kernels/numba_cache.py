@@ -12,8 +12,9 @@ namespace package before the editable install, and ``import gpurnn`` gives an em
   installs never share entries;
 - where neither can be written, nothing is cached and the kernels compile in every process.
 
-A cache entry is also stamped with the content of ``kernels/cells.py``: the CPU kernels inline the
-cell math compiled from it, and Numba alone would check only the kernel's own file.
+A cache entry is also stamped with the content of the files whose code the CPU kernels inline:
+``kernels/cells.py`` (the cell math) and ``kernels/cpu_threads.py`` (the tiled products). Numba
+alone checks only the kernel's own file, and would load a kernel compiled with their old code.
 """
 
 import functools
@@ -22,7 +23,8 @@ import os
 
 from numba.core import caching
 
-_CELLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cells.py")
+_INLINED = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+                 for name in ("cells.py", "cpu_threads.py"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,14 +33,17 @@ def _content_hash(path, mtime_ns, size):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _cells_stamp():
-    st = os.stat(_CELLS)
-    return _content_hash(_CELLS, st.st_mtime_ns, st.st_size)
+def _inlined_stamp():
+    stamps = []
+    for path in _INLINED:
+        st = os.stat(path)
+        stamps.append(_content_hash(path, st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
 
 
-class _StampedWithCells:
+class _StampedWithInlined:
     def get_source_stamp(self):
-        return (super().get_source_stamp(), _cells_stamp())
+        return (super().get_source_stamp(), _inlined_stamp())
 
 
 def _numba_class(name):
@@ -46,11 +51,11 @@ def _numba_class(name):
     return getattr(caching, name, None) or getattr(caching, "_" + name)
 
 
-class _UserProvided(_StampedWithCells, _numba_class("UserProvidedCacheLocator")):
+class _UserProvided(_StampedWithInlined, _numba_class("UserProvidedCacheLocator")):
     pass
 
 
-class _UserWide(_StampedWithCells, _numba_class("UserWideCacheLocator")):
+class _UserWide(_StampedWithInlined, _numba_class("UserWideCacheLocator")):
     pass
 
 

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import run_child
 
 from gpurnn.kernels import cpu, numba_cache
@@ -65,14 +66,19 @@ def test_with_no_writable_cache_folder_the_kernels_still_run_uncached(tmp_path):
     assert out == dict(path=None, files=[])
 
 
-def test_an_edit_to_the_cell_math_invalidates_the_cache(tmp_path, monkeypatch):
-    """The CPU kernels inline kernels/cells.py; Numba alone stamps an entry with cpu.py only."""
+@pytest.mark.parametrize("inlined", ["cells.py", "cpu_threads.py"])
+def test_an_edit_to_inlined_code_invalidates_the_cache(inlined, tmp_path, monkeypatch):
+    """The CPU kernels inline kernels/cells.py (the cell math) and kernels/cpu_threads.py (the
+    tiled products); Numba alone stamps an entry with cpu.py only, and loaded kernels compiled
+    with the old products after an edit to cpu_threads.py."""
     locator = cpu.copy_row._cache._impl.locator
-    cells = tmp_path / "cells.py"
-    cells.write_text("x = 1\n")
-    monkeypatch.setattr(numba_cache, "_CELLS", str(cells))
+    copies = {}
+    for path in numba_cache._INLINED:
+        copies[os.path.basename(path)] = tmp_path / os.path.basename(path)
+        copies[os.path.basename(path)].write_text("x = 1\n")
+    monkeypatch.setattr(numba_cache, "_INLINED", tuple(str(p) for p in copies.values()))
     first = locator.get_source_stamp()
-    cells.write_text("x = 2\n")
+    copies[inlined].write_text("x = 2\n")
     assert locator.get_source_stamp() != first
-    cells.write_text("x = 1\n")
+    copies[inlined].write_text("x = 1\n")
     assert locator.get_source_stamp() == first
