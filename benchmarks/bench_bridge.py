@@ -66,6 +66,7 @@ import sys
 import time
 from pathlib import Path
 
+import host
 from host import cpu_facts
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -183,50 +184,31 @@ def patch_name(value):
     return value
 
 
-class Child:
+class Child(host.Child):
     """A --child process for one side (impl, patch) of one configuration."""
 
     def __init__(self, args, impl, threads, patch):
         self.impl, self.patch = impl, (patch if impl == "gpurnn" else None)
-        self.cmd = [sys.executable, __file__, "--child", "--impl", impl, "--threads", str(threads),
-                    "--patch", patch, "--warmup", str(args.warmup)]
+        cmd = [sys.executable, __file__, "--child", "--impl", impl, "--threads", str(threads),
+               "--patch", patch, "--warmup", str(args.warmup)]
         for name in ("vocab", "embed", "hidden", "layers", "batch", "seq"):
-            self.cmd += [f"--{name}", str(getattr(args, name))]
-        self.proc = subprocess.Popen(self.cmd, env=child_env(patch if impl == "gpurnn" else "none"),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+            cmd += [f"--{name}", str(getattr(args, name))]
+        super().__init__(cmd, env=child_env(patch if impl == "gpurnn" else "none"))
         self.samples = []
 
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            raise SystemExit(f"bench_bridge: {' '.join(self.cmd)} exited with {self.proc.returncode}:\n"
-                             f"{self.proc.stderr.read()[-3000:]}")
-        return line
-
     def ready(self):
-        assert self._read().strip() == "ready"
+        assert self.read().strip() == "ready"
 
     def block(self, k):
-        self.proc.stdin.write(f"{k}\n")
-        self.proc.stdin.flush()
-        times = json.loads(self._read())
+        times = self.ask(k)
         self.samples += times
         return times
 
     def finish(self):
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.flush()
-        summary = json.loads(self._read())
-        self.proc.wait()
+        summary = self.ask("quit")
+        self.close()
         return dict(impl=self.impl, patch=self.patch, step_ms=self.samples,
                     median_ms=statistics.median(self.samples) if self.samples else None, **summary)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def others_running(ours):

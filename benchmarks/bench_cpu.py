@@ -1,37 +1,52 @@
-"""gpurnn's cpu backend against torch.nn.RNN/LSTM/GRU on the CPU, in one process, same threads.
+"""gpurnn's cpu backend against torch.nn.RNN/LSTM/GRU on the CPU, each side in its own process, same threads.
 
-    python benchmarks/bench_cpu.py                 # the full grid and cold start, about 3 minutes on 2 cores
-    python benchmarks/bench_cpu.py --quick         # one tiny shape, seconds (what the smoke test runs)
+    python benchmarks/bench_cpu.py                      # the full grid and cold start, about 4 minutes on 2 cores
+    python benchmarks/bench_cpu.py --quick              # one tiny shape, seconds (what the smoke test runs)
+    python benchmarks/bench_cpu.py --mode interleaved   # both sides in this one process, as before
 
 On machines where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set (some set them for old OpenBLAS builds;
 they slow a current NumPy), unset both for the benchmark command alone:
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...``. The JSON records both and the BLAS kernel
 NumPy runs (named when threadpoolctl is installed).
 
-What is timed, per cell and shape (T, B, I, H), float32, one layer, one direction:
+What is timed, per cell and shape (T, B, I, H), float32, one layer, one direction, the same x, dy
+and weights on both sides:
     forward  ``y = m(x)`` with everything backward needs saved (torch: autograd enabled)
     train    one training step: zero the grads, forward, backward of a fixed dy (weight grads and dx)
 FLOPs are the dense products only (the pointwise cell math is a few per element, not counted):
     forward  2·T·B·G·H·(I + H)        input projection + recurrent product
     train    3 × forward              + dh through W_hh, dW_hh, dW_ih, dx
 The share of "sgemm" is gpurnn's GFLOP/s over a square float32 matrix product through NumPy (the
-same BLAS as gpurnn's), measured between the rows of the same run: the best this machine's BLAS
-does on the same threads, at the same moment. The "BLAS floor" is the time of the same dense
-products alone, of the same shapes and in the same order (see ``blas_floor``), timed interleaved
-with both sides: no implementation on this BLAS goes below it, and gpurnn's distance to it is what
-its own cell kernels and Python cost (the table's "outside the products" column: gpurnn's time less
-the floor).
+same BLAS as gpurnn's), measured after every row of the same run: the best this machine's BLAS does
+on the same threads, at the same moment. The "BLAS floor" is the time of the same dense products
+alone, of the same shapes and in the same order (see ``blas_floor``), timed alternately with both
+sides: no implementation on this BLAS goes below it, and gpurnn's distance to it is what its own
+cell kernels and Python cost (the table's "outside the products" column: gpurnn's time less the floor).
 
-How peers are interleaved: for every row both sides are warmed up, then ``--rounds`` rounds each run
-a block of ``--reps`` timed calls of one side and then of the other (the order alternates); each block
-starts after a short pause and one untimed call. The pause matters on a small machine: NumPy's
-OpenBLAS and torch's OpenMP keep their worker threads spinning for a while after each call, and a
-block that started right after the other library's would share the cores with those spinners.
-Reported times are medians over all timed calls; the ratio is torch / gpurnn (> 1: gpurnn is faster).
+Why each side runs in its own process (``--mode apart``, the default): NumPy's OpenBLAS and torch's
+OpenMP keep their worker threads spinning for a while after each call. In one process both pools
+exist side by side, and on a small machine each side is timed beside the other's spinning workers:
+not what a user who runs one of the two sees. So for every (cell, shape) this script starts one child
+process per side (``--child``): gpurnn's layer, torch's, and the BLAS floor with the sgemm reference
+(NumPy alone). Each child fixes its threads before its libraries start their pools (the thread
+variables, then torch.set_num_threads, numba.set_num_threads and threadpoolctl's limit, where it has
+those libraries), builds its side, warms it up (``--warmup`` untimed calls of each mode), reports its
+process id and threads, then answers the parent's requests "MODE K" with the seconds of K timed
+calls (a JSON list on stdout). The parent runs ``--rounds`` rounds of one block of ``--reps`` calls per
+side, the order reversed every other round (gpurnn, torch, floor, then floor, torch, gpurnn), while
+the other children wait idle on their input. ``--mode interleaved`` builds every side in this one
+process and alternates them the same way, for comparison with the figures of earlier runs.
+
+Each block starts after ``--pause`` seconds of rest and one untimed call: the pools of the side that
+ran before, in its own process or not, spin for a while after its last call, and a block that
+started right away would share the cores with those spinners. Reported times are medians over all
+timed calls of a side, with the spread of its rounds (the lowest and highest median of one block);
+the ratio is torch / gpurnn (> 1: gpurnn is faster).
 
 Through gpurnn.torch (``--no-bridge`` skips it), per shape, an LSTM training step: in a torch model
-(the LSTM and a linear head on its last step) with gpurnn.torch.LSTM and with torch.nn.LSTM; and
-gpurnn.torch.LSTM alone against gpurnn's own layer on the same dy, whose difference is the bridge's cost.
+(the LSTM and a linear head on its last step) with gpurnn.torch.LSTM and with torch.nn.LSTM, each in
+a process of its own; and gpurnn.torch.LSTM alone against gpurnn's own layer on the same dy, both in
+the gpurnn.torch process (the same library), whose difference is the bridge's cost.
 
 Cold start: seconds from starting a Python process to its first finished training step (import,
 build an LSTM/GRU/RNN, forward, backward), once with an empty Numba cache (NUMBA_CACHE_DIR set to a
@@ -42,7 +57,7 @@ import argparse
 import os
 import sys
 
-# Threads are fixed before NumPy, Numba or torch start their pools.
+# Threads are fixed before NumPy, Numba or torch start their pools (in the children as in the parent).
 _threads_arg = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")), None)
 if _threads_arg is None and "--threads" in sys.argv:
     _threads_arg = sys.argv[sys.argv.index("--threads") + 1]
@@ -50,18 +65,19 @@ THREADS = int(_threads_arg or 2)
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
 
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gpurnn  # noqa: E402
-from host import cpu_facts  # noqa: E402
+from host import Child, cpu_facts  # noqa: E402
 from gpurnn.kernels.vocabulary import GATES  # noqa: E402
 
 # (label, T, B, I, H): launch/overhead bound -> compute bound.
@@ -72,6 +88,15 @@ GRID = [
 ]
 QUICK_GRID = [("tiny", 5, 2, 3, 4)]
 RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("apart", "interleaved")
+
+# The processes of a comparison ("kinds") and what each runs: the rows' three sides, each in its own
+# process in the apart mode; the gpurnn.torch rows' four, of which three are gpurnn's.
+ROW_SIDES = {"gpurnn": "gpurnn", "torch": "torch", "blas": "blas"}
+BRIDGE_SIDES = {"gpurnn.torch model": "bridge-gpurnn", "torch.nn model": "bridge-torch",
+                "gpurnn.torch": "bridge-gpurnn", "gpurnn": "bridge-gpurnn"}
+USES_TORCH = ("torch", "bridge-gpurnn", "bridge-torch")
+USES_NUMBA = ("gpurnn", "bridge-gpurnn")
 
 
 def flops(mode, cell, T, B, I, H):
@@ -80,7 +105,21 @@ def flops(mode, cell, T, B, I, H):
     return forward if mode == "forward" else 3 * forward
 
 
-# ---------------------------------------------------------------- the two sides
+# ---------------------------------------------------------------- the sides
+def inputs(cell, T, B, I, H):
+    """x (T, B, I), dy (T, B, H) and the layer's weights under torch's names, float32, drawn from
+    NumPy with fixed seeds: the same numbers in every process, so that both sides compute the same
+    thing without either importing the other. The weights are uniform in ±1/√H, as both libraries
+    initialise them."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    GH, k = GATES[cell] * H, 1 / np.sqrt(H)
+    shapes = dict(weight_ih_l0=(GH, I), weight_hh_l0=(GH, H), bias_ih_l0=(GH,), bias_hh_l0=(GH,))
+    weights = {name: rng.uniform(-k, k, s).astype(np.float32) for name, s in shapes.items()}
+    return x, dy, weights
+
+
 def gpurnn_model(cell, I, H, backend):
     kw = dict(backend=backend, dtype="float32", seed=0)
     if cell.startswith("rnn_"):
@@ -89,48 +128,65 @@ def gpurnn_model(cell, I, H, backend):
 
 
 def torch_model(torch, cell, I, H):
-    torch.manual_seed(0)
     if cell.startswith("rnn_"):
         return torch.nn.RNN(I, H, nonlinearity=cell[4:])
     return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H)
 
 
-def make_calls(torch, cell, T, B, I, H, backend):
-    """{(side, mode): zero-argument function} for one cell and shape, on the same x and dy."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+def gpurnn_calls(cell, T, B, I, H, backend):
+    """{mode: zero-argument function} of gpurnn's layer on ``inputs``."""
+    x, dy, weights = inputs(cell, T, B, I, H)
     m = gpurnn_model(cell, I, H, backend)
-    tm = torch_model(torch, cell, I, H)
-    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
-    xt = torch.from_numpy(x).requires_grad_(True)     # torch computes dx too, as gpurnn does
-    dyt = torch.from_numpy(dy)
+    m.load_state_dict(weights)
 
-    def g_forward():
+    def forward():
         m(x)
 
-    def g_train():
+    def train():
         m.zero_grad()
         m(x)
         m.backward(dy)
 
-    def t_forward():
+    return {"forward": forward, "train": train}
+
+
+def torch_calls(torch, cell, T, B, I, H):
+    """{mode: zero-argument function} of torch.nn's layer on ``inputs``; dx is computed too, as gpurnn does."""
+    x, dy, weights = inputs(cell, T, B, I, H)
+    tm = torch_model(torch, cell, I, H)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+
+    def forward():
         tm(xt)
 
-    def t_train():
+    def train():
         tm.zero_grad(set_to_none=False)
         xt.grad = None
         y, _ = tm(xt)
         y.backward(dyt)
 
-    floor_forward, floor_train = blas_floor(cell, T, B, I, H)
-    return {("gpurnn", "forward"): g_forward, ("gpurnn", "train"): g_train,
-            ("torch", "forward"): t_forward, ("torch", "train"): t_train,
-            ("blas", "forward"): floor_forward, ("blas", "train"): floor_train}
+    return {"forward": forward, "train": train}
 
 
-def bridge_calls(torch, T, B, I, H, backend):
-    """{side: zero-argument function} on the same x, float32:
+def blas_calls(cell, T, B, I, H, sgemm_n):
+    """{name: zero-argument function}: the BLAS floor of each mode (``blas_floor``) and "sgemm", a
+    square float32 product of side ``sgemm_n`` through NumPy (its BLAS, its threads)."""
+    forward, train = blas_floor(cell, T, B, I, H)
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((sgemm_n, sgemm_n)).astype(np.float32)
+    b = rng.standard_normal((sgemm_n, sgemm_n)).astype(np.float32)
+    c = np.empty((sgemm_n, sgemm_n), np.float32)
+
+    def sgemm():
+        np.matmul(a, b, out=c)
+
+    return {"forward": forward, "train": train, "sgemm": sgemm}
+
+
+def bridge_calls(torch, T, B, I, H, backend, sides=tuple(BRIDGE_SIDES)):
+    """{side: zero-argument function} of the ``sides`` asked for, on the same x, float32:
 
         "gpurnn.torch model", "torch.nn model"   one training step of a torch model: an LSTM, a
                                                  linear head on its last step, MSE, backward
@@ -139,9 +195,9 @@ def bridge_calls(torch, T, B, I, H, backend):
                                                  (zero_grad, forward, backward of the same dy)
 
     The last two do the same arithmetic on the same numbers; their difference is what the bridge
-    costs (autograd, the views, the saved tensors).
+    costs (autograd, the views, the saved tensors). Only the sides asked for are built: the
+    torch.nn model's process imports no gpurnn.torch.
     """
-    import gpurnn.torch as gt
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((T, B, I)).astype(np.float32)).requires_grad_(True)
     target = torch.from_numpy(rng.standard_normal((B, 1)).astype(np.float32))
@@ -152,13 +208,6 @@ def bridge_calls(torch, T, B, I, H, backend):
         torch.manual_seed(0)
         return torch.nn.ModuleDict(dict(rnn=lstm, head=torch.nn.Linear(H, 1)))
 
-    torch.manual_seed(0)
-    ours = model(gt.LSTM(I, H, backend=backend))
-    torch.manual_seed(0)
-    theirs = model(torch.nn.LSTM(I, H))
-    layer = gpurnn.LSTM(I, H, backend=backend, dtype="float32")
-    layer.load_state_dict({k: v.detach().numpy() for k, v in ours["rnn"].state_dict().items()})
-
     def model_step(m):
         def train():
             m.zero_grad()                   # torch's default: the grads are set to None
@@ -167,19 +216,30 @@ def bridge_calls(torch, T, B, I, H, backend):
             torch.nn.functional.mse_loss(m["head"](y[-1]), target).backward()
         return train
 
-    def bridge_alone():
-        ours.zero_grad()
-        x.grad = None
-        y, _ = ours["rnn"](x)
-        y.backward(dyt)
+    calls = {}
+    if "torch.nn model" in sides:
+        torch.manual_seed(0)
+        calls["torch.nn model"] = model_step(model(torch.nn.LSTM(I, H)))
+    if {"gpurnn.torch model", "gpurnn.torch", "gpurnn"} & set(sides):
+        import gpurnn.torch as gt
+        torch.manual_seed(0)
+        ours = model(gt.LSTM(I, H, backend=backend))
+        layer = gpurnn.LSTM(I, H, backend=backend, dtype="float32")
+        layer.load_state_dict({k: v.detach().numpy() for k, v in ours["rnn"].state_dict().items()})
 
-    def layer_alone():
-        layer.zero_grad()
-        layer(x.detach())
-        layer.backward(dy)
+        def bridge_alone():
+            ours.zero_grad()
+            x.grad = None
+            y, _ = ours["rnn"](x)
+            y.backward(dyt)
 
-    return {"gpurnn.torch model": model_step(ours), "torch.nn model": model_step(theirs),
-            "gpurnn.torch": bridge_alone, "gpurnn": layer_alone}
+        def layer_alone():
+            layer.zero_grad()
+            layer(x.detach())
+            layer.backward(dy)
+
+        calls.update({"gpurnn.torch model": model_step(ours), "gpurnn.torch": bridge_alone, "gpurnn": layer_alone})
+    return {side: calls[side] for side in sides}
 
 
 def blas_floor(cell, T, B, I, H):
@@ -216,8 +276,43 @@ def blas_floor(cell, T, B, I, H):
     return forward, train
 
 
+def side_calls(kind, torch, cell, shape, args):
+    """{name: zero-argument function} of one process kind (ROW_SIDES, BRIDGE_SIDES) at ``shape``."""
+    T, B, I, H = shape
+    if kind == "gpurnn":
+        return gpurnn_calls(cell, T, B, I, H, args.backend)
+    if kind == "torch":
+        return torch_calls(torch, cell, T, B, I, H)
+    if kind == "blas":
+        return blas_calls(cell, T, B, I, H, args.sgemm_n)
+    sides = [side for side, k in BRIDGE_SIDES.items() if k == kind]
+    return bridge_calls(torch, T, B, I, H, args.backend, sides)
+
+
+# ---------------------------------------------------------------- threads
+def limit_threads(n, torch=None, numba=None):
+    """Every thread pool of this process to ``n`` threads: torch's and Numba's where given, then
+    every pool threadpoolctl finds (NumPy's BLAS, OpenMP); the environment variables set at the top
+    of this script already sized them at start. Returns the threads each pool then reports."""
+    seen = {}
+    if torch is not None:
+        torch.set_num_threads(n)
+        seen["torch"] = torch.get_num_threads()
+    if numba is not None:
+        numba.set_num_threads(n)
+        seen["numba"] = numba.get_num_threads()
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+        threadpool_limits(n)
+        seen["pools"] = {p["prefix"]: p["num_threads"] for p in threadpool_info()}
+    except ImportError:
+        pass                              # the environment variables set above already fix BLAS
+    return seen
+
+
 # ---------------------------------------------------------------- timing
 def timed_block(fn, reps, pause):
+    """Seconds of ``reps`` timed calls, after ``pause`` seconds of rest and one untimed call."""
     time.sleep(pause)
     fn()                                  # untimed: wakes the thread pool, warms the caches
     out = []
@@ -228,24 +323,159 @@ def timed_block(fn, reps, pause):
     return out
 
 
-def interleaved(fns, rounds, reps, pause):
-    """{name: [seconds, ...]}: every function runs ``reps`` timed calls per round, order alternating."""
-    names = list(fns)
+def warm_up(calls, n):
+    """``n`` untimed calls of each function: compile, allocate, grow the pools."""
+    for fn in calls.values():
+        for _ in range(n):
+            fn()
+
+
+def alternate(blocks, rounds):
+    """{name: [[seconds of one block], ...]}: ``rounds`` rounds of one block per name, in the order
+    given, reversed every other round (a, b, c, then c, b, a)."""
+    names = list(blocks)
     samples = {n: [] for n in names}
     for r in range(rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            samples[n] += timed_block(fns[n], reps, pause)
+            samples[n].append(blocks[n]())
     return samples
 
 
-def sgemm_gflops(n, reps, pause):
-    """Median GFLOP/s of a square float32 product through NumPy (its BLAS, its threads)."""
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    c = np.empty((n, n), np.float32)
-    times = timed_block(lambda: np.matmul(a, b, out=c), reps, pause)
-    return 2 * n ** 3 / float(np.median(times)) / 1e9
+def summary_ms(blocks):
+    """(median ms over every sample, [lowest, highest] median ms of one block, every sample in ms)."""
+    flat = [s * 1e3 for block in blocks for s in block]
+    per_block = [float(np.median(block)) * 1e3 for block in blocks]
+    return float(np.median(flat)), [min(per_block), max(per_block)], flat
+
+
+def sgemm_gflops(n, seconds):
+    """GFLOP/s of a square float32 product of side n from the median of its timed calls."""
+    return 2 * n ** 3 / float(np.median(seconds)) / 1e9
+
+
+# ---------------------------------------------------------------- where the sides run
+@contextlib.contextmanager
+def in_one_process(args, torch, kinds, cell, shape):
+    """--mode interleaved: every kind's functions built in this process, warmed up. Yields
+    (block(kind, name, reps) -> seconds, {kind: this process's pid and threads})."""
+    calls = {kind: side_calls(kind, torch, cell, shape, args) for kind in kinds}
+    for c in calls.values():
+        warm_up(c, args.warmup)
+    here = {kind: dict(pid=os.getpid(), kind=kind, threads=args.threads_seen) for kind in kinds}
+    yield (lambda kind, name, reps: timed_block(calls[kind][name], reps, args.pause)), here
+
+
+@contextlib.contextmanager
+def in_own_processes(args, kinds, cell, shape):
+    """--mode apart: one child process per kind (``child``), started together; yields, once every
+    child has built and warmed its side, (block(kind, name, reps) -> seconds, {kind: the child's
+    pid and threads}). Between blocks the children wait idle, reading their input."""
+    cmd = [sys.executable, __file__, "--threads", str(args.threads), "--backend", args.backend,
+           "--pause", str(args.pause), "--warmup", str(args.warmup), "--sgemm-n", str(args.sgemm_n),
+           "--cell", cell, "--shape", *map(str, shape)]
+    children = {}
+    try:
+        for kind in kinds:
+            children[kind] = Child(cmd + ["--child", kind])
+        ready = {kind: c.read_json() for kind, c in children.items()}
+        yield (lambda kind, name, reps: children[kind].ask(f"{name} {reps}")), ready
+    finally:
+        for c in children.values():
+            c.close()
+
+
+def child(args):
+    """One process kind at one shape, driven through stdin (host.Child): fixes its threads, builds
+    its side (``side_calls``), warms it up and answers {"pid", "kind", "threads"}; then each line
+    "NAME K" runs one untimed call of NAME and K timed ones (``timed_block``, after ``--pause``)
+    and answers their seconds, a JSON list. It exits at the end of its input. Only the answers go
+    to stdout; anything else printed goes to stderr."""
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    torch = numba = None
+    if args.child in USES_TORCH:
+        import torch
+    if args.child in USES_NUMBA:
+        import numba
+    threads = limit_threads(args.threads, torch, numba)
+    calls = side_calls(args.child, torch, args.cell, tuple(args.shape), args)
+    warm_up(calls, args.warmup)
+
+    def answer(value):
+        answers.write(json.dumps(value) + "\n")
+        answers.flush()
+
+    answer(dict(pid=os.getpid(), kind=args.child, threads=threads))
+    for line in sys.stdin:
+        name, reps = line.rsplit(maxsplit=1)
+        answer(timed_block(calls[name], int(reps), args.pause))
+
+
+def places(args, torch):
+    """(kinds, cell, shape) -> the context the kinds run in (``in_own_processes`` or ``in_one_process``)."""
+    if args.mode == "apart":
+        return lambda kinds, cell, shape: in_own_processes(args, kinds, cell, shape)
+    return lambda kinds, cell, shape: in_one_process(args, torch, kinds, cell, shape)
+
+
+# ---------------------------------------------------------------- the rows
+def cpu_rows(args, place, grid):
+    """One row per (cell, shape, mode): gpurnn, torch and the BLAS floor in alternating rounds, then
+    an sgemm in the floor's (NumPy's) process. Returns (rows, sgemm GFLOP/s after each row)."""
+    rows, sgemm = [], []
+    for cell in args.cells:
+        for size, T, B, I, H in grid:
+            with place(tuple(ROW_SIDES.values()), cell, (T, B, I, H)) as (block, processes):
+                for mode in args.modes:
+                    load = os.getloadavg()[0]          # other jobs on the machine make every time drift
+                    samples = alternate({side: functools.partial(block, kind, mode, args.reps)
+                                         for side, kind in ROW_SIDES.items()}, args.rounds)
+                    sgemm.append(sgemm_gflops(args.sgemm_n, block("blas", "sgemm", 3)))
+                    g, g_spread, g_samples = summary_ms(samples["gpurnn"])
+                    t, t_spread, t_samples = summary_ms(samples["torch"])
+                    floor, floor_spread, floor_samples = summary_ms(samples["blas"])
+                    f = flops(mode, cell, T, B, I, H)
+                    rows.append(dict(
+                        cell=cell, size=size, T=T, B=B, I=I, H=H, mode=mode, flops=f,
+                        gpurnn_ms=g, torch_ms=t, speedup=t / g,
+                        gpurnn_gflops=f / g / 1e6, torch_gflops=f / t / 1e6,
+                        blas_floor_ms=floor, blas_floor_gflops=f / floor / 1e6,
+                        gpurnn_spread_ms=g_spread, torch_spread_ms=t_spread, blas_floor_spread_ms=floor_spread,
+                        sgemm_gflops_nearby=sgemm[-1], load_1min_before=load,
+                        gpurnn_samples_ms=g_samples, torch_samples_ms=t_samples, blas_floor_samples_ms=floor_samples,
+                        processes={side: processes[kind] for side, kind in ROW_SIDES.items()}))
+                    print(f"{cell:8s} {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} {mode:7s} "
+                          f"gpurnn {g:9.2f} ms  torch {t:9.2f} ms  speed-up {t / g:5.2f}x  "
+                          f"{f / g / 1e6:6.1f} GFLOP/s  (BLAS floor {floor:.2f} ms)", flush=True)
+    return rows, sgemm
+
+
+def bridge_rows(args, place, grid):
+    """The LSTM of every shape through gpurnn.torch: in a torch model against torch.nn, and alone
+    against gpurnn's own layer (bridge_calls), the four in alternating rounds."""
+    rows = []
+    for size, T, B, I, H in grid:
+        kinds = tuple(dict.fromkeys(BRIDGE_SIDES.values()))
+        with place(kinds, "lstm", (T, B, I, H)) as (block, processes):
+            samples = alternate({side: functools.partial(block, kind, side, args.reps)
+                                 for side, kind in BRIDGE_SIDES.items()}, args.rounds)
+        ms, spread, flat = {}, {}, {}
+        for side, blocks in samples.items():
+            ms[side], spread[side], flat[side] = summary_ms(blocks)
+        bridge, layer = ms["gpurnn.torch"], ms["gpurnn"]
+        row = dict(cell="lstm", size=size, T=T, B=B, I=I, H=H, mode="train",
+                   model_ms=ms["gpurnn.torch model"], torch_model_ms=ms["torch.nn model"],
+                   speedup=ms["torch.nn model"] / ms["gpurnn.torch model"],
+                   bridge_ms=bridge, layer_ms=layer, overhead_ms=bridge - layer,
+                   overhead_pct=100 * (bridge - layer) / layer,
+                   spread_ms=spread, samples_ms=flat,
+                   processes={side: processes[kind] for side, kind in BRIDGE_SIDES.items()})
+        rows.append(row)
+        print(f"bridge   {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} model with gpurnn.torch "
+              f"{row['model_ms']:8.2f} ms, with torch.nn {row['torch_model_ms']:8.2f} ms, speed-up "
+              f"{row['speedup']:5.2f}x; gpurnn.torch alone {bridge:8.2f} ms, gpurnn layer {layer:8.2f} ms "
+              f"({row['overhead_pct']:+.1f}%)", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------- cold start
@@ -301,34 +531,9 @@ def cold_start(cells, backend, warm_runs):
     return rows
 
 
-def bridge_rows(torch, grid, args):
-    """The LSTM of every shape through gpurnn.torch: in a torch model against torch.nn, and alone
-    against gpurnn's own layer (bridge_calls)."""
-    rows = []
-    for size, T, B, I, H in grid:
-        fns = bridge_calls(torch, T, B, I, H, args.backend)
-        for fn in fns.values():
-            fn()
-            fn()
-        samples = interleaved(fns, args.rounds, args.reps, args.pause)
-        ms = {side: float(np.median(v)) * 1e3 for side, v in samples.items()}
-        bridge, layer = ms["gpurnn.torch"], ms["gpurnn"]
-        row = dict(cell="lstm", size=size, T=T, B=B, I=I, H=H, mode="train",
-                   model_ms=ms["gpurnn.torch model"], torch_model_ms=ms["torch.nn model"],
-                   speedup=ms["torch.nn model"] / ms["gpurnn.torch model"],
-                   bridge_ms=bridge, layer_ms=layer, overhead_ms=bridge - layer,
-                   overhead_pct=100 * (bridge - layer) / layer,
-                   samples_ms={side: [t * 1e3 for t in v] for side, v in samples.items()})
-        rows.append(row)
-        print(f"bridge   {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} model with gpurnn.torch "
-              f"{row['model_ms']:8.2f} ms, with torch.nn {row['torch_model_ms']:8.2f} ms, speed-up "
-              f"{row['speedup']:5.2f}x; gpurnn.torch alone {bridge:8.2f} ms, gpurnn layer {layer:8.2f} ms "
-              f"({row['overhead_pct']:+.1f}%)", flush=True)
-    return rows
-
-
 # ---------------------------------------------------------------- machine and report
 def machine_info(torch):
+    import numba
     info = dict(cpu_facts(), numpy=np.__version__, numba=numba.__version__, torch=torch.__version__,
                 gpurnn=getattr(gpurnn, "__version__", "?"))
     info["env"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
@@ -355,39 +560,67 @@ def blas_kernel(machine):
     return "NumPy's BLAS (not found by threadpoolctl)"
 
 
+def threads_text(n):
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
+def how_measured(result):
+    """The caption's account of the measurement, from the mode (a result without one ran interleaved)."""
+    where = ("each side in its own process" if result.get("mode") == "apart"
+             else "both sides in one process")
+    return (f"{where}, {threads_text(result['threads'])}, medians of "
+            f"{result['rounds']} alternating rounds of {result['reps']} calls")
+
+
+def with_spread(ms, spread):
+    """``9.61 (9.52-9.80)``: a median and the lowest and highest median of one round."""
+    return f"{ms:.2f} ({spread[0]:.2f}-{spread[1]:.2f})"
+
+
 def markdown(result):
-    lines = ["| cell | shape T·B·I·H | mode | gpurnn ms | torch ms | speed-up | gpurnn GFLOP/s | % of sgemm "
+    lines = [f"gpurnn against torch, float32: {how_measured(result)}; in parentheses the lowest and highest "
+             "median of one round.", "",
+             "| cell | shape T·B·I·H | mode | gpurnn ms | torch ms | speed-up | gpurnn GFLOP/s | % of sgemm "
              "| BLAS floor ms | outside the products ms |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['cell']} | {r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']} | {r['mode']} | "
-                     f"{r['gpurnn_ms']:.2f} | {r['torch_ms']:.2f} | {r['speedup']:.2f}x | "
-                     f"{r['gpurnn_gflops']:.1f} | {r['pct_sgemm']:.0f}% | {r['blas_floor_ms']:.2f} | "
+                     f"{with_spread(r['gpurnn_ms'], r['gpurnn_spread_ms'])} | "
+                     f"{with_spread(r['torch_ms'], r['torch_spread_ms'])} | {r['speedup']:.2f}x | "
+                     f"{r['gpurnn_gflops']:.1f} | {r['pct_sgemm']:.0f}% | "
+                     f"{with_spread(r['blas_floor_ms'], r['blas_floor_spread_ms'])} | "
                      f"{r['gpurnn_ms'] - r['blas_floor_ms']:.2f} |")
     s = result["sgemm"]
     lines.append("")
     lines.append(f"{result['machine'].get('lscpu Model name', result['machine']['processor'])}, "
-                 f"{result['machine']['cpu_count']} CPUs; {result['threads']} threads on each side; "
+                 f"{result['machine']['cpu_count']} CPUs; {threads_text(result['threads'])} on each side; "
                  f"{blas_kernel(result['machine'])}; torch {result['machine']['torch']}, "
                  f"NumPy {result['machine']['numpy']}, Numba {result['machine']['numba']}; "
                  f"load average {result['load_average_before'][0]:.1f} before, "
                  f"{result['load_average_after'][0]:.1f} after.")
     lines.append("")
-    lines.append(f"sgemm (NumPy, float32, n={s['n']}, {result['threads']} threads): median "
+    lines.append(f"sgemm (NumPy, float32, n={s['n']}, {threads_text(result['threads'])}"
+                 f"{', in the BLAS floor process' if result.get('mode') == 'apart' else ''}): median "
                  f"{s['median_gflops']:.1f} GFLOP/s over {len(s['samples_gflops'])} measurements "
                  f"(min {min(s['samples_gflops']):.1f}, max {max(s['samples_gflops']):.1f}).")
     if result.get("bridge_rows"):
+        apart = result.get("mode") == "apart"
         lines += ["", "LSTM training step through gpurnn.torch: in a torch model (the LSTM, a linear head on its "
-                  "last step, MSE, backward) against the same model with torch.nn.LSTM; and gpurnn.torch.LSTM "
-                  "alone against gpurnn's own LSTM layer, backward of the same dy (the difference is what the "
-                  "bridge costs).", "",
+                  "last step, MSE, backward) against the same model with torch.nn.LSTM"
+                  f"{', each in its own process' if apart else ''}; and gpurnn.torch.LSTM alone against gpurnn's "
+                  f"own LSTM layer{', both in the gpurnn.torch process' if apart else ''}, backward of the same dy "
+                  "(the difference is what the bridge costs).", "",
                   "| shape T·B·I·H | model, gpurnn.torch ms | model, torch.nn ms | speed-up | gpurnn.torch.LSTM ms "
                   "| gpurnn.LSTM ms | bridge cost |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in result["bridge_rows"]:
-            lines.append(f"| {r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']} | {r['model_ms']:.2f} | "
-                         f"{r['torch_model_ms']:.2f} | {r['speedup']:.2f}x | {r['bridge_ms']:.2f} | "
-                         f"{r['layer_ms']:.2f} | {r['overhead_ms']:+.2f} ms ({r['overhead_pct']:+.1f}%) |")
+            spread = r["spread_ms"]
+            lines.append(f"| {r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']} | "
+                         f"{with_spread(r['model_ms'], spread['gpurnn.torch model'])} | "
+                         f"{with_spread(r['torch_model_ms'], spread['torch.nn model'])} | {r['speedup']:.2f}x | "
+                         f"{with_spread(r['bridge_ms'], spread['gpurnn.torch'])} | "
+                         f"{with_spread(r['layer_ms'], spread['gpurnn'])} | "
+                         f"{r['overhead_ms']:+.2f} ms ({r['overhead_pct']:+.1f}%) |")
     if result.get("cold_start"):
         lines += ["", "| cell | first training step, empty Numba cache | warm cache | torch |", "|---|---:|---:|---:|"]
         for c in result["cold_start"]:
@@ -418,7 +651,9 @@ def plot(result, path):
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(labels)), [f"{c}\n{s}" for c, s in labels], fontsize=8)
     ax.set_ylabel("speed-up over torch (torch ms / gpurnn ms)")
-    ax.set_title(f"gpurnn cpu vs torch {result['machine']['torch']}, float32, {result['threads']} threads")
+    apart = ", each side in its own process" if result.get("mode") == "apart" else ""
+    ax.set_title(f"gpurnn cpu vs torch {result['machine']['torch']}, float32, {result['threads']} threads{apart}",
+                 fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -430,73 +665,55 @@ def plot(result, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
+    p.add_argument("--mode", choices=MODES, default="apart",
+                   help="apart: each side in its own process (default); interleaved: all in this one")
     p.add_argument("--cells", nargs="+", default=["rnn_tanh", "lstm", "gru"], choices=list(GATES))
     p.add_argument("--sizes", nargs="+", default=None, help="subset of the grid: small medium large")
     p.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
     p.add_argument("--backend", default="cpu", help="gpurnn backend (default cpu)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed calls per block")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each function before the rounds")
     p.add_argument("--pause", type=float, default=0.2, help="seconds of rest before each block")
     p.add_argument("--sgemm-n", type=int, default=2048)
     p.add_argument("--no-cold-start", action="store_true")
     p.add_argument("--no-bridge", action="store_true", help="skip the gpurnn.torch rows (LSTM in a torch model)")
-    p.add_argument("--quick", action="store_true", help="one tiny shape, one round, no cold start")
+    p.add_argument("--quick", action="store_true", help="one tiny shape, two rounds, no cold start")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown and plot")
     p.add_argument("--name", default="bench_cpu", help="file name stem of the outputs")
+    p.add_argument("--child", choices=sorted(set(ROW_SIDES.values()) | set(BRIDGE_SIDES.values())),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--cell", help=argparse.SUPPRESS)
+    p.add_argument("--shape", nargs=4, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads != THREADS:
         raise SystemExit("--threads must be given before the interpreter starts its pools; pass it on the command line")
+    if args.child:
+        return child(args)
     grid = QUICK_GRID if args.quick else [g for g in GRID if args.sizes is None or g[0] in args.sizes]
     if args.quick:
-        args.rounds, args.reps, args.pause, args.sgemm_n, args.no_cold_start = 1, 2, 0.0, 256, True
+        args.rounds, args.reps, args.pause, args.sgemm_n, args.no_cold_start = 2, 2, 0.0, 256, True
         args.cells = args.cells[:1] if args.cells != ["rnn_tanh", "lstm", "gru"] else ["lstm"]
 
     import torch
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(args.threads)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass                              # the environment variables set above already fix BLAS
-
+    if args.mode == "interleaved":
+        import numba
+        args.threads_seen = limit_threads(args.threads, torch, numba)
     started = datetime.datetime.now(datetime.timezone.utc)
-    result = dict(started_utc=started.isoformat(timespec="seconds"), threads=args.threads,
-                  torch_threads=torch.get_num_threads(), numba_threads=numba.get_num_threads(),
-                  backend=args.backend, dtype="float32", load_average_before=os.getloadavg(),
+    result = dict(started_utc=started.isoformat(timespec="seconds"), mode=args.mode, threads=args.threads,
+                  rounds=args.rounds, reps=args.reps, warmup=args.warmup, pause=args.pause,
+                  backend=args.backend, dtype="float32", pid=os.getpid(), load_average_before=os.getloadavg(),
                   command=" ".join([os.path.basename(sys.executable)] + sys.argv),
-                  machine=machine_info(torch), rows=[])
-    print(f"threads {args.threads} (torch {torch.get_num_threads()}, numba {numba.get_num_threads()}), "
-          f"load average {os.getloadavg()}", flush=True)
+                  machine=machine_info(torch))
+    print(f"{how_measured(result)}; load average {os.getloadavg()}", flush=True)
 
-    sgemm_samples = [sgemm_gflops(args.sgemm_n, 3, args.pause)]
-    for cell in args.cells:
-        for size, T, B, I, H in grid:
-            calls = make_calls(torch, cell, T, B, I, H, args.backend)
-            for fn in calls.values():      # warm-up: compile, allocate, grow the pools
-                fn()
-                fn()
-            for mode in args.modes:
-                load = os.getloadavg()[0]          # other jobs on the machine make every time drift
-                fns = {side: calls[(side, mode)] for side in ("gpurnn", "torch", "blas")}
-                samples = interleaved(fns, args.rounds, args.reps, args.pause)
-                sgemm_samples.append(sgemm_gflops(args.sgemm_n, 3, args.pause))
-                g, t = float(np.median(samples["gpurnn"])), float(np.median(samples["torch"]))
-                floor = float(np.median(samples["blas"]))
-                f = flops(mode, cell, T, B, I, H)
-                row = dict(cell=cell, size=size, T=T, B=B, I=I, H=H, mode=mode, flops=f,
-                           gpurnn_ms=g * 1e3, torch_ms=t * 1e3, speedup=t / g,
-                           gpurnn_gflops=f / g / 1e9, torch_gflops=f / t / 1e9,
-                           blas_floor_ms=floor * 1e3, blas_floor_gflops=f / floor / 1e9,
-                           sgemm_gflops_nearby=sgemm_samples[-1], load_1min_before=load,
-                           gpurnn_samples_ms=[s * 1e3 for s in samples["gpurnn"]],
-                           torch_samples_ms=[s * 1e3 for s in samples["torch"]])
-                result["rows"].append(row)
-                print(f"{cell:8s} {size:6s} T={T:<3d} B={B:<3d} I={I:<3d} H={H:<3d} {mode:7s} "
-                      f"gpurnn {g * 1e3:9.2f} ms  torch {t * 1e3:9.2f} ms  speed-up {t / g:5.2f}x  "
-                      f"{f / g / 1e9:6.1f} GFLOP/s  (BLAS floor {floor * 1e3:.2f} ms)", flush=True)
+    place = places(args, torch)
+    result["rows"], sgemm_samples = cpu_rows(args, place, grid)
     if not args.no_bridge:
-        result["bridge_rows"] = bridge_rows(torch, grid, args)
+        result["bridge_rows"] = bridge_rows(args, place, grid)
+    seen = [p["threads"] for r in result["rows"] + result.get("bridge_rows", []) for p in r["processes"].values()]
+    result["torch_threads"] = next((s["torch"] for s in seen if "torch" in s), None)
+    result["numba_threads"] = next((s["numba"] for s in seen if "numba" in s), None)
     sgemm = float(np.median(sgemm_samples))
     result["sgemm"] = dict(n=args.sgemm_n, median_gflops=sgemm, samples_gflops=sgemm_samples)
     for row in result["rows"]:

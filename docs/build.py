@@ -168,6 +168,13 @@ def torch_libraries(data):
     return f" ({', '.join(found)})" if found else ""
 
 
+def apart(data):
+    """Whether bench_cpu.py ran each side in its own process (``mode`` "apart", its default). A run
+    with ``mode`` "interleaved", or without ``mode`` (results from before it had one), timed both
+    sides interleaved in one process; the text then says nothing of it, as it did."""
+    return data.get("mode") == "apart"
+
+
 @generates("cpu-run", CPU)
 def cpu_run(src):
     d = src.json(CPU)
@@ -175,7 +182,8 @@ def cpu_run(src):
     tpc = m.get("lscpu Thread(s) per core", "?")
     return (f"Measured {when(d)} on an {m.get('lscpu Model name', m.get('processor') or '?')} "
             f"({m['cpu_count']} cores, {tpc} thread{'s' if tpc != '1' else ''} per core), "
-            f"{d['threads']} thread{'s' if d['threads'] != 1 else ''} on each side, "
+            f"{d['threads']} thread{'s' if d['threads'] != 1 else ''} on each side"
+            f"{', each in its own process' if apart(d) else ''}, "
             f"NumPy {m['numpy']} with {pool.get('internal_api', '?').replace('openblas', 'OpenBLAS')} "
             f"{pool.get('version', '?')} ({pool.get('architecture', '?')} kernels; "
             f"sgemm {d['sgemm']['median_gflops']:.0f} GFLOP/s in this run), "
@@ -209,7 +217,8 @@ def speedups_by_cell(data):
 def cpu_1thread(src):
     d = src.json(CPU_1THREAD)
     rows = cpu_rows(d)
-    return (f"On {d['threads']} thread{'s' if d['threads'] != 1 else ''} each ({when(d)[11:]}, sgemm "
+    return (f"On {d['threads']} thread{'s' if d['threads'] != 1 else ''} each"
+            f"{', each side in its own process' if apart(d) else ''} ({when(d)[11:]}, sgemm "
             f"{d['sgemm']['median_gflops']:.0f} GFLOP/s, `benchmarks/results/bench_cpu_1thread.md`) the "
             f"training-step speed-ups are {speedups_by_cell(d)}, small to large, at "
             f"{span([r['pct_sgemm'] for r in rows])}% of sgemm.\n")
@@ -603,8 +612,8 @@ def status(src):
         else "; it is slower than cuDNN at every shape measured"
     return (f"- **CPU**: the `cpu` backend's training step is {level}: torch ms / gpurnn ms at the "
             f"{', '.join(sizes[:-1])} and {sizes[-1]} shapes is {speedups_by_cell(cpu)}, float32, on "
-            f"{cpu['threads']} threads of an {cpu['machine'].get('lscpu Model name', '?')} "
-            f"({cpu['started_utc'][:10]}).\n"
+            f"{cpu['threads']} threads of an {cpu['machine'].get('lscpu Model name', '?')}"
+            f"{', each side in its own process' if apart(cpu) else ''} ({cpu['started_utc'][:10]}).\n"
             f"- **GPU**: on an {gpu['machine']['gpu']} the `cuda` backend's training step runs at a median "
             f"{x(float(np.median([r['ratio'] for r in train])))} of cuDNN's speed, against {RECORD}, over "
             f"{len(train)} shapes{won}.\n")

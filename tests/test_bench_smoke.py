@@ -16,12 +16,24 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_bench_cpu_quick_writes_json_and_table(tmp_path):
+def bench_cpu_quick(folder, *options):
+    """bench_cpu.py --quick on one thread, writing smoke.json and smoke.md into ``folder``; the JSON."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_cpu.py"), "--quick", "--threads", "1",
-           "--out", str(tmp_path), "--name", "smoke"]
-    run_child(cmd, timeout=120)
-    result = json.loads((tmp_path / "smoke.json").read_text())
+           "--out", str(folder), "--name", "smoke", *options]
+    run_child(cmd, timeout=180)
+    return json.loads((folder / "smoke.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def quick_apart(tmp_path_factory):
+    """One quick run in the default mode, shared by the tests that read it: (its JSON, its folder)."""
+    folder = tmp_path_factory.mktemp("bench_cpu")
+    return bench_cpu_quick(folder), folder
+
+
+@pytest.mark.slow
+def test_bench_cpu_quick_writes_json_and_table(quick_apart):
+    result, folder = quick_apart
     assert result["threads"] == 1 and result["torch_threads"] == 1
     assert result["machine"]["numpy"] and result["sgemm"]["median_gflops"] > 0
     assert {(r["cell"], r["mode"]) for r in result["rows"]} == {("lstm", "forward"), ("lstm", "train")}
@@ -33,9 +45,48 @@ def test_bench_cpu_quick_writes_json_and_table(tmp_path):
     assert min(bridge[k] for k in ("model_ms", "torch_model_ms", "bridge_ms", "layer_ms")) > 0
     assert bridge["speedup"] == pytest.approx(bridge["torch_model_ms"] / bridge["model_ms"])
     assert bridge["overhead_ms"] == pytest.approx(bridge["bridge_ms"] - bridge["layer_ms"])
-    table = (tmp_path / "smoke.md").read_text()
+    table = (folder / "smoke.md").read_text()
     assert "| lstm | tiny 5·2·3·4 | train |" in table
     assert "| tiny 5·2·3·4 |" in table.split("through gpurnn.torch", 1)[1]
+
+
+@pytest.mark.slow
+def test_bench_cpu_runs_each_side_in_its_own_process(quick_apart):
+    """The default mode, apart: gpurnn, torch and the BLAS floor of a row each ran in a child
+    process of their own (three process ids, none the parent's), every side's samples came back,
+    round by round, and each child ran on the thread count asked for; through gpurnn.torch, the
+    gpurnn.torch model and the torch.nn model ran apart, the bridge and the layer in the first's
+    process."""
+    result, folder = quick_apart
+    assert result["mode"] == "apart" and result["rounds"] == 2
+    for row in result["rows"]:
+        pids = {side: p["pid"] for side, p in row["processes"].items()}
+        assert set(pids) == {"gpurnn", "torch", "blas"}
+        assert len(set(pids.values()) | {result["pid"]}) == 4, pids
+        for side in ("gpurnn", "torch", "blas_floor"):
+            assert len(row[f"{side}_samples_ms"]) == result["rounds"] * result["reps"]
+            lo, hi = row[f"{side}_spread_ms"]
+            assert 0 < lo <= hi
+        assert row["processes"]["gpurnn"]["threads"]["numba"] == 1
+        assert row["processes"]["torch"]["threads"]["torch"] == 1
+        assert all(n == 1 for p in row["processes"].values() for n in p["threads"]["pools"].values())
+    (bridge,) = result["bridge_rows"]
+    pids = {side: p["pid"] for side, p in bridge["processes"].items()}
+    assert pids["gpurnn.torch model"] == pids["gpurnn.torch"] == pids["gpurnn"]
+    assert len({pids["gpurnn.torch model"], pids["torch.nn model"], result["pid"]}) == 3
+    assert all(len(s) == result["rounds"] * result["reps"] for s in bridge["samples_ms"].values())
+    assert "each side in its own process, 1 thread, medians of 2 alternating rounds of 2 calls" in \
+        (folder / "smoke.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_cpu_interleaved_mode_runs_both_sides_in_one_process(tmp_path):
+    result = bench_cpu_quick(tmp_path, "--mode", "interleaved", "--no-bridge")
+    assert result["mode"] == "interleaved" and "bridge_rows" not in result
+    for row in result["rows"]:
+        assert {p["pid"] for p in row["processes"].values()} == {result["pid"]}
+        assert row["gpurnn_ms"] > 0 and row["torch_ms"] > 0 and row["blas_floor_ms"] > 0
+    assert "both sides in one process" in (tmp_path / "smoke.md").read_text()
 
 
 @pytest.mark.slow

@@ -125,6 +125,23 @@ def test_a_changed_result_makes_its_regions_stale(copies, source, pick, field, r
     assert build.stale(results, docs, files) == []
 
 
+def test_the_cpu_regions_say_when_each_side_ran_in_its_own_process(copies):
+    """bench_cpu.py's default mode runs each side in its own process, and the run line and the
+    README's status say so; a result without ``mode`` (both sides interleaved in one process, as
+    results from before the mode existed) or with "interleaved" does not."""
+    results, docs, files = copies
+    data = json.loads((results / "bench_cpu.json").read_text(encoding="utf-8"))
+    data.pop("mode", None)
+    for mode, said in ((None, False), ("interleaved", False), ("apart", True)):
+        (results / "bench_cpu.json").write_text(json.dumps(data if mode is None else dict(data, mode=mode)),
+                                                encoding="utf-8")
+        assert ("2 threads on each side, each in its own process, NumPy" in build.render("cpu-run", results, docs)) \
+            == said
+        assert ("each side in its own process (" in build.render("status", results, docs)) == said
+    build.build(results, docs, files)
+    assert build.stale(results, docs, files) == []
+
+
 def test_check_names_each_stale_region_and_its_file(copies, capsys):
     results, _, _ = copies
     _scale(results / "bench_cpu.json", lambda d: d["rows"][1], "speedup", 2.0)
