@@ -62,9 +62,11 @@ gpurnn's kernels. Swap one import and train as usual::
   Loss scaling (``torch.amp.GradScaler``, "cpu" or "cuda") works through autograd: the scaled
   gradient reaches the kernels, an overflow of float16 gives inf gradients, and the scaler
   skips that step.
-- On the cpu backend the kernels' dense products run through torch.mm, so that one thread pool
-  (torch's, sized by ``torch.set_num_threads``) runs them: NumPy's BLAS pool would fight torch's
-  OpenMP workers for the cores. (An LSTM's projections, ``proj_size``, still multiply with NumPy.)
+- On the cpu backend ``torch.set_num_threads`` sizes gpurnn too: float32 layers run on as many of
+  gpurnn's own threads as ``torch.get_num_threads()`` (they spin for a fraction of a millisecond
+  after a call, then sleep), and float64 layers' dense products run through torch.mm, so that
+  torch's pool runs them: NumPy's BLAS pool would fight torch's OpenMP workers for the cores.
+  (An LSTM's projections, ``proj_size``, still multiply with NumPy.)
 - Dropout between stacked layers draws its masks from torch's generator, as torch.nn does (over
   the packed rows of a PackedSequence): on the CPU, the masks (and so the results) in training
   mode are torch.nn's own.
@@ -619,13 +621,15 @@ _products_through_torch = False
 
 
 def _one_thread_pool(be):
-    """On the cpu backend, every dense product through torch.mm, on the arrays' memory
-    (kernels/cpu.use_products, set once): then one thread pool, torch's, sized by
-    torch.set_num_threads, runs them, instead of NumPy's BLAS pool fighting torch's OpenMP
-    workers for the cores."""
+    """On the cpu backend (set once): the float32 path's parts as many as torch.get_num_threads()
+    (kernels/cpu.use_threads), so torch.set_num_threads sizes both libraries; and every dense
+    product of the float64 path through torch.mm, on the arrays' memory (kernels/cpu.use_products),
+    so torch's pool runs them instead of NumPy's BLAS pool fighting torch's OpenMP workers for the
+    cores."""
     global _products_through_torch
     if be.name == "cpu" and not _products_through_torch:
         be.kernels.use_products(_torch_product)
+        be.kernels.use_threads(torch.get_num_threads)
         _products_through_torch = True
 
 

@@ -518,9 +518,22 @@ def gradient_rows(p, parts, x, h_prev, dg_x, dg_h, w_ih_p, dw_ih, dw_hh, db_x, d
 
 
 # ---------------------------------------------------------------- sequences
+_threads = numba.get_num_threads
+
+
 def threads():
-    """The threads the tiled path runs on: Numba's count (NUMBA_NUM_THREADS, numba.set_num_threads)."""
-    return numba.get_num_threads()
+    """How many threads the tiled path runs a sequence on: by default Numba's count
+    (NUMBA_NUM_THREADS, numba.set_num_threads); what ``use_threads`` names instead."""
+    return _threads()
+
+
+def use_threads(fn):
+    """Size the tiled path's parts with ``fn()`` for the rest of the process; None: Numba's count.
+    gpurnn.torch passes torch.get_num_threads, so that torch.set_num_threads sizes gpurnn too.
+    Returns the function used before."""
+    global _threads
+    before, _threads = _threads, (numba.get_num_threads if fn is None else fn)
+    return before
 
 
 def tiled(dtype, half):

@@ -363,12 +363,20 @@ def test_dropout_of_packed_input_is_torch_nn_dropout(cell):
         np.testing.assert_allclose(got[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
-def test_the_cpu_backends_products_run_in_torchs_thread_pool():
-    """After a call through gpurnn.torch, the cpu backend's dense products are torch.mm's, on the
-    arrays' memory, and give np.dot's results (transposed operands and float64 included)."""
+def test_the_cpu_backend_follows_torchs_threads():
+    """After a call through gpurnn.torch, the cpu backend's float32 parts are as many as
+    torch.get_num_threads(), and its float64 dense products are torch.mm's, on the arrays' memory,
+    giving np.dot's results (transposed operands and float64 included)."""
     from gpurnn.kernels import cpu
     gt.GRU(3, 4, backend="cpu")(torch.randn(2, 1, 3))
     assert cpu._product is gt._torch_product
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            assert cpu.threads() == n
+    finally:
+        torch.set_num_threads(before)
     rng = np.random.default_rng(0)
     for dt in (np.float32, np.float64):
         a, b = rng.standard_normal((6, 5)).astype(dt), rng.standard_normal((7, 5)).astype(dt)
