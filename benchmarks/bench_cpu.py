@@ -37,9 +37,9 @@ side, the order reversed every other round (gpurnn, torch, floor, then floor, to
 the other children wait idle on their input. ``--mode interleaved`` builds every side in this one
 process and alternates them the same way, for comparison with the figures of earlier runs.
 
-Each block starts after ``--pause`` seconds of rest and one untimed call: the pools of the side that
-ran before, in its own process or not, spin for a while after its last call, and a block that
-started right away would share the cores with those spinners. Reported times are medians over all
+Each block starts after ``--pause`` seconds of rest and 0.1 s of untimed calls (``timed_block``):
+the pools of the side that ran before, in its own process or not, spin for a while after its last
+call, and a block that started right away would share the cores with those spinners. Reported times are medians over all
 timed calls of a side, with the spread of its rounds (the lowest and highest median of one block);
 the ratio is torch / gpurnn (> 1: gpurnn is faster).
 
@@ -311,10 +311,20 @@ def limit_threads(n, torch=None, numba=None):
 
 
 # ---------------------------------------------------------------- timing
+WAKE_S = 0.1     # untimed calls after the pause, at least this long
+
+
 def timed_block(fn, reps, pause):
-    """Seconds of ``reps`` timed calls, after ``pause`` seconds of rest and one untimed call."""
+    """Seconds of ``reps`` timed calls, after ``pause`` seconds of rest and WAKE_S seconds of
+    untimed calls (at least one). Those wake the thread pool and warm the caches, and more: on a
+    virtual machine a core that slept through the pause takes tens of milliseconds to come back
+    to speed (measured here: gpurnn's small LSTM step, which runs on both cores, took 2.4 ms for
+    its first 15 steps after 0.2 s of rest, 1.6 ms back to back), which a training loop never sees."""
     time.sleep(pause)
-    fn()                                  # untimed: wakes the thread pool, warms the caches
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < WAKE_S:
+        fn()
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -387,7 +397,7 @@ def in_own_processes(args, kinds, cell, shape):
 def child(args):
     """One process kind at one shape, driven through stdin (host.Child): fixes its threads, builds
     its side (``side_calls``), warms it up and answers {"pid", "kind", "threads"}; then each line
-    "NAME K" runs one untimed call of NAME and K timed ones (``timed_block``, after ``--pause``)
+    "NAME K" runs 0.1 s of untimed calls of NAME and K timed ones (``timed_block``, after ``--pause``)
     and answers their seconds, a JSON list. It exits at the end of its input. Only the answers go
     to stdout; anything else printed goes to stderr."""
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")

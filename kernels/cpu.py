@@ -452,8 +452,8 @@ def use_products(fn):
 # results are the same (bitwise) whatever the number of threads.
 #   w_ih_p, w_hh_p     the second operand of a product as panels (cpu_threads.pack): W_ihᵀ and
 #                      W_hhᵀ forward, W_hh and W_ih backward
-#   gates, cs, hn                      a cell that has none gets an empty array (compiled code
-#                                      needs an array of the right dimensions)
+#   gates, cs, hn      a cell that has none gets an empty array (compiled code needs an array of
+#                      the right dimensions)
 
 # a part function's ``cell``: the cell's index in CELLS
 RNN_RELU, LSTM, GRU = CELLS.index("rnn_relu"), CELLS.index("lstm"), CELLS.index("gru")
