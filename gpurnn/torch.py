@@ -64,7 +64,8 @@ gpurnn's kernels. Swap one import and train as usual::
   skips that step.
 - On the cpu backend ``torch.set_num_threads`` sizes gpurnn too: float32 layers run on as many of
   gpurnn's own threads as ``torch.get_num_threads()`` (they spin for a fraction of a millisecond
-  after a call, then sleep), and float64 layers' dense products run through torch.mm, so that
+  after a call, then sleep), and the dense products of float64 and half layers (and of float32
+  ones on a CPU without AVX-512) run through torch.mm, so that
   torch's pool runs them: NumPy's BLAS pool would fight torch's OpenMP workers for the cores.
   (An LSTM's projections, ``proj_size``, still multiply with NumPy.)
 - Dropout between stacked layers draws its masks from torch's generator, as torch.nn does (over
@@ -617,20 +618,20 @@ def _stream(be, device):
         yield
 
 
-_products_through_torch = False
+_sized_by_torch = False
 
 
 def _one_thread_pool(be):
     """On the cpu backend (set once): the float32 path's parts as many as torch.get_num_threads()
     (kernels/cpu.use_threads), so torch.set_num_threads sizes both libraries; and every dense
-    product of the float64 path through torch.mm, on the arrays' memory (kernels/cpu.use_products),
+    product of the float64 and half paths through torch.mm, on the arrays' memory (kernels/cpu.use_products),
     so torch's pool runs them instead of NumPy's BLAS pool fighting torch's OpenMP workers for the
     cores."""
-    global _products_through_torch
-    if be.name == "cpu" and not _products_through_torch:
+    global _sized_by_torch
+    if be.name == "cpu" and not _sized_by_torch:
         be.kernels.use_products(_torch_product)
         be.kernels.use_threads(torch.get_num_threads)
-        _products_through_torch = True
+        _sized_by_torch = True
 
 
 def _torch_product(a, b, out):

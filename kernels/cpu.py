@@ -60,6 +60,7 @@ import math
 import types as pytypes
 
 import numba
+import numba.np.ufunc.parallel as numba_parallel
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -68,7 +69,8 @@ from numba.extending import intrinsic, overload
 
 from . import cells
 from .contract import Saved, dims_of, one_algorithm, steps
-from .cpu_threads import PANEL, matmul, matmul_at, matmul_panel, pack, pack_transposed, part_rows, parts_for, run_parts
+from .cpu_threads import (PANEL, TILES, compile_threads, matmul, matmul_at, matmul_panel, pack, pack_transposed,
+                          part_rows, parts_for, run_parts)
 from .numba_cache import cached
 from .precision import check_half, round_in_place
 from .vocabulary import CELLS, GATES
@@ -455,7 +457,7 @@ def use_products(fn):
 #   gates, cs, hn      a cell that has none gets an empty array (compiled code needs an array of
 #                      the right dimensions)
 
-# a part function's ``cell``: the cell's index in CELLS
+# a part function's ``cell``: the cell's index in CELLS (vocabulary.py is in the cache's stamp)
 RNN_RELU, LSTM, GRU = CELLS.index("rnn_relu"), CELLS.index("lstm"), CELLS.index("gru")
 
 
@@ -518,12 +520,22 @@ def gradient_rows(p, parts, x, h_prev, dg_x, dg_h, w_ih_p, dw_ih, dw_hh, db_x, d
 
 
 # ---------------------------------------------------------------- sequences
-_threads = numba.get_num_threads
+def numba_threads():
+    """Numba's thread count: what numba.set_num_threads set, once Numba's threading layer runs;
+    before that NUMBA_NUM_THREADS (by default one per core). Asking numba.get_num_threads() first
+    would start that layer (and its pool) and fix multiprocessing's start method, for nothing:
+    the tiled path runs on threads of its own."""
+    if numba_parallel._is_initialized:
+        return numba.get_num_threads()
+    return numba.config.NUMBA_NUM_THREADS
+
+
+_threads = numba_threads
 
 
 def threads():
     """How many threads the tiled path runs a sequence on: by default Numba's count
-    (NUMBA_NUM_THREADS, numba.set_num_threads); what ``use_threads`` names instead."""
+    (``numba_threads``); what ``use_threads`` names instead."""
     return _threads()
 
 
@@ -532,14 +544,15 @@ def use_threads(fn):
     gpurnn.torch passes torch.get_num_threads, so that torch.set_num_threads sizes gpurnn too.
     Returns the function used before."""
     global _threads
-    before, _threads = _threads, (numba.get_num_threads if fn is None else fn)
+    before, _threads = _threads, (numba_threads if fn is None else fn)
     return before
 
 
 def tiled(dtype, half):
-    """Whether a sequence runs on the tiled path (float32) or through BLAS (float64, and half
-    layers, whose states the BLAS path rounds between steps): the one place the cpu backend picks."""
-    return dtype == np.float32 and half is None
+    """Whether a sequence runs on the tiled path (float32, on a CPU with AVX-512: cpu_threads.TILES)
+    or through BLAS (float64; half layers, whose states the BLAS path rounds between steps; and
+    every dtype where the tiles would spill their registers): the one place the cpu backend picks."""
+    return TILES and dtype == np.float32 and half is None
 
 
 def active_mask(lengths, T, B):
@@ -679,3 +692,4 @@ def compile_kernels(cell, dtype):
     y, h, c, saved = forward_sequence(cell, z(T, B, I), z(B, H), z(B, H), w_ih, w_hh, b, b, None, False)
     grads = dict(w_ih=z(GH, I), w_hh=z(GH, H), b_ih=z(GH), b_hh=z(GH))
     backward_sequence(cell, saved, z(T, B, H), z(B, H), z(B, H) if cell == "lstm" else None, w_ih, w_hh, grads)
+    compile_threads()

@@ -41,6 +41,7 @@ import platform
 import threading
 
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -49,6 +50,10 @@ from numba.extending import intrinsic
 from .numba_cache import cached
 
 LANES = 16                      # floats in one vector: one AVX-512 register
+# The tiles hold 16 vectors of accumulators: 16 of AVX-512's 32 registers, but twice all of AVX2's
+# 16 (a <16 x float> takes two), which would spill on every k. Measured only with AVX-512, so only
+# there does the cpu backend use them (kernels/cpu.py ``tiled``); elsewhere it keeps BLAS.
+TILES = "avx512f" in llvm.get_host_cpu_features()
 PANEL = 2 * LANES               # columns of a tile, and of a panel
 CHUNK = 64                      # terms of a sum that one chain of fused multiply-adds adds up
 K_BLOCK = 256                   # rows of a and b one pass of matmul_at copies and multiplies
@@ -75,7 +80,9 @@ def tile_product(R, V):
     The sum runs in chunks of CHUNK terms, k0 + CHUNK·m onwards: each chunk is one chain of fused
     multiply-adds from zero, in registers, then added to C. A single chain over K terms loses up
     to about K²/4 roundings of a term where the terms are alike (torch's test_RNN_dropout sums
-    724 equal terms, and missed its 1e-2 by 2.5x); chunks of √K terms keep it near K^1.5/2."""
+    724 equal terms, and missed its 1e-2 by 2.5x); chunks of c terms bring that to about
+    K·(c + K/c)/4, least where c = √K (64 suits K up to a few thousand; the weight gradients'
+    sums over T·B rows are longer and lose more, as BLAS's do)."""
 
     @intrinsic
     def tile(typingctx, a, b, c, a0, sa, sk, b0, sb, c0, sc, n, k0, k1, accumulate):
@@ -222,10 +229,14 @@ def matmul_at(a, b, c, i_lo, i_hi, accumulate):
     Both operands are read across their rows (a's columns i, b's columns j, for k = 0, 1, ...),
     thousands of bytes apart, so K goes in blocks of K_BLOCK rows and each block is first copied
     into tiles: a's columns i_lo..i_hi as 8-column tiles (K_BLOCK, 8), b as panels (K_BLOCK,
-    PANEL), each contiguous, as BLAS packs. Each block continues the sums the last one stored
-    (stored and reloaded exactly), so every element stays one chain over k in order."""
+    PANEL), each contiguous, as BLAS packs. Each block adds its chunks' sums to the element in
+    order, so every element is summed the same way whatever the rows of the part."""
     K = a.shape[0]
     N = c.shape[1]
+    if K == 0 and not accumulate:               # an empty sum
+        for i in range(i_lo, i_hi):
+            for j in range(N):
+                c[i, j] = 0
     rows = i_hi - i_lo
     tiles, panels = (rows + 7) // 8, (N + PANEL - 1) // PANEL
     a_tiles = np.empty((tiles, K_BLOCK, 8), np.float32)
@@ -328,8 +339,14 @@ def spin_until(counter, index, target, spins):
     return atomic_load(counter, index) >= target
 
 
-SPINS_IDLE = 4000       # ~0.2 ms of x86 pause hints (about 50 ns each)
-SPINS_WAIT = 40000      # ~2 ms
+# x86's pause takes 10 to 140 cycles by model: 22 ns here (an Intel Xeon with AVX-512), so
+SPINS_IDLE = 4000       # about 0.09 ms here
+SPINS_WAIT = 40000      # about 0.45 ms here
+
+
+def compile_threads():
+    """Compile (or load from the cache) what the pool itself runs, before a first call needs it."""
+    spin_until(np.zeros(16, np.int64), 0, 0, 1)
 
 
 class _Worker:
@@ -375,8 +392,8 @@ class _Worker:
     def post(self, fn, p, parts, args):
         """Start fn(p, parts, *args); returns the count ``wait`` waits for."""
         with self.cond:
-            if self.count[8] != self.count[0]:
-                raise RuntimeError(f"{self.thread.name} was given a part before it finished the last")
+            while self.count[8] < self.count[0]:        # still running a part (an interrupted call's)
+                self.cond.wait(1.0)
             self.job = (fn, p, parts, args)
             self.count[0] += 1
             self.cond.notify_all()
@@ -424,17 +441,22 @@ def run_parts(fn, parts, *args):
             _workers[:] = [w for w in _workers if w.thread.is_alive()]
             while len(_workers) < parts - 1:
                 _workers.append(_Worker(f"gpurnn-cpu-{len(_workers) + 1}"))
-            posted = [(w, w.post(fn, p, parts, args)) for p, w in enumerate(_workers[:parts - 1], start=1)]
-            errors = []
+            posted, errors = [], []
             try:
+                for p, w in enumerate(_workers[:parts - 1], start=1):
+                    posted.append((w, w.post(fn, p, parts, args)))
                 fn(0, parts, *args)
             except BaseException as e:
                 errors.append(e)
-            for w, n in posted:             # every part, even after an error: a worker is idle again
-                try:                        # before it is given the next part
-                    w.wait(n)
-                except BaseException as e:
-                    errors.append(e)
+            for w, n in posted:             # every part, even after an error or an interrupt: a
+                while True:                 # worker is idle again before it is given the next part
+                    try:
+                        w.wait(n)
+                        break
+                    except BaseException as e:
+                        errors.append(e)
+                        if w.count[8] >= n:     # its own error: it has finished
+                            break
             if errors:
                 raise errors[0]
         finally:

@@ -12,9 +12,10 @@ namespace package before the editable install, and ``import gpurnn`` gives an em
   installs never share entries;
 - where neither can be written, nothing is cached and the kernels compile in every process.
 
-A cache entry is also stamped with the content of the files whose code the CPU kernels inline:
-``kernels/cells.py`` (the cell math) and ``kernels/cpu_threads.py`` (the tiled products). Numba
-alone checks only the kernel's own file, and would load a kernel compiled with their old code.
+A cache entry is also stamped with the content of the files whose code or values the CPU kernels
+compile in: ``kernels/cells.py`` (the cell math), ``kernels/cpu_threads.py`` (the tiled products)
+and ``kernels/vocabulary.py`` (a cell's index in CELLS). Numba alone checks only the kernel's own
+file, and would load a kernel compiled with their old code.
 """
 
 import functools
@@ -24,7 +25,7 @@ import os
 from numba.core import caching
 
 _INLINED = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-                 for name in ("cells.py", "cpu_threads.py"))
+                 for name in ("cells.py", "cpu_threads.py", "vocabulary.py"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from numba import njit
 
+from conftest import run_child
+
 from gpurnn.kernels import cpu, reference
-from gpurnn.kernels.cpu_threads import K_BLOCK, PANEL, matmul_rows, matmul_rows_at, pack, pack_transposed, run_parts
+from gpurnn.kernels.cpu_threads import (K_BLOCK, PANEL, TILES, matmul_rows, matmul_rows_at, pack, pack_transposed,
+                                        run_parts)
 from gpurnn.kernels.vocabulary import CELLS, GATES
 
 GUARD = np.float32(-7.25)       # what the cells around a product's output hold, and must still hold
@@ -57,7 +60,7 @@ def test_matmul_writes_its_rows_and_nothing_else(M, K, N, accumulate):
     assert np.all(buf[:PANEL] == GUARD) and np.all(buf[-PANEL:] == GUARD), "written outside the array"
 
 
-@pytest.mark.parametrize("K", [1, 5, K_BLOCK, K_BLOCK + 1, 2 * K_BLOCK + 37])
+@pytest.mark.parametrize("K", [0, 1, 5, K_BLOCK, K_BLOCK + 1, 2 * K_BLOCK + 37])
 @pytest.mark.parametrize("M,N", [(1, 1), (6, 33), (16, 64), (21, 15)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_matmul_at_sums_over_every_row(K, M, N, accumulate):
@@ -148,6 +151,10 @@ def run(backend, cell, arrays, dy, reverse):
     return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **grads)
 
 
+needs_tiles = pytest.mark.skipif(not TILES, reason="the tiled path runs on CPUs with AVX-512 only")
+
+
+@needs_tiles
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("lengths,reverse", [(False, False), (True, True)])
 def test_parts_give_the_same_bits_as_one(cell, lengths, reverse, monkeypatch):
@@ -170,6 +177,7 @@ def test_parts_give_the_same_bits_as_one(cell, lengths, reverse, monkeypatch):
                                        err_msg=name)
 
 
+@needs_tiles
 def test_the_float32_path_calls_no_blas(monkeypatch):
     """Every float32 product runs in gpurnn's own parts: NumPy's BLAS, whose worker threads spin
     after each call, is never entered (float64 still goes through it)."""
@@ -267,3 +275,25 @@ def test_a_forked_child_runs_parts_of_its_own():
     child.join(timeout=60)
     assert child.exitcode == 0
     assert np.array_equal(got, want)
+
+
+STARTS_NOTHING = """
+import multiprocessing, numpy as np
+import numba.np.ufunc.parallel as numba_parallel
+from gpurnn.kernels import cpu
+x = np.ones((5, 8, 3), np.float32)
+w_ih, w_hh, b = np.ones((16, 3), np.float32), np.ones((16, 4), np.float32), np.zeros(16, np.float32)
+h = np.zeros((8, 4), np.float32)
+cpu.forward_sequence("lstm", x, h, h, w_ih, w_hh, b, b, None, False)
+assert cpu.threads() >= 1
+assert not numba_parallel._is_initialized, "Numba's threading layer was started"
+multiprocessing.set_start_method("spawn")      # RuntimeError if the start method was fixed
+print("ok")
+"""
+
+
+def test_sizing_the_parts_starts_no_thread_layer_and_leaves_multiprocessing_alone():
+    """numba.get_num_threads() starts Numba's threading layer and fixes multiprocessing's start
+    method; the cpu backend asks Numba's setting instead, until the program itself started it."""
+    out = run_child([sys.executable, "-c", STARTS_NOTHING], timeout=300)
+    assert out.stdout.strip().endswith("ok")

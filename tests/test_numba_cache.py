@@ -66,7 +66,7 @@ def test_with_no_writable_cache_folder_the_kernels_still_run_uncached(tmp_path):
     assert out == dict(path=None, files=[])
 
 
-@pytest.mark.parametrize("inlined", ["cells.py", "cpu_threads.py"])
+@pytest.mark.parametrize("inlined", ["cells.py", "cpu_threads.py", "vocabulary.py"])
 def test_an_edit_to_inlined_code_invalidates_the_cache(inlined, tmp_path, monkeypatch):
     """The CPU kernels inline kernels/cells.py (the cell math) and kernels/cpu_threads.py (the
     tiled products); Numba alone stamps an entry with cpu.py only, and loaded kernels compiled

@@ -130,7 +130,8 @@ def test_reuse_never_overwrites_what_a_caller_or_a_saved_forward_still_holds(cel
 def test_compile_kernels_compiles_the_cell_and_dtype_it_is_given(cell, dtype):
     """float64 runs the step kernels one step at a time; float32 runs every step inside forward_rows
     (its argument 4 is x, the step kernels' is xw: both of the layer's dtype)."""
-    kernel = {"float64": {"gru": cpu.gru_step_forward}, "float32": {"rnn_relu": cpu.forward_rows}}[dtype][cell]
+    tiled = cpu.tiled(np.dtype(dtype), None)
+    kernel = {"gru": cpu.gru_step_forward, "rnn_relu": cpu.forward_rows if tiled else cpu.rnn_step_forward}[cell]
     cpu.compile_kernels(cell, dtype)
     assert any(np.dtype(str(sig[4].dtype)) == np.dtype(dtype) for sig in kernel.signatures)
 
