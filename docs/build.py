@@ -596,6 +596,21 @@ def graphs_notes(src):
 
 # -------------------------------------------------------------------------- the README's summaries
 
+@generates("cpu-speedups", CPU)
+def cpu_speedups(src):
+    """The README's CPU table: the training step's speed-up per cell and shape, each target beside it."""
+    d = src.json(CPU)
+    rows = cpu_rows(d)
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    body = [[NAMES.get(c, c)] + [f"{x(r['speedup'])} ({x(cpu_target(c, r['size']))})"
+                                 for r in rows if r["cell"] == c] for c in cells_in(rows)]
+    head = ["cell"] + [shape(next(r for r in rows if r["size"] == size)) for size in sizes]
+    return (f"The CPU training step, torch ms / gpurnn ms (target in parentheses): float32, {d['threads']} threads"
+            f"{', each side in its own process' if apart(d) else ''}, {when(d)[:10]} "
+            f"([how it was measured, and what bounds the rows that miss](docs/performance.md#on-the-cpu)):\n\n"
+            + table(head, body, "l" + "r" * len(sizes)))
+
+
 @generates("status", CPU, H200)
 def status(src):
     """Two lines: the cpu backend's training-step speed-up per cell at each shape, and the cuda

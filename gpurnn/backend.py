@@ -1,7 +1,8 @@
 """The one place that picks a backend.
 
     "reference"  plain NumPy, written to be read (kernels/reference.py)
-    "cpu"        BLAS for the big products + Numba @njit cell kernels (kernels/cpu.py)
+    "cpu"        Numba @njit: float32 on threads of its own with register-tiled products, float64
+                 and half layers with BLAS products (kernels/cpu.py, kernels/cpu_threads.py)
     "cuda"       CuPy arrays + Numba CUDA kernels (kernels/cuda/); with NUMBA_ENABLE_CUDASIM=1
                  the same kernels run in Numba's simulator on NumPy arrays
     "auto"       "cuda" when a GPU is usable, else "cpu"

@@ -96,6 +96,7 @@ def tile_product(R, V):
             intp = a0.type
             mask_type = ir.VectorType(ir.IntType(1), LANES)
             ptr = _VEC.as_pointer()
+
             def llvm_intrinsic(name, result, arguments):
                 return cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, arguments), name)
 
@@ -288,8 +289,8 @@ def matmul_rows_at(a, b, c, i_lo, i_hi, accumulate):
 # A part is handed to a worker thread that stays alive for the process. Waking a sleeping thread
 # costs tens of microseconds on a virtual machine (72 µs for a pool's submit and result, measured
 # on 2 cores), three times a training step, so each side spins first: a worker spins for its next
-# part for SPINS_IDLE hints after its last one (about 0.2 ms: the gap between a forward and its
-# backward) and then sleeps; the caller spins for the other parts for SPINS_WAIT hints and then
+# part for SPINS_IDLE hints after its last one (about 0.1 ms here: the gaps inside a training
+# step) and then sleeps; the caller spins for the other parts for SPINS_WAIT hints and then
 # sleeps. Spinning runs in compiled code without the GIL, reading a counter the other side
 # advances. Between calls nothing spins for longer than that.
 
@@ -455,7 +456,7 @@ def run_parts(fn, parts, *args):
                         break
                     except BaseException as e:
                         errors.append(e)
-                        if w.count[8] >= n:     # its own error: it has finished
+                        if w.count[8] >= n or not w.thread.is_alive():   # its own error, or gone
                             break
             if errors:
                 raise errors[0]
