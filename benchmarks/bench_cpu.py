@@ -16,12 +16,13 @@ and weights on both sides:
 FLOPs are the dense products only (the pointwise cell math is a few per element, not counted):
     forward  2·T·B·G·H·(I + H)        input projection + recurrent product
     train    3 × forward              + dh through W_hh, dW_hh, dW_ih, dx
-The share of "sgemm" is gpurnn's GFLOP/s over a square float32 matrix product through NumPy (the
-same BLAS as gpurnn's), measured after every row of the same run: the best this machine's BLAS does
-on the same threads, at the same moment. The "BLAS floor" is the time of the same dense products
-alone, of the same shapes and in the same order (see ``blas_floor``), timed alternately with both
-sides: no implementation on this BLAS goes below it, and gpurnn's distance to it is what its own
-cell kernels and Python cost (the table's "outside the products" column: gpurnn's time less the floor).
+The share of "sgemm" is gpurnn's GFLOP/s over a square float32 matrix product through NumPy,
+measured after every row of the same run: the best this machine's BLAS does on the same threads,
+at the same moment. The "BLAS floor" is the time of the same dense products alone through NumPy's
+BLAS, of the same shapes and in the same order (see ``blas_floor``), timed alternately with both
+sides: no implementation on that BLAS goes below it. gpurnn's float32 path does not use that BLAS
+(its own tiled products), so it can: the table's "gpurnn - floor" column, gpurnn's time less the
+floor, is then negative.
 
 Why each side runs in its own process (``--mode apart``, the default): NumPy's OpenBLAS and torch's
 OpenMP keep their worker threads spinning for a while after each call. In one process both pools
@@ -591,7 +592,7 @@ def markdown(result):
     lines = [f"gpurnn against torch, float32: {how_measured(result)}; in parentheses the lowest and highest "
              "median of one round.", "",
              "| cell | shape T·B·I·H | mode | gpurnn ms | torch ms | speed-up | gpurnn GFLOP/s | % of sgemm "
-             "| BLAS floor ms | outside the products ms |",
+             "| BLAS floor ms | gpurnn - floor ms |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['cell']} | {r['size']} {r['T']}·{r['B']}·{r['I']}·{r['H']} | {r['mode']} | "

@@ -191,15 +191,20 @@ def cpu_run(src):
             f"load average {d['load_average_before'][0]:.1f} before, {d['load_average_after'][0]:.1f} after.\n")
 
 
+def ms_spread(r, side):
+    """``9.61 (9.52-9.80)``: a side's median ms and, where the run recorded it, the lowest and
+    highest median of one round (bench_cpu.py's ``with_spread``)."""
+    spread = r.get(f"{side}_spread_ms")
+    return f"{r[side + '_ms']:.2f}" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
+
+
 @generates("cpu-table", CPU)
 def cpu_table(src):
     d = src.json(CPU)
     rows = []
     for r in cpu_rows(d):
         fwd = row_of(d, r["cell"], r["size"], "forward")
-        spread = "".join(f" ({lo:.2f}-{hi:.2f})" for lo, hi in [r["gpurnn_spread_ms"]] if "gpurnn_spread_ms" in r)
-        torch_spread = "".join(f" ({lo:.2f}-{hi:.2f})" for lo, hi in [r["torch_spread_ms"]] if "torch_spread_ms" in r)
-        rows.append([r["cell"], shape(r), f"{r['gpurnn_ms']:.2f}{spread}", f"{r['torch_ms']:.2f}{torch_spread}",
+        rows.append([r["cell"], shape(r), ms_spread(r, "gpurnn"), ms_spread(r, "torch"),
                      f"**{x(r['speedup'])}**", f"{r['gpurnn_gflops']:.0f}", f"{r['pct_sgemm']:.0f}%",
                      f"{r['blas_floor_ms']:.2f}", x(fwd["speedup"])])
     return table(["cell", "T·B·I·H", "train: gpurnn ms", "torch ms", "speed-up", "GFLOP/s", "% of sgemm",

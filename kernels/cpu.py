@@ -454,8 +454,7 @@ def use_products(fn):
 # results are the same (bitwise) whatever the number of threads.
 #   w_ih_p, w_hh_p     the second operand of a product as panels (cpu_threads.pack): W_ihᵀ and
 #                      W_hhᵀ forward, W_hh and W_ih backward
-#   gates, cs, hn      a cell that has none gets an empty array (compiled code needs an array of
-#                      the right dimensions)
+#   gates, cs, hn, dc  a cell that has none gets an empty array (``present``)
 
 # a part function's ``cell``: the cell's index in CELLS (vocabulary.py is in the cache's stamp)
 RNN_RELU, LSTM, GRU = CELLS.index("rnn_relu"), CELLS.index("lstm"), CELLS.index("gru")
@@ -562,8 +561,10 @@ def active_mask(lengths, T, B):
     return (np.arange(T)[:, None] < np.asarray(lengths)[None, :]).astype(np.uint8)
 
 
-def _none3(dt):
-    return np.empty((0, 0, 0), dt)
+def present(a, dt, ndim=3):
+    """``a``, or an empty array of ``ndim`` dimensions where the cell has none (the part functions
+    are compiled code, which takes an array of the right dimensions for every argument)."""
+    return np.empty((0,) * ndim, dt) if a is None else a
 
 
 def panels(N, K, dt):
@@ -593,11 +594,9 @@ def forward_sequence(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
         cs[first] = c0
     hn = empty((T, B, H), dt) if cell == "gru" else None
     if tiled(dt, half):
-        none = _none3(dt)
         run_parts(forward_rows, parts_for(B, threads()), CELLS.index(cell), bool(reverse), x,
                   pack_transposed(w_ih, panels(GH, I, dt)), pack_transposed(w_hh, panels(GH, H, dt)),
-                  b_ih, b_hh, active, xw, hw, hs, none if cs is None else cs, y, none if gates is None else gates,
-                  none if hn is None else hn)
+                  b_ih, b_hh, active, xw, hw, hs, present(cs, dt), y, present(gates, dt), present(hn, dt))
     else:
         _product(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
         w_hh_t = empty((H, GH), dt)
@@ -641,11 +640,9 @@ def backward_sequence(cell, saved, dy, dh_n, dc_n, w_ih, w_hh, grads):
     dgx2, dgh2 = dg_x.reshape(T * B, GH), dg_h.reshape(T * B, GH)
     dx = empty((T, B, I), dt)
     if tiled(dt, None):             # (a half layer's backward runs as float32's)
-        none = _none3(dt)
         run_parts(backward_rows, parts_for(B, threads()), CELLS.index(cell), bool(reverse),
-                  pack(w_hh, panels(H, GH, dt)), active, dy, dh,
-                  dh_rec, np.empty((0, 0), dt) if dc is None else dc, hs, none if saved.cs is None else saved.cs,
-                  none if saved.gates is None else saved.gates, none if saved.hn is None else saved.hn, dg_x, dg_h)
+                  pack(w_hh, panels(H, GH, dt)), active, dy, dh, dh_rec, present(dc, dt, 2), hs,
+                  present(saved.cs, dt), present(saved.gates, dt), present(saved.hn, dt), dg_x, dg_h)
         dh += dh_rec
         # BPTT accumulation over all T*B rows at once: deterministic, no per-step products.
         db_x, db_h = np.empty(GH, np.float64), np.empty(GH if dg_h is not dg_x else 0, np.float64)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from conftest import run_child
+from conftest import random_problem, run_child
 
 from gpurnn.kernels import cpu, reference
 from gpurnn.kernels.cpu_threads import (K_BLOCK, PANEL, TILES, matmul_rows, matmul_rows_at, pack, pack_transposed,
@@ -128,17 +128,20 @@ def test_panels_hold_the_columns_in_order(K, N):
 
 # ---------------------------------------------------------------- the cpu backend in parts
 def problem(cell, T, B, I, H, seed, lengths):
+    """One layer's arrays as a backend takes them, float32 (the inputs from conftest.random_problem),
+    and dy."""
     rng = np.random.default_rng(seed)
-    G = GATES[cell]
-    f = np.float32
-    arrays = dict(
-        x=rng.standard_normal((T, B, I)).astype(f), h0=(rng.standard_normal((B, H)) * 0.5).astype(f),
-        c0=(rng.standard_normal((B, H)) * 0.5).astype(f) if cell == "lstm" else None,
-        w_ih=(rng.standard_normal((G * H, I)) * 0.4).astype(f), w_hh=(rng.standard_normal((G * H, H)) * 0.4).astype(f),
-        b_ih=(rng.standard_normal(G * H) * 0.1).astype(f), b_hh=(rng.standard_normal(G * H) * 0.1).astype(f),
-        lengths=rng.integers(1, T + 1, B).astype(np.int32) if lengths else None)
-    dy = rng.standard_normal((T, B, H)).astype(f)
-    return arrays, dy
+    p = random_problem(rng, cell, T, B, I, H, 1, 1, lengths, np.float32)
+    GH = GATES[cell] * H
+    weights = {name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, shape, scale in
+               (("w_ih", (GH, I), 0.4), ("w_hh", (GH, H), 0.4), ("b_ih", (GH,), 0.1), ("b_hh", (GH,), 0.1))}
+    arrays = dict(x=p["x"], h0=p["h0"][0], c0=p["c0"][0] if cell == "lstm" else None, lengths=p.get("lengths"),
+                  **weights)
+    return arrays, p["dy"]
+
+
+def in_float64(arrays):
+    return {k: None if v is None else (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in arrays.items()}
 
 
 def run(backend, cell, arrays, dy, reverse):
@@ -169,8 +172,7 @@ def test_parts_give_the_same_bits_as_one(cell, lengths, reverse, monkeypatch):
         for name, value in results[1].items():
             if value is not None:
                 assert np.array_equal(results[parts][name], value), f"{name} with {parts} parts"
-    want = run(reference, cell, {k: None if v is None else (v.astype(np.float64) if v.dtype == np.float32 else v)
-                                 for k, v in arrays.items()}, dy.astype(np.float64), reverse)
+    want = run(reference, cell, in_float64(arrays), dy.astype(np.float64), reverse)
     for name, value in results[1].items():
         if value is not None:
             np.testing.assert_allclose(value, want[name], rtol=2e-4, atol=2e-5 * max(1.0, np.abs(want[name]).max()),
@@ -188,8 +190,7 @@ def test_the_float32_path_calls_no_blas(monkeypatch):
     try:
         run(cpu, "lstm", arrays, dy, False)
         with pytest.raises(AssertionError, match="BLAS product"):
-            run(cpu, "lstm", {k: None if v is None else (v.astype(np.float64) if v.dtype == np.float32 else v)
-                              for k, v in arrays.items()}, dy.astype(np.float64), False)
+            run(cpu, "lstm", in_float64(arrays), dy.astype(np.float64), False)
     finally:
         cpu.use_products(before)
 
